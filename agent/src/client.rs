@@ -1,0 +1,388 @@
+//! The agent's side of the wire: TLS to the controller (pinned CA for
+//! enrollment, mutual TLS afterwards) and enrollment itself.
+//!
+//! Invariants: the node's private key is generated here and never sent; the
+//! controller is always verified, first against the pinned CA fingerprint,
+//! then against the CA certificate kept in the state dir. There is no
+//! unverified mode.
+
+use crate::cache::write_atomic;
+use anyhow::{Context, bail};
+use ballast_proto::pb;
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::crypto::CryptoProvider;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Channel, Endpoint};
+
+/// How the agent decides it talks to the right controller.
+#[derive(Debug, Clone)]
+pub enum Trust {
+    /// Before enrollment: the controller must present a CA whose certificate
+    /// has this `sha256:HEX` fingerprint, and a server certificate it signed.
+    Pin(String),
+    /// After enrollment: the CA certificate (PEM) kept in the state dir.
+    Ca(String),
+}
+
+/// A client certificate and its key, PEM.
+#[derive(Clone)]
+pub struct ClientCert {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+/// What `enroll` leaves in the state dir, beside the key and certificates.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct AgentConfig {
+    pub controller: String,
+    pub name: String,
+    pub ca_fingerprint: String,
+}
+
+pub const CONFIG_FILE: &str = "agent.json";
+pub const KEY_FILE: &str = "node.key";
+pub const CERT_FILE: &str = "node.pem";
+pub const CA_FILE: &str = "ca.pem";
+
+/// `/var/lib/ballast-agent` for root, `~/.local/state/ballast-agent` otherwise.
+pub fn default_state_dir() -> PathBuf {
+    if nix::unistd::geteuid().is_root() {
+        return PathBuf::from("/var/lib/ballast-agent");
+    }
+    let base = std::env::var_os("XDG_STATE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
+                .join(".local/state")
+        });
+    base.join("ballast-agent")
+}
+
+fn provider() -> Arc<CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Verifies the controller against a pinned CA fingerprint: the presented
+/// chain must contain a certificate with that fingerprint, and the server
+/// certificate must verify (signature, validity, name) with it as the only root.
+#[derive(Debug)]
+struct PinnedCa {
+    pin: String,
+    provider: Arc<CryptoProvider>,
+}
+
+impl ServerCertVerifier for PinnedCa {
+    fn verify_server_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+        server_name: &ServerName<'_>,
+        ocsp: &[u8],
+        now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        let ca = intermediates
+            .iter()
+            .find(|c| ballast_proto::sha256_tag(c.as_ref()) == self.pin)
+            .ok_or_else(|| {
+                rustls::Error::General(format!(
+                    "the controller did not present the pinned CA {}",
+                    self.pin
+                ))
+            })?;
+        let mut roots = RootCertStore::empty();
+        roots
+            .add(ca.clone().into_owned())
+            .map_err(|e| rustls::Error::General(format!("pinned CA: {e}")))?;
+        let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+            Arc::new(roots),
+            self.provider.clone(),
+        )
+        .build()
+        .map_err(|e| rustls::Error::General(format!("pinned CA: {e}")))?;
+        verifier.verify_server_cert(end_entity, &[], server_name, ocsp, now)
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
+}
+
+/// Checks the `sha256:HEX` spelling of a fingerprint.
+pub fn check_fingerprint(fp: &str) -> anyhow::Result<()> {
+    let hex = fp.strip_prefix("sha256:").unwrap_or("");
+    if hex.len() != 64
+        || !hex
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+    {
+        bail!(
+            "invalid CA fingerprint {fp:?}: expected sha256: and 64 lowercase hex digits (print it with `ballast ca fingerprint`)"
+        );
+    }
+    Ok(())
+}
+
+fn tls_config(
+    trust: &Trust,
+    identity: Option<&ClientCert>,
+) -> anyhow::Result<rustls::ClientConfig> {
+    let provider = provider();
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match trust {
+        Trust::Pin(pin) => {
+            check_fingerprint(pin)?;
+            // A custom verifier, not a disabled one: see PinnedCa.
+            builder
+                .dangerous()
+                .with_custom_certificate_verifier(Arc::new(PinnedCa {
+                    pin: pin.clone(),
+                    provider,
+                }))
+        }
+        Trust::Ca(pem) => {
+            let mut roots = RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(pem.as_bytes()) {
+                roots
+                    .add(cert.context("CA certificate PEM")?)
+                    .context("CA certificate")?;
+            }
+            if roots.is_empty() {
+                bail!("no CA certificate in the PEM given");
+            }
+            builder.with_root_certificates(roots)
+        }
+    };
+    let mut config = match identity {
+        None => builder.with_no_client_auth(),
+        Some(id) => {
+            let certs: Vec<CertificateDer<'static>> =
+                CertificateDer::pem_slice_iter(id.cert_pem.as_bytes())
+                    .collect::<Result<_, _>>()
+                    .context("client certificate PEM")?;
+            let key =
+                PrivateKeyDer::from_pem_slice(id.key_pem.as_bytes()).context("client key PEM")?;
+            builder
+                .with_client_auth_cert(certs, key)
+                .context("client certificate and key")?
+        }
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// The host part of `HOST:PORT` (brackets of IPv6 removed).
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+/// Opens a gRPC channel over our own TLS (the URI says `http` because tonic
+/// must not add its own TLS layer on top of ours).
+pub async fn channel(
+    controller: &str,
+    trust: &Trust,
+    identity: Option<&ClientCert>,
+) -> anyhow::Result<Channel> {
+    let config = Arc::new(tls_config(trust, identity)?);
+    let connector = tokio_rustls::TlsConnector::from(config);
+    let server_name = ServerName::try_from(host_of(controller).to_owned())
+        .with_context(|| format!("controller address {controller:?}: expected HOST:PORT"))?;
+    let addr = controller.to_owned();
+    let endpoint = Endpoint::from_shared(format!("http://{controller}"))
+        .with_context(|| format!("controller address {controller:?}: expected HOST:PORT"))?
+        .connect_timeout(Duration::from_secs(5))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .keep_alive_while_idle(true);
+    let channel = endpoint
+        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
+            let (connector, server_name, addr) =
+                (connector.clone(), server_name.clone(), addr.clone());
+            async move {
+                let tcp = tokio::net::TcpStream::connect(&addr).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(server_name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
+        .await
+        .with_context(|| format!("connect to controller at {controller}"))?;
+    Ok(channel)
+}
+
+/// An Agent-service client with the message limits set.
+pub fn agent_client(channel: Channel) -> pb::agent_client::AgentClient<Channel> {
+    pb::agent_client::AgentClient::new(channel)
+        .max_decoding_message_size(ballast_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(ballast_proto::MAX_MESSAGE_BYTES)
+}
+
+/// The enrolled identity in a state dir.
+pub struct Enrolled {
+    pub config: AgentConfig,
+    pub ca_pem: String,
+    pub cert: ClientCert,
+}
+
+impl Enrolled {
+    pub fn load(state_dir: &Path) -> anyhow::Result<Enrolled> {
+        let read = |name: &str| {
+            let p = state_dir.join(name);
+            std::fs::read_to_string(&p).with_context(|| {
+                format!(
+                    "read {} (has this node enrolled? run `ballast-agent enroll` first)",
+                    p.display()
+                )
+            })
+        };
+        let config: AgentConfig = serde_json::from_str(&read(CONFIG_FILE)?)
+            .with_context(|| format!("parse {}", state_dir.join(CONFIG_FILE).display()))?;
+        Ok(Enrolled {
+            config,
+            ca_pem: read(CA_FILE)?,
+            cert: ClientCert {
+                cert_pem: read(CERT_FILE)?,
+                key_pem: read(KEY_FILE)?,
+            },
+        })
+    }
+
+    /// A mutual-TLS channel to the controller (address may be overridden).
+    pub async fn channel(&self, controller: Option<&str>) -> anyhow::Result<Channel> {
+        channel(
+            controller.unwrap_or(&self.config.controller),
+            &Trust::Ca(self.ca_pem.clone()),
+            Some(&self.cert),
+        )
+        .await
+    }
+}
+
+/// Enrolls this node: makes a key here, sends a CSR with the one-time token,
+/// and keeps the signed certificate, the CA and the settings in `state_dir`.
+pub async fn enroll(
+    state_dir: &Path,
+    controller: &str,
+    token: &str,
+    fingerprint: &str,
+    name: &str,
+) -> anyhow::Result<pb::EnrollResponse> {
+    check_fingerprint(fingerprint)?;
+    ballast_proto::spec::validate::node_name(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
+    create_private_dir(state_dir)?;
+    let key = rcgen::KeyPair::generate().context("generate node key")?;
+    let mut params =
+        rcgen::CertificateParams::new(Vec::<String>::new()).context("CSR parameters")?;
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, name);
+    let csr = params.serialize_request(&key).context("create CSR")?;
+    let channel = channel(controller, &Trust::Pin(fingerprint.to_owned()), None).await?;
+    let mut client = pb::enrollment_client::EnrollmentClient::new(channel);
+    let resp = client
+        .enroll(pb::EnrollRequest {
+            token: token.to_owned(),
+            name: name.to_owned(),
+            csr_der: csr.der().to_vec(),
+        })
+        .await
+        .map_err(|s| anyhow::anyhow!("enrollment refused by {controller}: {}", s.message()))?
+        .into_inner();
+    // The CA we were given must be the one we pinned.
+    let ca_der = CertificateDer::from_pem_slice(resp.ca_pem.as_bytes())
+        .context("CA certificate from the controller")?;
+    if ballast_proto::sha256_tag(ca_der.as_ref()) != fingerprint {
+        bail!(
+            "the controller returned a CA certificate that does not match the pinned fingerprint {fingerprint}"
+        );
+    }
+    write_atomic(
+        &state_dir.join(KEY_FILE),
+        key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_atomic(
+        &state_dir.join(CERT_FILE),
+        resp.certificate_pem.as_bytes(),
+        0o644,
+    )?;
+    write_atomic(&state_dir.join(CA_FILE), resp.ca_pem.as_bytes(), 0o644)?;
+    let config = AgentConfig {
+        controller: controller.to_owned(),
+        name: resp.name.clone(),
+        ca_fingerprint: fingerprint.to_owned(),
+    };
+    write_atomic(
+        &state_dir.join(CONFIG_FILE),
+        &serde_json::to_vec_pretty(&config)?,
+        0o644,
+    )?;
+    Ok(resp)
+}
+
+pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create directory {}", dir.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fingerprints_must_be_sha256_hex() {
+        assert!(check_fingerprint(&format!("sha256:{}", "a".repeat(64))).is_ok());
+        assert!(check_fingerprint("sha256:abc").is_err());
+        assert!(check_fingerprint(&"a".repeat(64)).is_err());
+        assert!(check_fingerprint(&format!("sha256:{}", "A".repeat(64))).is_err());
+    }
+
+    #[test]
+    fn host_of_strips_port_and_brackets() {
+        assert_eq!(host_of("127.0.0.1:8440"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:8440"), "::1");
+        assert_eq!(host_of("ctl.example:1"), "ctl.example");
+    }
+}

@@ -1,0 +1,176 @@
+//! `directory` resources: exists (with missing parents created 0755) with an
+//! owner, group and mode, or is absent (only when empty: never `rm -rf`).
+
+use crate::engine::Resource;
+use crate::host::{Host, Kind, Meta};
+use anyhow::bail;
+use ballast_proto::spec::{Directory, Ensure};
+use std::fmt;
+
+pub struct DirRes<'a> {
+    pub spec: &'a Directory,
+}
+
+pub struct Observed {
+    meta: Option<Meta>,
+    uid: Option<u32>,
+    gid: Option<u32>,
+    /// Ancestors that do not exist yet (created with the directory).
+    missing_parents: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    /// With the desired owner and group, set right after creation.
+    Create {
+        parents: Vec<String>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    },
+    Mode {
+        from: u32,
+        to: u32,
+    },
+    Owner {
+        from: u32,
+        to: u32,
+    },
+    Group {
+        from: u32,
+        to: u32,
+    },
+    Remove,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Create { parents, .. } if parents.is_empty() => write!(f, "create directory"),
+            Change::Create { parents, .. } => write!(
+                f,
+                "create directory (and missing parents {})",
+                parents.join(", ")
+            ),
+            Change::Mode { from, to } => write!(f, "mode {from:04o} -> {to:04o}"),
+            Change::Owner { from, to } => write!(f, "owner uid {from} -> {to}"),
+            Change::Group { from, to } => write!(f, "group gid {from} -> {to}"),
+            Change::Remove => write!(f, "remove empty directory"),
+        }
+    }
+}
+
+impl Resource for DirRes<'_> {
+    type State = Observed;
+    type Change = Change;
+
+    fn id(&self) -> String {
+        format!("directory[{}]", self.spec.path)
+    }
+
+    fn observe(&self, host: &Host) -> anyhow::Result<Observed> {
+        let meta = host.lstat(&self.spec.path)?;
+        if let Some(m) = &meta {
+            if m.kind != Kind::Dir {
+                bail!(
+                    "{} is {}, not a directory; refusing to replace or remove it",
+                    self.spec.path,
+                    m.kind
+                );
+            }
+        }
+        let mut missing_parents = Vec::new();
+        if meta.is_none() {
+            let mut walked = String::new();
+            let parts: Vec<&str> = self
+                .spec
+                .path
+                .split('/')
+                .filter(|s| !s.is_empty())
+                .collect();
+            for d in &parts[..parts.len().saturating_sub(1)] {
+                walked.push('/');
+                walked.push_str(d);
+                match host.lstat(&walked)? {
+                    None => missing_parents.push(walked.clone()),
+                    Some(m) if m.kind != Kind::Dir => bail!(
+                        "{walked} is {}, not a directory, on the way to {}",
+                        m.kind,
+                        self.spec.path
+                    ),
+                    Some(_) => {}
+                }
+            }
+        }
+        let (uid, gid) = if self.spec.ensure == Ensure::Present {
+            crate::file::ids(host, self.spec.owner.as_deref(), self.spec.group.as_deref())?
+        } else {
+            (None, None)
+        };
+        Ok(Observed {
+            meta,
+            uid,
+            gid,
+            missing_parents,
+        })
+    }
+
+    fn diff(&self, actual: &Observed) -> Vec<Change> {
+        match (self.spec.ensure, &actual.meta) {
+            (Ensure::Absent, None) => vec![],
+            (Ensure::Absent, Some(_)) => vec![Change::Remove],
+            (Ensure::Present, None) => vec![Change::Create {
+                parents: actual.missing_parents.clone(),
+                uid: actual.uid,
+                gid: actual.gid,
+            }],
+            (Ensure::Present, Some(m)) => {
+                let mut out = Vec::new();
+                if let Some(mode) = self.spec.mode {
+                    if m.mode != mode {
+                        out.push(Change::Mode {
+                            from: m.mode,
+                            to: mode,
+                        });
+                    }
+                }
+                if let Some(uid) = actual.uid.filter(|u| *u != m.uid) {
+                    out.push(Change::Owner {
+                        from: m.uid,
+                        to: uid,
+                    });
+                }
+                if let Some(gid) = actual.gid.filter(|g| *g != m.gid) {
+                    out.push(Change::Group {
+                        from: m.gid,
+                        to: gid,
+                    });
+                }
+                out
+            }
+        }
+    }
+
+    fn apply(
+        &self,
+        host: &Host,
+        _actual: &Observed,
+        changes: &[Change],
+    ) -> anyhow::Result<Option<String>> {
+        let path = &self.spec.path;
+        for c in changes {
+            match c {
+                Change::Create { parents, uid, gid } => {
+                    host.mkdir(path, self.spec.mode.unwrap_or(0o755), !parents.is_empty())?;
+                    if uid.is_some() || gid.is_some() {
+                        host.set_meta(path, None, *uid, *gid)?;
+                    }
+                }
+                Change::Mode { to, .. } => host.set_meta(path, Some(*to), None, None)?,
+                Change::Owner { to, .. } => host.set_meta(path, None, Some(*to), None)?,
+                Change::Group { to, .. } => host.set_meta(path, None, None, Some(*to))?,
+                Change::Remove => host.rmdir(path)?,
+            }
+        }
+        Ok(None)
+    }
+}

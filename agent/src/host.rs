@@ -1,0 +1,415 @@
+//! The only module that touches the operating system for the engine: files,
+//! directories, symlinks, ownership, and name lookups.
+//!
+//! Invariant: no symlink is ever followed on the way to a managed path. Every
+//! path is walked component by component from the root's file descriptor with
+//! `O_NOFOLLOW | O_DIRECTORY`, and every operation is relative to the parent's
+//! descriptor (`*at` calls). With `--root DIR`, nothing outside DIR is touched.
+
+use anyhow::{Context, bail};
+use nix::errno::Errno;
+use nix::fcntl::{AtFlags, OFlag};
+use nix::sys::stat::{Mode, SFlag};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
+
+/// What is at a path (never following a final symlink).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    File,
+    Dir,
+    Symlink,
+    /// A device, socket or FIFO: never managed, never clobbered.
+    Other,
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Kind::File => "a regular file",
+            Kind::Dir => "a directory",
+            Kind::Symlink => "a symlink",
+            Kind::Other => "a device, socket or FIFO",
+        })
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Meta {
+    pub kind: Kind,
+    /// Permission bits (0o7777).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+}
+
+/// Largest file content the engine reads to compare or back up.
+pub const MAX_READ: u64 = 64 * 1024 * 1024;
+
+pub struct Host {
+    root: PathBuf,
+    root_fd: OnceLock<Result<OwnedFd, String>>,
+    names: Mutex<HashMap<(bool, String), Option<u32>>>,
+}
+
+fn split(path: &str) -> (Vec<&str>, &str) {
+    let mut parts: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
+    let last = parts.pop().unwrap_or("");
+    (parts, last)
+}
+
+fn meta_of(st: &nix::sys::stat::FileStat) -> Meta {
+    let fmt = SFlag::from_bits_truncate(st.st_mode & SFlag::S_IFMT.bits());
+    let kind = match fmt {
+        SFlag::S_IFREG => Kind::File,
+        SFlag::S_IFDIR => Kind::Dir,
+        SFlag::S_IFLNK => Kind::Symlink,
+        _ => Kind::Other,
+    };
+    Meta {
+        kind,
+        mode: st.st_mode & 0o7777,
+        uid: st.st_uid,
+        gid: st.st_gid,
+        size: st.st_size as u64,
+    }
+}
+
+fn random_suffix() -> String {
+    let mut b = [0u8; 6];
+    let _ = getrandom::fill(&mut b);
+    hex::encode(b)
+}
+
+impl Host {
+    /// `None` manages `/`; `Some(dir)` makes every managed path relative to `dir`.
+    pub fn new(root: Option<PathBuf>) -> Host {
+        Host {
+            root: root.unwrap_or_else(|| PathBuf::from("/")),
+            root_fd: OnceLock::new(),
+            names: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether the host is the real system (root `/`), not a sandbox.
+    pub fn is_system(&self) -> bool {
+        self.root == Path::new("/")
+    }
+
+    fn root_fd(&self) -> anyhow::Result<&OwnedFd> {
+        self.root_fd
+            .get_or_init(|| {
+                nix::fcntl::open(
+                    &self.root,
+                    OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_CLOEXEC,
+                    Mode::empty(),
+                )
+                .map_err(|e| format!("open root {}: {e}", self.root.display()))
+            })
+            .as_ref()
+            .map_err(|e| anyhow::anyhow!("{e}"))
+    }
+
+    /// Opens the parent directory of `path` without following symlinks.
+    /// `Ok(None)` when a parent component does not exist.
+    fn parent(&self, path: &str) -> anyhow::Result<Option<(OwnedFd, String)>> {
+        let (dirs, last) = split(path);
+        if last.is_empty() {
+            bail!("{path}: not a path below the root");
+        }
+        let mut fd: Option<OwnedFd> = None;
+        let mut walked = String::new();
+        for d in dirs {
+            walked.push('/');
+            walked.push_str(d);
+            let base = match &fd {
+                Some(f) => f.as_fd(),
+                None => self.root_fd()?.as_fd(),
+            };
+            match nix::fcntl::openat(
+                base,
+                d,
+                OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+                Mode::empty(),
+            ) {
+                Ok(next) => fd = Some(next),
+                Err(Errno::ENOENT) => return Ok(None),
+                Err(Errno::ELOOP) => {
+                    bail!("{walked} is a symlink; refusing to follow it on the way to {path}")
+                }
+                Err(Errno::ENOTDIR) => bail!("{walked} is not a directory, on the way to {path}"),
+                Err(e) => return Err(e).with_context(|| format!("open directory {walked}")),
+            }
+        }
+        let fd = match fd {
+            Some(f) => f,
+            None => self
+                .root_fd()?
+                .try_clone()
+                .context("duplicate root descriptor")?,
+        };
+        Ok(Some((fd, last.to_owned())))
+    }
+
+    fn parent_required(&self, path: &str) -> anyhow::Result<(OwnedFd, String)> {
+        self.parent(path)?.with_context(|| {
+            format!(
+                "parent directory of {path} does not exist (manage it with a directories entry)"
+            )
+        })
+    }
+
+    /// What is at `path`, not following a final symlink; `None` when nothing.
+    pub fn lstat(&self, path: &str) -> anyhow::Result<Option<Meta>> {
+        let Some((dir, name)) = self.parent(path)? else {
+            return Ok(None);
+        };
+        match nix::sys::stat::fstatat(&dir, name.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => Ok(Some(meta_of(&st))),
+            Err(Errno::ENOENT) => Ok(None),
+            Err(e) => Err(e).with_context(|| format!("stat {path}")),
+        }
+    }
+
+    /// Reads a regular file (never through a symlink).
+    pub fn read_file(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let (dir, name) = self.parent_required(path)?;
+        let fd = nix::fcntl::openat(
+            &dir,
+            name.as_str(),
+            OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+            Mode::empty(),
+        )
+        .with_context(|| format!("open {path}"))?;
+        let mut f = File::from(fd);
+        let mut buf = Vec::new();
+        Read::by_ref(&mut f)
+            .take(MAX_READ + 1)
+            .read_to_end(&mut buf)
+            .with_context(|| format!("read {path}"))?;
+        if buf.len() as u64 > MAX_READ {
+            bail!("{path} is larger than {MAX_READ} bytes");
+        }
+        Ok(buf)
+    }
+
+    /// Replaces (or creates) a regular file atomically: a temp file in the same
+    /// directory gets the content, owner and mode, is fsynced and renamed over
+    /// the target, then the directory is fsynced. A crash leaves old or new.
+    pub fn write_file(
+        &self,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> anyhow::Result<()> {
+        let (dir, name) = self.parent_required(path)?;
+        let tmp = format!(".{name}.ballast-{}.tmp", random_suffix());
+        let fd = nix::fcntl::openat(
+            &dir,
+            tmp.as_str(),
+            OFlag::O_WRONLY | OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::from_bits_truncate(0o600),
+        )
+        .with_context(|| format!("create temp file for {path}"))?;
+        let result = (|| -> anyhow::Result<()> {
+            let mut f = File::from(fd);
+            f.write_all(content)
+                .with_context(|| format!("write {path}"))?;
+            if uid.is_some() || gid.is_some() {
+                nix::unistd::fchown(
+                    &f,
+                    uid.map(nix::unistd::Uid::from_raw),
+                    gid.map(nix::unistd::Gid::from_raw),
+                )
+                .with_context(|| format!("chown {path}"))?;
+            }
+            nix::sys::stat::fchmod(&f, Mode::from_bits_truncate(mode))
+                .with_context(|| format!("chmod {path}"))?;
+            f.sync_all().with_context(|| format!("fsync {path}"))?;
+            nix::fcntl::renameat(&dir, tmp.as_str(), &dir, name.as_str())
+                .with_context(|| format!("rename into {path}"))?;
+            nix::unistd::fsync(&dir).with_context(|| format!("fsync directory of {path}"))?;
+            Ok(())
+        })();
+        if result.is_err() {
+            let _ =
+                nix::unistd::unlinkat(&dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        }
+        result
+    }
+
+    /// Sets owner and/or mode of what is at `path` (a symlink's own owner; a
+    /// symlink's mode is never changed).
+    pub fn set_meta(
+        &self,
+        path: &str,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> anyhow::Result<()> {
+        let (dir, name) = self.parent_required(path)?;
+        if uid.is_some() || gid.is_some() {
+            nix::unistd::fchownat(
+                &dir,
+                name.as_str(),
+                uid.map(nix::unistd::Uid::from_raw),
+                gid.map(nix::unistd::Gid::from_raw),
+                AtFlags::AT_SYMLINK_NOFOLLOW,
+            )
+            .with_context(|| format!("chown {path}"))?;
+        }
+        if let Some(mode) = mode {
+            // Open the object itself (never through a symlink) and fchmod it.
+            let fd = nix::fcntl::openat(
+                &dir,
+                name.as_str(),
+                OFlag::O_RDONLY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC | OFlag::O_NONBLOCK,
+                Mode::empty(),
+            )
+            .with_context(|| format!("open {path} to chmod"))?;
+            nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode))
+                .with_context(|| format!("chmod {path}"))?;
+        }
+        Ok(())
+    }
+
+    /// Creates a directory; with `parents`, missing parents are created too (0755).
+    pub fn mkdir(&self, path: &str, mode: u32, parents: bool) -> anyhow::Result<Vec<String>> {
+        let mut created = Vec::new();
+        if parents {
+            let (dirs, _) = split(path);
+            let mut walked = String::new();
+            for d in dirs {
+                walked.push('/');
+                walked.push_str(d);
+                if self.lstat(&walked)?.is_none() {
+                    self.mkdir_one(&walked, 0o755)?;
+                    created.push(walked.clone());
+                }
+            }
+        }
+        self.mkdir_one(path, mode)?;
+        Ok(created)
+    }
+
+    fn mkdir_one(&self, path: &str, mode: u32) -> anyhow::Result<()> {
+        let (dir, name) = self.parent_required(path)?;
+        nix::sys::stat::mkdirat(&dir, name.as_str(), Mode::from_bits_truncate(mode))
+            .with_context(|| format!("mkdir {path}"))?;
+        // mkdir is subject to the umask; set the exact mode.
+        let fd = nix::fcntl::openat(
+            &dir,
+            name.as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("open {path}"))?;
+        nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode))
+            .with_context(|| format!("chmod {path}"))?;
+        nix::unistd::fsync(&dir).with_context(|| format!("fsync parent of {path}"))?;
+        Ok(())
+    }
+
+    /// Removes an empty directory.
+    pub fn rmdir(&self, path: &str) -> anyhow::Result<()> {
+        let (dir, name) = self.parent_required(path)?;
+        match nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
+            Ok(()) => Ok(()),
+            Err(Errno::ENOTEMPTY | Errno::EEXIST) => {
+                bail!("directory {path} is not empty; only empty directories are removed")
+            }
+            Err(e) => Err(e).with_context(|| format!("rmdir {path}")),
+        }
+    }
+
+    /// Removes a file or a symlink (never a directory).
+    pub fn unlink(&self, path: &str) -> anyhow::Result<()> {
+        let (dir, name) = self.parent_required(path)?;
+        nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
+            .with_context(|| format!("remove {path}"))?;
+        nix::unistd::fsync(&dir).with_context(|| format!("fsync directory of {path}"))?;
+        Ok(())
+    }
+
+    pub fn readlink(&self, path: &str) -> anyhow::Result<String> {
+        let (dir, name) = self.parent_required(path)?;
+        let t = nix::fcntl::readlinkat(&dir, name.as_str())
+            .with_context(|| format!("readlink {path}"))?;
+        Ok(t.to_string_lossy().into_owned())
+    }
+
+    /// Creates or atomically replaces a symlink (temp link, then rename).
+    pub fn symlink(&self, path: &str, target: &str) -> anyhow::Result<()> {
+        let (dir, name) = self.parent_required(path)?;
+        let tmp = format!(".{name}.ballast-{}.tmp", random_suffix());
+        nix::unistd::symlinkat(target, &dir, tmp.as_str())
+            .with_context(|| format!("create symlink for {path}"))?;
+        if let Err(e) = nix::fcntl::renameat(&dir, tmp.as_str(), &dir, name.as_str()) {
+            let _ =
+                nix::unistd::unlinkat(&dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+            return Err(e).with_context(|| format!("rename symlink into {path}"));
+        }
+        nix::unistd::fsync(&dir).with_context(|| format!("fsync directory of {path}"))?;
+        Ok(())
+    }
+
+    /// The uid of a user (`group == false`) or gid of a group, on this host:
+    /// through NSS for `/`, from ROOT/etc/passwd or ROOT/etc/group in a sandbox.
+    pub fn lookup_id(&self, name: &str, group: bool) -> anyhow::Result<u32> {
+        let key = (group, name.to_owned());
+        if let Some(v) = self
+            .names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return v.with_context(|| {
+                format!(
+                    "{} {name} does not exist",
+                    if group { "group" } else { "user" }
+                )
+            });
+        }
+        let found = if self.is_system() {
+            if group {
+                nix::unistd::Group::from_name(name)
+                    .context("look up group")?
+                    .map(|g| g.gid.as_raw())
+            } else {
+                nix::unistd::User::from_name(name)
+                    .context("look up user")?
+                    .map(|u| u.uid.as_raw())
+            }
+        } else {
+            let file = if group { "etc/group" } else { "etc/passwd" };
+            let text = std::fs::read_to_string(self.root.join(file)).unwrap_or_default();
+            text.lines().find_map(|l| {
+                let mut f = l.split(':');
+                (f.next() == Some(name))
+                    .then(|| f.nth(1).and_then(|id| id.parse().ok()))
+                    .flatten()
+            })
+        };
+        self.names
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, found);
+        found.with_context(|| {
+            format!(
+                "{} {name} does not exist on this host",
+                if group { "group" } else { "user" }
+            )
+        })
+    }
+}

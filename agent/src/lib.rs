@@ -1,0 +1,17 @@
+//! Ballast's node agent as a library: `main.rs` is a thin shell over [`cli::run`],
+//! so integration tests drive the real enrollment, daemon loop and engine in-process.
+
+pub mod cache;
+pub mod cli;
+pub mod client;
+pub mod daemon;
+pub mod engine;
+pub mod facts;
+pub mod host;
+
+mod directory;
+mod file;
+mod symlink;
+
+/// The agent's version, reported with heartbeats and facts.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -1,0 +1,282 @@
+//! The gRPC services. The only place that turns fleet errors into `tonic::Status`
+//! (besides the authorization layer's refusals).
+//!
+//! Node-facing methods take the node's name from the verified certificate
+//! (put in the request extensions by `authz`), never from the message.
+
+use crate::ca::{Ca, Identity};
+use crate::fleet::{Feed, Fleet, FleetError};
+use ballast_proto::pb;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+impl From<FleetError> for Status {
+    fn from(e: FleetError) -> Status {
+        match e {
+            FleetError::Invalid(m) => Status::invalid_argument(m),
+            FleetError::NotFound(m) => Status::not_found(m),
+            FleetError::Conflict(m) => Status::failed_precondition(m),
+            FleetError::Denied(m) => Status::permission_denied(m),
+            FleetError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error");
+                Status::internal("internal error; see the controller's log")
+            }
+        }
+    }
+}
+
+/// All three services over one fleet.
+#[derive(Clone)]
+pub struct Api {
+    fleet: Arc<Fleet>,
+    ca: Arc<Ca>,
+}
+
+impl Api {
+    pub fn new(fleet: Arc<Fleet>, ca: Arc<Ca>) -> Api {
+        Api { fleet, ca }
+    }
+}
+
+/// Runs store work off the async threads (the store fsyncs).
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> Result<T, FleetError> + Send + 'static,
+) -> Result<T, Status> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Status::internal(format!("task failed: {e}")))?
+        .map_err(Status::from)
+}
+
+fn node_of<T>(req: &Request<T>) -> Result<String, Status> {
+    match req.extensions().get::<Identity>() {
+        Some(Identity::Node { name, .. }) => Ok(name.clone()),
+        _ => Err(Status::unauthenticated("a node certificate is required")),
+    }
+}
+
+fn admin_author<T>(req: &Request<T>, claimed: &str) -> String {
+    let who = match req.extensions().get::<Identity>() {
+        Some(Identity::Admin { name }) => name.clone(),
+        _ => "unknown".into(),
+    };
+    let claimed: String = claimed
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(64)
+        .collect();
+    if claimed.is_empty() {
+        who
+    } else {
+        format!("{claimed} ({who})")
+    }
+}
+
+fn sources(req: pb::ApplyRequest) -> Vec<(String, String)> {
+    req.sources
+        .into_iter()
+        .map(|s| (s.name, s.content))
+        .collect()
+}
+
+#[tonic::async_trait]
+impl pb::enrollment_server::Enrollment for Api {
+    async fn enroll(
+        &self,
+        req: Request<pb::EnrollRequest>,
+    ) -> Result<Response<pb::EnrollResponse>, Status> {
+        let req = req.into_inner();
+        let (fleet, ca) = (self.fleet.clone(), self.ca.clone());
+        let resp = blocking(move || fleet.enroll(&ca, &req.token, &req.name, &req.csr_der)).await?;
+        tracing::info!(node = %resp.name, "node enrolled");
+        Ok(Response::new(resp))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::DesiredState, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl pb::agent_server::Agent for Api {
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let name = node_of(&req)?;
+        let known = req.into_inner().known_hash;
+        let mut rx = self.fleet.subscribe(&name)?;
+        let (tx, out) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let mut first = true;
+            loop {
+                let feed = rx.borrow_and_update().clone();
+                match feed {
+                    Feed::Revoked => {
+                        let _ = tx
+                            .send(Err(Status::permission_denied(format!(
+                                "node {name} is revoked"
+                            ))))
+                            .await;
+                        return;
+                    }
+                    Feed::State(state) => {
+                        if !(first && state.hash == known)
+                            && tx.send(Ok((*state).clone())).await.is_err()
+                        {
+                            return;
+                        }
+                    }
+                }
+                first = false;
+                tokio::select! {
+                    changed = rx.changed() => if changed.is_err() { return },
+                    _ = tx.closed() => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(out),
+        )))
+    }
+
+    async fn report(&self, req: Request<pb::RunReport>) -> Result<Response<pb::Ack>, Status> {
+        let name = node_of(&req)?;
+        let report = req.into_inner();
+        let fleet = self.fleet.clone();
+        blocking(move || fleet.report(&name, report)).await?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn put_facts(&self, req: Request<pb::Facts>) -> Result<Response<pb::Ack>, Status> {
+        let name = node_of(&req)?;
+        let facts = req.into_inner();
+        let fleet = self.fleet.clone();
+        blocking(move || fleet.put_facts(&name, &facts.json)).await?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn heartbeat(
+        &self,
+        req: Request<pb::HeartbeatRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let name = node_of(&req)?;
+        self.fleet.heartbeat(&name);
+        Ok(Response::new(pb::Ack {}))
+    }
+}
+
+#[tonic::async_trait]
+impl pb::admin_server::Admin for Api {
+    async fn apply(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let author = admin_author(&req, &req.get_ref().author);
+        let req = req.into_inner();
+        let message = req.message.clone();
+        let fleet = self.fleet.clone();
+        let resp = blocking(move || fleet.apply(sources(req), &author, &message, 0)).await?;
+        if resp.created {
+            tracing::info!(
+                revision = resp.revision,
+                affected = resp.affected_nodes.len(),
+                "revision applied"
+            );
+        }
+        Ok(Response::new(resp))
+    }
+
+    async fn diff(
+        &self,
+        req: Request<pb::ApplyRequest>,
+    ) -> Result<Response<pb::DiffResponse>, Status> {
+        let req = req.into_inner();
+        let fleet = self.fleet.clone();
+        Ok(Response::new(
+            blocking(move || fleet.diff(sources(req))).await?,
+        ))
+    }
+
+    async fn history(
+        &self,
+        req: Request<pb::HistoryRequest>,
+    ) -> Result<Response<pb::HistoryResponse>, Status> {
+        let limit = match req.into_inner().limit {
+            0 => 20,
+            n => n as usize,
+        };
+        let fleet = self.fleet.clone();
+        let revisions = blocking(move || fleet.history(limit)).await?;
+        Ok(Response::new(pb::HistoryResponse { revisions }))
+    }
+
+    async fn rollback(
+        &self,
+        req: Request<pb::RollbackRequest>,
+    ) -> Result<Response<pb::ApplyResponse>, Status> {
+        let author = admin_author(&req, &req.get_ref().author);
+        let number = req.into_inner().revision;
+        let fleet = self.fleet.clone();
+        Ok(Response::new(
+            blocking(move || fleet.rollback(number, &author)).await?,
+        ))
+    }
+
+    async fn create_token(
+        &self,
+        req: Request<pb::CreateTokenRequest>,
+    ) -> Result<Response<pb::CreateTokenResponse>, Status> {
+        let req = req.into_inner();
+        let ttl = match req.ttl_seconds {
+            0 => crate::fleet::DEFAULT_TOKEN_TTL,
+            s => Duration::from_secs(s),
+        };
+        let name = Some(req.name).filter(|n| !n.is_empty());
+        let fleet = self.fleet.clone();
+        let (token, expires_at_ms) =
+            blocking(move || fleet.create_token(req.labels.into_iter().collect(), ttl, name))
+                .await?;
+        Ok(Response::new(pb::CreateTokenResponse {
+            token,
+            expires_at_ms,
+        }))
+    }
+
+    async fn list_nodes(
+        &self,
+        req: Request<pb::ListNodesRequest>,
+    ) -> Result<Response<pb::ListNodesResponse>, Status> {
+        Ok(Response::new(
+            self.fleet.list_nodes(&req.into_inner().r#where)?,
+        ))
+    }
+
+    async fn get_node(
+        &self,
+        req: Request<pb::GetNodeRequest>,
+    ) -> Result<Response<pb::NodeDetail>, Status> {
+        let name = req.into_inner().name;
+        let fleet = self.fleet.clone();
+        Ok(Response::new(
+            blocking(move || fleet.get_node(&name)).await?,
+        ))
+    }
+
+    async fn revoke_node(&self, req: Request<pb::NodeName>) -> Result<Response<pb::Ack>, Status> {
+        let name = req.into_inner().name;
+        let fleet = self.fleet.clone();
+        blocking(move || fleet.revoke(&name)).await?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn label_node(
+        &self,
+        req: Request<pb::LabelNodeRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let req = req.into_inner();
+        let fleet = self.fleet.clone();
+        blocking(move || fleet.label(&req.name, &req.labels.into_iter().collect())).await?;
+        Ok(Response::new(pb::Ack {}))
+    }
+}

@@ -1,0 +1,287 @@
+//! The controller's certificate authority: creates and loads the CA, the
+//! server and admin certificates, signs node CSRs, and reads identities.
+//!
+//! Invariant: a node certificate says exactly what the controller decided
+//! (CN = the bound node name, OU = node, clientAuth only), never what the CSR asked.
+
+use anyhow::{Context, bail};
+use rcgen::{
+    BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
+    ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType, SerialNumber,
+};
+use std::path::Path;
+use std::time::Duration;
+
+pub struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    cert_pem: String,
+    cert_der: Vec<u8>,
+}
+
+pub struct Issued {
+    pub cert_pem: String,
+    pub serial: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Identity {
+    Admin { name: String },
+    Node { name: String, serial: String },
+}
+
+fn write_private(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = path.parent().context("path has a parent")?;
+    let tmp = dir.join(format!(
+        ".{}.tmp",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("x")
+    ));
+    let _ = std::fs::remove_file(&tmp);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(&tmp)
+        .with_context(|| format!("create {}", tmp.display()))?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path).with_context(|| format!("rename to {}", path.display()))?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
+}
+
+fn random_serial() -> anyhow::Result<SerialNumber> {
+    let mut b = [0u8; 16];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("random serial: {e}"))?;
+    b[0] = (b[0] & 0x7f) | 0x40; // positive, and no leading zero byte to be trimmed in DER
+    Ok(SerialNumber::from_slice(&b))
+}
+
+fn validity(params: &mut CertificateParams, d: Duration) {
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::minutes(5);
+    params.not_after = now + time::Duration::seconds(d.as_secs() as i64);
+}
+
+fn pem_der(pem: &str) -> anyhow::Result<Vec<u8>> {
+    let (_, p) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|e| anyhow::anyhow!("parse PEM: {e}"))?;
+    Ok(p.contents)
+}
+
+impl Ca {
+    pub fn load_or_create(dir: &Path) -> anyhow::Result<Ca> {
+        let (cert_path, key_path) = (dir.join("ca.pem"), dir.join("ca.key"));
+        if cert_path.exists() && key_path.exists() {
+            let cert_pem = std::fs::read_to_string(&cert_path)
+                .with_context(|| format!("read {}", cert_path.display()))?;
+            let key = KeyPair::from_pem(
+                &std::fs::read_to_string(&key_path)
+                    .with_context(|| format!("read {}", key_path.display()))?,
+            )
+            .context("CA key")?;
+            let issuer = Issuer::from_ca_cert_pem(&cert_pem, key).context("CA certificate")?;
+            let cert_der = pem_der(&cert_pem)?;
+            return Ok(Ca {
+                issuer,
+                cert_pem,
+                cert_der,
+            });
+        }
+        let key = KeyPair::generate().context("generate CA key")?;
+        let mut params = CertificateParams::new(Vec::<String>::new())?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Ballast CA");
+        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        params.key_usages = vec![
+            KeyUsagePurpose::KeyCertSign,
+            KeyUsagePurpose::CrlSign,
+            KeyUsagePurpose::DigitalSignature,
+        ];
+        params.serial_number = Some(random_serial()?);
+        validity(&mut params, Duration::from_secs(10 * 365 * 86400));
+        let cert = params.self_signed(&key)?;
+        write_private(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        write_private(&cert_path, cert.pem().as_bytes(), 0o644)?;
+        let cert_pem = cert.pem();
+        Ok(Ca {
+            issuer: Issuer::new(params, key),
+            cert_der: cert.der().to_vec(),
+            cert_pem,
+        })
+    }
+
+    pub fn cert_pem(&self) -> &str {
+        &self.cert_pem
+    }
+
+    pub fn cert_der(&self) -> &[u8] {
+        &self.cert_der
+    }
+
+    pub fn fingerprint(&self) -> String {
+        ballast_proto::sha256_tag(&self.cert_der)
+    }
+
+    fn signed_by_us(&self, pem: &str) -> bool {
+        let Ok(der) = pem_der(pem) else { return false };
+        let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+            return false;
+        };
+        let Ok((_, ca)) = x509_parser::parse_x509_certificate(&self.cert_der) else {
+            return false;
+        };
+        cert.verify_signature(Some(ca.public_key())).is_ok() && cert.validity().is_valid()
+    }
+
+    pub fn ensure_server_cert(
+        &self,
+        dir: &Path,
+        extra_names: &[String],
+    ) -> anyhow::Result<(String, String)> {
+        let (cert_path, key_path) = (dir.join("server.pem"), dir.join("server.key"));
+        let mut names = vec![
+            "localhost".to_owned(),
+            "127.0.0.1".to_owned(),
+            "::1".to_owned(),
+        ];
+        for n in extra_names {
+            if !names.contains(n) {
+                names.push(n.clone());
+            }
+        }
+        if let (Ok(chain), Ok(key)) = (
+            std::fs::read_to_string(&cert_path),
+            std::fs::read_to_string(&key_path),
+        ) {
+            if self.signed_by_us(&chain) && covers(&chain, &names) {
+                return Ok((chain, key));
+            }
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.subject_alt_names = names
+            .iter()
+            .map(|n| match n.parse::<std::net::IpAddr>() {
+                Ok(ip) => Ok(SanType::IpAddress(ip)),
+                Err(_) => Ok(SanType::DnsName(
+                    n.clone()
+                        .try_into()
+                        .with_context(|| format!("advertised name {n:?}"))?,
+                )),
+            })
+            .collect::<anyhow::Result<_>>()?;
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "Ballast controller");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(random_serial()?);
+        validity(&mut params, Duration::from_secs(2 * 365 * 86400));
+        let cert = params.signed_by(&key, &self.issuer)?;
+        let chain = format!("{}{}", cert.pem(), self.cert_pem);
+        write_private(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        write_private(&cert_path, chain.as_bytes(), 0o644)?;
+        Ok((chain, key.serialize_pem()))
+    }
+
+    pub fn ensure_admin_cert(&self, dir: &Path) -> anyhow::Result<(String, String)> {
+        let (cert_path, key_path) = (dir.join("admin.pem"), dir.join("admin.key"));
+        if let (Ok(cert), Ok(key)) = (
+            std::fs::read_to_string(&cert_path),
+            std::fs::read_to_string(&key_path),
+        ) {
+            if self.signed_by_us(&cert) {
+                return Ok((cert, key));
+            }
+        }
+        let key = KeyPair::generate()?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name.push(DnType::CommonName, "admin");
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, "admin");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        params.serial_number = Some(random_serial()?);
+        validity(&mut params, Duration::from_secs(365 * 86400));
+        let cert = params.signed_by(&key, &self.issuer)?;
+        write_private(&key_path, key.serialize_pem().as_bytes(), 0o600)?;
+        write_private(&cert_path, cert.pem().as_bytes(), 0o600)?;
+        Ok((cert.pem(), key.serialize_pem()))
+    }
+
+    pub fn sign_node_csr(
+        &self,
+        csr_der: &[u8],
+        node_name: &str,
+        valid_for: Duration,
+    ) -> anyhow::Result<Issued> {
+        let csr = CertificateSigningRequestParams::from_der(&csr_der.to_vec().into())
+            .map_err(|e| anyhow::anyhow!("invalid CSR: {e}"))?;
+        // Only the CSR's public key is used; everything else is ours.
+        let mut params = CertificateParams::default();
+        params
+            .distinguished_name
+            .push(DnType::CommonName, node_name);
+        params
+            .distinguished_name
+            .push(DnType::OrganizationalUnitName, "node");
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+        let serial = random_serial()?;
+        params.serial_number = Some(serial.clone());
+        validity(&mut params, valid_for);
+        let cert = params.signed_by(&csr.public_key, &self.issuer)?;
+        Ok(Issued {
+            cert_pem: cert.pem(),
+            serial: hex::encode(serial.to_bytes()),
+        })
+    }
+}
+
+fn covers(chain_pem: &str, names: &[String]) -> bool {
+    let Ok(der) = pem_der(chain_pem) else {
+        return false;
+    };
+    let Ok((_, cert)) = x509_parser::parse_x509_certificate(&der) else {
+        return false;
+    };
+    let Ok(Some(san)) = cert.subject_alternative_name() else {
+        return false;
+    };
+    names.iter().all(|n| {
+        san.value.general_names.iter().any(|g| match g {
+            x509_parser::extensions::GeneralName::DNSName(d) => d == n,
+            x509_parser::extensions::GeneralName::IPAddress(b) => {
+                match n.parse::<std::net::IpAddr>() {
+                    Ok(std::net::IpAddr::V4(ip)) => *b == ip.octets().as_slice(),
+                    Ok(std::net::IpAddr::V6(ip)) => *b == ip.octets().as_slice(),
+                    Err(_) => false,
+                }
+            }
+            _ => false,
+        })
+    })
+}
+
+pub fn identity_from_cert(der: &[u8]) -> anyhow::Result<Identity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der)
+        .map_err(|e| anyhow::anyhow!("parse certificate: {e}"))?;
+    let subject = cert.subject();
+    let first = |it: &mut dyn Iterator<Item = &x509_parser::x509::AttributeTypeAndValue>| {
+        it.next().and_then(|a| a.as_str().ok()).map(str::to_owned)
+    };
+    let ou = first(&mut subject.iter_organizational_unit());
+    let cn = first(&mut subject.iter_common_name()).context("certificate has no common name")?;
+    match ou.as_deref() {
+        Some("admin") => Ok(Identity::Admin { name: cn }),
+        Some("node") => Ok(Identity::Node {
+            name: cn,
+            serial: hex::encode(cert.tbs_certificate.raw_serial()),
+        }),
+        other => bail!("certificate has no Ballast role (OU {other:?})"),
+    }
+}

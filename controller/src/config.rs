@@ -1,0 +1,183 @@
+//! Where things live by default, and the controller's config file.
+//!
+//! Convention over configuration: every command works with no flags on one
+//! machine; flags beat the config file, which beats these defaults.
+
+use anyhow::{Context, bail};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The admin and agent gRPC API, one port.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8440";
+/// What clients dial when nothing else is said.
+pub const DEFAULT_CONTROLLER: &str = "127.0.0.1:8440";
+/// A node is stale when nothing was heard from it for this long.
+pub const DEFAULT_STALE_AFTER: Duration = Duration::from_secs(90);
+/// Read when present and no `--config` is given.
+pub const DEFAULT_CONFIG_FILE: &str = "/etc/ballast/controller.yaml";
+
+/// `/var/lib/ballast` for root, `$XDG_DATA_HOME/ballast` (or `~/.local/share/ballast`) otherwise.
+pub fn default_data_dir() -> PathBuf {
+    if nix_is_root() {
+        return PathBuf::from("/var/lib/ballast");
+    }
+    if let Some(xdg) = std::env::var_os("XDG_DATA_HOME").filter(|v| !v.is_empty()) {
+        return PathBuf::from(xdg).join("ballast");
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| ".".into());
+    PathBuf::from(home).join(".local/share/ballast")
+}
+
+fn nix_is_root() -> bool {
+    // Reading /proc avoids a libc call here; the effective uid is field 2 of `Uid:`.
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("Uid:"))
+                .map(|l| l.split_whitespace().nth(2) == Some("0"))
+        })
+        .unwrap_or(false)
+}
+
+/// Settings of `ballast serve` after flags, file and defaults are merged.
+#[derive(Debug, Clone)]
+pub struct ServeConfig {
+    pub listen: SocketAddr,
+    pub data_dir: PathBuf,
+    /// Extra names or addresses the server certificate covers (for remote agents).
+    pub advertise: Vec<String>,
+    pub stale_after: Duration,
+    /// The agent binary served to bootstrapping nodes; found beside `ballast` when unset.
+    pub agent_binary: Option<PathBuf>,
+}
+
+impl ServeConfig {
+    pub fn defaults() -> ServeConfig {
+        ServeConfig {
+            listen: DEFAULT_LISTEN
+                .parse()
+                .expect("default listen address parses"),
+            data_dir: default_data_dir(),
+            advertise: Vec::new(),
+            stale_after: DEFAULT_STALE_AFTER,
+            agent_binary: None,
+        }
+    }
+}
+
+/// Values read from a config file; each is optional.
+#[derive(Debug, Default, PartialEq)]
+pub struct FileConfig {
+    pub listen: Option<SocketAddr>,
+    pub data_dir: Option<PathBuf>,
+    pub advertise: Vec<String>,
+    pub stale_after: Option<Duration>,
+}
+
+/// Reads a config file of flat `key: value` lines (YAML subset):
+/// `listen`, `data_dir`, `advertise` (comma separated), `stale_after`.
+pub fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("read config file {}", path.display()))?;
+    parse_file_config(&text).map_err(|e| anyhow::anyhow!("{}:{e}", path.display()))
+}
+
+fn parse_file_config(text: &str) -> Result<FileConfig, String> {
+    let mut cfg = FileConfig::default();
+    for (i, raw) in text.lines().enumerate() {
+        let line = raw.split(" #").next().unwrap_or("").trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let n = i + 1;
+        let Some((key, value)) = line.split_once(':') else {
+            return Err(format!("{n}: expected `key: value`, got {line:?}"));
+        };
+        let value = value.trim().trim_matches('"');
+        match key.trim() {
+            "listen" => {
+                cfg.listen = Some(value.parse().map_err(|e| {
+                    format!("{n}: listen: {e}; expected HOST:PORT such as 127.0.0.1:8440")
+                })?)
+            }
+            "data_dir" => cfg.data_dir = Some(PathBuf::from(value)),
+            "advertise" => {
+                cfg.advertise = value
+                    .split(',')
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .collect()
+            }
+            "stale_after" => {
+                cfg.stale_after =
+                    Some(parse_duration(value).map_err(|e| format!("{n}: stale_after: {e}"))?)
+            }
+            other => {
+                return Err(format!(
+                    "{n}: unknown key `{other}`; allowed: listen, data_dir, advertise, stale_after"
+                ));
+            }
+        }
+    }
+    Ok(cfg)
+}
+
+/// Durations as operators write them: `500ms`, `30s`, `5m`, `1h`, `7d`.
+pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        anyhow::anyhow!("invalid duration {s:?}: expected a number and a unit, such as 30s, 5m, 1h")
+    })?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        "d" => Duration::from_secs(n * 86400),
+        _ => bail!("invalid duration {s:?}: unit must be one of ms, s, m, h, d"),
+    };
+    Ok(d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert!(
+            parse_duration("5")
+                .unwrap_err()
+                .to_string()
+                .contains("unit must be")
+        );
+        assert!(
+            parse_duration("m")
+                .unwrap_err()
+                .to_string()
+                .contains("expected a number")
+        );
+    }
+
+    #[test]
+    fn config_file_rejects_unknown_keys_with_line() {
+        let err = parse_file_config("listen: 127.0.0.1:9000\nlisten_addr: x\n").unwrap_err();
+        assert_eq!(
+            err,
+            "2: unknown key `listen_addr`; allowed: listen, data_dir, advertise, stale_after"
+        );
+        let ok = parse_file_config(
+            "# c\nlisten: 0.0.0.0:8440\nadvertise: ctl.example, 10.0.0.1\nstale_after: 2m\n",
+        )
+        .unwrap();
+        assert_eq!(ok.advertise, vec!["ctl.example", "10.0.0.1"]);
+        assert_eq!(ok.stale_after, Some(Duration::from_secs(120)));
+    }
+}

@@ -1,0 +1,151 @@
+//! Starting the controller: data dir, store, CA and certificates, then one
+//! mTLS gRPC port for agents and operators. Tests call [`start`] on `127.0.0.1:0`.
+
+use crate::api::Api;
+use crate::authz::AuthzLayer;
+use crate::bootstrap;
+use crate::ca::Ca;
+use crate::config::ServeConfig;
+use crate::fleet::Fleet;
+use crate::store::RedbStore;
+use anyhow::Context;
+use ballast_proto::{MAX_MESSAGE_BYTES, pb};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+
+/// Where the controller keeps its certificates and keys, inside the data dir.
+pub fn pki_dir(data_dir: &Path) -> PathBuf {
+    data_dir.join("pki")
+}
+
+/// A controller serving in this process.
+pub struct Running {
+    pub addr: SocketAddr,
+    /// `sha256:HEX` of the CA certificate.
+    pub fingerprint: String,
+    shutdown: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    /// Stops accepting, closes streams, and waits for the server to end.
+    pub async fn stop(self) -> anyhow::Result<()> {
+        let _ = self.shutdown.send(());
+        self.task.await.context("server task")?.context("server")?;
+        Ok(())
+    }
+
+    /// Waits until the server ends by itself (an error) or Ctrl-C / SIGTERM.
+    pub async fn wait_for_signal(self) -> anyhow::Result<()> {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {},
+            _ = term.recv() => {},
+        }
+        tracing::info!("shutting down");
+        self.stop().await
+    }
+}
+
+/// Each agent holds a connection: lift the soft open-files limit to the hard one.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        if soft < hard {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(error = %e, soft, hard, "could not raise the open files limit");
+            }
+        }
+    }
+}
+
+/// Opens (or creates) everything in the data dir and starts serving.
+pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
+    raise_open_files_limit();
+    create_private_dir(&cfg.data_dir)?;
+    let pki = pki_dir(&cfg.data_dir);
+    create_private_dir(&pki)?;
+    let ca = Ca::load_or_create(&pki).context("certificate authority")?;
+    let (server_chain, server_key) = ca
+        .ensure_server_cert(&pki, &cfg.advertise)
+        .context("server certificate")?;
+    ca.ensure_admin_cert(&pki).context("admin certificate")?;
+    let store_path = cfg.data_dir.join("ballast.redb");
+    let store = RedbStore::open(&store_path)
+        .with_context(|| format!("open store {}", store_path.display()))?;
+    let fleet = Fleet::open(Arc::new(store), cfg.stale_after).context("load fleet state")?;
+    let fingerprint = ca.fingerprint();
+    let ca = Arc::new(ca);
+
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(server_chain, server_key))
+        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+        // Enrollment has no certificate yet; every other method is refused without one (authz).
+        .client_auth_optional(true);
+    let listener = tokio::net::TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let api = Api::new(fleet.clone(), ca.clone());
+    let mut grpc = tonic::service::Routes::builder();
+    grpc.add_service(
+        pb::enrollment_server::EnrollmentServer::new(api.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(
+        pb::agent_server::AgentServer::new(api.clone())
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    )
+    .add_service(
+        pb::admin_server::AdminServer::new(api)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+    );
+    // Bootstrap downloads (installer, agent binary) share the port, over HTTPS.
+    let agent_binary = cfg
+        .agent_binary
+        .clone()
+        .or_else(bootstrap::default_agent_binary);
+    let fallback = cfg
+        .advertise
+        .first()
+        .map(|h| format!("{h}:{}", addr.port()))
+        .unwrap_or_else(|| addr.to_string());
+    let routes = tonic::service::Routes::from(grpc.routes().into_axum_router().merge(
+        bootstrap::routes(agent_binary, fingerprint.clone(), fallback),
+    ));
+    let router = Server::builder()
+        .tls_config(tls)?
+        .accept_http1(true)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
+        .tcp_nodelay(true)
+        .layer(AuthzLayer::new(fleet))
+        .add_routes(routes);
+    let (shutdown, rx) = tokio::sync::oneshot::channel::<()>();
+    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
+        let _ = rx.await;
+    }));
+    tracing::info!(%addr, data_dir = %cfg.data_dir.display(), %fingerprint, "controller serving");
+    Ok(Running {
+        addr,
+        fingerprint,
+        shutdown,
+        task,
+    })
+}
+
+fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("create directory {}", dir.display()))
+}

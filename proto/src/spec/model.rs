@@ -1,0 +1,338 @@
+//! Types of the validated model. Field names are the YAML keys.
+
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+
+/// Node labels and group match selectors.
+pub type Labels = BTreeMap<String, String>;
+/// Template variables of a node group (any YAML/JSON value).
+pub type Vars = BTreeMap<String, serde_json::Value>;
+
+/// The whole desired state of a fleet: every source file merged.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Spec {
+    pub roles: BTreeMap<String, Role>,
+    /// Node groups (top-level `groups:`), which select nodes and give them roles.
+    pub groups: BTreeMap<String, NodeGroup>,
+}
+
+/// A reusable bundle of resources.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct Role {
+    pub resources: Vec<Resource>,
+    /// Where each resource was declared (same order as `resources`).
+    #[serde(skip)]
+    pub origins: Vec<Origin>,
+    /// Where the role was declared, for error messages.
+    #[serde(default, skip_serializing_if = "Origin::is_unknown")]
+    pub origin: Origin,
+}
+
+/// Selects nodes by labels and gives them roles.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct NodeGroup {
+    /// Every key must equal the node's label; empty selects every node.
+    #[serde(rename = "match")]
+    pub selector: Labels,
+    pub roles: Vec<String>,
+    /// Line of each entry of `roles`, for error messages.
+    #[serde(skip)]
+    pub role_lines: Vec<usize>,
+    pub vars: Vars,
+    #[serde(default, skip_serializing_if = "Origin::is_unknown")]
+    pub origin: Origin,
+}
+
+/// Where something was declared: file and 1-based line.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct Origin {
+    pub file: String,
+    pub line: usize,
+}
+
+impl Origin {
+    pub fn is_unknown(&self) -> bool {
+        self.file.is_empty()
+    }
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.file, self.line)
+    }
+}
+
+/// Present or absent, for kinds that have no richer states.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Ensure {
+    #[default]
+    Present,
+    Absent,
+}
+
+/// One managed thing on a node. Identity is `kind[key]` (see [`Resource::id`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "lowercase")]
+pub enum Resource {
+    File(File),
+    Directory(Directory),
+    Symlink(Symlink),
+    User(User),
+    Group(Group),
+    Package(Package),
+    Cron(Cron),
+    Service(Service),
+}
+
+/// The fixed order in which kinds are applied; removal runs in reverse.
+/// Groups before users (a user's primary group must exist), users before
+/// packages (packages may ship files owned by them), directories before files
+/// and symlinks (they live inside), cron and services last (they run what the
+/// rest installed).
+pub const KIND_ORDER: [&str; 8] = [
+    "group",
+    "user",
+    "package",
+    "directory",
+    "file",
+    "symlink",
+    "cron",
+    "service",
+];
+
+/// A reference to another resource, `kind:name` in YAML (`requires: [package:nginx]`).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct ResourceRef {
+    pub kind: String,
+    pub name: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct File {
+    /// Absolute, normalised.
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub content: Option<String>,
+    /// Render `content` with minijinja (facts, vars, node).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub template: bool,
+    /// The contributing group's vars; set only on templates, by rendering.
+    #[serde(default, skip_serializing_if = "Vars::is_empty")]
+    pub vars: Vars,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Permission bits, parsed from an octal string ("0644").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    #[serde(default)]
+    pub ensure: Ensure,
+    /// Services restarted when this file changes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<ResourceRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Directory {
+    pub path: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<u32>,
+    #[serde(default)]
+    pub ensure: Ensure,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<ResourceRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Symlink {
+    pub path: String,
+    /// What the link points to; may be relative. Required when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub target: Option<String>,
+    #[serde(default)]
+    pub ensure: Ensure,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<ResourceRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct User {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<u32>,
+    /// Primary group.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub group: Option<String>,
+    /// Supplementary groups (exactly these, when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub groups: Option<Vec<String>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub home: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shell: Option<String>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub system: bool,
+    /// Written to `~/.ssh/authorized_keys` (exactly these, when given).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorized_keys: Option<Vec<String>>,
+    #[serde(default)]
+    pub ensure: Ensure,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<ResourceRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Group {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub system: bool,
+    #[serde(default)]
+    pub ensure: Ensure,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<ResourceRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PackageEnsure {
+    Present,
+    Absent,
+    Latest,
+    /// An exact version string.
+    Version(String),
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Package {
+    pub name: String,
+    pub ensure: PackageEnsure,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub notify: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<ResourceRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Cron {
+    /// Also the file name: `/etc/cron.d/ballast-NAME`.
+    pub name: String,
+    /// Five fields or `@hourly|@daily|@weekly|@monthly|@reboot`. Required when present.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schedule: Option<String>,
+    #[serde(default = "default_cron_user")]
+    pub user: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub command: Option<String>,
+    #[serde(default, skip_serializing_if = "Labels::is_empty")]
+    pub env: Labels,
+    #[serde(default)]
+    pub ensure: Ensure,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<ResourceRef>,
+}
+
+fn default_cron_user() -> String {
+    "root".to_owned()
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ServiceEnsure {
+    Running,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Service {
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ensure: Option<ServiceEnsure>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Content of `/etc/systemd/system/NAME.service`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unit: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<ResourceRef>,
+}
+
+impl Resource {
+    /// The kind, as in [`KIND_ORDER`] and in ids.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Resource::File(_) => "file",
+            Resource::Directory(_) => "directory",
+            Resource::Symlink(_) => "symlink",
+            Resource::User(_) => "user",
+            Resource::Group(_) => "group",
+            Resource::Package(_) => "package",
+            Resource::Cron(_) => "cron",
+            Resource::Service(_) => "service",
+        }
+    }
+
+    /// The identifying key: a path for filesystem kinds, a name otherwise.
+    pub fn key(&self) -> &str {
+        match self {
+            Resource::File(r) => &r.path,
+            Resource::Directory(r) => &r.path,
+            Resource::Symlink(r) => &r.path,
+            Resource::User(r) => &r.name,
+            Resource::Group(r) => &r.name,
+            Resource::Package(r) => &r.name,
+            Resource::Cron(r) => &r.name,
+            Resource::Service(r) => &r.name,
+        }
+    }
+
+    /// `kind[key]`, e.g. `file[/etc/motd]`.
+    pub fn id(&self) -> String {
+        format!("{}[{}]", self.kind(), self.key())
+    }
+
+    pub fn requires(&self) -> &[ResourceRef] {
+        match self {
+            Resource::File(r) => &r.requires,
+            Resource::Directory(r) => &r.requires,
+            Resource::Symlink(r) => &r.requires,
+            Resource::User(r) => &r.requires,
+            Resource::Group(r) => &r.requires,
+            Resource::Package(r) => &r.requires,
+            Resource::Cron(r) => &r.requires,
+            Resource::Service(r) => &r.requires,
+        }
+    }
+
+    /// Position of this kind in [`KIND_ORDER`].
+    pub fn order(&self) -> usize {
+        KIND_ORDER
+            .iter()
+            .position(|k| *k == self.kind())
+            .expect("every kind is in KIND_ORDER")
+    }
+}
+
+/// Name and labels of a node, as rendering and templates see them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+pub struct NodeMeta {
+    pub name: String,
+    pub labels: Labels,
+}
+
+/// One node's rendered desired state: what the controller sends and the agent
+/// enforces. Resources are sorted by (kind order, key) and unique by id.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+pub struct NodeState {
+    pub node: NodeMeta,
+    pub resources: Vec<Resource>,
+}

@@ -1,0 +1,441 @@
+//! Rendering a spec for one node, the static checks that make rendering
+//! infallible, the canonical document, and state diffs.
+
+use super::{NodeMeta, NodeState, Origin, Resource, Spec, SpecError, SpecErrors, Vars, validate};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// What two resources collide on: the path for filesystem kinds (a file and
+/// a directory cannot share one), else the kind and name.
+fn slot(r: &Resource) -> String {
+    match r {
+        Resource::File(_) | Resource::Directory(_) | Resource::Symlink(_) => {
+            format!("path:{}", r.key())
+        }
+        _ => r.id(),
+    }
+}
+
+/// A resource as a node of this group gets it: templates carry the group's vars.
+fn effective(r: &Resource, vars: &Vars) -> Resource {
+    match r {
+        Resource::File(f) if f.template => {
+            let mut f = f.clone();
+            f.vars = vars.clone();
+            Resource::File(f)
+        }
+        other => other.clone(),
+    }
+}
+
+/// Two selectors can both match one node unless they disagree on a key.
+fn compatible(a: &super::Labels, b: &super::Labels) -> bool {
+    a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
+}
+
+fn matches(selector: &super::Labels, labels: &super::Labels) -> bool {
+    selector.iter().all(|(k, v)| labels.get(k) == Some(v))
+}
+
+/// Static checks over the whole spec, run by `parse`: role references,
+/// conflicts between resources that can reach one node, `requires`.
+pub(super) fn check(spec: &Spec) -> Vec<SpecError> {
+    let mut errors = Vec::new();
+    let err = |origin: &Origin, field: String, message: String| SpecError {
+        file: origin.file.clone(),
+        line: origin.line,
+        field,
+        message,
+    };
+    for (gname, g) in &spec.groups {
+        for (i, role) in g.roles.iter().enumerate() {
+            if !spec.roles.contains_key(role) {
+                let line = g.role_lines.get(i).copied().unwrap_or(g.origin.line);
+                let defined: Vec<&str> = spec.roles.keys().map(String::as_str).collect();
+                errors.push(SpecError {
+                    file: g.origin.file.clone(),
+                    line,
+                    field: format!("groups.{gname}.roles[{i}]"),
+                    message: format!(
+                        "role {role} is not defined; defined roles: {}",
+                        if defined.is_empty() {
+                            "none".into()
+                        } else {
+                            defined.join(", ")
+                        }
+                    ),
+                });
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return errors;
+    }
+    // Conflicts: every pair of node groups that can select one node.
+    let groups: Vec<(&String, &super::NodeGroup)> = spec.groups.iter().collect();
+    let mut reported = BTreeSet::new();
+    for (i, (gname_a, ga)) in groups.iter().enumerate() {
+        for (gname_b, gb) in groups.iter().skip(i) {
+            if !compatible(&ga.selector, &gb.selector) {
+                continue;
+            }
+            let mut seen: BTreeMap<String, (Resource, &str, &Origin)> = BTreeMap::new();
+            for g in [ga, gb] {
+                for role in &g.roles {
+                    let r = &spec.roles[role];
+                    for (res, origin) in r.resources.iter().zip(&r.origins) {
+                        let eff = effective(res, &g.vars);
+                        match seen.get(&slot(res)) {
+                            None => {
+                                seen.insert(slot(res), (eff, role, origin));
+                            }
+                            Some((prev, prole, porigin)) if *prev != eff => {
+                                let key = (prev.id(), res.id(), prole.to_string(), role.clone());
+                                if reported.insert(key) {
+                                    let reach = if gname_a == gname_b {
+                                        format!("nodes of node group {gname_a}")
+                                    } else {
+                                        format!(
+                                            "nodes matching node groups {gname_a} and {gname_b}"
+                                        )
+                                    };
+                                    let what = if prev.id() == res.id() {
+                                        format!("{} is declared differently by", res.id())
+                                    } else {
+                                        format!("{} and {} share a path in", prev.id(), res.id())
+                                    };
+                                    let same_role = if *prole == role.as_str() {
+                                        " (with different vars)".to_string()
+                                    } else {
+                                        String::new()
+                                    };
+                                    errors.push(err(
+                                        &gb.origin,
+                                        format!("groups.{gname_b}"),
+                                        format!("{what} role {prole} ({porigin}) and role {role} ({origin}){same_role}, and both reach {reach}"),
+                                    ));
+                                }
+                            }
+                            Some(_) => {}
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // `requires`: the target must be declared for the same node group; no cycles.
+    for (gname, g) in &spec.groups {
+        let mut ids: BTreeMap<String, &Resource> = BTreeMap::new();
+        let mut origin_of: BTreeMap<String, &Origin> = BTreeMap::new();
+        for role in &g.roles {
+            let r = &spec.roles[role];
+            for (res, origin) in r.resources.iter().zip(&r.origins) {
+                ids.entry(res.id()).or_insert(res);
+                origin_of.entry(res.id()).or_insert(origin);
+            }
+        }
+        for (id, res) in &ids {
+            for req in res.requires() {
+                let target = format!("{}[{}]", req.kind, req.name);
+                if !ids.contains_key(&target) {
+                    let key = (id.clone(), target.clone(), gname.clone(), String::new());
+                    if reported.insert(key) {
+                        errors.push(err(
+                            origin_of[id],
+                            format!("groups.{gname}"),
+                            format!(
+                                "{id} requires {}:{}, which no role of node group {gname} declares",
+                                req.kind, req.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+        if let Some(cycle) = find_cycle(&ids) {
+            errors.push(err(
+                &g.origin,
+                format!("groups.{gname}"),
+                format!("requires form a cycle: {}", cycle.join(" -> ")),
+            ));
+        }
+    }
+    errors
+}
+
+fn find_cycle(ids: &BTreeMap<String, &Resource>) -> Option<Vec<String>> {
+    fn visit(
+        id: &str,
+        ids: &BTreeMap<String, &Resource>,
+        state: &mut BTreeMap<String, u8>,
+        path: &mut Vec<String>,
+    ) -> Option<Vec<String>> {
+        match state.get(id) {
+            Some(2) => return None,
+            Some(1) => {
+                let start = path.iter().position(|p| p == id).unwrap_or(0);
+                let mut cycle = path[start..].to_vec();
+                cycle.push(id.to_owned());
+                return Some(cycle);
+            }
+            _ => {}
+        }
+        state.insert(id.to_owned(), 1);
+        path.push(id.to_owned());
+        if let Some(r) = ids.get(id) {
+            for req in r.requires() {
+                let t = format!("{}[{}]", req.kind, req.name);
+                if ids.contains_key(&t) {
+                    if let Some(c) = visit(&t, ids, state, path) {
+                        return Some(c);
+                    }
+                }
+            }
+        }
+        path.pop();
+        state.insert(id.to_owned(), 2);
+        None
+    }
+    let mut state = BTreeMap::new();
+    for id in ids.keys() {
+        if let Some(c) = visit(id, ids, &mut state, &mut Vec::new()) {
+            return Some(c);
+        }
+    }
+    None
+}
+
+impl Spec {
+    /// Names of the node groups whose selector matches these labels, sorted.
+    pub fn matching_groups(&self, labels: &super::Labels) -> Vec<String> {
+        self.groups
+            .iter()
+            .filter(|(_, g)| matches(&g.selector, labels))
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    /// The node's effective desired state: the resources of every role of
+    /// every node group whose selector matches the node's labels. Infallible:
+    /// `parse` already refused every conflict that could reach a node.
+    pub fn render(&self, node: &NodeMeta) -> NodeState {
+        let mut seen = BTreeSet::new();
+        let mut resources = Vec::new();
+        for (_, g) in self
+            .groups
+            .iter()
+            .filter(|(_, g)| matches(&g.selector, &node.labels))
+        {
+            for role in &g.roles {
+                let Some(r) = self.roles.get(role) else {
+                    continue;
+                };
+                for res in &r.resources {
+                    if seen.insert(res.id()) {
+                        resources.push(effective(res, &g.vars));
+                    }
+                }
+            }
+        }
+        resources.sort_by(|a, b| (a.order(), a.key()).cmp(&(b.order(), b.key())));
+        NodeState {
+            node: node.clone(),
+            resources,
+        }
+    }
+
+    /// `sha256:HEX` of the spec's canonical JSON without origins: equal
+    /// meaning gives an equal hash.
+    pub fn content_hash(&self) -> String {
+        let mut bare = self.clone();
+        for r in bare.roles.values_mut() {
+            r.origin = Origin::default();
+        }
+        for g in bare.groups.values_mut() {
+            g.origin = Origin::default();
+        }
+        crate::sha256_tag(&serde_json::to_vec(&bare).expect("spec serializes"))
+    }
+}
+
+impl NodeState {
+    /// Canonical JSON (maps sorted, no whitespace): what is sent and hashed.
+    pub fn to_document(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("node state serializes")
+    }
+
+    /// `sha256:HEX` of [`NodeState::to_document`].
+    pub fn hash(&self) -> String {
+        crate::sha256_tag(&self.to_document())
+    }
+
+    /// Decodes and validates a wire document: the only way into a `NodeState` from bytes.
+    pub fn from_document(bytes: &[u8]) -> Result<NodeState, SpecErrors> {
+        let one = |field: String, message: String| SpecError {
+            file: String::new(),
+            line: 0,
+            field,
+            message,
+        };
+        let state: NodeState = serde_json::from_slice(bytes).map_err(|e| {
+            SpecErrors(vec![one(
+                "document".into(),
+                format!("not a valid desired state document: {e}"),
+            )])
+        })?;
+        let mut errors = Vec::new();
+        if let Err(e) = validate::node_name(&state.node.name) {
+            errors.push(one("node.name".into(), e));
+        }
+        for (k, v) in &state.node.labels {
+            if let Err(e) = validate::label_key(k).and_then(|_| validate::label_value(v)) {
+                errors.push(one(format!("node.labels.{k}"), e));
+            }
+        }
+        let mut ids = BTreeSet::new();
+        for (i, r) in state.resources.iter().enumerate() {
+            for (field, message) in validate::resource(r) {
+                errors.push(one(format!("resources[{i}].{field}"), message));
+            }
+            if !ids.insert(slot(r)) {
+                errors.push(one(
+                    format!("resources[{i}]"),
+                    format!("{} appears twice", r.id()),
+                ));
+            }
+        }
+        if errors.is_empty() {
+            Ok(state)
+        } else {
+            Err(SpecErrors(errors))
+        }
+    }
+}
+
+/// Resource ids added, changed or removed between two node states.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct StateDiff {
+    pub added: Vec<String>,
+    pub changed: Vec<String>,
+    pub removed: Vec<String>,
+}
+
+impl StateDiff {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
+pub fn diff_states(old: &NodeState, new: &NodeState) -> StateDiff {
+    let old: BTreeMap<String, &Resource> = old.resources.iter().map(|r| (r.id(), r)).collect();
+    let new: BTreeMap<String, &Resource> = new.resources.iter().map(|r| (r.id(), r)).collect();
+    StateDiff {
+        added: new
+            .keys()
+            .filter(|k| !old.contains_key(*k))
+            .cloned()
+            .collect(),
+        changed: new
+            .iter()
+            .filter(|(k, r)| old.get(*k).is_some_and(|o| o != *r))
+            .map(|(k, _)| k.clone())
+            .collect(),
+        removed: old
+            .keys()
+            .filter(|k| !new.contains_key(*k))
+            .cloned()
+            .collect(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{Source, parse};
+    use super::*;
+
+    fn spec(yaml: &str) -> Spec {
+        parse(&[Source {
+            name: "s.yaml".into(),
+            text: yaml.into(),
+        }])
+        .unwrap()
+    }
+
+    const SITE: &str = "roles:\n  base:\n    services: [{name: cron, ensure: running}]\n    files: [{path: /etc/motd, content: hi}]\n  web:\n    files: [{path: /etc/web, content: \"{{ vars.port }}\", template: true}]\n    packages: [{name: nginx}]\n    users: [{name: www}]\ngroups:\n  all: {roles: [base]}\n  web: {match: {role: web}, roles: [web], vars: {port: 80}}\n";
+
+    fn node(labels: &[(&str, &str)]) -> NodeMeta {
+        NodeMeta {
+            name: "n1".into(),
+            labels: labels
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn render_picks_roles_by_labels_in_kind_order() {
+        let s = spec(SITE);
+        let ids: Vec<String> = s
+            .render(&node(&[("role", "web")]))
+            .resources
+            .iter()
+            .map(|r| r.id())
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                "user[www]",
+                "package[nginx]",
+                "file[/etc/motd]",
+                "file[/etc/web]",
+                "service[cron]"
+            ]
+        );
+        let ids: Vec<String> = s
+            .render(&node(&[("role", "db")]))
+            .resources
+            .iter()
+            .map(|r| r.id())
+            .collect();
+        assert_eq!(ids, ["file[/etc/motd]", "service[cron]"]);
+        let Resource::File(f) = &s.render(&node(&[("role", "web")])).resources[3] else {
+            panic!()
+        };
+        assert_eq!(f.vars["port"], serde_json::json!(80));
+    }
+
+    #[test]
+    fn documents_round_trip_and_hash_stably() {
+        let s = spec(SITE);
+        let state = s.render(&node(&[("role", "web")]));
+        let doc = state.to_document();
+        let back = NodeState::from_document(&doc).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(back.hash(), state.hash());
+        assert_eq!(spec(SITE).content_hash(), s.content_hash());
+    }
+
+    #[test]
+    fn from_document_refuses_invalid_resources() {
+        let doc = br#"{"node":{"name":"n1","labels":{}},"resources":[{"kind":"file","path":"/etc/../shadow"},{"kind":"user","name":"Root"}]}"#;
+        let err = NodeState::from_document(doc).unwrap_err().to_string();
+        assert!(
+            err.contains("resources[0].path") && err.contains("resources[1].name"),
+            "{err}"
+        );
+        assert!(NodeState::from_document(b"{").is_err());
+    }
+
+    #[test]
+    fn diff_lists_added_changed_removed() {
+        let s = spec(SITE);
+        let a = s.render(&node(&[]));
+        let b =
+            spec(&SITE.replace("content: hi", "content: bye")).render(&node(&[("role", "web")]));
+        let d = diff_states(&a, &b);
+        assert_eq!(d.added, ["file[/etc/web]", "package[nginx]", "user[www]"]);
+        assert_eq!(d.changed, ["file[/etc/motd]"]);
+        assert!(d.removed.is_empty());
+        assert_eq!(diff_states(&b, &a).removed.len(), 3);
+    }
+}

@@ -1,0 +1,445 @@
+//! Validators shared by the controller (at apply time) and the agent (again,
+//! on every document it receives). Each returns what is wrong and what is allowed.
+
+use super::{Ensure, PackageEnsure, Resource};
+
+/// The agent's own state lives here; desired state may not manage it.
+pub const AGENT_STATE_DIR: &str = "/var/lib/ballast-agent";
+
+/// Node names: 1-63 of `[a-z0-9-.]`, starting and ending alphanumeric.
+pub fn node_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.as_bytes()[name.len() - 1].is_ascii_alphanumeric();
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid node name {name:?}: allowed are 1 to 63 characters of a-z, 0-9, '-' and '.', starting and ending with a letter or digit"
+        ))
+    }
+}
+
+/// Label keys: 1-63 of `[A-Za-z0-9_.-]` starting alphanumeric.
+pub fn label_key(key: &str) -> Result<(), String> {
+    let ok = !key.is_empty()
+        && key.len() <= 63
+        && key.as_bytes()[0].is_ascii_alphanumeric()
+        && key
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid label key {key:?}: allowed are 1 to 63 characters of A-Z, a-z, 0-9, '_', '.' and '-', starting with a letter or digit"
+        ))
+    }
+}
+
+/// Label values: 0-63 of `[A-Za-z0-9_.-]`.
+pub fn label_value(value: &str) -> Result<(), String> {
+    let ok = value.len() <= 63
+        && value
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid label value {value:?}: allowed are up to 63 characters of A-Z, a-z, 0-9, '_', '.' and '-'"
+        ))
+    }
+}
+
+/// Role and node-group names: `[a-z0-9][a-z0-9_-]*`, at most 63.
+pub fn spec_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid name {name:?}: allowed are 1 to 63 characters of a-z, 0-9, '_' and '-', starting with a letter or digit"
+        ))
+    }
+}
+
+/// Absolute, normalised paths: no `.` or `..` segments, no `//`, no trailing
+/// slash, no NUL, at most 4096 bytes, and not the agent's own state dir.
+pub fn abs_path(path: &str) -> Result<(), String> {
+    let allowed = "allowed are absolute, normalised paths (no '.' or '..' segments, no '//', no trailing '/')";
+    if !path.starts_with('/') {
+        return Err(format!("path {path:?} is not absolute: {allowed}"));
+    }
+    if path.len() > 4096 || path.contains('\0') || path.contains('\n') {
+        return Err(format!(
+            "path {path:?} is too long or holds NUL or newline: {allowed}"
+        ));
+    }
+    if path == "/" {
+        return Err(format!("path \"/\" cannot be managed: {allowed}"));
+    }
+    if path.ends_with('/')
+        || path[1..]
+            .split('/')
+            .any(|seg| seg.is_empty() || seg == "." || seg == "..")
+    {
+        return Err(format!("path {path:?} is not normalised: {allowed}"));
+    }
+    if path == AGENT_STATE_DIR || path.starts_with(&format!("{AGENT_STATE_DIR}/")) {
+        return Err(format!(
+            "path {path:?} is inside the agent's state dir {AGENT_STATE_DIR}, which cannot be managed"
+        ));
+    }
+    Ok(())
+}
+
+/// User and group names per Debian's rules: `[a-z_][a-z0-9_-]*` with an
+/// optional trailing `$`, at most 32 characters.
+pub fn unix_name(name: &str) -> Result<(), String> {
+    let body = name.strip_suffix('$').unwrap_or(name);
+    let ok = !body.is_empty()
+        && name.len() <= 32
+        && (body.as_bytes()[0].is_ascii_lowercase() || body.as_bytes()[0] == b'_')
+        && body
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid user or group name {name:?}: allowed are up to 32 characters of a-z, 0-9, '_' and '-', starting with a letter or '_' (optionally ending in '$')"
+        ))
+    }
+}
+
+/// Permission bits, at most 0o7777.
+pub fn mode(mode: u32) -> Result<(), String> {
+    if mode <= 0o7777 {
+        Ok(())
+    } else {
+        Err(format!(
+            "mode {mode:o} is out of range: allowed are octal 0000 to 7777"
+        ))
+    }
+}
+
+/// Parses an octal mode string such as "0644" or "755".
+pub fn parse_mode(s: &str) -> Result<u32, String> {
+    let allowed = "allowed are octal strings of 3 or 4 digits such as \"0644\"";
+    if !(3..=4).contains(&s.len()) || !s.bytes().all(|b| (b'0'..=b'7').contains(&b)) {
+        return Err(format!("invalid mode {s:?}: {allowed}"));
+    }
+    u32::from_str_radix(s, 8).map_err(|_| format!("invalid mode {s:?}: {allowed}"))
+}
+
+/// Debian package names: `[a-z0-9][a-z0-9+.-]+`.
+pub fn package_name(name: &str) -> Result<(), String> {
+    let ok = name.len() >= 2
+        && name.len() <= 128
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name.bytes().all(|b| {
+            b.is_ascii_lowercase() || b.is_ascii_digit() || matches!(b, b'+' | b'.' | b'-')
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid package name {name:?}: allowed are 2 to 128 characters of a-z, 0-9, '+', '.' and '-', starting with a letter or digit"
+        ))
+    }
+}
+
+/// Debian version strings: start with a digit, then `[A-Za-z0-9.+~:-]`.
+pub fn package_version(v: &str) -> Result<(), String> {
+    let ok = !v.is_empty()
+        && v.len() <= 128
+        && v.as_bytes()[0].is_ascii_digit()
+        && v.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'+' | b'~' | b':' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid package ensure {v:?}: allowed are present, absent, latest, or an exact version starting with a digit"
+        ))
+    }
+}
+
+/// Cron job names (the file is /etc/cron.d/ballast-NAME; run-parts ignores dots).
+pub fn cron_name(name: &str) -> Result<(), String> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_' || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid cron job name {name:?}: allowed are 1 to 64 characters of a-z, 0-9, '_' and '-'"
+        ))
+    }
+}
+
+/// Five fields of `[0-9A-Za-z*,/-]`, or one of the `@` keywords.
+pub fn cron_schedule(s: &str) -> Result<(), String> {
+    const KEYWORDS: [&str; 7] = [
+        "@hourly",
+        "@daily",
+        "@weekly",
+        "@monthly",
+        "@yearly",
+        "@annually",
+        "@reboot",
+    ];
+    if KEYWORDS.contains(&s) {
+        return Ok(());
+    }
+    let fields: Vec<&str> = s.split_whitespace().collect();
+    let ok = !s.contains(['\n', '\r', '\0'])
+        && fields.len() == 5
+        && fields.iter().all(|f| {
+            f.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'*' | b',' | b'/' | b'-'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid cron schedule {s:?}: allowed are five fields (minute hour day month weekday) of digits, names, '*', ',', '/' and '-', or one of {}",
+            KEYWORDS.join(", ")
+        ))
+    }
+}
+
+/// A cron command: one line; `%` must be written `\%` (cron turns a bare `%` into a newline).
+pub fn cron_command(c: &str) -> Result<(), String> {
+    if c.trim().is_empty() || c.contains(['\n', '\r', '\0']) {
+        return Err("invalid cron command: it must be one non-empty line, without newline, carriage return or NUL".into());
+    }
+    let b = c.as_bytes();
+    if (0..b.len()).any(|i| b[i] == b'%' && (i == 0 || b[i - 1] != b'\\')) {
+        return Err(format!(
+            "invalid cron command {c:?}: cron turns a bare '%' into a newline; write it as '\\%'"
+        ));
+    }
+    Ok(())
+}
+
+/// Environment variable names for cron jobs.
+pub fn env_name(n: &str) -> Result<(), String> {
+    let ok = !n.is_empty()
+        && (n.as_bytes()[0].is_ascii_alphabetic() || n.as_bytes()[0] == b'_')
+        && n.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid environment variable name {n:?}: allowed are A-Z, a-z, 0-9 and '_', not starting with a digit"
+        ))
+    }
+}
+
+/// One line, no NUL.
+pub fn one_line(what: &str, v: &str) -> Result<(), String> {
+    if v.contains(['\n', '\r', '\0']) {
+        Err(format!(
+            "invalid {what}: it must be one line, without newline, carriage return or NUL"
+        ))
+    } else {
+        Ok(())
+    }
+}
+
+/// systemd unit names without the `.service` suffix.
+pub fn service_name(n: &str) -> Result<(), String> {
+    let ok = !n.is_empty()
+        && n.len() <= 200
+        && !n.ends_with(".service")
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'@' | b'-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "invalid service name {n:?}: allowed are A-Z, a-z, 0-9, ':', '_', '.', '@' and '-', without the .service suffix"
+        ))
+    }
+}
+
+/// Checks every attribute of one typed resource; returns (field, message) pairs.
+pub fn resource(r: &Resource) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut check = |field: &str, res: Result<(), String>| {
+        if let Err(m) = res {
+            out.push((field.to_owned(), m));
+        }
+    };
+    let owner_group = |check: &mut dyn FnMut(&str, Result<(), String>),
+                       owner: &Option<String>,
+                       group: &Option<String>| {
+        if let Some(o) = owner {
+            check("owner", unix_name(o));
+        }
+        if let Some(g) = group {
+            check("group", unix_name(g));
+        }
+    };
+    match r {
+        Resource::File(f) => {
+            check("path", abs_path(&f.path));
+            owner_group(&mut check, &f.owner, &f.group);
+            if let Some(m) = f.mode {
+                check("mode", mode(m));
+            }
+            for n in &f.notify {
+                check("notify", service_name(n));
+            }
+            if f.template && f.content.is_none() {
+                check(
+                    "template",
+                    Err("template: true needs content to render".into()),
+                );
+            }
+        }
+        Resource::Directory(d) => {
+            check("path", abs_path(&d.path));
+            owner_group(&mut check, &d.owner, &d.group);
+            if let Some(m) = d.mode {
+                check("mode", mode(m));
+            }
+        }
+        Resource::Symlink(s) => {
+            check("path", abs_path(&s.path));
+            match (&s.target, s.ensure) {
+                (None, Ensure::Present) => check("target", Err("a symlink needs a target".into())),
+                (Some(t), _) if t.is_empty() || t.len() > 4096 || t.contains(['\0', '\n']) => {
+                    check(
+                        "target",
+                        Err(format!(
+                            "invalid target {t:?}: allowed is a non-empty path without NUL or newline"
+                        )),
+                    )
+                }
+                _ => {}
+            }
+        }
+        Resource::User(u) => {
+            check("name", unix_name(&u.name));
+            if let Some(g) = &u.group {
+                check("group", unix_name(g));
+            }
+            for g in u.groups.iter().flatten() {
+                check("groups", unix_name(g));
+            }
+            if let Some(h) = &u.home {
+                check("home", abs_path(h));
+            }
+            if let Some(s) = &u.shell {
+                check("shell", abs_path(s));
+            }
+            for k in u.authorized_keys.iter().flatten() {
+                check(
+                    "authorized_keys",
+                    if k.trim().is_empty() {
+                        Err("an authorized key may not be empty".into())
+                    } else {
+                        one_line("authorized key", k)
+                    },
+                );
+            }
+        }
+        Resource::Group(g) => check("name", unix_name(&g.name)),
+        Resource::Package(p) => {
+            check("name", package_name(&p.name));
+            if let PackageEnsure::Version(v) = &p.ensure {
+                check("ensure", package_version(v));
+            }
+            for n in &p.notify {
+                check("notify", service_name(n));
+            }
+        }
+        Resource::Cron(c) => {
+            check("name", cron_name(&c.name));
+            check("user", unix_name(&c.user));
+            if c.ensure == Ensure::Present {
+                match &c.schedule {
+                    Some(s) => check("schedule", cron_schedule(s)),
+                    None => check("schedule", Err("a cron job needs a schedule".into())),
+                }
+                match &c.command {
+                    Some(cmd) => check("command", cron_command(cmd)),
+                    None => check("command", Err("a cron job needs a command".into())),
+                }
+            }
+            for (k, v) in &c.env {
+                check("env", env_name(k));
+                check("env", one_line("environment value", v));
+            }
+        }
+        Resource::Service(s) => check("name", service_name(&s.name)),
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_must_be_absolute_and_normalised() {
+        assert!(abs_path("/etc/motd").is_ok());
+        for bad in [
+            "etc/motd",
+            "/etc/../shadow",
+            "/etc//x",
+            "/etc/x/",
+            "/",
+            "/a/./b",
+            "/var/lib/ballast-agent/x",
+            "/a\0b",
+        ] {
+            assert!(abs_path(bad).is_err(), "{bad:?}");
+        }
+        assert!(abs_path("/var/lib/ballast-agents").is_ok());
+    }
+
+    #[test]
+    fn unix_names_follow_debian_rules() {
+        for ok in ["www-data", "_apt", "deploy", "host$", "a1"] {
+            assert!(unix_name(ok).is_ok(), "{ok}");
+        }
+        for bad in ["-dash", "123", "Root", "a:b", "a\nb", "", &"x".repeat(33)] {
+            assert!(unix_name(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn modes_are_octal_strings() {
+        assert_eq!(parse_mode("0644"), Ok(0o644));
+        assert_eq!(parse_mode("755"), Ok(0o755));
+        assert!(parse_mode("0849").is_err());
+        assert!(parse_mode("64").is_err());
+    }
+
+    #[test]
+    fn cron_fields_are_checked() {
+        assert!(cron_schedule("*/5 * * * *").is_ok());
+        assert!(cron_schedule("@daily").is_ok());
+        assert!(cron_schedule("* * * *").is_err());
+        assert!(cron_schedule("* * * * *\n* * * * * root rm -rf /").is_err());
+        assert!(cron_command("date +\\%s > /tmp/x").is_ok());
+        assert!(cron_command("date +%s").unwrap_err().contains("\\%"));
+        assert!(cron_command("a\nb").is_err());
+    }
+}

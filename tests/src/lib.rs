@@ -1,0 +1,281 @@
+//! Shared harness for the integration tests and benchmarks: the real
+//! controller and real agents, in-process, over loopback mutual TLS, with
+//! temporary data dirs, state dirs and `--root` sandboxes.
+
+use anyhow::Context;
+use ballast_agent::daemon::DaemonConfig;
+use ballast_controller::cli::{Cli, Conn};
+use ballast_controller::config::ServeConfig;
+use ballast_controller::server::{self, Running};
+use ballast_proto::pb;
+use ballast_proto::pb::admin_client::AdminClient;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tempfile::TempDir;
+use tonic::transport::Channel;
+
+/// A controller on `127.0.0.1` with a temporary data dir.
+pub struct TestController {
+    pub dir: TempDir,
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    cfg: ServeConfig,
+    running: Option<Running>,
+}
+
+impl TestController {
+    pub async fn start() -> TestController {
+        Self::start_with(|_| {}).await
+    }
+
+    pub async fn start_with(adjust: impl FnOnce(&mut ServeConfig)) -> TestController {
+        let dir = tempfile::tempdir().expect("temp data dir");
+        let mut cfg = ServeConfig::defaults();
+        cfg.listen = "127.0.0.1:0".parse().unwrap();
+        cfg.data_dir = dir.path().join("data");
+        adjust(&mut cfg);
+        let running = server::start(&cfg).await.expect("controller starts");
+        let addr = running.addr;
+        // Restarts reuse the port, so agents reconnect to the same address.
+        cfg.listen = addr;
+        TestController {
+            dir,
+            addr,
+            fingerprint: running.fingerprint.clone(),
+            cfg,
+            running: Some(running),
+        }
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(r) = self.running.take() {
+            r.stop().await.expect("controller stops");
+        }
+    }
+
+    /// Starts again on the same address and data dir.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            match server::start(&self.cfg).await {
+                Ok(r) => {
+                    self.running = Some(r);
+                    return;
+                }
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                Err(e) => panic!("controller restarts: {e:#}"),
+            }
+        }
+    }
+
+    pub fn data_dir(&self) -> &Path {
+        &self.cfg.data_dir
+    }
+
+    pub fn controller(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn conn(&self) -> Conn {
+        Conn {
+            controller: self.controller(),
+            data_dir: Some(self.cfg.data_dir.clone()),
+        }
+    }
+
+    pub async fn admin(&self) -> AdminClient<Channel> {
+        ballast_controller::cli::connect(&self.conn())
+            .await
+            .expect("admin client connects")
+    }
+
+    /// Runs `ballast ARGS...` against this controller; returns exit code and stdout.
+    pub async fn cli(&self, args: &[&str]) -> (ExitCode, String) {
+        use clap::Parser;
+        let mut argv = vec!["ballast".to_string()];
+        argv.extend(args.iter().map(|s| s.to_string()));
+        argv.extend([
+            "--controller".into(),
+            self.controller(),
+            "--data-dir".into(),
+            self.cfg.data_dir.display().to_string(),
+        ]);
+        let cli = Cli::try_parse_from(&argv).unwrap_or_else(|e| panic!("parse {argv:?}: {e}"));
+        let mut out = Vec::new();
+        let code = match ballast_controller::cli::execute(cli.command, &mut out).await {
+            Ok(code) => code,
+            Err(e) => {
+                out.extend_from_slice(format!("error: {e:#}\n").as_bytes());
+                ExitCode::FAILURE
+            }
+        };
+        (code, String::from_utf8(out).unwrap())
+    }
+
+    pub async fn token(&self, labels: &[(&str, &str)]) -> String {
+        self.admin()
+            .await
+            .create_token(pb::CreateTokenRequest {
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+                ttl_seconds: 600,
+                name: String::new(),
+            })
+            .await
+            .expect("token created")
+            .into_inner()
+            .token
+    }
+
+    pub async fn apply(&self, yaml: &str) -> Result<pb::ApplyResponse, tonic::Status> {
+        let sources = vec![pb::SourceFile {
+            name: "spec.yaml".into(),
+            content: yaml.into(),
+        }];
+        self.admin()
+            .await
+            .apply(pb::ApplyRequest {
+                sources,
+                author: "test".into(),
+                message: String::new(),
+            })
+            .await
+            .map(|r| r.into_inner())
+    }
+
+    pub async fn nodes(&self) -> Vec<pb::NodeSummary> {
+        self.admin()
+            .await
+            .list_nodes(pb::ListNodesRequest::default())
+            .await
+            .expect("list nodes")
+            .into_inner()
+            .nodes
+    }
+
+    pub async fn node(&self, name: &str) -> Option<pb::NodeSummary> {
+        self.nodes().await.into_iter().find(|n| n.name == name)
+    }
+
+    /// Polls until `pred` holds for node `name`, or panics after `timeout`.
+    pub async fn wait_node(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&pb::NodeSummary) -> bool,
+    ) -> pb::NodeSummary {
+        let deadline = Instant::now() + timeout;
+        let mut client = self.admin().await;
+        loop {
+            let nodes = client
+                .list_nodes(pb::ListNodesRequest::default())
+                .await
+                .expect("list nodes")
+                .into_inner()
+                .nodes;
+            let node = nodes.into_iter().find(|n| n.name == name);
+            if let Some(n) = &node {
+                if pred(n) {
+                    return n.clone();
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("timed out waiting for node {name}; last seen as {node:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+/// An agent with its own state dir and `--root` sandbox.
+pub struct TestAgent {
+    pub name: String,
+    pub state: TempDir,
+    pub root: TempDir,
+    pub controller: String,
+    shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl TestAgent {
+    /// Enrolls a new node with a fresh token carrying `labels`.
+    pub async fn enroll(ctl: &TestController, name: &str, labels: &[(&str, &str)]) -> TestAgent {
+        let token = ctl.token(labels).await;
+        let state = tempfile::tempdir().expect("state dir");
+        let root = tempfile::tempdir().expect("root dir");
+        ballast_agent::client::enroll(
+            state.path(),
+            &ctl.controller(),
+            &token,
+            &ctl.fingerprint,
+            name,
+        )
+        .await
+        .expect("enrollment succeeds");
+        TestAgent {
+            name: name.into(),
+            state,
+            root,
+            controller: ctl.controller(),
+            shutdown: None,
+            task: None,
+        }
+    }
+
+    /// Starts the daemon in this process.
+    pub fn start(&mut self, interval: Duration) {
+        let cfg = DaemonConfig {
+            state_dir: self.state.path().to_owned(),
+            root: Some(self.root.path().to_owned()),
+            interval,
+            heartbeat: Duration::from_millis(500),
+            facts_dir: self.state.path().join("facts.d"),
+            controller: None,
+        };
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        self.shutdown = Some(tx);
+        self.task = Some(tokio::spawn(ballast_agent::daemon::run(cfg, async {
+            let _ = rx.await;
+        })));
+    }
+
+    pub async fn stop(&mut self) {
+        if let Some(tx) = self.shutdown.take() {
+            let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            task.await.expect("agent task").expect("agent ends cleanly");
+        }
+    }
+
+    /// A path inside the sandbox, given as the managed absolute path.
+    pub fn path(&self, managed: &str) -> PathBuf {
+        self.root.path().join(managed.trim_start_matches('/'))
+    }
+
+    /// A raw Agent-service client with this node's certificate.
+    pub async fn agent_client(&self) -> anyhow::Result<pb::agent_client::AgentClient<Channel>> {
+        let enrolled = ballast_agent::client::Enrolled::load(self.state.path())?;
+        let channel = enrolled.channel(None).await.context("node channel")?;
+        Ok(ballast_agent::client::agent_client(channel))
+    }
+}
+
+/// Polls a condition until it holds or the timeout passes.
+pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        if Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

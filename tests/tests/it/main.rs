@@ -1,0 +1,6 @@
+//! The one integration test binary: the real controller and real agents over
+//! loopback mutual TLS. Topics are modules.
+
+mod bad_input;
+mod e2e;
+mod security;
