@@ -63,6 +63,10 @@ impl Resource for DirRes<'_> {
     type State = Observed;
     type Change = Change;
 
+    fn creates(change: &Change) -> bool {
+        matches!(change, Change::Create { .. })
+    }
+
     fn id(&self) -> String {
         format!("directory[{}]", self.spec.path)
     }

@@ -9,7 +9,7 @@
 use crate::cache::write_atomic;
 use crate::host::Host;
 use ballast_proto::pb;
-use ballast_proto::spec::{NodeState, Resource as Spec};
+use ballast_proto::spec::{Ensure, NodeState, Resource as Spec};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -34,6 +34,11 @@ pub trait Resource {
         actual: &Self::State,
         changes: &[Self::Change],
     ) -> anyhow::Result<Option<String>>;
+    /// Whether a change creates the thing: only what the agent created is
+    /// removed when it later leaves the desired state.
+    fn creates(_change: &Self::Change) -> bool {
+        false
+    }
 }
 
 pub struct RunOptions<'a> {
@@ -77,6 +82,30 @@ pub struct ResourceReport {
     pub changes: Vec<String>,
     pub error: Option<String>,
     pub backup: Option<String>,
+    /// The run created the thing (see [`Resource::creates`]).
+    pub created: bool,
+}
+
+impl ResourceReport {
+    fn new(
+        id: String,
+        outcome: Outcome,
+        changes: Vec<String>,
+        error: Option<String>,
+    ) -> ResourceReport {
+        ResourceReport {
+            id,
+            outcome,
+            changes,
+            error,
+            backup: None,
+            created: false,
+        }
+    }
+
+    fn failed(id: String, e: &anyhow::Error) -> ResourceReport {
+        ResourceReport::new(id, Outcome::Failed, Vec::new(), Some(format!("{e:#}")))
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -135,34 +164,18 @@ fn run<R: Resource>(r: &R, host: &Host, noop: bool) -> ResourceReport {
     let id = r.id();
     let actual = match r.observe(host) {
         Ok(a) => a,
-        Err(e) => {
-            return ResourceReport {
-                id,
-                outcome: Outcome::Failed,
-                changes: Vec::new(),
-                error: Some(format!("{e:#}")),
-                backup: None,
-            };
-        }
+        Err(e) => return ResourceReport::failed(id, &e),
     };
     let changes = r.diff(&actual);
     let text: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+    let created = changes.iter().any(R::creates);
     if changes.is_empty() {
-        return ResourceReport {
-            id,
-            outcome: Outcome::Unchanged,
-            changes: text,
-            error: None,
-            backup: None,
-        };
+        return ResourceReport::new(id, Outcome::Unchanged, text, None);
     }
     if noop {
         return ResourceReport {
-            id,
-            outcome: Outcome::Changed,
-            changes: text,
-            error: None,
-            backup: None,
+            created,
+            ..ResourceReport::new(id, Outcome::Changed, text, None)
         };
     }
     match r.apply(host, &actual, &changes) {
@@ -171,20 +184,12 @@ fn run<R: Resource>(r: &R, host: &Host, noop: bool) -> ResourceReport {
                 tracing::info!(id = %id, change = %c, "applied");
             }
             ResourceReport {
-                id,
-                outcome: Outcome::Changed,
-                changes: text,
-                error: None,
                 backup,
+                created,
+                ..ResourceReport::new(id, Outcome::Changed, text, None)
             }
         }
-        Err(e) => ResourceReport {
-            id,
-            outcome: Outcome::Failed,
-            changes: text,
-            error: Some(format!("{e:#}")),
-            backup: None,
-        },
+        Err(e) => ResourceReport::new(id, Outcome::Failed, text, Some(format!("{e:#}"))),
     }
 }
 
@@ -218,28 +223,127 @@ pub struct Context<'a> {
     pub node: &'a ballast_proto::spec::NodeMeta,
 }
 
-fn run_one(spec: &Spec, host: &Host, cx: &Context<'_>, noop: bool) -> ResourceReport {
-    let failed = |id: String, e: anyhow::Error| ResourceReport {
-        id,
-        outcome: Outcome::Failed,
-        changes: Vec::new(),
-        error: Some(format!("{e:#}")),
-        backup: None,
-    };
+fn run_one(
+    spec: &Spec,
+    host: &Host,
+    cx: &Context<'_>,
+    noop: bool,
+    pending: &BTreeSet<String>,
+) -> ResourceReport {
     match spec {
         Spec::File(f) => match crate::file::FileRes::new(f, cx) {
             Ok(r) => run(&r, host, noop),
-            Err(e) => failed(spec.id(), e),
+            Err(e) => ResourceReport::failed(spec.id(), &e),
         },
         Spec::Directory(d) => run(&crate::directory::DirRes { spec: d }, host, noop),
         Spec::Symlink(s) => run(&crate::symlink::SymlinkRes { spec: s }, host, noop),
-        other => failed(
-            other.id(),
-            anyhow::anyhow!(
-                "resource kind {} is not supported by this agent version",
-                other.kind()
-            ),
+        Spec::Group(g) => run(&crate::group::GroupRes { spec: g }, host, noop),
+        Spec::User(u) => run(&crate::user::UserRes { spec: u }, host, noop),
+        Spec::Cron(c) => run(&crate::cron::CronRes { spec: c }, host, noop),
+        Spec::Service(s) => run(
+            &crate::service::ServiceRes {
+                spec: s,
+                restart_pending: pending.contains(&s.name),
+            },
+            host,
+            noop,
         ),
+        Spec::Package(_) => unreachable!("packages run as one batch"),
+    }
+}
+
+/// Observes every package, then makes all their changes in one apt transaction.
+fn run_packages(
+    specs: &[&ballast_proto::spec::Package],
+    host: &Host,
+    facts: &serde_json::Value,
+    noop: bool,
+) -> Vec<ResourceReport> {
+    use crate::package;
+    let id = |p: &ballast_proto::spec::Package| format!("package[{}]", p.name);
+    if let Err(e) = package::check_supported(host, facts) {
+        return specs
+            .iter()
+            .map(|p| ResourceReport::failed(id(p), &e))
+            .collect();
+    }
+    let mut reports: Vec<ResourceReport> = Vec::new();
+    let mut batch = Vec::new();
+    for p in specs {
+        match package::observe(host, &p.name)
+            .and_then(|installed| package::diff(host, p, &installed))
+        {
+            Err(e) => reports.push(ResourceReport::failed(id(p), &e)),
+            Ok(changes) if changes.is_empty() => reports.push(ResourceReport::new(
+                id(p),
+                Outcome::Unchanged,
+                Vec::new(),
+                None,
+            )),
+            Ok(changes) => {
+                let created = changes
+                    .iter()
+                    .any(|c| matches!(c, package::Change::Install { .. }));
+                let text = changes.iter().map(|c| c.to_string()).collect();
+                reports.push(ResourceReport {
+                    created,
+                    ..ResourceReport::new(id(p), Outcome::Changed, text, None)
+                });
+                batch.push((*p, changes));
+            }
+        }
+    }
+    if noop || batch.is_empty() {
+        return reports;
+    }
+    let result = package::apply_batch(host, &batch);
+    // Judge each package by what is installed now, not by apt's exit code alone.
+    for (p, _) in &batch {
+        let r = reports
+            .iter_mut()
+            .find(|r| r.id == id(p))
+            .expect("reported above");
+        let settled = package::observe(host, &p.name)
+            .and_then(|installed| package::diff(host, p, &installed))
+            .map(|c| c.is_empty());
+        match (&result, settled) {
+            (_, Ok(true)) => {
+                for c in &r.changes {
+                    tracing::info!(id = %r.id, change = %c, "applied");
+                }
+            }
+            (Err(e), _) => {
+                r.outcome = Outcome::Failed;
+                r.error = Some(format!("{e:#}"));
+            }
+            (Ok(()), Ok(false)) => {
+                r.outcome = Outcome::Failed;
+                r.error = Some("apt finished but the package is still not as desired".into());
+            }
+            (Ok(()), Err(e)) => {
+                r.outcome = Outcome::Failed;
+                r.error = Some(format!("{e:#}"));
+            }
+        }
+    }
+    reports
+}
+
+/// Services with a restart owed: a notifier changed and the restart has not
+/// happened yet (kept on disk so a failed run does not lose it).
+const PENDING_FILE: &str = "pending-restarts.json";
+
+fn load_pending(state_dir: &Path) -> BTreeSet<String> {
+    std::fs::read(state_dir.join(PENDING_FILE))
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or_default()
+}
+
+fn save_pending(state_dir: &Path, pending: &BTreeSet<String>) {
+    let bytes = serde_json::to_vec(pending).expect("pending restarts serialize");
+    if let Err(e) = write_atomic(&state_dir.join(PENDING_FILE), &bytes, 0o600) {
+        tracing::error!(error = %format!("{e:#}"), "could not save pending restarts");
     }
 }
 
@@ -247,70 +351,129 @@ fn run_one(spec: &Spec, host: &Host, cx: &Context<'_>, noop: bool) -> ResourceRe
 fn remove_one(kind: &str, key: &str, host: &Host, cx: &Context<'_>, noop: bool) -> ResourceReport {
     let id = format!("{kind}[{key}]");
     let result = (|| -> anyhow::Result<Option<(String, Option<String>)>> {
-        let Some(meta) = host.lstat(key)? else {
-            return Ok(None);
-        };
         use crate::host::Kind;
-        match (kind, meta.kind) {
-            ("file", Kind::File) => {
-                if noop {
-                    return Ok(Some((
-                        "remove file (no longer in desired state)".into(),
-                        None,
-                    )));
+        let gone = |what: &str| Some((format!("remove {what} (no longer in desired state)"), None));
+        match kind {
+            "file" | "symlink" | "directory" | "cron" => {
+                let path = if kind == "cron" {
+                    crate::cron::path_of(key)
+                } else {
+                    key.to_owned()
+                };
+                let Some(meta) = host.lstat(&path)? else {
+                    return Ok(None);
+                };
+                match (kind, meta.kind) {
+                    ("file" | "cron", Kind::File) => {
+                        if noop {
+                            return Ok(gone("file"));
+                        }
+                        let backup = crate::file::backup(host, cx.state_dir, &path, meta.size)?;
+                        host.unlink(&path)?;
+                        Ok(Some((
+                            "remove file (no longer in desired state)".into(),
+                            backup,
+                        )))
+                    }
+                    ("symlink", Kind::Symlink) => {
+                        if !noop {
+                            host.unlink(&path)?;
+                        }
+                        Ok(gone("symlink"))
+                    }
+                    ("directory", Kind::Dir) => {
+                        if !noop {
+                            host.rmdir(&path)?;
+                        }
+                        Ok(gone("empty directory"))
+                    }
+                    // Something else is there now: not ours to remove.
+                    _ => Ok(None),
                 }
-                let backup = crate::file::backup(host, cx.state_dir, key, meta.size)?;
-                host.unlink(key)?;
-                Ok(Some((
-                    "remove file (no longer in desired state)".into(),
-                    backup,
-                )))
             }
-            ("symlink", Kind::Symlink) => {
+            "user" => {
+                if !host.passwd()?.iter().any(|e| e.name == key) {
+                    return Ok(None);
+                }
                 if !noop {
-                    host.unlink(key)?;
+                    host.command("userdel", &["--", key], true)?;
+                    host.forget_names();
                 }
-                Ok(Some((
-                    "remove symlink (no longer in desired state)".into(),
-                    None,
-                )))
+                Ok(gone("user (home directory kept)"))
             }
-            ("directory", Kind::Dir) => {
+            "group" => {
+                if !host.groups()?.iter().any(|g| g.name == key) {
+                    return Ok(None);
+                }
                 if !noop {
-                    host.rmdir(key)?;
+                    host.command("groupdel", &["--", key], true)?;
+                    host.forget_names();
                 }
-                Ok(Some((
-                    "remove empty directory (no longer in desired state)".into(),
-                    None,
-                )))
+                Ok(gone("group"))
             }
-            // Something else is there now: not ours to remove.
+            "package" => {
+                if crate::package::observe(host, key)?.is_none() {
+                    return Ok(None);
+                }
+                if !noop {
+                    host.command("apt-get", &["-y", "-q", "remove", key], false)?;
+                }
+                Ok(gone("package"))
+            }
             _ => Ok(None),
         }
     })();
     match result {
-        Ok(None) => ResourceReport {
-            id,
-            outcome: Outcome::Unchanged,
-            changes: Vec::new(),
-            error: None,
-            backup: None,
-        },
+        Ok(None) => ResourceReport::new(id, Outcome::Unchanged, Vec::new(), None),
         Ok(Some((change, backup))) => ResourceReport {
-            id,
-            outcome: Outcome::Changed,
-            changes: vec![change],
-            error: None,
             backup,
+            ..ResourceReport::new(id, Outcome::Changed, vec![change], None)
         },
-        Err(e) => ResourceReport {
-            id,
-            outcome: Outcome::Failed,
-            changes: Vec::new(),
-            error: Some(format!("{e:#}")),
-            backup: None,
-        },
+        Err(e) => ResourceReport::failed(id, &e),
     }
+}
+
+/// The run order: the given (kind) order, except that a resource runs after
+/// everything it `requires` (a stable topological sort; validation refused cycles).
+fn order(resources: &[Spec]) -> Vec<&Spec> {
+    let index: BTreeMap<String, usize> = resources
+        .iter()
+        .enumerate()
+        .map(|(i, r)| (r.id(), i))
+        .collect();
+    let deps: Vec<Vec<usize>> = resources
+        .iter()
+        .map(|r| {
+            r.requires()
+                .iter()
+                .filter_map(|q| index.get(&format!("{}[{}]", q.kind, q.name)).copied())
+                .collect()
+        })
+        .collect();
+    let mut state = vec![0u8; resources.len()];
+    let mut out = Vec::with_capacity(resources.len());
+    // 0 = new, 1 = in progress (a cycle here is ignored: validation refuses them), 2 = placed.
+    fn visit<'a>(
+        i: usize,
+        resources: &'a [Spec],
+        deps: &[Vec<usize>],
+        state: &mut [u8],
+        out: &mut Vec<&'a Spec>,
+    ) {
+        if state[i] != 0 {
+            return;
+        }
+        state[i] = 1;
+        for &d in &deps[i] {
+            visit(d, resources, deps, state, out);
+        }
+        state[i] = 2;
+        out.push(&resources[i]);
+    }
+    for i in 0..resources.len() {
+        visit(i, resources, &deps, &mut state, &mut out);
+    }
+    out
 }
 
 /// Brings the host to `state`, in the fixed kind order (see `KIND_ORDER`), and
@@ -325,8 +488,22 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
     let (mut managed, stored) = load_managed(opts.state_dir);
     let mut reports = Vec::with_capacity(state.resources.len());
     let mut broken: BTreeSet<String> = BTreeSet::new();
-    // Resources arrive sorted by kind order, then key (see Spec::render).
-    for spec in &state.resources {
+    let mut pending = load_pending(opts.state_dir);
+    let packages: Vec<&ballast_proto::spec::Package> = state
+        .resources
+        .iter()
+        .filter_map(|r| {
+            if let Spec::Package(p) = r {
+                Some(p)
+            } else {
+                None
+            }
+        })
+        .collect();
+    let mut package_reports: Option<std::vec::IntoIter<ResourceReport>> = None;
+    // Resources arrive sorted by kind order, then key (see Spec::render);
+    // `requires` moves a resource after what it requires.
+    for spec in order(&state.resources) {
         let id = spec.id();
         let blocked = spec
             .requires()
@@ -350,29 +527,63 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
                     _ => None,
                 }
             });
-        let report = match blocked {
-            Some(dep) => ResourceReport {
-                id: id.clone(),
-                outcome: Outcome::Skipped,
-                changes: Vec::new(),
-                error: Some(format!("skipped: {dep} failed")),
-                backup: None,
-            },
-            None => run_one(spec, host, &cx, opts.noop),
+        let report = match (blocked, spec) {
+            (Some(dep), _) => ResourceReport::new(
+                id.clone(),
+                Outcome::Skipped,
+                Vec::new(),
+                Some(format!("skipped: {dep} failed")),
+            ),
+            (None, Spec::Package(_)) => {
+                let batch = package_reports.get_or_insert_with(|| {
+                    run_packages(&packages, host, opts.facts, opts.noop).into_iter()
+                });
+                batch.find(|r| r.id == id).unwrap_or_else(|| {
+                    ResourceReport::new(id.clone(), Outcome::Unchanged, Vec::new(), None)
+                })
+            }
+            (None, _) => run_one(spec, host, &cx, opts.noop, &pending),
         };
         if matches!(report.outcome, Outcome::Failed | Outcome::Skipped) {
             broken.insert(id.clone());
         }
-        let present = match spec {
-            Spec::File(f) => f.ensure == ballast_proto::spec::Ensure::Present,
-            Spec::Directory(d) => d.ensure == ballast_proto::spec::Ensure::Present,
-            Spec::Symlink(s) => s.ensure == ballast_proto::spec::Ensure::Present,
-            _ => false,
+        // A change to something that notifies services owes them a restart;
+        // it is written down before going on, so a later failure cannot lose it.
+        let notify = match spec {
+            Spec::File(f) => &f.notify,
+            Spec::Package(p) => &p.notify,
+            _ => &Vec::new(),
         };
-        if present && report.outcome != Outcome::Failed {
+        if report.outcome == Outcome::Changed && !notify.is_empty() {
+            pending.extend(notify.iter().cloned());
+            if !opts.noop {
+                save_pending(opts.state_dir, &pending);
+            }
+        }
+        if let Spec::Service(s) = spec {
+            if matches!(report.outcome, Outcome::Changed | Outcome::Unchanged)
+                && pending.remove(&s.name)
+                && !opts.noop
+            {
+                save_pending(opts.state_dir, &pending);
+            }
+        }
+        let present = match spec {
+            Spec::File(f) => f.ensure == Ensure::Present,
+            Spec::Directory(d) => d.ensure == Ensure::Present,
+            Spec::Symlink(s) => s.ensure == Ensure::Present,
+            Spec::User(u) => u.ensure == Ensure::Present,
+            Spec::Group(g) => g.ensure == Ensure::Present,
+            Spec::Cron(c) => c.ensure == Ensure::Present,
+            Spec::Package(p) => p.ensure != ballast_proto::spec::PackageEnsure::Absent,
+            Spec::Service(_) => false,
+        };
+        if present && report.created && report.outcome == Outcome::Changed {
             managed
                 .resources
                 .insert(id, (spec.kind().to_owned(), spec.key().to_owned()));
+        } else if !present {
+            managed.resources.remove(&id);
         }
         reports.push(report);
     }
@@ -409,3 +620,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         duration: started.elapsed(),
     }
 }
+
+#[cfg(test)]
+#[path = "engine_tests.rs"]
+mod tests;

@@ -126,6 +126,10 @@ impl Resource for FileRes<'_> {
     type State = Observed;
     type Change = Change;
 
+    fn creates(change: &Change) -> bool {
+        matches!(change, Change::Create { .. })
+    }
+
     fn id(&self) -> String {
         format!("file[{}]", self.spec.path)
     }

@@ -143,10 +143,15 @@ impl Host {
             ) {
                 Ok(next) => fd = Some(next),
                 Err(Errno::ENOENT) => return Ok(None),
-                Err(Errno::ELOOP) => {
-                    bail!("{walked} is a symlink; refusing to follow it on the way to {path}")
+                Err(Errno::ELOOP | Errno::ENOTDIR) => {
+                    // O_NOFOLLOW|O_DIRECTORY on a symlink gives ENOTDIR: say which it is.
+                    let is_link = nix::sys::stat::fstatat(base, d, AtFlags::AT_SYMLINK_NOFOLLOW)
+                        .is_ok_and(|st| meta_of(&st).kind == Kind::Symlink);
+                    if is_link {
+                        bail!("{walked} is a symlink; refusing to follow it on the way to {path}");
+                    }
+                    bail!("{walked} is not a directory, on the way to {path}");
                 }
-                Err(Errno::ENOTDIR) => bail!("{walked} is not a directory, on the way to {path}"),
                 Err(e) => return Err(e).with_context(|| format!("open directory {walked}")),
             }
         }
@@ -411,5 +416,127 @@ impl Host {
                 if group { "group" } else { "user" }
             )
         })
+    }
+}
+
+/// One entry of `/etc/passwd`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PasswdEntry {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+    pub home: String,
+    pub shell: String,
+}
+
+/// One entry of `/etc/group`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GroupEntry {
+    pub name: String,
+    pub gid: u32,
+    pub members: Vec<String>,
+}
+
+/// Parses passwd lines (`name:x:uid:gid:gecos:home:shell`), skipping malformed ones.
+pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 7)
+                .then(|| {
+                    Some(PasswdEntry {
+                        name: f[0].into(),
+                        uid: f[2].parse().ok()?,
+                        gid: f[3].parse().ok()?,
+                        home: f[5].into(),
+                        shell: f[6].into(),
+                    })
+                })
+                .flatten()
+        })
+        .collect()
+}
+
+/// Parses group lines (`name:x:gid:member,member`), skipping malformed ones.
+pub fn parse_group(text: &str) -> Vec<GroupEntry> {
+    text.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            (f.len() >= 4)
+                .then(|| {
+                    Some(GroupEntry {
+                        name: f[0].into(),
+                        gid: f[2].parse().ok()?,
+                        members: f[3]
+                            .split(',')
+                            .filter(|m| !m.is_empty())
+                            .map(str::to_owned)
+                            .collect(),
+                    })
+                })
+                .flatten()
+        })
+        .collect()
+}
+
+impl Host {
+    /// The local user database (`ROOT/etc/passwd`), as useradd maintains it.
+    pub fn passwd(&self) -> anyhow::Result<Vec<PasswdEntry>> {
+        Ok(parse_passwd(&String::from_utf8_lossy(
+            &self.read_file("/etc/passwd")?,
+        )))
+    }
+
+    /// The local group database (`ROOT/etc/group`).
+    pub fn groups(&self) -> anyhow::Result<Vec<GroupEntry>> {
+        Ok(parse_group(&String::from_utf8_lossy(
+            &self.read_file("/etc/group")?,
+        )))
+    }
+
+    /// Forgets cached name lookups (after users or groups changed).
+    pub fn forget_names(&self) {
+        self.names.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// Runs a system command with a C locale; an error carries its stderr.
+    /// `root_flag` adds `--root ROOT` for tools that support it when the host
+    /// is a sandbox (useradd, groupadd and friends).
+    pub fn command(&self, program: &str, args: &[&str], root_flag: bool) -> anyhow::Result<String> {
+        let mut cmd = std::process::Command::new(program);
+        if root_flag && !self.is_system() {
+            cmd.arg("--root").arg(&self.root);
+        }
+        cmd.args(args)
+            .env("LC_ALL", "C")
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(std::process::Stdio::null());
+        let out = cmd.output().with_context(|| format!("run {program}"))?;
+        if !out.status.success() {
+            let err = String::from_utf8_lossy(&out.stderr);
+            let last: Vec<&str> = err.lines().filter(|l| !l.trim().is_empty()).collect();
+            let tail = last[last.len().saturating_sub(3)..].join("; ");
+            bail!(
+                "{program} {} failed ({}): {tail}",
+                args.join(" "),
+                out.status
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Like [`Host::command`] but returns the exit code and stdout without
+    /// treating a non-zero exit as an error (for queries like `systemctl is-active`).
+    pub fn query(&self, program: &str, args: &[&str]) -> anyhow::Result<(i32, String)> {
+        let out = std::process::Command::new(program)
+            .args(args)
+            .env("LC_ALL", "C")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .with_context(|| format!("run {program}"))?;
+        Ok((
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).trim().to_owned(),
+        ))
     }
 }

@@ -9,9 +9,14 @@ pub mod engine;
 pub mod facts;
 pub mod host;
 
+mod cron;
 mod directory;
 mod file;
+mod group;
+mod package;
+mod service;
 mod symlink;
+mod user;
 
 /// The agent's version, reported with heartbeats and facts.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

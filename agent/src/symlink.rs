@@ -33,6 +33,10 @@ impl Resource for SymlinkRes<'_> {
     type State = Option<String>;
     type Change = Change;
 
+    fn creates(change: &Change) -> bool {
+        matches!(change, Change::Create { .. })
+    }
+
     fn id(&self) -> String {
         format!("symlink[{}]", self.spec.path)
     }

@@ -1,0 +1,382 @@
+//! Temp-root tests of the engine: every run happens under a `--root` sandbox.
+
+use super::*;
+use ballast_proto::spec::{NodeMeta, Source, parse};
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use tempfile::TempDir;
+
+struct Sandbox {
+    root: TempDir,
+    state: TempDir,
+    host: Host,
+}
+
+impl Sandbox {
+    fn new() -> Sandbox {
+        let root = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let host = Host::new(Some(root.path().to_owned()));
+        Sandbox { root, state, host }
+    }
+
+    fn state(yaml: &str) -> NodeState {
+        let spec = parse(&[Source {
+            name: "t.yaml".into(),
+            text: yaml.into(),
+        }])
+        .unwrap_or_else(|e| panic!("{e}"));
+        spec.render(&NodeMeta {
+            name: "n1".into(),
+            labels: Default::default(),
+        })
+    }
+
+    fn run(&self, yaml: &str, noop: bool) -> Report {
+        let facts = serde_json::json!({"os": {"id": "debian", "pretty_name": "Debian 12"}});
+        reconcile(
+            &Self::state(yaml),
+            &self.host,
+            &RunOptions {
+                noop,
+                state_dir: self.state.path(),
+                facts: &facts,
+            },
+        )
+    }
+
+    fn path(&self, p: &str) -> std::path::PathBuf {
+        self.root.path().join(p.trim_start_matches('/'))
+    }
+
+    fn read(&self, p: &str) -> Option<String> {
+        std::fs::read_to_string(self.path(p)).ok()
+    }
+}
+
+fn summary(r: &Report) -> Vec<String> {
+    r.resources
+        .iter()
+        .map(|x| {
+            format!(
+                "{:?} {} {}{}",
+                x.outcome,
+                x.id,
+                x.changes.join("; "),
+                x.error
+                    .as_deref()
+                    .map(|e| format!(" !{e}"))
+                    .unwrap_or_default()
+            )
+        })
+        .collect()
+}
+
+fn wrap(roles: &str) -> String {
+    format!("roles:\n  r:\n{roles}groups:\n  all: {{roles: [r]}}\n")
+}
+
+const SITE: &str = "    directories: [{path: /etc/app, mode: \"0750\"}]\n    files:\n      - {path: /etc/app/a.conf, content: \"one\\n\", mode: \"0640\"}\n      - {path: /etc/app/motd, template: true, content: \"{{ node.name }} on {{ facts.os.pretty_name }}\"}\n    symlinks: [{path: /etc/app/current, target: a.conf}]\n";
+
+#[test]
+fn first_run_creates_and_second_run_changes_nothing() {
+    let sb = Sandbox::new();
+    let first = sb.run(&wrap(SITE), false);
+    assert_eq!(first.changed(), 4, "{:#?}", summary(&first));
+    assert_eq!(sb.read("/etc/app/a.conf").as_deref(), Some("one\n"));
+    assert_eq!(sb.read("/etc/app/motd").as_deref(), Some("n1 on Debian 12"));
+    assert_eq!(
+        std::fs::metadata(sb.path("/etc/app/a.conf"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o640
+    );
+    assert_eq!(
+        std::fs::metadata(sb.path("/etc/app"))
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o7777,
+        0o750
+    );
+    assert_eq!(
+        std::fs::read_link(sb.path("/etc/app/current"))
+            .unwrap()
+            .to_str(),
+        Some("a.conf")
+    );
+    let second = sb.run(&wrap(SITE), false);
+    assert_eq!(second.changed(), 0, "{:#?}", summary(&second));
+    assert!(
+        second
+            .resources
+            .iter()
+            .all(|r| r.outcome == Outcome::Unchanged)
+    );
+}
+
+#[test]
+fn drift_is_repaired_and_noop_reports_the_same_changes_without_making_them() {
+    let sb = Sandbox::new();
+    sb.run(&wrap(SITE), false);
+    std::fs::write(sb.path("/etc/app/a.conf"), "tampered\n").unwrap();
+    std::fs::set_permissions(
+        sb.path("/etc/app/a.conf"),
+        std::fs::Permissions::from_mode(0o666),
+    )
+    .unwrap();
+    let dry = sb.run(&wrap(SITE), true);
+    assert_eq!(
+        sb.read("/etc/app/a.conf").as_deref(),
+        Some("tampered\n"),
+        "noop changes nothing"
+    );
+    let real = sb.run(&wrap(SITE), false);
+    assert_eq!(
+        summary(&dry),
+        summary(&real)
+            .iter()
+            .map(|s| s.to_string())
+            .collect::<Vec<_>>(),
+        "a dry run cannot lie"
+    );
+    expect_test::expect![[r#"
+        [
+            "Unchanged directory[/etc/app] ",
+            "Changed file[/etc/app/a.conf] replace content (9 -> 4 bytes); mode 0666 -> 0640",
+            "Unchanged file[/etc/app/motd] ",
+            "Unchanged symlink[/etc/app/current] ",
+        ]
+    "#]]
+    .assert_debug_eq(&summary(&real));
+    assert_eq!(sb.read("/etc/app/a.conf").as_deref(), Some("one\n"));
+    // The replaced content was backed up by hash.
+    let backup = real.resources[1].backup.clone().expect("a backup");
+    let saved = std::fs::read_to_string(
+        sb.state
+            .path()
+            .join("backups")
+            .join(backup.trim_start_matches("sha256:")),
+    )
+    .unwrap();
+    assert_eq!(saved, "tampered\n");
+}
+
+#[test]
+fn a_symlink_on_the_way_is_never_followed() {
+    let sb = Sandbox::new();
+    let outside = tempfile::tempdir().unwrap();
+    std::os::unix::fs::symlink(outside.path(), sb.path("/etc")).unwrap();
+    let r = sb.run(
+        &wrap("    files: [{path: /etc/evil.conf, content: x}]\n"),
+        false,
+    );
+    assert_eq!(r.failed(), 1);
+    assert!(
+        r.resources[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("/etc is a symlink; refusing to follow it"),
+        "{:?}",
+        summary(&r)
+    );
+    assert!(
+        std::fs::read_dir(outside.path()).unwrap().next().is_none(),
+        "nothing written outside the root"
+    );
+}
+
+#[test]
+fn things_of_another_kind_are_reported_not_clobbered() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("/srv/data/keep")).unwrap();
+    std::fs::write(sb.path("/srv/file"), "x").unwrap();
+    let r = sb.run(&wrap("    files: [{path: /srv/data, content: x}]\n    symlinks: [{path: /srv/file, target: /tmp}]\n"), false);
+    let s = summary(&r);
+    assert!(
+        s[0].contains("!/srv/data is a directory, not a regular file"),
+        "{s:?}"
+    );
+    assert!(
+        s[1].contains("!/srv/file is a regular file, not a symlink"),
+        "{s:?}"
+    );
+    assert!(sb.path("/srv/data/keep").is_dir());
+    assert_eq!(sb.read("/srv/file").as_deref(), Some("x"));
+}
+
+#[test]
+fn a_failure_does_not_stop_others_and_dependents_are_skipped() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("/srv/blocked")).unwrap();
+    let r = sb.run(&wrap("    files:\n      - {path: /srv/blocked, content: x}\n      - {path: /srv/after, content: y, requires: [\"file:/srv/blocked\"]}\n      - {path: /srv/other, content: z}\n"), false);
+    let by_id = |id: &str| r.resources.iter().find(|x| x.id == id).unwrap().outcome;
+    assert_eq!(by_id("file[/srv/blocked]"), Outcome::Failed);
+    assert_eq!(by_id("file[/srv/after]"), Outcome::Skipped);
+    assert_eq!(by_id("file[/srv/other]"), Outcome::Changed);
+    assert_eq!(sb.read("/srv/other").as_deref(), Some("z"));
+}
+
+#[test]
+fn only_what_the_agent_created_is_removed_when_it_leaves_the_desired_state() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("/etc")).unwrap();
+    std::fs::write(sb.path("/etc/preexisting"), "theirs\n").unwrap();
+    sb.run(&wrap("    files:\n      - {path: /etc/ours, content: a}\n      - {path: /etc/preexisting, content: managed}\n"), false);
+    let r = sb.run(
+        &wrap("    files: [{path: /etc/other, content: b}]\n"),
+        false,
+    );
+    assert_eq!(
+        sb.read("/etc/ours"),
+        None,
+        "created by the agent, so removed"
+    );
+    assert_eq!(
+        sb.read("/etc/preexisting").as_deref(),
+        Some("managed"),
+        "never created by the agent, so kept"
+    );
+    assert!(
+        summary(&r)
+            .iter()
+            .any(|s| s == "Changed file[/etc/ours] remove file (no longer in desired state)"),
+        "{:?}",
+        summary(&r)
+    );
+}
+
+#[test]
+fn absent_directories_must_be_empty() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("/srv/full")).unwrap();
+    std::fs::write(sb.path("/srv/full/x"), "x").unwrap();
+    let r = sb.run(
+        &wrap("    directories: [{path: /srv/full, ensure: absent}]\n"),
+        false,
+    );
+    assert!(
+        r.resources[0]
+            .error
+            .as_deref()
+            .unwrap()
+            .contains("not empty"),
+        "{:?}",
+        summary(&r)
+    );
+    assert!(sb.path("/srv/full/x").exists());
+}
+
+#[test]
+fn writes_leave_no_temp_files_behind() {
+    let sb = Sandbox::new();
+    sb.run(&wrap(SITE), false);
+    std::fs::write(sb.path("/etc/app/a.conf"), "drift").unwrap();
+    sb.run(&wrap(SITE), false);
+    let names: Vec<String> = std::fs::read_dir(sb.path("/etc/app"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert!(names.iter().all(|n| !n.contains(".tmp")), "{names:?}");
+}
+
+#[test]
+fn cron_jobs_are_files_in_cron_d_owned_by_root() {
+    let sb = Sandbox::new();
+    let yaml = wrap(
+        "    cron: [{name: backup, schedule: \"@daily\", command: \"/usr/local/bin/backup\"}]\n",
+    );
+    let r = sb.run(&yaml, false);
+    assert_eq!(r.changed(), 1, "{:?}", summary(&r));
+    let path = sb.path("/etc/cron.d/ballast-backup");
+    assert!(
+        std::fs::read_to_string(&path)
+            .unwrap()
+            .ends_with("@daily root /usr/local/bin/backup\n")
+    );
+    let meta = std::fs::metadata(&path).unwrap();
+    assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o644, 0));
+    assert_eq!(sb.run(&yaml, false).changed(), 0);
+    sb.run(
+        &wrap("    files: [{path: /etc/x, content: x}]\n    directories: [{path: /etc}]\n"),
+        false,
+    );
+    assert!(
+        !path.exists(),
+        "a job that left the desired state is removed"
+    );
+}
+
+#[test]
+fn users_and_groups_in_a_sandbox_database() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("/etc")).unwrap();
+    std::fs::create_dir_all(sb.path("/home")).unwrap();
+    std::fs::write(sb.path("/etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(sb.path("/etc/group"), "root:x:0:\nadm:x:4:\n").unwrap();
+    std::fs::write(sb.path("/etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+    std::fs::write(sb.path("/etc/gshadow"), "root:*::\nadm:*::\n").unwrap();
+    let yaml = wrap(
+        "    groups: [{name: www, gid: 2001}]\n    users: [{name: deploy, uid: 2001, group: www, groups: [adm], shell: /bin/sh, authorized_keys: [\"ssh-ed25519 AAAAC3 deploy@x\"]}]\n",
+    );
+    let r = sb.run(&yaml, false);
+    assert_eq!(r.failed(), 0, "{:?}", summary(&r));
+    let passwd = std::fs::read_to_string(sb.path("/etc/passwd")).unwrap();
+    assert!(
+        passwd.contains("deploy:x:2001:2001::/home/deploy:/bin/sh"),
+        "{passwd}"
+    );
+    assert!(
+        std::fs::read_to_string(sb.path("/etc/group"))
+            .unwrap()
+            .contains("adm:x:4:deploy")
+    );
+    let keys = sb.path("/home/deploy/.ssh/authorized_keys");
+    assert_eq!(
+        std::fs::read_to_string(&keys).unwrap(),
+        "ssh-ed25519 AAAAC3 deploy@x\n"
+    );
+    let meta = std::fs::metadata(&keys).unwrap();
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o600, 2001, 2001)
+    );
+    let again = sb.run(&yaml, false);
+    assert_eq!(again.changed(), 0, "{:?}", summary(&again));
+    // Drift: the shell changed by hand is put back.
+    let edited = std::fs::read_to_string(sb.path("/etc/passwd"))
+        .unwrap()
+        .replace("/home/deploy:/bin/sh", "/home/deploy:/bin/false");
+    std::fs::write(sb.path("/etc/passwd"), edited).unwrap();
+    let fixed = sb.run(&yaml, false);
+    assert_eq!(
+        summary(&fixed)[1],
+        "Changed user[deploy] shell /bin/false -> /bin/sh"
+    );
+}
+
+#[test]
+fn a_pending_restart_survives_a_run_that_fails_before_it() {
+    let sb = Sandbox::new();
+    let yaml = wrap(
+        "    directories: [{path: /etc/app}]\n    files: [{path: /etc/app/app.conf, content: v1, notify: [app]}]\n    services: [{name: app, ensure: running}]\n",
+    );
+    let r = sb.run(&yaml, false);
+    // In a sandbox services cannot run: the service fails after the file changed.
+    assert!(
+        summary(&r)
+            .iter()
+            .any(|s| s.starts_with("Failed service[app]")),
+        "{:?}",
+        summary(&r)
+    );
+    let pending: BTreeSet<String> =
+        serde_json::from_slice(&std::fs::read(sb.state.path().join(PENDING_FILE)).unwrap())
+            .unwrap();
+    assert!(
+        pending.contains("app"),
+        "the owed restart is kept for the next run"
+    );
+}

@@ -1,0 +1,149 @@
+//! `package` resources, with apt and dpkg on Debian and Ubuntu. Each package
+//! is observed on its own; all package changes of a run are made in one apt
+//! transaction (see [`apply_batch`]), not one per package.
+
+use crate::host::Host;
+use anyhow::bail;
+use ballast_proto::spec::{Package, PackageEnsure};
+use std::fmt;
+
+/// The installed version, if installed.
+pub type Observed = Option<String>;
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Install { version: Option<String> },
+    Upgrade { from: String, to: String },
+    Change { from: String, to: String },
+    Remove,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Install { version: None } => write!(f, "install"),
+            Change::Install { version: Some(v) } => write!(f, "install version {v}"),
+            Change::Upgrade { from, to } => write!(f, "upgrade {from} -> {to}"),
+            Change::Change { from, to } => write!(f, "change version {from} -> {to}"),
+            Change::Remove => write!(f, "remove"),
+        }
+    }
+}
+
+/// Whether this host's packages are managed with apt (Debian, Ubuntu and derivatives).
+pub fn check_supported(host: &Host, facts: &serde_json::Value) -> anyhow::Result<()> {
+    if !host.is_system() {
+        bail!("packages are managed on the real system only, not under --root");
+    }
+    let os = &facts["os"];
+    let id = os["id"].as_str().map(str::to_owned).or_else(|| {
+        // No facts collected (a local run): read os-release directly.
+        let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+        crate::facts::parse_os_release(&text)["id"]
+            .as_str()
+            .map(str::to_owned)
+    });
+    let like = os["id_like"].as_str().unwrap_or_default();
+    match id.as_deref() {
+        Some("debian" | "ubuntu") => Ok(()),
+        _ if like.split_whitespace().any(|l| l == "debian") => Ok(()),
+        other => bail!(
+            "packages: operating system {:?} is not supported (apt on Debian and Ubuntu is)",
+            other.unwrap_or("unknown")
+        ),
+    }
+}
+
+/// The installed version of a package, or `None`.
+pub fn observe(host: &Host, name: &str) -> anyhow::Result<Observed> {
+    let (code, out) = host.query(
+        "dpkg-query",
+        &[
+            "--show",
+            "--showformat=${db:Status-Status} ${Version}",
+            name,
+        ],
+    )?;
+    if code != 0 {
+        return Ok(None);
+    }
+    Ok(match out.split_once(' ') {
+        Some(("installed", v)) => Some(v.to_owned()),
+        _ => None,
+    })
+}
+
+fn candidate(host: &Host, name: &str) -> anyhow::Result<Option<String>> {
+    let (_, out) = host.query("apt-cache", &["policy", name])?;
+    Ok(out
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Candidate: "))
+        .filter(|v| *v != "(none)")
+        .map(str::to_owned))
+}
+
+/// What must change for one package (reads the apt cache only for `latest`).
+pub fn diff(host: &Host, spec: &Package, installed: &Observed) -> anyhow::Result<Vec<Change>> {
+    Ok(match (&spec.ensure, installed) {
+        (PackageEnsure::Absent, Some(_)) => vec![Change::Remove],
+        (PackageEnsure::Absent, None) => vec![],
+        (PackageEnsure::Present, None) => vec![Change::Install { version: None }],
+        (PackageEnsure::Present, Some(_)) => vec![],
+        (PackageEnsure::Latest, None) => vec![Change::Install { version: None }],
+        (PackageEnsure::Latest, Some(v)) => match candidate(host, &spec.name)? {
+            Some(c) if c != *v => vec![Change::Upgrade {
+                from: v.clone(),
+                to: c,
+            }],
+            _ => vec![],
+        },
+        (PackageEnsure::Version(want), None) => vec![Change::Install {
+            version: Some(want.clone()),
+        }],
+        (PackageEnsure::Version(want), Some(v)) if v != want => vec![Change::Change {
+            from: v.clone(),
+            to: want.clone(),
+        }],
+        (PackageEnsure::Version(_), Some(_)) => vec![],
+    })
+}
+
+/// One apt transaction for every package change of the run.
+pub fn apply_batch(host: &Host, changes: &[(&Package, Vec<Change>)]) -> anyhow::Result<()> {
+    let mut args: Vec<String> = [
+        "-y",
+        "-q",
+        "--no-install-recommends",
+        "-o",
+        "Dpkg::Options::=--force-confold",
+        "-o",
+        "Dpkg::Options::=--force-confdef",
+        "install",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut any = false;
+    for (spec, cs) in changes {
+        for c in cs {
+            any = true;
+            args.push(match c {
+                Change::Remove => format!("{}-", spec.name),
+                Change::Install { version: Some(v) } | Change::Change { to: v, .. } => {
+                    format!("{}={v}", spec.name)
+                }
+                Change::Install { version: None } | Change::Upgrade { .. } => spec.name.clone(),
+            });
+        }
+    }
+    if !any {
+        return Ok(());
+    }
+    // A fresh index first; offline nodes still install from what they have.
+    if let Err(e) = host.command("apt-get", &["-q", "update"], false) {
+        tracing::warn!(error = %format!("{e:#}"), "apt-get update failed; using the existing package index");
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    host.command("apt-get", &args, false)?;
+    Ok(())
+}

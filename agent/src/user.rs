@@ -1,0 +1,265 @@
+//! `user` resources: a local account with uid, primary and supplementary
+//! groups, home, shell, and the SSH keys in `~/.ssh/authorized_keys`; or absent.
+//! Changed with useradd, usermod and userdel (`--root` in a sandbox); the
+//! home directory is never deleted.
+
+use crate::engine::Resource;
+use crate::host::{Host, Kind, PasswdEntry};
+use anyhow::Context;
+use ballast_proto::spec::{Ensure, User};
+use std::fmt;
+
+pub struct UserRes<'a> {
+    pub spec: &'a User,
+}
+
+pub struct Observed {
+    entry: Option<PasswdEntry>,
+    /// Name of the primary group, when the gid has one.
+    primary: Option<String>,
+    /// Supplementary groups, sorted.
+    groups: Vec<String>,
+    /// Current authorized_keys content, and whether its mode/owner are right.
+    keys: Option<(String, bool)>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Change {
+    Create,
+    Uid { from: u32, to: u32 },
+    Primary { from: String, to: String },
+    Groups { from: Vec<String>, to: Vec<String> },
+    Home { from: String, to: String },
+    Shell { from: String, to: String },
+    Keys { count: usize },
+    Remove,
+}
+
+impl fmt::Display for Change {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Change::Create => write!(f, "create user"),
+            Change::Uid { from, to } => write!(f, "uid {from} -> {to}"),
+            Change::Primary { from, to } => write!(f, "primary group {from} -> {to}"),
+            Change::Groups { from, to } => {
+                write!(f, "groups [{}] -> [{}]", from.join(","), to.join(","))
+            }
+            Change::Home { from, to } => write!(f, "home {from} -> {to}"),
+            Change::Shell { from, to } => write!(f, "shell {from} -> {to}"),
+            Change::Keys { count } => write!(f, "write ~/.ssh/authorized_keys ({count} keys)"),
+            Change::Remove => write!(f, "remove user (home directory kept)"),
+        }
+    }
+}
+
+impl UserRes<'_> {
+    fn want_keys(&self) -> Option<String> {
+        self.spec
+            .authorized_keys
+            .as_ref()
+            .map(|keys| keys.iter().map(|k| format!("{}\n", k.trim())).collect())
+    }
+
+    fn home(&self, entry: Option<&PasswdEntry>) -> String {
+        self.spec
+            .home
+            .clone()
+            .or_else(|| entry.map(|e| e.home.clone()))
+            .unwrap_or_else(|| format!("/home/{}", self.spec.name))
+    }
+}
+
+impl Resource for UserRes<'_> {
+    type State = Observed;
+    type Change = Change;
+
+    fn creates(change: &Change) -> bool {
+        matches!(change, Change::Create)
+    }
+
+    fn id(&self) -> String {
+        format!("user[{}]", self.spec.name)
+    }
+
+    fn observe(&self, host: &Host) -> anyhow::Result<Observed> {
+        let entry = host
+            .passwd()?
+            .into_iter()
+            .find(|e| e.name == self.spec.name);
+        let all = host.groups()?;
+        let primary = entry
+            .as_ref()
+            .and_then(|e| all.iter().find(|g| g.gid == e.gid).map(|g| g.name.clone()));
+        let mut groups: Vec<String> = all
+            .iter()
+            .filter(|g| g.members.iter().any(|m| *m == self.spec.name))
+            .map(|g| g.name.clone())
+            .collect();
+        groups.sort();
+        let keys = match (&entry, &self.spec.authorized_keys) {
+            (Some(e), Some(_)) => {
+                let path = format!("{}/.ssh/authorized_keys", self.home(Some(e)));
+                match host.lstat(&path) {
+                    Ok(Some(m)) if m.kind == Kind::File => {
+                        let text = String::from_utf8_lossy(&host.read_file(&path)?).into_owned();
+                        Some((text, m.mode == 0o600 && m.uid == e.uid))
+                    }
+                    _ => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(Observed {
+            entry,
+            primary,
+            groups,
+            keys,
+        })
+    }
+
+    fn diff(&self, a: &Observed) -> Vec<Change> {
+        let s = self.spec;
+        let Some(e) = &a.entry else {
+            return match s.ensure {
+                Ensure::Present => {
+                    let mut out = vec![Change::Create];
+                    if let Some(keys) = &s.authorized_keys {
+                        out.push(Change::Keys { count: keys.len() });
+                    }
+                    out
+                }
+                Ensure::Absent => vec![],
+            };
+        };
+        if s.ensure == Ensure::Absent {
+            return vec![Change::Remove];
+        }
+        let mut out = Vec::new();
+        if let Some(uid) = s.uid.filter(|u| *u != e.uid) {
+            out.push(Change::Uid {
+                from: e.uid,
+                to: uid,
+            });
+        }
+        if let Some(g) = s.group.as_ref().filter(|g| a.primary.as_ref() != Some(*g)) {
+            out.push(Change::Primary {
+                from: a.primary.clone().unwrap_or_else(|| e.gid.to_string()),
+                to: g.clone(),
+            });
+        }
+        if let Some(want) = &s.groups {
+            let mut want = want.clone();
+            want.sort();
+            want.dedup();
+            if want != a.groups {
+                out.push(Change::Groups {
+                    from: a.groups.clone(),
+                    to: want,
+                });
+            }
+        }
+        if let Some(h) = s.home.as_ref().filter(|h| **h != e.home) {
+            out.push(Change::Home {
+                from: e.home.clone(),
+                to: h.clone(),
+            });
+        }
+        if let Some(sh) = s.shell.as_ref().filter(|sh| **sh != e.shell) {
+            out.push(Change::Shell {
+                from: e.shell.clone(),
+                to: sh.clone(),
+            });
+        }
+        if let Some(want) = self.want_keys() {
+            if a.keys.as_ref().map(|(text, ok)| *text == want && *ok) != Some(true) {
+                out.push(Change::Keys {
+                    count: s.authorized_keys.as_ref().map(Vec::len).unwrap_or(0),
+                });
+            }
+        }
+        out
+    }
+
+    fn apply(
+        &self,
+        host: &Host,
+        a: &Observed,
+        changes: &[Change],
+    ) -> anyhow::Result<Option<String>> {
+        let s = self.spec;
+        let name = s.name.as_str();
+        let mut usermod: Vec<String> = Vec::new();
+        for c in changes {
+            match c {
+                Change::Create => {
+                    let mut args: Vec<String> = vec!["--create-home".into()];
+                    if let Some(u) = s.uid {
+                        args.extend(["--uid".into(), u.to_string()]);
+                    }
+                    if let Some(g) = &s.group {
+                        args.extend(["--gid".into(), g.clone()]);
+                    }
+                    if let Some(gs) = s.groups.as_ref().filter(|g| !g.is_empty()) {
+                        args.extend(["--groups".into(), gs.join(",")]);
+                    }
+                    if let Some(h) = &s.home {
+                        args.extend(["--home-dir".into(), h.clone()]);
+                    }
+                    if let Some(sh) = &s.shell {
+                        args.extend(["--shell".into(), sh.clone()]);
+                    }
+                    if s.system {
+                        args.push("--system".into());
+                    }
+                    args.extend(["--".into(), name.into()]);
+                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+                    host.command("useradd", &args, true)?;
+                }
+                Change::Uid { to, .. } => usermod.extend(["--uid".into(), to.to_string()]),
+                Change::Primary { to, .. } => usermod.extend(["--gid".into(), to.clone()]),
+                Change::Groups { to, .. } => usermod.extend(["--groups".into(), to.join(",")]),
+                Change::Home { to, .. } => usermod.extend(["--home".into(), to.clone()]),
+                Change::Shell { to, .. } => usermod.extend(["--shell".into(), to.clone()]),
+                Change::Keys { .. } => {}
+                Change::Remove => {
+                    host.command("userdel", &["--", name], true)?;
+                }
+            }
+        }
+        if !usermod.is_empty() {
+            usermod.extend(["--".into(), name.into()]);
+            let args: Vec<&str> = usermod.iter().map(String::as_str).collect();
+            host.command("usermod", &args, true)?;
+        }
+        host.forget_names();
+        if changes.iter().any(|c| matches!(c, Change::Keys { .. })) {
+            let entry = host
+                .passwd()?
+                .into_iter()
+                .find(|e| e.name == s.name)
+                .with_context(|| format!("user {name} missing after useradd"))?;
+            let home = self.home(Some(&entry));
+            let ssh = format!("{home}/.ssh");
+            match host.lstat(&ssh)? {
+                None => {
+                    host.mkdir(&ssh, 0o700, false)?;
+                }
+                Some(m) if m.kind != Kind::Dir => {
+                    anyhow::bail!("{ssh} is {}, not a directory", m.kind)
+                }
+                Some(_) => host.set_meta(&ssh, Some(0o700), None, None)?,
+            }
+            host.set_meta(&ssh, None, Some(entry.uid), Some(entry.gid))?;
+            let keys = self.want_keys().unwrap_or_default();
+            host.write_file(
+                &format!("{ssh}/authorized_keys"),
+                keys.as_bytes(),
+                0o600,
+                Some(entry.uid),
+                Some(entry.gid),
+            )?;
+        }
+        let _ = a;
+        Ok(None)
+    }
+}
