@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project, installing what the tests need first.
-# Safe on a fresh Debian 12 machine as root; CI runs exactly this (.ci/run).
+# On a fresh Debian 12 machine as root (CI runs exactly this, via .ci/run):
+# unit tests, integration tests over loopback mTLS, the benchmark smoke run,
+# and the real-node tests (systemd-nspawn Debian nodes, built once and cached).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,5 +13,16 @@ if ! command -v cargo >/dev/null 2>&1; then
     exit 1
 fi
 
-step "build and run all tests (unit, integration)"
+if [ "$(id -u)" -eq 0 ]; then
+    step "tools for real-node tests (debootstrap, systemd-nspawn, dpkg-dev) and the cached node root"
+    scripts/node-root.sh
+    export BALLAST_NODE_TESTS=1
+else
+    echo "note: not root, so the real-node tests are skipped (they need debootstrap and systemd-nspawn)"
+fi
+
+step "build the agent binary that real nodes run"
+cargo build --locked -p ballast-agent
+
+step "all tests (unit, integration, real nodes, benchmark smoke run)"
 cargo test --workspace --locked --all-targets 2>&1

@@ -279,3 +279,4 @@ pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() ->
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+pub mod node;
