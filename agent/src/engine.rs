@@ -485,6 +485,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         facts: opts.facts,
         node: &state.node,
     };
+    host.begin_run();
     let (mut managed, stored) = load_managed(opts.state_dir);
     let mut reports = Vec::with_capacity(state.resources.len());
     let mut broken: BTreeSet<String> = BTreeSet::new();
@@ -604,6 +605,9 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         if report.outcome != Outcome::Unchanged {
             reports.push(report);
         }
+    }
+    if let Err(e) = host.sync_dirs() {
+        tracing::error!(error = %format!("{e:#}"), "could not make this run's changes durable");
     }
     if !opts.noop {
         managed.format = 1;

@@ -15,7 +15,7 @@ use std::fs::File;
 use std::io::{Read, Write};
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// What is at a path (never following a final symlink).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,6 +55,10 @@ pub struct Host {
     root: PathBuf,
     root_fd: OnceLock<Result<OwnedFd, String>>,
     names: Mutex<HashMap<(bool, String), Option<u32>>>,
+    /// Directories opened (without following symlinks) during this run.
+    dirs: Mutex<HashMap<String, Arc<OwnedFd>>>,
+    /// Directories whose entries changed and still need an fsync.
+    dirty: Mutex<HashMap<String, Arc<OwnedFd>>>,
 }
 
 fn split(path: &str) -> (Vec<&str>, &str) {
@@ -93,7 +97,41 @@ impl Host {
             root: root.unwrap_or_else(|| PathBuf::from("/")),
             root_fd: OnceLock::new(),
             names: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
+            dirty: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Starts a run: forgets directory descriptors and name lookups from
+    /// earlier runs (the host may have changed in between).
+    pub fn begin_run(&self) {
+        self.dirs.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.forget_names();
+    }
+
+    /// Ends a run: fsyncs every directory whose entries changed. Each write
+    /// was already atomic (a crash leaves old or new content); this makes the
+    /// renames durable once per directory instead of once per file.
+    pub fn sync_dirs(&self) -> anyhow::Result<()> {
+        let dirty: Vec<(String, Arc<OwnedFd>)> = self
+            .dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain()
+            .collect();
+        for (path, fd) in dirty {
+            nix::unistd::fsync(&fd).with_context(|| format!("fsync directory {path}"))?;
+        }
+        Ok(())
+    }
+
+    fn mark_dirty(&self, path: &str, dir: &Arc<OwnedFd>) {
+        let parent = path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+        self.dirty
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(parent.to_owned())
+            .or_insert_with(|| dir.clone());
     }
 
     pub fn root(&self) -> &Path {
@@ -119,12 +157,21 @@ impl Host {
             .map_err(|e| anyhow::anyhow!("{e}"))
     }
 
-    /// Opens the parent directory of `path` without following symlinks.
-    /// `Ok(None)` when a parent component does not exist.
-    fn parent(&self, path: &str) -> anyhow::Result<Option<(OwnedFd, String)>> {
+    /// Opens the parent directory of `path` without following symlinks
+    /// (cached for the run). `Ok(None)` when a parent component does not exist.
+    fn parent(&self, path: &str) -> anyhow::Result<Option<(Arc<OwnedFd>, String)>> {
         let (dirs, last) = split(path);
         if last.is_empty() {
             bail!("{path}: not a path below the root");
+        }
+        let parent_key = format!("/{}", dirs.join("/"));
+        if let Some(fd) = self
+            .dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&parent_key)
+        {
+            return Ok(Some((fd.clone(), last.to_owned())));
         }
         let mut fd: Option<OwnedFd> = None;
         let mut walked = String::new();
@@ -155,17 +202,21 @@ impl Host {
                 Err(e) => return Err(e).with_context(|| format!("open directory {walked}")),
             }
         }
-        let fd = match fd {
+        let fd = Arc::new(match fd {
             Some(f) => f,
             None => self
                 .root_fd()?
                 .try_clone()
                 .context("duplicate root descriptor")?,
-        };
+        });
+        self.dirs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(parent_key, fd.clone());
         Ok(Some((fd, last.to_owned())))
     }
 
-    fn parent_required(&self, path: &str) -> anyhow::Result<(OwnedFd, String)> {
+    fn parent_required(&self, path: &str) -> anyhow::Result<(Arc<OwnedFd>, String)> {
         self.parent(path)?.with_context(|| {
             format!(
                 "parent directory of {path} does not exist (manage it with a directories entry)"
@@ -244,7 +295,7 @@ impl Host {
             f.sync_all().with_context(|| format!("fsync {path}"))?;
             nix::fcntl::renameat(&dir, tmp.as_str(), &dir, name.as_str())
                 .with_context(|| format!("rename into {path}"))?;
-            nix::unistd::fsync(&dir).with_context(|| format!("fsync directory of {path}"))?;
+            self.mark_dirty(path, &dir);
             Ok(())
         })();
         if result.is_err() {
@@ -322,7 +373,7 @@ impl Host {
         .with_context(|| format!("open {path}"))?;
         nix::sys::stat::fchmod(&fd, Mode::from_bits_truncate(mode))
             .with_context(|| format!("chmod {path}"))?;
-        nix::unistd::fsync(&dir).with_context(|| format!("fsync parent of {path}"))?;
+        self.mark_dirty(path, &dir);
         Ok(())
     }
 
@@ -330,7 +381,15 @@ impl Host {
     pub fn rmdir(&self, path: &str) -> anyhow::Result<()> {
         let (dir, name) = self.parent_required(path)?;
         match nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::RemoveDir) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                // Forget descriptors of the removed directory and below it.
+                self.dirs
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .retain(|k, _| k != path && !k.starts_with(&format!("{path}/")));
+                self.mark_dirty(path, &dir);
+                Ok(())
+            }
             Err(Errno::ENOTEMPTY | Errno::EEXIST) => {
                 bail!("directory {path} is not empty; only empty directories are removed")
             }
@@ -343,7 +402,7 @@ impl Host {
         let (dir, name) = self.parent_required(path)?;
         nix::unistd::unlinkat(&dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
             .with_context(|| format!("remove {path}"))?;
-        nix::unistd::fsync(&dir).with_context(|| format!("fsync directory of {path}"))?;
+        self.mark_dirty(path, &dir);
         Ok(())
     }
 
@@ -365,7 +424,7 @@ impl Host {
                 nix::unistd::unlinkat(&dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
             return Err(e).with_context(|| format!("rename symlink into {path}"));
         }
-        nix::unistd::fsync(&dir).with_context(|| format!("fsync directory of {path}"))?;
+        self.mark_dirty(path, &dir);
         Ok(())
     }
 
