@@ -74,6 +74,15 @@ impl TestNode {
     /// Copies the cached root, installs the agent binary, boots the node and
     /// waits until systemd says the system is up.
     pub fn boot(name: &str) -> anyhow::Result<TestNode> {
+        Self::boot_with(name, |_| Ok(()))
+    }
+
+    /// Like [`TestNode::boot`], with `prepare` run on the node's root before
+    /// it boots (to seed cloud-init, say).
+    pub fn boot_with(
+        name: &str,
+        prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
+    ) -> anyhow::Result<TestNode> {
         let base = PathBuf::from("/var/tmp/ballast-nodes");
         std::fs::create_dir_all(&base)?;
         let mut rnd = [0u8; 4];
@@ -98,6 +107,7 @@ impl TestNode {
         std::fs::copy(agent_binary(), root.join("usr/local/bin/ballast-agent"))
             .context("install agent binary in node")?;
         std::fs::write(root.join("etc/hostname"), format!("{name}\n"))?;
+        prepare(&root)?;
         let log = root.with_extension("log");
         let out = std::fs::File::create(&log)?;
         let child = Command::new("systemd-nspawn")
