@@ -11,7 +11,7 @@ top=$(pwd)
 
 version=$(sed -n 's/^version = "\(.*\)"/\1/p' Cargo.toml | head -1)
 arch=$(dpkg --print-architecture)
-dist="$top/dist"
+dist="${BALLAST_DIST_DIR:-$top/dist}"
 bin="${BALLAST_BIN_DIR:-$top/target/release}"
 
 if [ -z "${BALLAST_BIN_DIR:-}" ]; then
@@ -37,7 +37,7 @@ Description: $4
 CTRL
     (cd "$tree" && find . -type f ! -path './DEBIAN/*' -printf '%P\n' | sort | xargs md5sum >DEBIAN/md5sums)
     chmod 0755 "$tree/DEBIAN"/post* "$tree/DEBIAN"/pre* 2>/dev/null || true
-    dpkg-deb --root-owner-group --build "$tree" "$dist/${name}_${version}_${arch}.deb" >/dev/null
+    dpkg-deb --root-owner-group -Z"${BALLAST_DEB_COMPRESS:-xz}" --build "$tree" "$dist/${name}_${version}_${arch}.deb" >/dev/null
     rm -rf "$tree"
     echo "built $dist/${name}_${version}_${arch}.deb"
 }

@@ -14,15 +14,19 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 if [ "$(id -u)" -eq 0 ]; then
-    step "tools for real-node tests (debootstrap, systemd-nspawn, dpkg-dev) and the cached node root"
+    step "tools for real-node tests (debootstrap, systemd-nspawn, dpkg-dev, shellcheck) and the cached node root"
+    if ! command -v shellcheck >/dev/null 2>&1; then
+        apt-get update -q >/dev/null
+        apt-get install -y -q shellcheck >/dev/null
+    fi
     scripts/node-root.sh
     export BALLAST_NODE_TESTS=1
 else
     echo "note: not root, so the real-node tests are skipped (they need debootstrap and systemd-nspawn)"
 fi
 
-step "build the agent binary that real nodes run"
-cargo build --locked -p ballast-agent
+step "build the binaries that real nodes and packages use"
+cargo build --locked -p ballast-agent -p ballast-controller
 
 step "all tests (unit, integration, real nodes, benchmark smoke run)"
 cargo test --workspace --locked --all-targets 2>&1

@@ -318,3 +318,18 @@ pub fn build_apt_repo(dir: &Path, packages: &[TinyDeb]) -> anyhow::Result<()> {
     std::fs::write(dir.join("Packages"), &out.stdout)?;
     Ok(())
 }
+
+/// A tool the tests need: present, or (on CI, where real-node tests are on) a
+/// failure; for a developer without it, a skip with a message.
+pub fn require_tool(tool: &str) -> bool {
+    let found = std::env::var_os("PATH")
+        .is_some_and(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()));
+    if !found {
+        assert!(
+            std::env::var("BALLAST_NODE_TESTS").as_deref() != Ok("1"),
+            "{tool} is required (scripts/test.sh installs it)"
+        );
+        eprintln!("skipped: {tool} is not installed");
+    }
+    found
+}

@@ -5,4 +5,5 @@ mod bad_input;
 mod bootstrap;
 mod e2e;
 mod nodes;
+mod packaging;
 mod security;
