@@ -329,6 +329,51 @@ fn run_packages(
     reports
 }
 
+/// Runs every file that requires nothing and is not below a failed directory,
+/// on a few threads. Each write still fsyncs its file before the rename; the
+/// threads only let those waits overlap. Results are used in the run order.
+fn run_files(
+    resources: &[Spec],
+    host: &Host,
+    cx: &Context<'_>,
+    noop: bool,
+    broken: &BTreeSet<String>,
+) -> BTreeMap<String, ResourceReport> {
+    let below_broken = |key: &str| {
+        broken.iter().any(|b| {
+            b.strip_prefix("directory[")
+                .and_then(|p| p.strip_suffix(']'))
+                .is_some_and(|dir| key.starts_with(&format!("{dir}/")))
+        })
+    };
+    let files: Vec<&Spec> = resources
+        .iter()
+        .filter(|r| matches!(r, Spec::File(_)) && r.requires().is_empty() && !below_broken(r.key()))
+        .collect();
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let workers = files.len().div_ceil(64).clamp(1, 8);
+    let none = BTreeSet::new();
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let Some(spec) = files.get(i) else { break };
+                        out.push((spec.id(), run_one(spec, host, cx, noop, &none)));
+                    }
+                    out
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("file worker panicked"))
+            .collect()
+    })
+}
+
 /// Services with a restart owed: a notifier changed and the restart has not
 /// happened yet (kept on disk so a failed run does not lose it).
 const PENDING_FILE: &str = "pending-restarts.json";
@@ -502,6 +547,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         })
         .collect();
     let mut package_reports: Option<std::vec::IntoIter<ResourceReport>> = None;
+    let mut file_reports: Option<BTreeMap<String, ResourceReport>> = None;
     // Resources arrive sorted by kind order, then key (see Spec::render);
     // `requires` moves a resource after what it requires.
     for spec in order(&state.resources) {
@@ -542,6 +588,15 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
                 batch.find(|r| r.id == id).unwrap_or_else(|| {
                     ResourceReport::new(id.clone(), Outcome::Unchanged, Vec::new(), None)
                 })
+            }
+            (None, Spec::File(_)) if spec.requires().is_empty() => {
+                // The first file starts every independent file at once (see run_files).
+                let batch = file_reports.get_or_insert_with(|| {
+                    run_files(&state.resources, host, &cx, opts.noop, &broken)
+                });
+                batch
+                    .remove(&id)
+                    .unwrap_or_else(|| run_one(spec, host, &cx, opts.noop, &pending))
             }
             (None, _) => run_one(spec, host, &cx, opts.noop, &pending),
         };
