@@ -285,3 +285,134 @@ pub fn identity_from_cert(der: &[u8]) -> anyhow::Result<Identity> {
         other => bail!("certificate has no Ballast role (OU {other:?})"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt;
+    use x509_parser::prelude::*;
+
+    fn csr(cn: &str, ou: Option<&str>, eku: Vec<ExtendedKeyUsagePurpose>) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        if let Some(ou) = ou {
+            p.distinguished_name
+                .push(DnType::OrganizationalUnitName, ou);
+        }
+        p.extended_key_usages = eku;
+        p.serialize_request(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn the_ca_persists_and_keeps_its_key_private() {
+        let dir = tempfile::tempdir().unwrap();
+        let a = Ca::load_or_create(dir.path()).unwrap();
+        let b = Ca::load_or_create(dir.path()).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert!(a.fingerprint().starts_with("sha256:") && a.fingerprint().len() == 71);
+        a.ensure_admin_cert(dir.path()).unwrap();
+        a.ensure_server_cert(dir.path(), &[]).unwrap();
+        for key in ["ca.key", "server.key", "admin.key"] {
+            assert_eq!(
+                std::fs::metadata(dir.path().join(key))
+                    .unwrap()
+                    .permissions()
+                    .mode()
+                    & 0o777,
+                0o600,
+                "{key}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_node_certificate_says_what_the_controller_decided_not_what_the_csr_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let wants_admin = csr(
+            "admin",
+            Some("admin"),
+            vec![
+                ExtendedKeyUsagePurpose::ServerAuth,
+                ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
+        let issued = ca
+            .sign_node_csr(&wants_admin, "web-1", Duration::from_secs(3600))
+            .unwrap();
+        let der = pem_der(&issued.cert_pem).unwrap();
+        assert_eq!(
+            identity_from_cert(&der).unwrap(),
+            Identity::Node {
+                name: "web-1".into(),
+                serial: issued.serial.clone()
+            }
+        );
+        let (_, cert) = parse_x509_certificate(&der).unwrap();
+        let eku = cert.extended_key_usage().unwrap().unwrap().value;
+        assert!(eku.client_auth && !eku.server_auth && eku.other.is_empty());
+        assert!(
+            cert.subject_alternative_name().unwrap().is_none(),
+            "no SAN from the CSR"
+        );
+        let (_, ca_cert) = parse_x509_certificate(ca.cert_der()).unwrap();
+        assert!(cert.verify_signature(Some(ca_cert.public_key())).is_ok());
+    }
+
+    #[test]
+    fn a_csr_with_a_broken_signature_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let mut bad = csr("n", None, vec![]);
+        let last = bad.len() - 1;
+        bad[last] ^= 0xff;
+        assert!(
+            ca.sign_node_csr(&bad, "n", Duration::from_secs(60))
+                .is_err()
+        );
+    }
+
+    #[test]
+    fn the_server_certificate_is_reissued_when_a_name_is_added() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let (first, _) = ca.ensure_server_cert(dir.path(), &[]).unwrap();
+        let (same, _) = ca.ensure_server_cert(dir.path(), &[]).unwrap();
+        assert_eq!(first, same, "reused while it covers every name");
+        let (wider, _) = ca
+            .ensure_server_cert(dir.path(), &["ctl.example".into(), "10.1.2.3".into()])
+            .unwrap();
+        assert_ne!(first, wider);
+        assert!(covers(
+            &wider,
+            &[
+                "localhost".into(),
+                "127.0.0.1".into(),
+                "ctl.example".into(),
+                "10.1.2.3".into()
+            ]
+        ));
+        assert!(
+            wider.matches("BEGIN CERTIFICATE").count() == 2,
+            "leaf then CA, so agents can pin the CA"
+        );
+    }
+
+    #[test]
+    fn identities_come_from_the_ou() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::load_or_create(dir.path()).unwrap();
+        let (admin, _) = ca.ensure_admin_cert(dir.path()).unwrap();
+        assert_eq!(
+            identity_from_cert(&pem_der(&admin).unwrap()).unwrap(),
+            Identity::Admin {
+                name: "admin".into()
+            }
+        );
+        assert!(
+            identity_from_cert(ca.cert_der()).is_err(),
+            "the CA itself has no Ballast role"
+        );
+    }
+}
