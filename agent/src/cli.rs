@@ -44,10 +44,10 @@ pub enum Command {
     /// Run the daemon: watch, reconcile, report.
     Run {
         /// Resync (drift repair) interval, e.g. 30s, 5m.
-        #[arg(long, default_value = "5m", value_parser = parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = ballast_proto::parse_duration)]
         interval: Duration,
         /// Heartbeat interval.
-        #[arg(long, default_value = "30s", value_parser = parse_duration)]
+        #[arg(long, default_value = "30s", value_parser = ballast_proto::parse_duration)]
         heartbeat: Duration,
         /// Manage paths under DIR instead of /.
         #[arg(long)]
@@ -88,30 +88,6 @@ pub enum Command {
         #[arg(long, default_value = daemon::DEFAULT_FACTS_DIR)]
         facts_dir: PathBuf,
     },
-}
-
-/// Durations as operators write them: `500ms`, `30s`, `5m`, `1h`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        format!("invalid duration {s:?}: expected a number and a unit, such as 30s or 5m")
-    })?;
-    let secs = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => {
-            return Err(format!(
-                "invalid duration {s:?}: unit must be one of ms, s, m, h"
-            ));
-        }
-    };
-    if secs == 0 {
-        return Err(format!("invalid duration {s:?}: must be more than zero"));
-    }
-    Ok(Duration::from_secs(secs))
 }
 
 fn hostname() -> String {
@@ -249,33 +225,6 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
     }
 }
 
-fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<spec::Source>> {
-    let mut files = Vec::new();
-    for path in paths {
-        if path.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("list {}", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-                .collect();
-            entries.sort();
-            files.extend(entries);
-        } else {
-            files.push(path.clone());
-        }
-    }
-    files
-        .into_iter()
-        .map(|f| {
-            Ok(spec::Source {
-                text: std::fs::read_to_string(&f)
-                    .with_context(|| format!("read {}", f.display()))?,
-                name: f.display().to_string(),
-            })
-        })
-        .collect()
-}
-
 #[allow(clippy::too_many_arguments)]
 async fn apply_local(
     paths: &[PathBuf],
@@ -287,7 +236,7 @@ async fn apply_local(
     quiet: bool,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let sources = read_sources(paths)?;
+    let sources = spec::read_sources(paths).map_err(anyhow::Error::msg)?;
     let spec = spec::parse(&sources).map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = spec.render(&node);
     // Facts cost milliseconds; only templates need them.

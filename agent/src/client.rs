@@ -208,12 +208,6 @@ fn tls_config(
     Ok(config)
 }
 
-/// The host part of `HOST:PORT` (brackets of IPv6 removed).
-pub fn host_of(addr: &str) -> &str {
-    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
-    host.trim_start_matches('[').trim_end_matches(']')
-}
-
 /// Opens a gRPC channel over our own TLS (the URI says `http` because tonic
 /// must not add its own TLS layer on top of ours).
 pub async fn channel(
@@ -223,7 +217,7 @@ pub async fn channel(
 ) -> anyhow::Result<Channel> {
     let config = Arc::new(tls_config(trust, identity)?);
     let connector = tokio_rustls::TlsConnector::from(config);
-    let server_name = ServerName::try_from(host_of(controller).to_owned())
+    let server_name = ServerName::try_from(ballast_proto::host_of(controller).to_owned())
         .with_context(|| format!("controller address {controller:?}: expected HOST:PORT"))?;
     let addr = controller.to_owned();
     let endpoint = Endpoint::from_shared(format!("http://{controller}"))
@@ -377,12 +371,5 @@ mod tests {
         assert!(check_fingerprint("sha256:abc").is_err());
         assert!(check_fingerprint(&"a".repeat(64)).is_err());
         assert!(check_fingerprint(&format!("sha256:{}", "A".repeat(64))).is_err());
-    }
-
-    #[test]
-    fn host_of_strips_port_and_brackets() {
-        assert_eq!(host_of("127.0.0.1:8440"), "127.0.0.1");
-        assert_eq!(host_of("[::1]:8440"), "::1");
-        assert_eq!(host_of("ctl.example:1"), "ctl.example");
     }
 }

@@ -189,11 +189,11 @@ impl Agent {
                 .await?;
             self.facts_sent = Some(self.facts_hash.clone());
         }
-        if let Some(report) = self.unsent.take() {
-            if let Err(e) = client.report(report.clone()).await {
-                self.unsent = Some(report);
-                return Err(e);
-            }
+        if let Some(report) = self.unsent.take()
+            && let Err(e) = client.report(report.clone()).await
+        {
+            self.unsent = Some(report);
+            return Err(e);
         }
         Ok(())
     }

@@ -73,14 +73,14 @@ impl Resource for DirRes<'_> {
 
     fn observe(&self, host: &Host) -> anyhow::Result<Observed> {
         let meta = host.lstat(&self.spec.path)?;
-        if let Some(m) = &meta {
-            if m.kind != Kind::Dir {
-                bail!(
-                    "{} is {}, not a directory; refusing to replace or remove it",
-                    self.spec.path,
-                    m.kind
-                );
-            }
+        if let Some(m) = &meta
+            && m.kind != Kind::Dir
+        {
+            bail!(
+                "{} is {}, not a directory; refusing to replace or remove it",
+                self.spec.path,
+                m.kind
+            );
         }
         let mut missing_parents = Vec::new();
         if meta.is_none() {
@@ -129,13 +129,13 @@ impl Resource for DirRes<'_> {
             }],
             (Ensure::Present, Some(m)) => {
                 let mut out = Vec::new();
-                if let Some(mode) = self.spec.mode {
-                    if m.mode != mode {
-                        out.push(Change::Mode {
-                            from: m.mode,
-                            to: mode,
-                        });
-                    }
+                if let Some(mode) = self.spec.mode
+                    && m.mode != mode
+                {
+                    out.push(Change::Mode {
+                        from: m.mode,
+                        to: mode,
+                    });
                 }
                 if let Some(uid) = actual.uid.filter(|u| *u != m.uid) {
                     out.push(Change::Owner {

@@ -616,13 +616,12 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
                 save_pending(opts.state_dir, &pending);
             }
         }
-        if let Spec::Service(s) = spec {
-            if matches!(report.outcome, Outcome::Changed | Outcome::Unchanged)
-                && pending.remove(&s.name)
-                && !opts.noop
-            {
-                save_pending(opts.state_dir, &pending);
-            }
+        if let Spec::Service(s) = spec
+            && matches!(report.outcome, Outcome::Changed | Outcome::Unchanged)
+            && pending.remove(&s.name)
+            && !opts.noop
+        {
+            save_pending(opts.state_dir, &pending);
         }
         let present = match spec {
             Spec::File(f) => f.ensure == Ensure::Present,

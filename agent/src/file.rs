@@ -136,14 +136,14 @@ impl Resource for FileRes<'_> {
 
     fn observe(&self, host: &Host) -> anyhow::Result<Observed> {
         let meta = host.lstat(&self.spec.path)?;
-        if let Some(m) = &meta {
-            if m.kind != Kind::File {
-                bail!(
-                    "{} is {}, not a regular file; refusing to replace or remove it",
-                    self.spec.path,
-                    m.kind
-                );
-            }
+        if let Some(m) = &meta
+            && m.kind != Kind::File
+        {
+            bail!(
+                "{} is {}, not a regular file; refusing to replace or remove it",
+                self.spec.path,
+                m.kind
+            );
         }
         let same_content = match (&meta, &self.content) {
             (Some(m), Some(want)) if m.size == want.len() as u64 => {
@@ -178,29 +178,29 @@ impl Resource for FileRes<'_> {
                         to: want_len,
                     });
                 }
-                if let Some(mode) = self.spec.mode {
-                    if m.mode != mode {
-                        out.push(Change::Mode {
-                            from: m.mode,
-                            to: mode,
-                        });
-                    }
+                if let Some(mode) = self.spec.mode
+                    && m.mode != mode
+                {
+                    out.push(Change::Mode {
+                        from: m.mode,
+                        to: mode,
+                    });
                 }
-                if let Some(uid) = actual.uid {
-                    if m.uid != uid {
-                        out.push(Change::Owner {
-                            from: m.uid,
-                            to: uid,
-                        });
-                    }
+                if let Some(uid) = actual.uid
+                    && m.uid != uid
+                {
+                    out.push(Change::Owner {
+                        from: m.uid,
+                        to: uid,
+                    });
                 }
-                if let Some(gid) = actual.gid {
-                    if m.gid != gid {
-                        out.push(Change::Group {
-                            from: m.gid,
-                            to: gid,
-                        });
-                    }
+                if let Some(gid) = actual.gid
+                    && m.gid != gid
+                {
+                    out.push(Change::Group {
+                        from: m.gid,
+                        to: gid,
+                    });
                 }
                 out
             }

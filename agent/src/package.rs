@@ -12,9 +12,18 @@ pub type Observed = Option<String>;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Install { version: Option<String> },
-    Upgrade { from: String, to: String },
-    Change { from: String, to: String },
+    Install {
+        version: Option<String>,
+    },
+    Upgrade {
+        from: String,
+        to: String,
+    },
+    /// To an exact version, up or down.
+    Pin {
+        from: String,
+        to: String,
+    },
     Remove,
 }
 
@@ -24,7 +33,7 @@ impl fmt::Display for Change {
             Change::Install { version: None } => write!(f, "install"),
             Change::Install { version: Some(v) } => write!(f, "install version {v}"),
             Change::Upgrade { from, to } => write!(f, "upgrade {from} -> {to}"),
-            Change::Change { from, to } => write!(f, "change version {from} -> {to}"),
+            Change::Pin { from, to } => write!(f, "change version {from} -> {to}"),
             Change::Remove => write!(f, "remove"),
         }
     }
@@ -100,7 +109,7 @@ pub fn diff(host: &Host, spec: &Package, installed: &Observed) -> anyhow::Result
         (PackageEnsure::Version(want), None) => vec![Change::Install {
             version: Some(want.clone()),
         }],
-        (PackageEnsure::Version(want), Some(v)) if v != want => vec![Change::Change {
+        (PackageEnsure::Version(want), Some(v)) if v != want => vec![Change::Pin {
             from: v.clone(),
             to: want.clone(),
         }],
@@ -129,7 +138,7 @@ pub fn apply_batch(host: &Host, changes: &[(&Package, Vec<Change>)]) -> anyhow::
             any = true;
             args.push(match c {
                 Change::Remove => format!("{}-", spec.name),
-                Change::Install { version: Some(v) } | Change::Change { to: v, .. } => {
+                Change::Install { version: Some(v) } | Change::Pin { to: v, .. } => {
                     format!("{}={v}", spec.name)
                 }
                 Change::Install { version: None } | Change::Upgrade { .. } => spec.name.clone(),

@@ -92,7 +92,7 @@ impl Resource for UserRes<'_> {
             .and_then(|e| all.iter().find(|g| g.gid == e.gid).map(|g| g.name.clone()));
         let mut groups: Vec<String> = all
             .iter()
-            .filter(|g| g.members.iter().any(|m| *m == self.spec.name))
+            .filter(|g| g.members.contains(&self.spec.name))
             .map(|g| g.name.clone())
             .collect();
         groups.sort();
@@ -170,12 +170,12 @@ impl Resource for UserRes<'_> {
                 to: sh.clone(),
             });
         }
-        if let Some(want) = self.want_keys() {
-            if a.keys.as_ref().map(|(text, ok)| *text == want && *ok) != Some(true) {
-                out.push(Change::Keys {
-                    count: s.authorized_keys.as_ref().map(Vec::len).unwrap_or(0),
-                });
-            }
+        if let Some(want) = self.want_keys()
+            && a.keys.as_ref().map(|(text, ok)| *text == want && *ok) != Some(true)
+        {
+            out.push(Change::Keys {
+                count: s.authorized_keys.as_ref().map(Vec::len).unwrap_or(0),
+            });
         }
         out
     }

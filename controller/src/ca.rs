@@ -155,10 +155,10 @@ impl Ca {
         if let (Ok(chain), Ok(key)) = (
             std::fs::read_to_string(&cert_path),
             std::fs::read_to_string(&key_path),
-        ) {
-            if self.signed_by_us(&chain) && covers(&chain, &names) {
-                return Ok((chain, key));
-            }
+        ) && self.signed_by_us(&chain)
+            && covers(&chain, &names)
+        {
+            return Ok((chain, key));
         }
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();
@@ -192,10 +192,9 @@ impl Ca {
         if let (Ok(cert), Ok(key)) = (
             std::fs::read_to_string(&cert_path),
             std::fs::read_to_string(&key_path),
-        ) {
-            if self.signed_by_us(&cert) {
-                return Ok((cert, key));
-            }
+        ) && self.signed_by_us(&cert)
+        {
+            return Ok((cert, key));
         }
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::default();

@@ -50,7 +50,7 @@ pub enum Command {
         #[arg(long)]
         wait: bool,
         /// How long --wait waits.
-        #[arg(long, default_value = "5m", value_parser = config::parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = ballast_proto::parse_duration)]
         timeout: Duration,
         /// A note kept in the history.
         #[arg(short = 'm', long, default_value = "")]
@@ -77,7 +77,7 @@ pub enum Command {
         revision: u64,
         #[arg(long)]
         wait: bool,
-        #[arg(long, default_value = "5m", value_parser = config::parse_duration)]
+        #[arg(long, default_value = "5m", value_parser = ballast_proto::parse_duration)]
         timeout: Duration,
         #[command(flatten)]
         conn: Conn,
@@ -156,7 +156,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub advertise: Vec<String>,
     /// A node is stale after this long without a heartbeat.
-    #[arg(long, value_parser = config::parse_duration)]
+    #[arg(long, value_parser = ballast_proto::parse_duration)]
     pub stale_after: Option<Duration>,
     /// The agent binary served to bootstrapping nodes (default: beside `ballast`).
     #[arg(long)]
@@ -173,7 +173,7 @@ pub enum TokenCommand {
         /// Labels the node gets: k=v,k2=v2.
         #[arg(long, value_delimiter = ',')]
         labels: Vec<String>,
-        #[arg(long, default_value = "1h", value_parser = config::parse_duration)]
+        #[arg(long, default_value = "1h", value_parser = ballast_proto::parse_duration)]
         ttl: Duration,
         /// Bind the token to this node name.
         #[arg(long)]
@@ -614,7 +614,7 @@ pub async fn admin_channel(conn: &Conn) -> anyhow::Result<Channel> {
             read(&dir.join("admin.pem"))?,
             read(&dir.join("admin.key"))?,
         ))
-        .domain_name(host_of(&conn.controller));
+        .domain_name(ballast_proto::host_of(&conn.controller));
     let channel = Channel::from_shared(format!("https://{}", conn.controller))
         .with_context(|| {
             format!(
@@ -628,14 +628,6 @@ pub async fn admin_channel(conn: &Conn) -> anyhow::Result<Channel> {
         .await
         .with_context(|| format!("connect to controller at {}", conn.controller))?;
     Ok(channel)
-}
-
-/// The host part of `HOST:PORT` (brackets of IPv6 removed).
-pub fn host_of(addr: &str) -> String {
-    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
-    host.trim_start_matches('[')
-        .trim_end_matches(']')
-        .to_owned()
 }
 
 fn status_error(s: tonic::Status) -> anyhow::Error {
@@ -652,48 +644,24 @@ fn author() -> String {
     format!("{user}@{host}")
 }
 
-/// Reads YAML sources: files as given, directories by their `*.yaml`/`*.yml`
-/// files (sorted, not recursive).
+/// Reads YAML sources (files, or directories of `*.yaml`/`*.yml`) for a
+/// request, refusing before sending what the controller would refuse.
 pub fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<pb::SourceFile>> {
-    let mut files = Vec::new();
-    for path in paths {
-        let meta = std::fs::metadata(path).with_context(|| format!("read {}", path.display()))?;
-        if meta.is_dir() {
-            let mut entries: Vec<PathBuf> = std::fs::read_dir(path)
-                .with_context(|| format!("list {}", path.display()))?
-                .filter_map(|e| e.ok().map(|e| e.path()))
-                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
-                .collect();
-            entries.sort();
-            if entries.is_empty() {
-                bail!(
-                    "{}: no *.yaml or *.yml files in this directory",
-                    path.display()
-                );
-            }
-            files.extend(entries);
-        } else {
-            files.push(path.clone());
-        }
+    let sources = ballast_proto::spec::read_sources(paths).map_err(anyhow::Error::msg)?;
+    let total: usize = sources.iter().map(|s| s.text.len()).sum();
+    if total > ballast_proto::MAX_MESSAGE_BYTES - 64 * 1024 {
+        bail!(
+            "the sources together are {total} bytes; the largest request the controller accepts is {} bytes",
+            ballast_proto::MAX_MESSAGE_BYTES
+        );
     }
-    let mut total = 0usize;
-    let mut sources = Vec::new();
-    for f in files {
-        let content = read(&f)?;
-        total += content.len();
-        if total > ballast_proto::MAX_MESSAGE_BYTES - 64 * 1024 {
-            bail!(
-                "{}: the sources together exceed {} bytes, the largest request the controller accepts",
-                f.display(),
-                ballast_proto::MAX_MESSAGE_BYTES
-            );
-        }
-        sources.push(pb::SourceFile {
-            name: f.display().to_string(),
-            content,
-        });
-    }
-    Ok(sources)
+    Ok(sources
+        .into_iter()
+        .map(|s| pb::SourceFile {
+            name: s.name,
+            content: s.text,
+        })
+        .collect())
 }
 
 fn parse_pairs(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {

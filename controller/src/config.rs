@@ -3,7 +3,7 @@
 //! Convention over configuration: every command works with no flags on one
 //! machine; flags beat the config file, which beats these defaults.
 
-use anyhow::{Context, bail};
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -111,8 +111,10 @@ fn parse_file_config(text: &str) -> Result<FileConfig, String> {
                     .collect()
             }
             "stale_after" => {
-                cfg.stale_after =
-                    Some(parse_duration(value).map_err(|e| format!("{n}: stale_after: {e}"))?)
+                cfg.stale_after = Some(
+                    ballast_proto::parse_duration(value)
+                        .map_err(|e| format!("{n}: stale_after: {e}"))?,
+                )
             }
             other => {
                 return Err(format!(
@@ -124,47 +126,9 @@ fn parse_file_config(text: &str) -> Result<FileConfig, String> {
     Ok(cfg)
 }
 
-/// Durations as operators write them: `500ms`, `30s`, `5m`, `1h`, `7d`.
-pub fn parse_duration(s: &str) -> anyhow::Result<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num.parse().map_err(|_| {
-        anyhow::anyhow!("invalid duration {s:?}: expected a number and a unit, such as 30s, 5m, 1h")
-    })?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        "d" => Duration::from_secs(n * 86400),
-        _ => bail!("invalid duration {s:?}: unit must be one of ms, s, m, h, d"),
-    };
-    Ok(d)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn durations_parse_with_units() {
-        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert!(
-            parse_duration("5")
-                .unwrap_err()
-                .to_string()
-                .contains("unit must be")
-        );
-        assert!(
-            parse_duration("m")
-                .unwrap_err()
-                .to_string()
-                .contains("expected a number")
-        );
-    }
 
     #[test]
     fn config_file_rejects_unknown_keys_with_line() {

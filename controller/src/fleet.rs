@@ -262,10 +262,10 @@ impl Fleet {
             let mut desired = desired_for(&current.spec, &record, current.number);
             let summary = report.as_ref().map(summarize);
             // A node that already runs this exact state keeps the revision it applied.
-            if let Some(s) = &summary {
-                if s.hash == desired.hash {
-                    desired.revision = s.revision;
-                }
+            if let Some(s) = &summary
+                && s.hash == desired.hash
+            {
+                desired.revision = s.revision;
             }
             let desired = Arc::new(desired);
             let feed = if record.revoked {

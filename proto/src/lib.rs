@@ -47,3 +47,63 @@ pub fn sha256_tag(bytes: &[u8]) -> String {
     use sha2::Digest;
     format!("sha256:{}", hex::encode(sha2::Sha256::digest(bytes)))
 }
+
+/// Durations as operators write them: `500ms`, `30s`, `5m`, `1h`, `7d`; more than zero.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().map_err(|_| {
+        format!("invalid duration {s:?}: expected a number and a unit, such as 30s, 5m or 1h")
+    })?;
+    let ms = match unit {
+        "ms" => n,
+        "s" => n.saturating_mul(1_000),
+        "m" => n.saturating_mul(60_000),
+        "h" => n.saturating_mul(3_600_000),
+        "d" => n.saturating_mul(86_400_000),
+        _ => {
+            return Err(format!(
+                "invalid duration {s:?}: the unit must be one of ms, s, m, h, d"
+            ));
+        }
+    };
+    if ms == 0 {
+        return Err(format!("invalid duration {s:?}: it must be more than zero"));
+    }
+    Ok(std::time::Duration::from_millis(ms))
+}
+
+/// The host part of `HOST:PORT`, brackets of an IPv6 address removed.
+pub fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
+    host.trim_start_matches('[').trim_end_matches(']')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn durations_parse_with_units() {
+        assert_eq!(parse_duration("30s"), Ok(Duration::from_secs(30)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert!(parse_duration("5").unwrap_err().contains("unit must be"));
+        assert!(
+            parse_duration("m")
+                .unwrap_err()
+                .contains("expected a number")
+        );
+        assert!(parse_duration("0s").unwrap_err().contains("more than zero"));
+    }
+
+    #[test]
+    fn host_of_strips_port_and_brackets() {
+        assert_eq!(host_of("127.0.0.1:8440"), "127.0.0.1");
+        assert_eq!(host_of("[::1]:8440"), "::1");
+        assert_eq!(host_of("ctl.example:1"), "ctl.example");
+    }
+}

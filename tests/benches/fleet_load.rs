@@ -36,14 +36,6 @@ fn raise_nofile() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]
@@ -107,7 +99,7 @@ impl Drop for Controller {
 }
 
 async fn start_controller(dir: &Path) -> Controller {
-    let port = free_port();
+    let port = ballast_tests::free_port();
     let data = dir.join("data");
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["--serve", data.to_str().unwrap(), &port.to_string()])
@@ -122,10 +114,10 @@ async fn start_controller(dir: &Path) -> Controller {
     };
     let deadline = Instant::now() + Duration::from_secs(20);
     loop {
-        if let Ok(mut c) = ballast_controller::cli::connect(&conn).await {
-            if c.list_nodes(pb::ListNodesRequest::default()).await.is_ok() {
-                break;
-            }
+        if let Ok(mut c) = ballast_controller::cli::connect(&conn).await
+            && c.list_nodes(pb::ListNodesRequest::default()).await.is_ok()
+        {
+            break;
         }
         assert!(Instant::now() < deadline, "controller did not start");
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -182,10 +182,10 @@ impl TestController {
                 .into_inner()
                 .nodes;
             let node = nodes.into_iter().find(|n| n.name == name);
-            if let Some(n) = &node {
-                if pred(n) {
-                    return n.clone();
-                }
+            if let Some(n) = &node
+                && pred(n)
+            {
+                return n.clone();
             }
             if Instant::now() > deadline {
                 panic!("timed out waiting for node {name}; last seen as {node:?}");
@@ -279,4 +279,13 @@ pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() ->
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+/// A port nothing listens on right now, on loopback.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind loopback")
+        .local_addr()
+        .expect("local address")
+        .port()
+}
+
 pub mod node;

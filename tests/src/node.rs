@@ -152,16 +152,16 @@ impl TestNode {
                     })
                     .unwrap_or(0);
             }
-            if node.leader != 0 {
-                if let Ok(out) = node.exec(&["systemctl", "is-system-running"]) {
-                    let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
-                    if state == "running" || state == "degraded" {
-                        eprintln!(
-                            "node {name} booted in {:.1}s ({state})",
-                            started.elapsed().as_secs_f64()
-                        );
-                        return Ok(node);
-                    }
+            if node.leader != 0
+                && let Ok(out) = node.exec(&["systemctl", "is-system-running"])
+            {
+                let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+                if state == "running" || state == "degraded" {
+                    eprintln!(
+                        "node {name} booted in {:.1}s ({state})",
+                        started.elapsed().as_secs_f64()
+                    );
+                    return Ok(node);
                 }
             }
             if Instant::now() > deadline {

@@ -12,7 +12,7 @@ mod render;
 pub mod validate;
 
 pub use model::*;
-pub use parse::{Source, parse};
+pub use parse::{Source, parse, read_sources};
 pub use render::{StateDiff, diff_states};
 
 use std::fmt;

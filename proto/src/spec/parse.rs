@@ -745,6 +745,42 @@ fn decode_group(cx: &mut Cx<'_>, node: &Node, path: &str) -> NodeGroup {
     g
 }
 
+/// Reads YAML sources from files as given and from directories (their
+/// `*.yaml` and `*.yml` files, sorted, not recursive).
+pub fn read_sources(paths: &[std::path::PathBuf]) -> Result<Vec<Source>, String> {
+    let mut files = Vec::new();
+    for path in paths {
+        let meta = std::fs::metadata(path).map_err(|e| format!("read {}: {e}", path.display()))?;
+        if meta.is_dir() {
+            let mut entries: Vec<std::path::PathBuf> = std::fs::read_dir(path)
+                .map_err(|e| format!("list {}: {e}", path.display()))?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| matches!(p.extension().and_then(|e| e.to_str()), Some("yaml" | "yml")))
+                .collect();
+            entries.sort();
+            if entries.is_empty() {
+                return Err(format!(
+                    "{}: no *.yaml or *.yml files in this directory",
+                    path.display()
+                ));
+            }
+            files.extend(entries);
+        } else {
+            files.push(path.clone());
+        }
+    }
+    files
+        .into_iter()
+        .map(|f| {
+            Ok(Source {
+                text: std::fs::read_to_string(&f)
+                    .map_err(|e| format!("read {}: {e}", f.display()))?,
+                name: f.display().to_string(),
+            })
+        })
+        .collect()
+}
+
 /// Parses, validates and merges sources into one spec.
 pub fn parse(sources: &[Source]) -> Result<Spec, SpecErrors> {
     let mut errors = Vec::new();

@@ -184,10 +184,10 @@ fn find_cycle(ids: &BTreeMap<String, &Resource>) -> Option<Vec<String>> {
         if let Some(r) = ids.get(id) {
             for req in r.requires() {
                 let t = format!("{}[{}]", req.kind, req.name);
-                if ids.contains_key(&t) {
-                    if let Some(c) = visit(&t, ids, state, path) {
-                        return Some(c);
-                    }
+                if ids.contains_key(&t)
+                    && let Some(c) = visit(&t, ids, state, path)
+                {
+                    return Some(c);
                 }
             }
         }

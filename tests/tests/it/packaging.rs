@@ -43,14 +43,6 @@ fn rendered_bootstrap_scripts_pass_shellcheck() {
     }
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[test]
 fn debs_install_start_keep_config_and_remove_cleanly() {
     if !node::enabled() {
@@ -120,7 +112,7 @@ fn debs_install_start_keep_config_and_remove_cleanly() {
     );
 
     // An operator changes the config; the controller starts as its own user.
-    let port = free_port();
+    let port = ballast_tests::free_port();
     std::fs::write(
         node.path("/etc/ballast/controller.yaml"),
         format!("listen: 127.0.0.1:{port}\n"),
