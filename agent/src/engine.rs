@@ -329,9 +329,10 @@ fn run_packages(
     reports
 }
 
-/// Runs every file that requires nothing and is not below a failed directory,
-/// on a few threads. Each write still fsyncs its file before the rename; the
-/// threads only let those waits overlap. Results are used in the run order.
+/// Runs every file that requires nothing and is not below a failed directory.
+/// Observing, diffing and staging new content run on a few threads; then all
+/// staged files are made durable at once and renamed into place (see
+/// [`Host::commit_all`]): the same guarantee as one fsync per file, paid once.
 fn run_files(
     resources: &[Spec],
     host: &Host,
@@ -346,14 +347,16 @@ fn run_files(
                 .is_some_and(|dir| key.starts_with(&format!("{dir}/")))
         })
     };
-    let files: Vec<&Spec> = resources
+    let files: Vec<&ballast_proto::spec::File> = resources
         .iter()
-        .filter(|r| matches!(r, Spec::File(_)) && r.requires().is_empty() && !below_broken(r.key()))
+        .filter_map(|r| match r {
+            Spec::File(f) if f.requires.is_empty() && !below_broken(&f.path) => Some(f),
+            _ => None,
+        })
         .collect();
     let next = std::sync::atomic::AtomicUsize::new(0);
     let workers = files.len().div_ceil(64).clamp(1, 8);
-    let none = BTreeSet::new();
-    std::thread::scope(|scope| {
+    let results: Vec<(ResourceReport, Option<crate::host::Staged>)> = std::thread::scope(|scope| {
         let handles: Vec<_> = (0..workers)
             .map(|_| {
                 scope.spawn(|| {
@@ -361,17 +364,94 @@ fn run_files(
                     loop {
                         let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                         let Some(spec) = files.get(i) else { break };
-                        out.push((spec.id(), run_one(spec, host, cx, noop, &none)));
+                        out.push((i, stage_file(spec, host, cx, noop)));
                     }
                     out
                 })
             })
             .collect();
-        handles
+        let mut all: Vec<(usize, (ResourceReport, Option<crate::host::Staged>))> = handles
             .into_iter()
             .flat_map(|h| h.join().expect("file worker panicked"))
-            .collect()
-    })
+            .collect();
+        all.sort_by_key(|(i, _)| *i);
+        all.into_iter().map(|(_, r)| r).collect()
+    });
+    tracing::debug!(files = files.len(), "files observed and staged");
+    let (mut reports, staged): (Vec<ResourceReport>, Vec<Option<crate::host::Staged>>) =
+        results.into_iter().unzip();
+    let pending: Vec<(usize, crate::host::Staged)> = staged
+        .into_iter()
+        .enumerate()
+        .filter_map(|(i, s)| s.map(|s| (i, s)))
+        .collect();
+    let (idx, staged): (Vec<usize>, Vec<crate::host::Staged>) = pending.into_iter().unzip();
+    for (i, result) in idx.into_iter().zip(host.commit_all(staged)) {
+        let r = &mut reports[i];
+        match result {
+            Ok(()) => {
+                for c in &r.changes {
+                    tracing::info!(id = %r.id, change = %c, "applied");
+                }
+            }
+            Err(e) => {
+                r.outcome = Outcome::Failed;
+                r.error = Some(format!("{e:#}"));
+                r.backup = None;
+            }
+        }
+    }
+    reports.into_iter().map(|r| (r.id.clone(), r)).collect()
+}
+
+/// Observe, diff and apply one file, staging new content instead of committing it.
+fn stage_file(
+    spec: &ballast_proto::spec::File,
+    host: &Host,
+    cx: &Context<'_>,
+    noop: bool,
+) -> (ResourceReport, Option<crate::host::Staged>) {
+    let id = format!("file[{}]", spec.path);
+    let res = match crate::file::FileRes::new(spec, cx) {
+        Ok(r) => r,
+        Err(e) => return (ResourceReport::failed(id, &e), None),
+    };
+    let actual = match res.observe(host) {
+        Ok(a) => a,
+        Err(e) => return (ResourceReport::failed(id, &e), None),
+    };
+    let changes = res.diff(&actual);
+    let text: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+    let created = changes.iter().any(crate::file::FileRes::creates);
+    if changes.is_empty() {
+        return (
+            ResourceReport::new(id, Outcome::Unchanged, text, None),
+            None,
+        );
+    }
+    if noop {
+        return (
+            ResourceReport {
+                created,
+                ..ResourceReport::new(id, Outcome::Changed, text, None)
+            },
+            None,
+        );
+    }
+    match res.apply_staged(host, &actual, &changes) {
+        Ok((backup, staged)) => (
+            ResourceReport {
+                backup,
+                created,
+                ..ResourceReport::new(id, Outcome::Changed, text, None)
+            },
+            staged,
+        ),
+        Err(e) => (
+            ResourceReport::new(id, Outcome::Failed, text, Some(format!("{e:#}"))),
+            None,
+        ),
+    }
 }
 
 /// Services with a restart owed: a notifier changed and the restart has not

@@ -3,7 +3,7 @@
 //! backed up by SHA-256 under the state dir.
 
 use crate::engine::{Context, Resource};
-use crate::host::{Host, Kind, Meta};
+use crate::host::{Host, Kind, Meta, Staged};
 use anyhow::{Context as _, bail};
 use ballast_proto::spec::{Ensure, File};
 use std::fmt;
@@ -213,7 +213,24 @@ impl Resource for FileRes<'_> {
         actual: &Observed,
         changes: &[Change],
     ) -> anyhow::Result<Option<String>> {
-        let (uid, gid) = (actual.uid, actual.gid);
+        let (backup, staged) = self.apply_staged(host, actual, changes)?;
+        if let Some(staged) = staged {
+            host.commit_durable(staged)?;
+        }
+        Ok(backup)
+    }
+}
+
+impl FileRes<'_> {
+    /// Makes the changes, except that new content is only staged (written
+    /// beside the file with its owner and mode, not yet durable nor renamed):
+    /// the caller commits it, alone or with many others at once.
+    pub fn apply_staged(
+        &self,
+        host: &Host,
+        actual: &Observed,
+        changes: &[Change],
+    ) -> anyhow::Result<(Option<String>, Option<Staged>)> {
         let path = &self.spec.path;
         let mut backup_tag = None;
         for c in changes {
@@ -232,23 +249,23 @@ impl Resource for FileRes<'_> {
                         .mode
                         .or(actual.meta.map(|m| m.mode))
                         .unwrap_or(0o644);
-                    let uid = uid.or(actual.meta.map(|m| m.uid));
-                    let gid = gid.or(actual.meta.map(|m| m.gid));
-                    host.write_file(
+                    let uid = actual.uid.or(actual.meta.map(|m| m.uid));
+                    let gid = actual.gid.or(actual.meta.map(|m| m.gid));
+                    // The new file carries owner, group and mode: nothing else to do.
+                    let staged = host.stage_file(
                         path,
                         self.content.as_deref().unwrap_or_default(),
                         mode,
                         uid,
                         gid,
                     )?;
-                    // The new file already has owner, group and mode.
-                    return Ok(backup_tag);
+                    return Ok((backup_tag, Some(staged)));
                 }
                 Change::Mode { to, .. } => host.set_meta(path, Some(*to), None, None)?,
                 Change::Owner { to, .. } => host.set_meta(path, None, Some(*to), None)?,
                 Change::Group { to, .. } => host.set_meta(path, None, None, Some(*to))?,
             }
         }
-        Ok(backup_tag)
+        Ok((backup_tag, None))
     }
 }

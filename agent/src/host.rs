@@ -48,6 +48,16 @@ pub struct Meta {
     pub size: u64,
 }
 
+/// A file written beside its target but not yet renamed into place (see
+/// [`Host::stage_file`] and [`Host::commit_all`]).
+pub struct Staged {
+    path: String,
+    dir: Arc<OwnedFd>,
+    tmp: String,
+    name: String,
+    fd: OwnedFd,
+}
+
 /// Largest file content the engine reads to compare or back up.
 pub const MAX_READ: u64 = 64 * 1024 * 1024;
 
@@ -260,7 +270,8 @@ impl Host {
 
     /// Replaces (or creates) a regular file atomically: a temp file in the same
     /// directory gets the content, owner and mode, is fsynced and renamed over
-    /// the target, then the directory is fsynced. A crash leaves old or new.
+    /// the target (the directory is fsynced at the end of the run, see
+    /// [`Host::sync_dirs`]). A crash leaves old or new content, never a mix.
     pub fn write_file(
         &self,
         path: &str,
@@ -269,6 +280,30 @@ impl Host {
         uid: Option<u32>,
         gid: Option<u32>,
     ) -> anyhow::Result<()> {
+        let staged = self.stage_file(path, content, mode, uid, gid)?;
+        self.commit_durable(staged)
+    }
+
+    /// Commits one staged file: fsync it, then rename it into place.
+    pub fn commit_durable(&self, staged: Staged) -> anyhow::Result<()> {
+        if let Err(e) = nix::unistd::fsync(&staged.fd) {
+            let path = staged.path.clone();
+            self.discard(staged);
+            return Err(e).with_context(|| format!("fsync {path}"));
+        }
+        self.commit(staged)
+    }
+
+    /// The first half of an atomic write: the new content, owner and mode in
+    /// a temp file beside `path`, not yet durable and not yet in place.
+    pub fn stage_file(
+        &self,
+        path: &str,
+        content: &[u8],
+        mode: u32,
+        uid: Option<u32>,
+        gid: Option<u32>,
+    ) -> anyhow::Result<Staged> {
         let (dir, name) = self.parent_required(path)?;
         let tmp = format!(".{name}.ballast-{}.tmp", random_suffix());
         let fd = nix::fcntl::openat(
@@ -278,8 +313,15 @@ impl Host {
             Mode::from_bits_truncate(0o600),
         )
         .with_context(|| format!("create temp file for {path}"))?;
+        let staged = Staged {
+            path: path.to_owned(),
+            dir,
+            tmp,
+            name,
+            fd,
+        };
         let result = (|| -> anyhow::Result<()> {
-            let mut f = File::from(fd);
+            let mut f = File::from(staged.fd.try_clone()?);
             f.write_all(content)
                 .with_context(|| format!("write {path}"))?;
             if uid.is_some() || gid.is_some() {
@@ -292,17 +334,65 @@ impl Host {
             }
             nix::sys::stat::fchmod(&f, Mode::from_bits_truncate(mode))
                 .with_context(|| format!("chmod {path}"))?;
-            f.sync_all().with_context(|| format!("fsync {path}"))?;
-            nix::fcntl::renameat(&dir, tmp.as_str(), &dir, name.as_str())
-                .with_context(|| format!("rename into {path}"))?;
-            self.mark_dirty(path, &dir);
             Ok(())
         })();
-        if result.is_err() {
-            let _ =
-                nix::unistd::unlinkat(&dir, tmp.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir);
+        match result {
+            Ok(()) => Ok(staged),
+            Err(e) => {
+                self.discard(staged);
+                Err(e)
+            }
         }
-        result
+    }
+
+    /// Makes every staged file durable at once (one `syncfs` instead of one
+    /// fsync per file), then renames each into place. The content of every
+    /// temp file is on disk before any rename, so a crash still leaves old or
+    /// new content. Returns one result per staged file, in order.
+    pub fn commit_all(&self, staged: Vec<Staged>) -> Vec<anyhow::Result<()>> {
+        let Some(first) = staged.first() else {
+            return Vec::new();
+        };
+        // A few files: fsync each rather than the whole filesystem.
+        if staged.len() <= 16 {
+            return staged.into_iter().map(|s| self.commit_durable(s)).collect();
+        }
+        let started = std::time::Instant::now();
+        let synced = nix::unistd::syncfs(&first.fd);
+        tracing::debug!(
+            files = staged.len(),
+            ms = started.elapsed().as_millis() as u64,
+            "syncfs before renames"
+        );
+        if let Err(e) = synced {
+            let msg = format!("syncfs before renaming {} files: {e}", staged.len());
+            return staged
+                .into_iter()
+                .map(|s| {
+                    self.discard(s);
+                    Err(anyhow::anyhow!("{msg}"))
+                })
+                .collect();
+        }
+        staged.into_iter().map(|s| self.commit(s)).collect()
+    }
+
+    fn commit(&self, s: Staged) -> anyhow::Result<()> {
+        if let Err(e) = nix::fcntl::renameat(&s.dir, s.tmp.as_str(), &s.dir, s.name.as_str()) {
+            let path = s.path.clone();
+            self.discard(s);
+            return Err(e).with_context(|| format!("rename into {path}"));
+        }
+        self.mark_dirty(&s.path, &s.dir);
+        Ok(())
+    }
+
+    fn discard(&self, s: Staged) {
+        let _ = nix::unistd::unlinkat(
+            &s.dir,
+            s.tmp.as_str(),
+            nix::unistd::UnlinkatFlags::NoRemoveDir,
+        );
     }
 
     /// Sets owner and/or mode of what is at `path` (a symlink's own owner; a

@@ -313,12 +313,14 @@ async fn run(n: usize) {
     ballast_agent::client::enroll(&state, &ctl.addr, &token, &ctl.fingerprint, "real-agent")
         .await
         .unwrap();
-    let mut child = Command::new(std::env::current_exe().unwrap())
+    let child = Command::new(std::env::current_exe().unwrap())
         .args(["--agent", state.to_str().unwrap(), root.to_str().unwrap()])
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
+    // Killed on every way out, a failed assertion included.
+    let child = KillOnDrop(child);
     let deadline = Instant::now() + Duration::from_secs(30);
     while !root.join("srv/bench/motd").exists() {
         assert!(Instant::now() < deadline, "real agent did not converge");
@@ -327,10 +329,17 @@ async fn run(n: usize) {
     tokio::time::sleep(Duration::from_secs(2)).await;
     println!(
         "  agent daemon resident memory, idle after converging: {:.1} MiB",
-        rss_kib(child.id()) as f64 / 1024.0
+        rss_kib(child.0.id()) as f64 / 1024.0
     );
-    let _ = child.kill();
-    let _ = child.wait();
+}
+
+struct KillOnDrop(Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 fn main() {
