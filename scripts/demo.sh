@@ -68,6 +68,13 @@ echo $! >"$demo/agent.pid"
 echo "== applying examples/"
 "$bin/ballast" apply -f examples/ --wait --timeout 60s
 
+# On a second run nothing changed, so apply --wait returns at once: wait for
+# the restarted agent to report in before showing the fleet.
+for _ in $(seq 100); do
+    "$bin/ballast" nodes --where name=demo-web-1 -o json | grep -q '"status": "converged"' && break
+    sleep 0.2
+done
+
 echo "== ballast nodes"
 "$bin/ballast" nodes
 cat <<TXT

@@ -46,8 +46,13 @@ pub fn check_supported(host: &Host, facts: &serde_json::Value) -> anyhow::Result
     }
     let os = &facts["os"];
     let id = os["id"].as_str().map(str::to_owned).or_else(|| {
-        // No facts collected (a local run): read os-release directly.
-        let text = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
+        // No facts collected (a local run): read os-release through the host.
+        // /etc/os-release is usually a symlink, which the host never follows.
+        let text = host
+            .read_file("/usr/lib/os-release")
+            .or_else(|_| host.read_file("/etc/os-release"))
+            .map(|b| String::from_utf8_lossy(&b).into_owned())
+            .unwrap_or_default();
         crate::facts::parse_os_release(&text)["id"]
             .as_str()
             .map(str::to_owned)
