@@ -86,7 +86,7 @@ impl TestNode {
         let base = PathBuf::from("/var/tmp/ballast-nodes");
         std::fs::create_dir_all(&base)?;
         let mut rnd = [0u8; 4];
-        getrandom_fill(&mut rnd);
+        getrandom::fill(&mut rnd).map_err(|e| anyhow::anyhow!("random node suffix: {e}"))?;
         let root = base.join(format!(
             "{name}-{}",
             rnd.iter().map(|b| format!("{b:02x}")).collect::<String>()
@@ -254,16 +254,6 @@ impl Drop for TestNode {
         }
         let _ = std::fs::remove_dir_all(&self.root);
         let _ = std::fs::remove_file(&self.log);
-    }
-}
-
-fn getrandom_fill(buf: &mut [u8]) {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.subsec_nanos())
-        .unwrap_or(0);
-    for (i, b) in buf.iter_mut().enumerate() {
-        *b = (nanos >> (i * 8)) as u8 ^ (std::process::id() >> (i * 4)) as u8;
     }
 }
 
