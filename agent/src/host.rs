@@ -545,15 +545,16 @@ impl Host {
                     .context("look up user")?
                     .map(|u| u.uid.as_raw())
             }
+        } else if group {
+            self.groups()?
+                .into_iter()
+                .find(|g| g.name == name)
+                .map(|g| g.gid)
         } else {
-            let file = if group { "etc/group" } else { "etc/passwd" };
-            let text = std::fs::read_to_string(self.root.join(file)).unwrap_or_default();
-            text.lines().find_map(|l| {
-                let mut f = l.split(':');
-                (f.next() == Some(name))
-                    .then(|| f.nth(1).and_then(|id| id.parse().ok()))
-                    .flatten()
-            })
+            self.passwd()?
+                .into_iter()
+                .find(|e| e.name == name)
+                .map(|e| e.uid)
         };
         self.names
             .lock()
@@ -588,44 +589,41 @@ pub struct GroupEntry {
 
 /// Parses passwd lines (`name:x:uid:gid:gecos:home:shell`), skipping malformed ones.
 pub fn parse_passwd(text: &str) -> Vec<PasswdEntry> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 7)
-                .then(|| {
-                    Some(PasswdEntry {
-                        name: f[0].into(),
-                        uid: f[2].parse().ok()?,
-                        gid: f[3].parse().ok()?,
-                        home: f[5].into(),
-                        shell: f[6].into(),
-                    })
-                })
-                .flatten()
+    let entry = |line: &str| {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 7 {
+            return None;
+        }
+        Some(PasswdEntry {
+            name: f[0].into(),
+            uid: f[2].parse().ok()?,
+            gid: f[3].parse().ok()?,
+            home: f[5].into(),
+            shell: f[6].into(),
         })
-        .collect()
+    };
+    text.lines().filter_map(entry).collect()
 }
 
 /// Parses group lines (`name:x:gid:member,member`), skipping malformed ones.
 pub fn parse_group(text: &str) -> Vec<GroupEntry> {
-    text.lines()
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split(':').collect();
-            (f.len() >= 4)
-                .then(|| {
-                    Some(GroupEntry {
-                        name: f[0].into(),
-                        gid: f[2].parse().ok()?,
-                        members: f[3]
-                            .split(',')
-                            .filter(|m| !m.is_empty())
-                            .map(str::to_owned)
-                            .collect(),
-                    })
-                })
-                .flatten()
+    let entry = |line: &str| {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 4 {
+            return None;
+        }
+        let members = f[3]
+            .split(',')
+            .filter(|m| !m.is_empty())
+            .map(str::to_owned)
+            .collect();
+        Some(GroupEntry {
+            name: f[0].into(),
+            gid: f[2].parse().ok()?,
+            members,
         })
-        .collect()
+    };
+    text.lines().filter_map(entry).collect()
 }
 
 impl Host {

@@ -161,6 +161,16 @@ impl TestController {
             .nodes
     }
 
+    /// `ballast node show NAME` as data: facts, last report, timeline.
+    pub async fn node_detail(&self, name: &str) -> pb::NodeDetail {
+        self.admin()
+            .await
+            .get_node(pb::GetNodeRequest { name: name.into() })
+            .await
+            .expect("node exists")
+            .into_inner()
+    }
+
     pub async fn node(&self, name: &str) -> Option<pb::NodeSummary> {
         self.nodes().await.into_iter().find(|n| n.name == name)
     }

@@ -133,15 +133,7 @@ async fn three_nodes_bootstrap_from_cloud_init_and_converge() {
         "three nodes from boot to converged in {:.1}s",
         started.elapsed().as_secs_f64()
     );
-    let detail = ctl
-        .admin()
-        .await
-        .get_node(pb::GetNodeRequest {
-            name: "web-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let detail = ctl.node_detail("web-1").await;
     let stages: Vec<&str> = detail.timeline.iter().map(|e| e.stage.as_str()).collect();
     assert_eq!(
         &stages[..3],
@@ -288,15 +280,7 @@ async fn a_reused_token_fails_the_bootstrap_visibly() {
         out.contains("ballast-install: FAILED at step 'enroll with the one-time token'"),
         "{out}"
     );
-    let detail = ctl
-        .admin()
-        .await
-        .get_node(pb::GetNodeRequest {
-            name: "dup-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let detail = ctl.node_detail("dup-1").await;
     let last = detail.timeline.last().unwrap();
     assert_eq!(
         (last.stage.as_str(), last.detail.as_str()),

@@ -84,15 +84,7 @@ async fn nodes_converge_and_report_what_they_did() {
     assert_eq!(read(&db, "/etc/app/web.conf"), None);
 
     // The report carries every resource's outcome, and facts arrived.
-    let detail = ctl
-        .admin()
-        .await
-        .get_node(pb::GetNodeRequest {
-            name: "web-1".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let detail = ctl.node_detail("web-1").await;
     let report = detail.last_report.expect("a report");
     assert_eq!(report.revision, 1);
     let ids: Vec<&str> = report.resources.iter().map(|r| r.id.as_str()).collect();

@@ -47,25 +47,9 @@ async fn a_node_reads_only_its_own_state_and_writes_only_its_own_report() {
         ..Default::default()
     };
     client.report(report).await.unwrap();
-    let detail_b = ctl
-        .admin()
-        .await
-        .get_node(pb::GetNodeRequest {
-            name: "node-b".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let detail_b = ctl.node_detail("node-b").await;
     assert!(detail_b.last_report.is_none(), "B has no report");
-    let detail_a = ctl
-        .admin()
-        .await
-        .get_node(pb::GetNodeRequest {
-            name: "node-a".into(),
-        })
-        .await
-        .unwrap()
-        .into_inner();
+    let detail_a = ctl.node_detail("node-a").await;
     assert_eq!(detail_a.last_report.unwrap().state_hash, "sha256:forged");
 }
 
