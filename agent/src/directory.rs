@@ -2,7 +2,7 @@
 //! owner, group and mode, or is absent (only when empty: never `rm -rf`).
 
 use crate::engine::Resource;
-use crate::host::{Host, Kind, Meta};
+use crate::host::{Host, Kind, Meta, PENDING_ID};
 use anyhow::bail;
 use ballast_proto::spec::{Directory, Ensure};
 use std::fmt;
@@ -52,6 +52,14 @@ impl fmt::Display for Change {
                 parents.join(", ")
             ),
             Change::Mode { from, to } => write!(f, "mode {from:04o} -> {to:04o}"),
+            Change::Owner {
+                from,
+                to: PENDING_ID,
+            } => write!(f, "owner uid {from} -> a user this run creates"),
+            Change::Group {
+                from,
+                to: PENDING_ID,
+            } => write!(f, "group gid {from} -> a group this run creates"),
             Change::Owner { from, to } => write!(f, "owner uid {from} -> {to}"),
             Change::Group { from, to } => write!(f, "group gid {from} -> {to}"),
             Change::Remove => write!(f, "remove empty directory"),

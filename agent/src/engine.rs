@@ -683,6 +683,15 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         if matches!(report.outcome, Outcome::Failed | Outcome::Skipped) {
             broken.insert(id.clone());
         }
+        // A dry run creates nothing: name what it would create, so files
+        // owned by a new user report their changes instead of failing.
+        if opts.noop && report.created {
+            match spec {
+                Spec::User(u) => host.assume_created(&u.name, false),
+                Spec::Group(g) => host.assume_created(&g.name, true),
+                _ => {}
+            }
+        }
         // A change to something that notifies services owes them a restart;
         // it is written down before going on, so a later failure cannot lose it.
         let notify = match spec {

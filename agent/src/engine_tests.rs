@@ -380,3 +380,37 @@ fn a_pending_restart_survives_a_run_that_fails_before_it() {
         "the owed restart is kept for the next run"
     );
 }
+
+#[test]
+fn a_dry_run_counts_on_users_and_groups_it_would_create() {
+    let sb = Sandbox::new();
+    std::fs::create_dir_all(sb.path("/etc")).unwrap();
+    std::fs::create_dir_all(sb.path("/home")).unwrap();
+    std::fs::write(sb.path("/etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+    std::fs::write(sb.path("/etc/group"), "root:x:0:\n").unwrap();
+    std::fs::write(sb.path("/etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+    std::fs::write(sb.path("/etc/gshadow"), "root:*::\n").unwrap();
+    std::fs::write(sb.path("/etc/app.conf"), "old").unwrap();
+    let yaml = wrap(
+        "    groups: [{name: app}]\n    users: [{name: app, group: app}]\n    files:\n      - {path: /etc/app.conf, content: old, owner: app, group: app}\n      - {path: /etc/new.conf, content: x, owner: app}\n",
+    );
+    let dry = sb.run(&yaml, true);
+    expect_test::expect![[r#"
+        [
+            "Changed group[app] create group",
+            "Changed user[app] create user",
+            "Changed file[/etc/app.conf] owner uid 0 -> a user this run creates; group gid 0 -> a group this run creates",
+            "Changed file[/etc/new.conf] create file (1 bytes)",
+        ]
+    "#]]
+    .assert_debug_eq(&summary(&dry));
+    assert!(
+        !std::fs::read_to_string(sb.path("/etc/passwd"))
+            .unwrap()
+            .contains("app"),
+        "a dry run creates nothing"
+    );
+    let real = sb.run(&yaml, false);
+    assert_eq!(real.failed(), 0, "{:?}", summary(&real));
+    assert_eq!(real.changed(), 4);
+}

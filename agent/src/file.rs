@@ -3,7 +3,7 @@
 //! backed up by SHA-256 under the state dir.
 
 use crate::engine::{Context, Resource};
-use crate::host::{Host, Kind, Meta, Staged};
+use crate::host::{Host, Kind, Meta, PENDING_ID, Staged};
 use anyhow::{Context as _, bail};
 use ballast_proto::spec::{Ensure, File};
 use std::fmt;
@@ -44,6 +44,14 @@ impl fmt::Display for Change {
             Change::Create { bytes } => write!(f, "create file ({bytes} bytes)"),
             Change::Content { from, to } => write!(f, "replace content ({from} -> {to} bytes)"),
             Change::Mode { from, to } => write!(f, "mode {from:04o} -> {to:04o}"),
+            Change::Owner {
+                from,
+                to: PENDING_ID,
+            } => write!(f, "owner uid {from} -> a user this run creates"),
+            Change::Group {
+                from,
+                to: PENDING_ID,
+            } => write!(f, "group gid {from} -> a group this run creates"),
             Change::Owner { from, to } => write!(f, "owner uid {from} -> {to}"),
             Change::Group { from, to } => write!(f, "group gid {from} -> {to}"),
             Change::Remove => write!(f, "remove file"),

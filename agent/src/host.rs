@@ -58,6 +58,11 @@ pub struct Staged {
     fd: OwnedFd,
 }
 
+/// The id [`Host::lookup_id`] gives, in a dry run, for a user or group that
+/// the same run would create: (uid_t)-1, never a real id, and never applied
+/// (a dry run applies nothing).
+pub const PENDING_ID: u32 = u32::MAX;
+
 /// Largest file content the engine reads to compare or back up.
 pub const MAX_READ: u64 = 64 * 1024 * 1024;
 
@@ -65,6 +70,8 @@ pub struct Host {
     root: PathBuf,
     root_fd: OnceLock<Result<OwnedFd, String>>,
     names: Mutex<HashMap<(bool, String), Option<u32>>>,
+    /// Users and groups a dry run would have created by now (see [`PENDING_ID`]).
+    assumed: Mutex<std::collections::BTreeSet<(bool, String)>>,
     /// Directories opened (without following symlinks) during this run.
     dirs: Mutex<HashMap<String, Arc<OwnedFd>>>,
     /// Directories whose entries changed and still need an fsync.
@@ -107,6 +114,7 @@ impl Host {
             root: root.unwrap_or_else(|| PathBuf::from("/")),
             root_fd: OnceLock::new(),
             names: Mutex::new(HashMap::new()),
+            assumed: Mutex::new(Default::default()),
             dirs: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashMap::new()),
         }
@@ -116,6 +124,10 @@ impl Host {
     /// earlier runs (the host may have changed in between).
     pub fn begin_run(&self) {
         self.dirs.lock().unwrap_or_else(|p| p.into_inner()).clear();
+        self.assumed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.forget_names();
     }
 
@@ -522,6 +534,21 @@ impl Host {
     /// through NSS for `/`, from ROOT/etc/passwd or ROOT/etc/group in a sandbox.
     pub fn lookup_id(&self, name: &str, group: bool) -> anyhow::Result<u32> {
         let key = (group, name.to_owned());
+        if self
+            .assumed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&key)
+        {
+            let cached = self
+                .names
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(&key)
+                .copied()
+                .flatten();
+            return Ok(cached.unwrap_or(PENDING_ID));
+        }
         if let Some(v) = self
             .names
             .lock()
@@ -639,6 +666,15 @@ impl Host {
         Ok(parse_group(&String::from_utf8_lossy(
             &self.read_file("/etc/group")?,
         )))
+    }
+
+    /// In a dry run: a user (`group == false`) or group this run would create,
+    /// so that what depends on it reports its changes rather than failing.
+    pub fn assume_created(&self, name: &str, group: bool) {
+        self.assumed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert((group, name.to_owned()));
     }
 
     /// Forgets cached name lookups (after users or groups changed).
