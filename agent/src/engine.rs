@@ -689,6 +689,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
             match spec {
                 Spec::User(u) => host.assume_created(&u.name, false),
                 Spec::Group(g) => host.assume_created(&g.name, true),
+                Spec::Directory(d) => host.assume_dir(&d.path),
                 _ => {}
             }
         }

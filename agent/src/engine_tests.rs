@@ -414,3 +414,25 @@ fn a_dry_run_counts_on_users_and_groups_it_would_create() {
     assert_eq!(real.failed(), 0, "{:?}", summary(&real));
     assert_eq!(real.changed(), 4);
 }
+
+#[test]
+fn a_dry_run_reports_a_missing_parent_as_the_real_run_would() {
+    let sb = Sandbox::new();
+    let yaml = wrap("    files: [{path: /etc/nginx/app.conf, content: x}]\n");
+    let dry = sb.run(&yaml, true);
+    let real = sb.run(&yaml, false);
+    assert_eq!(summary(&dry), summary(&real));
+    assert!(
+        summary(&real)[0]
+            .contains("parent directory /etc/nginx of /etc/nginx/app.conf does not exist"),
+        "{:?}",
+        summary(&real)
+    );
+    // With the directory managed, the dry run counts on it being created first.
+    let yaml = wrap(
+        "    directories: [{path: /etc/nginx}]\n    files: [{path: /etc/nginx/app.conf, content: x}]\n    symlinks: [{path: /etc/nginx/current, target: app.conf}]\n",
+    );
+    let dry = sb.run(&yaml, true);
+    assert_eq!(dry.failed(), 0, "{:?}", summary(&dry));
+    assert_eq!(summary(&dry), summary(&sb.run(&yaml, false)));
+}

@@ -144,6 +144,9 @@ impl Resource for FileRes<'_> {
 
     fn observe(&self, host: &Host) -> anyhow::Result<Observed> {
         let meta = host.lstat(&self.spec.path)?;
+        if meta.is_none() && self.spec.ensure == Ensure::Present {
+            host.require_parent(&self.spec.path)?;
+        }
         if let Some(m) = &meta
             && m.kind != Kind::File
         {

@@ -72,6 +72,8 @@ pub struct Host {
     names: Mutex<HashMap<(bool, String), Option<u32>>>,
     /// Users and groups a dry run would have created by now (see [`PENDING_ID`]).
     assumed: Mutex<std::collections::BTreeSet<(bool, String)>>,
+    /// Directories a dry run would have created by now.
+    assumed_dirs: Mutex<std::collections::BTreeSet<String>>,
     /// Directories opened (without following symlinks) during this run.
     dirs: Mutex<HashMap<String, Arc<OwnedFd>>>,
     /// Directories whose entries changed and still need an fsync.
@@ -115,6 +117,7 @@ impl Host {
             root_fd: OnceLock::new(),
             names: Mutex::new(HashMap::new()),
             assumed: Mutex::new(Default::default()),
+            assumed_dirs: Mutex::new(Default::default()),
             dirs: Mutex::new(HashMap::new()),
             dirty: Mutex::new(HashMap::new()),
         }
@@ -675,6 +678,41 @@ impl Host {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert((group, name.to_owned()));
+    }
+
+    /// In a dry run: a directory (and its ancestors) this run would create.
+    pub fn assume_dir(&self, path: &str) {
+        let mut dirs = self.assumed_dirs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cur = path;
+        while !cur.is_empty() {
+            dirs.insert(cur.to_owned());
+            cur = cur.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+        }
+    }
+
+    /// Fails unless the parent directory of `path` exists (or, in a dry run,
+    /// would have been created by now): a file cannot be created without it.
+    pub fn require_parent(&self, path: &str) -> anyhow::Result<()> {
+        let parent = path.rsplit_once('/').map(|(p, _)| p).unwrap_or("");
+        if parent.is_empty()
+            || self
+                .assumed_dirs
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .contains(parent)
+        {
+            return Ok(());
+        }
+        match self.lstat(parent)? {
+            Some(m) if m.kind == Kind::Dir => Ok(()),
+            Some(m) => bail!(
+                "{parent} is {}, not a directory, on the way to {path}",
+                m.kind
+            ),
+            None => bail!(
+                "parent directory {parent} of {path} does not exist (manage it with a directories entry)"
+            ),
+        }
     }
 
     /// Forgets cached name lookups (after users or groups changed).

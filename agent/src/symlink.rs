@@ -43,7 +43,12 @@ impl Resource for SymlinkRes<'_> {
 
     fn observe(&self, host: &Host) -> anyhow::Result<Option<String>> {
         match host.lstat(&self.spec.path)? {
-            None => Ok(None),
+            None => {
+                if self.spec.ensure == Ensure::Present {
+                    host.require_parent(&self.spec.path)?;
+                }
+                Ok(None)
+            }
             Some(m) if m.kind == Kind::Symlink => Ok(Some(host.readlink(&self.spec.path)?)),
             Some(m) => bail!(
                 "{} is {}, not a symlink; refusing to replace or remove it",
