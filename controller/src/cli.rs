@@ -414,7 +414,10 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
         } => {
             let mut client = connect(&conn).await?;
             let resp = client
-                .list_nodes(pb::ListNodesRequest { r#where: filters })
+                .list_nodes(pb::ListNodesRequest {
+                    r#where: filters,
+                    ..Default::default()
+                })
                 .await
                 .map_err(status_error)?
                 .into_inner();

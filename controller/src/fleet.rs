@@ -885,6 +885,7 @@ impl Fleet {
         Ok(pb::ListNodesResponse {
             nodes,
             current_revision: inner.current.number,
+            next_page_token: String::new(),
         })
     }
 
