@@ -25,6 +25,16 @@ else
     echo "note: not root, so the real-node tests are skipped (they need debootstrap and systemd-nspawn)"
 fi
 
+step "house rules: formatting and lints (cargo fmt --check, clippy -D warnings)"
+for component in rustfmt clippy; do
+    if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+        echo "error: the toolchain has no $component; install it with: rustup component add $component" >&2
+        exit 1
+    fi
+done
+cargo fmt --all -- --check
+cargo clippy --locked --workspace --all-targets -- -D warnings
+
 step "build the binaries that real nodes and packages use"
 cargo build --locked -p ballast-agent -p ballast-controller
 

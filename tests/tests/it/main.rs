@@ -2,6 +2,7 @@
 //! loopback mutual TLS. Topics are modules.
 
 mod bad_input;
+mod code_map;
 mod bootstrap;
 mod e2e;
 mod nodes;
