@@ -3,6 +3,7 @@
 
 mod bad_input;
 mod bootstrap;
+mod cli;
 mod e2e;
 mod nodes;
 mod packaging;
