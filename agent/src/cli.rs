@@ -10,7 +10,7 @@ use anyhow::Context;
 use ballast_proto::spec::{self, NodeMeta};
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
-use std::io::Write;
+use std::io::{IsTerminal, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -30,14 +30,20 @@ pub enum Command {
         /// Controller address, HOST:PORT.
         #[arg(long, env = "BALLAST_CONTROLLER")]
         controller: String,
-        #[arg(long, env = "BALLAST_TOKEN")]
-        token: String,
+        /// The one-time token (`ballast token create`). Prefer the environment
+        /// (BALLAST_TOKEN) or --token-file: arguments are visible to every user.
+        #[arg(long, env = "BALLAST_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+        /// Read the token from this file, or from standard input with `-`.
+        #[arg(long, conflicts_with = "token")]
+        token_file: Option<PathBuf>,
         /// The controller CA's fingerprint, sha256:HEX (`ballast ca fingerprint`).
         #[arg(long)]
         ca_fingerprint: String,
         /// Node name; defaults to the hostname.
         #[arg(long)]
         name: Option<String>,
+        /// Where the key, certificate and cached state live.
         #[arg(long)]
         state_dir: Option<PathBuf>,
     },
@@ -52,8 +58,10 @@ pub enum Command {
         /// Manage paths under DIR instead of /.
         #[arg(long)]
         root: Option<PathBuf>,
+        /// Where the key, certificate and cached state live.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Directory of custom facts (*.json, or executables printing JSON).
         #[arg(long, default_value = daemon::DEFAULT_FACTS_DIR)]
         facts_dir: PathBuf,
         /// Override the controller address recorded at enrollment.
@@ -62,8 +70,10 @@ pub enum Command {
     },
     /// Apply YAML desired state locally, with no controller.
     Apply {
+        /// A YAML file or a directory of them; repeatable.
         #[arg(short = 'f', long = "file", required = true)]
         paths: Vec<PathBuf>,
+        /// Manage paths under DIR instead of /.
         #[arg(long)]
         root: Option<PathBuf>,
         /// Show what would change; change nothing.
@@ -75,8 +85,10 @@ pub enum Command {
         /// Node name; defaults to the hostname.
         #[arg(long)]
         name: Option<String>,
+        /// Where backups and the record of managed things live.
         #[arg(long)]
         state_dir: Option<PathBuf>,
+        /// Directory of custom facts (*.json, or executables printing JSON).
         #[arg(long, default_value = daemon::DEFAULT_FACTS_DIR)]
         facts_dir: PathBuf,
         /// Print only the summary line.
@@ -85,6 +97,7 @@ pub enum Command {
     },
     /// Print this node's facts as JSON.
     Facts {
+        /// Directory of custom facts (*.json, or executables printing JSON).
         #[arg(long, default_value = daemon::DEFAULT_FACTS_DIR)]
         facts_dir: PathBuf,
     },
@@ -108,10 +121,7 @@ pub fn run() -> ExitCode {
     };
     let filter = tracing_subscriber::EnvFilter::try_from_env("BALLAST_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+    let _ = tracing::subscriber::set_global_default(log_subscriber(filter, std::io::stderr()));
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -131,6 +141,52 @@ pub fn run() -> ExitCode {
     }
 }
 
+/// The log subscriber: `filter` on `stream`, coloured only when `stream` is a
+/// terminal and `NO_COLOR` is unset, so the journal or a log file never
+/// carries escapes. (The controller's `cli::log_subscriber` is the same.)
+pub fn log_subscriber<W>(
+    filter: tracing_subscriber::EnvFilter,
+    stream: W,
+) -> impl tracing::Subscriber + Send + Sync
+where
+    W: Write + IsTerminal + Send + 'static,
+{
+    let ansi = stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi)
+        .with_writer(std::sync::Mutex::new(stream))
+        .finish()
+}
+
+/// The enrollment token from `--token`/BALLAST_TOKEN or `--token-file`
+/// (`-`: standard input), trimmed.
+fn read_token(
+    token: Option<String>,
+    file: Option<&Path>,
+    stdin: &mut dyn Read,
+) -> anyhow::Result<String> {
+    let text = match (token, file) {
+        (Some(t), _) => t,
+        (None, Some(p)) if p == Path::new("-") => {
+            let mut s = String::new();
+            stdin
+                .take(4096)
+                .read_to_string(&mut s)
+                .context("read the token from standard input")?;
+            s
+        }
+        (None, Some(p)) => std::fs::read_to_string(p)
+            .with_context(|| format!("read the token from {}", p.display()))?,
+        (None, None) => anyhow::bail!(
+            "no enrollment token: set BALLAST_TOKEN, or pass --token-file FILE (- for standard input)"
+        ),
+    };
+    let token = text.trim().to_owned();
+    anyhow::ensure!(!token.is_empty(), "the enrollment token is empty");
+    Ok(token)
+}
+
 async fn shutdown_signal() {
     let Ok(mut term) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
     else {
@@ -147,10 +203,12 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
         Command::Enroll {
             controller,
             token,
+            token_file,
             ca_fingerprint,
             name,
             state_dir,
         } => {
+            let token = read_token(token, token_file.as_deref(), &mut std::io::stdin())?;
             let state_dir = state_dir.unwrap_or_else(client::default_state_dir);
             let name = name.unwrap_or_else(hostname);
             let resp =
@@ -299,4 +357,86 @@ async fn apply_local(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn every_flag_and_argument_has_help_text() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                if a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} <{}>", a.get_id()));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                let sub_path = format!("{path} {}", sub.get_name());
+                if sub.get_about().is_none() {
+                    missing.push(sub_path.clone());
+                }
+                walk(sub, &sub_path, missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "ballast-agent", &mut missing);
+        assert!(missing.is_empty(), "without help text: {missing:#?}");
+    }
+
+    #[test]
+    fn the_token_comes_from_the_environment_a_file_or_stdin() {
+        let t = format!("blt_{}", "0f".repeat(32));
+        let mut no_stdin: &[u8] = b"";
+        assert_eq!(read_token(Some(t.clone()), None, &mut no_stdin).unwrap(), t);
+        let mut stdin = format!("{t}\n");
+        let mut stdin_bytes = stdin.as_bytes();
+        assert_eq!(
+            read_token(None, Some(Path::new("-")), &mut stdin_bytes).unwrap(),
+            t
+        );
+        let file = tempfile::NamedTempFile::new().unwrap();
+        stdin.insert(0, ' ');
+        std::fs::write(file.path(), &stdin).unwrap();
+        assert_eq!(
+            read_token(None, Some(file.path()), &mut no_stdin).unwrap(),
+            t
+        );
+        let err = read_token(None, None, &mut no_stdin).unwrap_err();
+        assert!(format!("{err:#}").contains("BALLAST_TOKEN"), "{err:#}");
+        // The enroll command parses with no --token at all (env or file instead).
+        let cli = Cli::try_parse_from([
+            "ballast-agent",
+            "enroll",
+            "--controller",
+            "c:1",
+            "--ca-fingerprint",
+            "x",
+            "--token-file",
+            "-",
+        ])
+        .unwrap();
+        assert!(matches!(cli.command, Command::Enroll { token: None, .. }));
+    }
+
+    #[test]
+    fn logs_to_a_file_carry_no_colour() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let sub = log_subscriber(
+            tracing_subscriber::EnvFilter::new("info"),
+            file.reopen().unwrap(),
+        );
+        tracing::subscriber::with_default(sub, || {
+            tracing::warn!(resource = "file[/etc/motd]", "applied");
+        });
+        let text = std::fs::read_to_string(file.path()).unwrap();
+        assert!(text.contains("applied"), "{text:?}");
+        assert!(
+            !text.contains('\x1b'),
+            "no ANSI escapes in a file: {text:?}"
+        );
+    }
 }

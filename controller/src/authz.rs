@@ -28,8 +28,10 @@ pub enum Rule {
 pub fn rule_for(path: &str) -> Option<Rule> {
     let rule = match path {
         "/ballast.v1.Enrollment/Enroll" => Rule::Public,
-        // Bootstrap downloads over HTTPS: the installer and the agent binary are not secret.
-        crate::bootstrap::INSTALL_PATH
+        // Bootstrap downloads over HTTPS: the CA certificate, the installer and the
+        // agent binary are not secret.
+        crate::bootstrap::CA_PATH
+        | crate::bootstrap::INSTALL_PATH
         | crate::bootstrap::AGENT_PATH
         | crate::bootstrap::AGENT_SHA_PATH => Rule::Public,
         "/ballast.v1.Agent/Watch"

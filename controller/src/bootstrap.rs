@@ -1,20 +1,25 @@
 //! Bootstrap of new nodes: cloud-init user-data and shell scripts rendered from
 //! the templates in `bootstrap/`, and the HTTPS routes (on the controller's one
-//! port) that serve the installer and the agent binary.
+//! port) that serve the CA certificate, the installer and the agent binary.
 //!
-//! Invariant: rendered output holds only the controller address, the CA
+//! Invariants: rendered output holds only the controller address, the CA
 //! fingerprint, an expiring one-time token and a node name, each checked
 //! against a strict pattern first, so nothing can break out of its quoting.
+//! The scripts need only python3 (`bootstrap/fetch.py`, embedded in both) and
+//! coreutils, and the token never appears on a command line.
 
 use anyhow::bail;
 use std::path::PathBuf;
 
 const BOOTSTRAP_SH: &str = include_str!("../../bootstrap/bootstrap.sh.in");
 const INSTALL_SH: &str = include_str!("../../bootstrap/install.sh.in");
+/// The download helper both scripts embed (python3's standard library only).
+pub const FETCH_PY: &str = include_str!("../../bootstrap/fetch.py");
 const CLOUD_INIT: &str = include_str!("../../bootstrap/cloud-init.yaml.in");
 const AGENT_UNIT: &str = include_str!("../../packaging/ballast-agent.service");
 
 /// Paths served without a client certificate (see `authz`).
+pub const CA_PATH: &str = "/bootstrap/ca.pem";
 pub const INSTALL_PATH: &str = "/bootstrap/install.sh";
 pub const AGENT_PATH: &str = "/bootstrap/ballast-agent";
 pub const AGENT_SHA_PATH: &str = "/bootstrap/ballast-agent.sha256";
@@ -93,6 +98,7 @@ impl Params {
 pub fn script(p: &Params) -> anyhow::Result<String> {
     p.check()?;
     Ok(BOOTSTRAP_SH
+        .replace("@FETCH_PY@", FETCH_PY.trim_end())
         .replace("@CONTROLLER@", &p.controller)
         .replace("@FINGERPRINT@", &p.fingerprint)
         .replace("@TOKEN@", &p.token)
@@ -112,6 +118,7 @@ pub fn install_script(controller: &str, fingerprint: &str) -> anyhow::Result<Str
     check_controller(controller)?;
     check_fingerprint(fingerprint)?;
     Ok(INSTALL_SH
+        .replace("@FETCH_PY@", FETCH_PY.trim_end())
         .replace("@CONTROLLER@", controller)
         .replace("@FINGERPRINT@", fingerprint)
         .replace("@UNIT@", AGENT_UNIT.trim_end()))
@@ -154,10 +161,13 @@ pub fn default_agent_binary() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// The HTTPS routes for bootstrap, served on the gRPC port.
+/// The HTTPS routes for bootstrap, served on the gRPC port. The CA
+/// certificate is public: a node keeps it only when its SHA-256 matches the
+/// fingerprint it was given.
 pub fn routes(
     agent_binary: Option<PathBuf>,
     fingerprint: String,
+    ca_pem: String,
     fallback_controller: String,
 ) -> axum::Router {
     use axum::http::{HeaderMap, StatusCode, header};
@@ -208,7 +218,9 @@ pub fn routes(
             Err(e) => (StatusCode::BAD_REQUEST, format!("{e:#}\n")).into_response(),
         }
     };
+    let ca = move || async move { ([(header::CONTENT_TYPE, "application/x-pem-file")], ca_pem) };
     axum::Router::new()
+        .route(CA_PATH, get(ca))
         .route(INSTALL_PATH, get(install))
         .route(AGENT_PATH, get(agent))
         .route(AGENT_SHA_PATH, get(agent_sha))
@@ -277,6 +289,54 @@ mod tests {
         }
         assert!(check_controller("[::1]:8440").is_ok());
         assert!(check_controller("10.0.0.1:0").is_err());
+    }
+
+    #[test]
+    fn the_token_never_reaches_a_command_line() {
+        let p = params();
+        let rendered = [
+            script(&p).unwrap(),
+            install_script(&p.controller, &p.fingerprint).unwrap(),
+        ];
+        for text in &rendered {
+            assert!(!text.contains("--token"), "no --token flag:\n{text}");
+            for line in text.lines().map(str::trim) {
+                if line.starts_with('#') {
+                    continue;
+                }
+                if line.contains(&p.token) {
+                    assert_eq!(line, format!("BALLAST_TOKEN='{}'", p.token));
+                }
+                if line.contains("$BALLAST_TOKEN") || line.contains("${BALLAST_TOKEN") {
+                    // Only the `:` builtin may expand it (to check it is set).
+                    assert!(line.starts_with(": \"${BALLAST_TOKEN:?"), "{line}");
+                }
+            }
+        }
+        // The installer hands the token to the agent through its environment.
+        assert!(rendered[1].contains("export BALLAST_TOKEN"));
+        assert!(
+            rendered[0].contains("export BALLAST_CONTROLLER BALLAST_CA_FINGERPRINT BALLAST_TOKEN")
+        );
+    }
+
+    #[test]
+    fn scripts_need_neither_curl_nor_openssl() {
+        let p = params();
+        for text in [
+            script(&p).unwrap(),
+            install_script(&p.controller, &p.fingerprint).unwrap(),
+        ] {
+            for tool in ["curl", "openssl", "wget"] {
+                assert!(
+                    !text
+                        .lines()
+                        .any(|l| !l.trim().starts_with('#') && l.contains(tool)),
+                    "{tool} in:\n{text}"
+                );
+            }
+            assert!(text.contains("import ssl") && !text.contains("@FETCH_PY@"));
+        }
     }
 
     #[test]

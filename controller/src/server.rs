@@ -115,9 +115,13 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         .first()
         .map(|h| format!("{h}:{}", addr.port()))
         .unwrap_or_else(|| addr.to_string());
-    let routes = tonic::service::Routes::from(grpc.routes().into_axum_router().merge(
-        bootstrap::routes(agent_binary, fingerprint.clone(), fallback),
-    ));
+    let routes =
+        tonic::service::Routes::from(grpc.routes().into_axum_router().merge(bootstrap::routes(
+            agent_binary,
+            fingerprint.clone(),
+            ca.cert_pem().to_owned(),
+            fallback,
+        )));
     let router = Server::builder()
         .tls_config(tls)?
         .accept_http1(true)

@@ -1,7 +1,9 @@
 //! Bootstrap end to end on real Debian nodes: each node boots with nothing but
 //! the cloud-init user-data `ballast bootstrap cloud-init` generated (NoCloud
-//! seed), installs the agent it downloads from the controller, enrolls with
-//! its one-time token, and converges. A reused token fails visibly.
+//! seed) on an image without curl or openssl, installs the agent it downloads
+//! from the controller, enrolls with its one-time token, and converges. A
+//! reused token fails visibly. The python download helper is also checked on
+//! this host against an in-process controller.
 
 use ballast_controller::bootstrap;
 use ballast_proto::pb;
@@ -61,10 +63,20 @@ async fn token(ctl: &TestController, name: &str, role: &str, ttl: u64) -> String
         .token
 }
 
-/// Boots a node whose only instruction is the generated user-data.
+/// Tools a minimal cloud image need not have: the bootstrap must not use them.
+const ABSENT_TOOLS: [&str; 3] = ["usr/bin/curl", "usr/bin/openssl", "usr/bin/wget"];
+
+/// Boots a node whose only instruction is the generated user-data, on a root
+/// without curl, openssl or wget (cloud-init and its python3 are there).
 fn boot_seeded(name: &str, user_data: String) -> TestNode {
     let name_owned = name.to_owned();
     TestNode::boot_with(name, move |root: &Path| {
+        for tool in ABSENT_TOOLS {
+            match std::fs::remove_file(root.join(tool)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e.into()),
+                _ => {}
+            }
+        }
         let seed = root.join("var/lib/cloud/seed/nocloud");
         std::fs::create_dir_all(&seed)?;
         std::fs::write(seed.join("user-data"), &user_data)?;
@@ -143,6 +155,10 @@ async fn three_nodes_bootstrap_from_cloud_init_and_converge() {
     assert!(stages.contains(&"converged"), "{stages:?}");
 
     for (name, role, node) in &nodes {
+        assert!(
+            node.sh("command -v curl || command -v openssl").is_err(),
+            "the node has neither curl nor openssl"
+        );
         assert_eq!(
             node.sh("cat /etc/motd").unwrap(),
             format!("{name} is managed by Ballast (v1)\n")
@@ -216,13 +232,12 @@ async fn three_nodes_bootstrap_from_cloud_init_and_converge() {
     assert!(out.contains("Valid cloud-config"), "{out}");
 
     // Running the installer a second time changes nothing and says so.
-    let installer = web1
-        .sh(&format!(
-            "curl -fsS --cacert /etc/ballast/ca.pem https://{}/bootstrap/install.sh",
-            ctl.controller()
-        ))
-        .unwrap();
-    std::fs::write(web1.path("/root/install.sh"), installer).unwrap();
+    std::fs::write(web1.path("/root/fetch.py"), bootstrap::FETCH_PY).unwrap();
+    web1.sh(&format!(
+        "python3 -I /root/fetch.py get {} /bootstrap/install.sh /root/install.sh /etc/ballast/ca.pem",
+        ctl.controller()
+    ))
+    .unwrap();
     let out = web1
         .sh("BALLAST_TOKEN=unused sh /root/install.sh 2>&1")
         .unwrap();
@@ -289,4 +304,118 @@ async fn a_reused_token_fails_the_bootstrap_visibly() {
     let (code, out) = ctl.cli(&["node", "show", "dup-1"]).await;
     assert_eq!(code, std::process::ExitCode::SUCCESS);
     assert!(out.contains("enroll-failed"), "{out}");
+}
+
+/// Runs `python3 fetch.py ARGS` on this host; (success, stderr).
+async fn fetcher(helper: &Path, args: Vec<String>) -> (bool, String) {
+    let out = tokio::process::Command::new("python3")
+        .arg("-I")
+        .arg(helper)
+        .args(args)
+        .output()
+        .await
+        .expect("run python3");
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn python_fetcher_pins_the_ca_and_verifies_every_download() {
+    if !node::require_tool("python3") {
+        return;
+    }
+    let ctl = TestController::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let helper = dir.path().join("fetch.py");
+    std::fs::write(&helper, bootstrap::FETCH_PY).unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    let addr = ctl.controller();
+
+    // A wrong pin keeps nothing.
+    let wrong = format!("sha256:{}", "00".repeat(32));
+    let (ok, err) = fetcher(
+        &helper,
+        vec!["pin".into(), addr.clone(), wrong, p("bad.pem")],
+    )
+    .await;
+    assert!(
+        !ok && err.contains("did not present a CA with fingerprint"),
+        "{err}"
+    );
+    assert!(!dir.path().join("bad.pem").exists());
+
+    // The right pin keeps exactly the pinned CA.
+    let (ok, err) = fetcher(
+        &helper,
+        vec![
+            "pin".into(),
+            addr.clone(),
+            ctl.fingerprint.clone(),
+            p("ca.pem"),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let pem = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    assert_eq!(
+        ballast_controller::cli::fingerprint_of_pem(&pem).unwrap(),
+        ctl.fingerprint
+    );
+
+    // Downloads are verified against that CA and nothing else.
+    let (ok, err) = fetcher(
+        &helper,
+        vec![
+            "get".into(),
+            addr.clone(),
+            "/bootstrap/install.sh".into(),
+            p("install.sh"),
+            p("ca.pem"),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let installer = std::fs::read_to_string(dir.path().join("install.sh")).unwrap();
+    assert!(installer.starts_with("#!/bin/sh") && installer.contains(&addr));
+
+    let other = TestController::start().await;
+    let other_ca = other.data_dir().join("pki/ca.pem").display().to_string();
+    let (ok, err) = fetcher(
+        &helper,
+        vec![
+            "get".into(),
+            addr.clone(),
+            "/bootstrap/install.sh".into(),
+            p("x"),
+            other_ca,
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("CERTIFICATE_VERIFY_FAILED"), "{err}");
+    assert!(!dir.path().join("x").exists());
+
+    let (ok, err) = fetcher(
+        &helper,
+        vec![
+            "get".into(),
+            addr,
+            "/bootstrap/nothing".into(),
+            p("y"),
+            p("ca.pem"),
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("refused by the controller"), "{err}");
+    let mut left: Vec<String> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    left.sort();
+    assert_eq!(
+        left,
+        ["ca.pem", "fetch.py", "install.sh"],
+        "nothing half-written"
+    );
 }

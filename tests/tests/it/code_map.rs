@@ -16,14 +16,21 @@ fn every_source_file_is_in_the_code_map() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap();
     let architecture = std::fs::read_to_string(root.join("ARCHITECTURE.md")).unwrap();
     let rows = code_map_rows(&architecture);
-    assert!(!rows.is_empty(), "ARCHITECTURE.md has no `## Code map` table");
+    assert!(
+        !rows.is_empty(),
+        "ARCHITECTURE.md has no `## Code map` table"
+    );
 
     let mut missing = Vec::new();
     for krate in CRATES {
         let mut files = Vec::new();
         rust_files(&root.join(krate).join("src"), &mut files);
         for file in files {
-            let rel = file.strip_prefix(root).unwrap().to_string_lossy().into_owned();
+            let rel = file
+                .strip_prefix(root)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             if !rows.iter().any(|row| row_names(row, &rel)) {
                 missing.push(rel);
             }
@@ -51,7 +58,10 @@ fn code_map_rows_name_files_by_path_brace_group_or_folder_and_name() {
     assert!(named("agent/src/host.rs"));
     assert!(named("agent/src/cron.rs"));
     assert!(named("proto/src/spec/model.rs"));
-    assert!(!named("proto/src/spec/render.rs"), "a folder alone covers nothing");
+    assert!(
+        !named("proto/src/spec/render.rs"),
+        "a folder alone covers nothing"
+    );
     assert!(!named("agent/src/user.rs"));
     assert!(!named("x/src/y.rs"), "only the code map section counts");
 }

@@ -2,8 +2,9 @@
 //! loopback mutual TLS. Topics are modules.
 
 mod bad_input;
-mod code_map;
 mod bootstrap;
+mod cli;
+mod code_map;
 mod e2e;
 mod nodes;
 mod packaging;

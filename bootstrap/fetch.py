@@ -1,0 +1,112 @@
+# Ballast bootstrap downloads with nothing but python3's standard library
+# (wherever cloud-init runs, python3 runs): no curl, no openssl.
+#   pin ADDR FINGERPRINT OUT      fetch the controller's CA certificate over a
+#                                 first, unverified connection; keep it only if
+#                                 its SHA-256 is FINGERPRINT and the server
+#                                 proves it holds a certificate the CA issued
+#   get ADDR PATH OUT CAFILE      download https://ADDR/PATH, verified against
+#                                 CAFILE only (hostname included)
+# No redirects, no proxies; every error names the URL and exits 1.
+import hashlib
+import http.client
+import os
+import ssl
+import sys
+import urllib.parse
+
+CA_PATH = "/bootstrap/ca.pem"
+
+
+def fail(msg):
+    print("ballast-fetch: " + msg, file=sys.stderr)
+    sys.exit(1)
+
+
+def fetch(addr, path, ctx, sink, limit):
+    url = "https://" + addr + path
+    conn = http.client.HTTPSConnection(addr, context=ctx, timeout=60)
+    try:
+        conn.request("GET", path)
+        resp = conn.getresponse()
+        if resp.status != 200:
+            text = resp.read(300).decode("utf-8", "replace").strip()
+            fail("GET %s: HTTP %d %s: %s" % (url, resp.status, resp.reason, text))
+        if resp.getheader("grpc-status") is not None:
+            # The port also speaks gRPC: a refusal arrives as HTTP 200 with an empty body.
+            why = urllib.parse.unquote(resp.getheader("grpc-message", ""))
+            fail("GET %s: refused by the controller: %s" % (url, why))
+        total = 0
+        while True:
+            chunk = resp.read(1 << 16)
+            if not chunk:
+                break
+            total += len(chunk)
+            if total > limit:
+                fail("GET %s: more than %d bytes" % (url, limit))
+            sink(chunk)
+    except (OSError, http.client.HTTPException) as e:
+        fail("GET %s: %s" % (url, e))
+    finally:
+        conn.close()
+
+
+def fetch_bytes(addr, path, ctx, limit):
+    parts = []
+    fetch(addr, path, ctx, parts.append, limit)
+    return b"".join(parts)
+
+
+def write_new(out, data, mode):
+    tmp = out + ".part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, mode)
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, out)
+
+
+def pin(addr, fingerprint, out):
+    unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    unverified.check_hostname = False
+    unverified.verify_mode = ssl.CERT_NONE
+    pem = fetch_bytes(addr, CA_PATH, unverified, 64 * 1024)
+    try:
+        der = ssl.PEM_cert_to_DER_cert(pem.decode("ascii"))
+    except (ValueError, UnicodeDecodeError) as e:
+        fail("the CA certificate from %s is not a PEM certificate: %s" % (addr, e))
+    got = "sha256:" + hashlib.sha256(der).hexdigest()
+    if got != fingerprint:
+        fail("the controller at %s did not present a CA with fingerprint %s (got %s)"
+             % (addr, fingerprint, got))
+    ca = ssl.DER_cert_to_PEM_cert(der)
+    # The certificate is the pinned CA; this server must also hold a key it certified.
+    fetch_bytes(addr, CA_PATH, ssl.create_default_context(cadata=ca), 64 * 1024)
+    write_new(out, ca.encode("ascii"), 0o644)
+
+
+def get(addr, path, out, cafile):
+    ctx = ssl.create_default_context(cafile=cafile)
+    tmp = out + ".part"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            fetch(addr, path, ctx, f.write, 1 << 30)
+            f.flush()
+            os.fsync(f.fileno())
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    os.replace(tmp, out)
+
+
+def main(argv):
+    if len(argv) == 4 and argv[0] == "pin":
+        pin(argv[1], argv[2], argv[3])
+    elif len(argv) == 5 and argv[0] == "get":
+        get(argv[1], argv[2], argv[3], argv[4])
+    else:
+        fail("usage: pin ADDR FINGERPRINT OUT | get ADDR PATH OUT CAFILE")
+
+
+main(sys.argv[1:])

@@ -1,0 +1,339 @@
+//! Commands over revisions: `apply` (and `--wait`), `rollback`, `diff`,
+//! `history`, and reading YAML sources for them.
+
+use super::conn::{self, Conn, author, connect, status_error};
+use super::output::{Format, emit, esc, esc_join, short_hash, time, time_json};
+use anyhow::bail;
+use ballast_proto::pb;
+use ballast_proto::pb::admin_client::AdminClient;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+use tonic::transport::Channel;
+
+/// Reads YAML sources (files, or directories of `*.yaml`/`*.yml`) for a
+/// request, refusing before sending what the controller would refuse.
+pub fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<pb::SourceFile>> {
+    let sources = ballast_proto::spec::read_sources(paths).map_err(anyhow::Error::msg)?;
+    let total: usize = sources.iter().map(|s| s.text.len()).sum();
+    if total > ballast_proto::MAX_MESSAGE_BYTES - 64 * 1024 {
+        bail!(
+            "the sources together are {total} bytes; the largest request the controller accepts is {} bytes",
+            ballast_proto::MAX_MESSAGE_BYTES
+        );
+    }
+    Ok(sources
+        .into_iter()
+        .map(|s| pb::SourceFile {
+            name: s.name,
+            content: s.text,
+        })
+        .collect())
+}
+
+/// `ballast apply`: stores a revision, then optionally waits for its nodes.
+pub async fn apply(
+    paths: &[PathBuf],
+    message: String,
+    wait: Option<Duration>,
+    format: Format,
+    conn: &Conn,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(conn).await?;
+    let sources = read_sources(paths)?;
+    let resp = client
+        .apply(pb::ApplyRequest {
+            sources,
+            author: author(),
+            message,
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    finish_revision(&mut client, resp, wait, format, out).await
+}
+
+/// `ballast rollback N`: a new revision with revision N's content.
+pub async fn rollback(
+    revision: u64,
+    wait: Option<Duration>,
+    format: Format,
+    conn: &Conn,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(conn).await?;
+    let resp = client
+        .rollback(pb::RollbackRequest {
+            revision,
+            author: author(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    finish_revision(&mut client, resp, wait, format, out).await
+}
+
+async fn finish_revision(
+    client: &mut AdminClient<Channel>,
+    resp: pb::ApplyResponse,
+    wait: Option<Duration>,
+    format: Format,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let waited = match wait {
+        None => None,
+        Some(timeout) => {
+            if format == Format::Table {
+                report_apply(out, &resp)?;
+            }
+            let progress = format == Format::Table;
+            Some(wait_for(client, out, progress, &resp, timeout).await?)
+        }
+    };
+    let code = match &waited {
+        Some(w) if !w.failed.is_empty() || w.timed_out => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    };
+    match (format, &waited) {
+        (Format::Table, None) => report_apply(out, &resp)?,
+        (Format::Table, Some(w)) => w.print(out)?,
+        (_, waited) => emit(
+            out,
+            format,
+            || {
+                let mut doc = serde_json::json!({
+                    "revision": resp.revision,
+                    "hash": resp.hash,
+                    "created": resp.created,
+                    "affected_nodes": resp.affected_nodes,
+                });
+                if let Some(w) = waited {
+                    doc["wait"] = w.doc();
+                }
+                doc
+            },
+            |_| Ok(()),
+        )?,
+    }
+    Ok(code)
+}
+
+fn report_apply(out: &mut dyn Write, resp: &pb::ApplyResponse) -> anyhow::Result<()> {
+    if resp.created {
+        writeln!(
+            out,
+            "revision {} created ({})",
+            resp.revision,
+            short_hash(&resp.hash)
+        )?;
+        if resp.affected_nodes.is_empty() {
+            writeln!(out, "no node's desired state changed")?;
+        } else {
+            writeln!(
+                out,
+                "{} node(s) affected: {}",
+                resp.affected_nodes.len(),
+                esc_join(&resp.affected_nodes, ", ")
+            )?;
+        }
+    } else {
+        writeln!(
+            out,
+            "no change: revision {} already has this content",
+            resp.revision
+        )?;
+    }
+    Ok(())
+}
+
+/// How a `--wait` ended.
+struct Waited {
+    converged: Vec<String>,
+    failed: Vec<(String, Vec<String>)>,
+    pending: Vec<String>,
+    timed_out: bool,
+    timeout: Duration,
+}
+
+impl Waited {
+    fn print(&self, out: &mut dyn Write) -> anyhow::Result<()> {
+        for (name, failing) in &self.failed {
+            writeln!(
+                out,
+                "node {} failed: {}",
+                esc(name),
+                esc_join(failing, ", ")
+            )?;
+        }
+        if self.timed_out {
+            writeln!(
+                out,
+                "timed out after {}s waiting for nodes to converge",
+                self.timeout.as_secs()
+            )?;
+        }
+        Ok(())
+    }
+
+    fn doc(&self) -> serde_json::Value {
+        serde_json::json!({
+            "converged": self.converged,
+            "failed": self.failed.iter().map(|(name, failing)| serde_json::json!({
+                "name": name, "failed_resources": failing,
+            })).collect::<Vec<_>>(),
+            "pending": self.pending,
+            "timed_out": self.timed_out,
+        })
+    }
+}
+
+/// Polls until every affected node reports the new state, one fails, or the
+/// timeout passes; with `progress`, prints `converged N/M` as it changes.
+async fn wait_for(
+    client: &mut AdminClient<Channel>,
+    out: &mut dyn Write,
+    progress: bool,
+    resp: &pb::ApplyResponse,
+    timeout: Duration,
+) -> anyhow::Result<Waited> {
+    let affected = &resp.affected_nodes;
+    let deadline = Instant::now() + timeout;
+    let mut last = usize::MAX;
+    loop {
+        let mut w = Waited {
+            converged: Vec::new(),
+            failed: Vec::new(),
+            pending: Vec::new(),
+            timed_out: false,
+            timeout,
+        };
+        if !affected.is_empty() {
+            let nodes = conn::list_nodes(client, &[]).await?.nodes;
+            for n in nodes.into_iter().filter(|n| affected.contains(&n.name)) {
+                let caught_up = n.applied_revision >= n.desired_revision;
+                match n.status.as_str() {
+                    "converged" | "drifted" if caught_up => w.converged.push(n.name),
+                    "failed" if caught_up => w.failed.push((n.name, n.failed_resources)),
+                    _ => w.pending.push(n.name),
+                }
+            }
+        }
+        let total = w.converged.len() + w.failed.len() + w.pending.len();
+        if progress && w.converged.len() != last && total > 0 {
+            writeln!(out, "converged {}/{total}", w.converged.len())?;
+            last = w.converged.len();
+        }
+        if !w.failed.is_empty() || w.pending.is_empty() {
+            return Ok(w);
+        }
+        if Instant::now() >= deadline {
+            w.timed_out = true;
+            return Ok(w);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// `ballast diff`: per node, what an apply would add, change or remove.
+pub async fn diff(
+    paths: &[PathBuf],
+    format: Format,
+    conn: &Conn,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(conn).await?;
+    let sources = read_sources(paths)?;
+    let resp = client
+        .diff(pb::ApplyRequest {
+            sources,
+            author: author(),
+            message: String::new(),
+        })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let doc = || {
+        serde_json::json!({
+            "current_revision": resp.current_revision,
+            "nodes": resp.nodes.iter().map(|n| serde_json::json!({
+                "node": n.node, "added": n.added, "changed": n.changed, "removed": n.removed,
+            })).collect::<Vec<_>>(),
+        })
+    };
+    emit(out, format, doc, |out| {
+        if resp.nodes.is_empty() {
+            writeln!(
+                out,
+                "no node would change (current revision {})",
+                resp.current_revision
+            )?;
+        }
+        for n in &resp.nodes {
+            writeln!(out, "node {}:", esc(&n.node))?;
+            for (mark, ids) in [('+', &n.added), ('~', &n.changed), ('-', &n.removed)] {
+                for id in ids {
+                    writeln!(out, "  {mark} {}", esc(id))?;
+                }
+            }
+        }
+        Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `ballast history`: revisions, newest first.
+pub async fn history(
+    limit: u32,
+    format: Format,
+    conn: &Conn,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(conn).await?;
+    let resp = client
+        .history(pb::HistoryRequest { limit })
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    let doc = || {
+        resp.revisions
+            .iter()
+            .map(|r| {
+                serde_json::json!({
+                    "revision": r.number,
+                    "created_at": time_json(r.created_at_ms),
+                    "author": r.author,
+                    "hash": r.hash,
+                    "message": r.message,
+                    "restored_from": if r.restored_from > 0 { r.restored_from.into() } else { serde_json::Value::Null },
+                })
+            })
+            .collect()
+    };
+    emit(out, format, doc, |out| {
+        writeln!(
+            out,
+            "{:<6} {:<20} {:<24} {:<20} MESSAGE",
+            "REV", "TIME", "AUTHOR", "HASH"
+        )?;
+        for r in &resp.revisions {
+            let msg = if r.restored_from > 0 && r.message.is_empty() {
+                format!("rollback to {}", r.restored_from)
+            } else {
+                esc(&r.message).into_owned()
+            };
+            writeln!(
+                out,
+                "{:<6} {:<20} {:<24} {:<20} {}",
+                r.number,
+                time(r.created_at_ms),
+                esc(&r.author),
+                short_hash(&r.hash),
+                msg
+            )?;
+        }
+        Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}
