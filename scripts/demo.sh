@@ -56,7 +56,8 @@ done
 if [ ! -f "$demo/agent/node.pem" ]; then
     echo "== enrolling agent demo-web-1 with a one-time token"
     token=$("$bin/ballast" token create --labels role=web --ttl 10m)
-    "$bin/ballast-agent" enroll --controller "127.0.0.1:$port" --token "$token" \
+    # The token travels in the environment, never on a command line.
+    BALLAST_TOKEN=$token "$bin/ballast-agent" enroll --controller "127.0.0.1:$port" \
         --ca-fingerprint "$("$bin/ballast" ca fingerprint)" --name demo-web-1 --state-dir "$demo/agent"
 fi
 
