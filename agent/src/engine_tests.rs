@@ -436,3 +436,112 @@ fn a_dry_run_reports_a_missing_parent_as_the_real_run_would() {
     assert_eq!(dry.failed(), 0, "{:?}", summary(&dry));
     assert_eq!(summary(&dry), summary(&sb.run(&yaml, false)));
 }
+
+/// Order of removals and the dry run's simulation of it (issue 7, item 20).
+mod removal_order {
+    use super::*;
+
+    /// A sandbox whose user database is a copy of this machine's, so that
+    /// useradd, userdel, groupadd and groupdel work on it with `--root`.
+    fn with_user_db() -> Sandbox {
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.path("/etc")).unwrap();
+        std::fs::create_dir_all(sb.path("/home")).unwrap();
+        for f in ["passwd", "group", "shadow", "gshadow"] {
+            std::fs::copy(format!("/etc/{f}"), sb.path(&format!("/etc/{f}"))).unwrap();
+        }
+        sb
+    }
+
+    fn has_line(sb: &Sandbox, file: &str, prefix: &str) -> bool {
+        std::fs::read_to_string(sb.path(file))
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with(prefix))
+    }
+
+    const DEPLOY: &str = "roles:\n  app:\n    groups: [{name: www}]\n    users: [{name: deploy, group: www}]\n    directories: [{path: /srv/app}]\n    files: [{path: /srv/app/a.conf, content: x}]\n  base:\n    files: [{path: /etc/motd, content: hi}]\ngroups:\n  all: {roles: [base, app]}\n";
+    const BASE_ONLY: &str = "roles:\n  base:\n    files: [{path: /etc/motd, content: hi}]\ngroups:\n  all: {roles: [base]}\n";
+
+    #[test]
+    fn dropping_a_user_and_its_primary_group_removes_the_user_first() {
+        let sb = with_user_db();
+        let first = sb.run(DEPLOY, false);
+        assert_eq!(first.failed(), 0, "{:?}", summary(&first));
+        assert!(has_line(&sb, "/etc/passwd", "deploy:"));
+        let dry = sb.run(BASE_ONLY, true);
+        assert!(
+            has_line(&sb, "/etc/passwd", "deploy:"),
+            "noop removes nothing"
+        );
+        let real = sb.run(BASE_ONLY, false);
+        expect_test::expect![[r#"
+            [
+                "Unchanged file[/etc/motd] ",
+                "Changed file[/srv/app/a.conf] remove file (no longer in desired state)",
+                "Changed directory[/srv/app] remove empty directory (no longer in desired state)",
+                "Changed user[deploy] remove user (home directory kept) (no longer in desired state)",
+                "Changed group[www] remove group (no longer in desired state)",
+            ]
+        "#]]
+        .assert_debug_eq(&summary(&real));
+        assert_eq!(
+            summary(&dry),
+            summary(&real),
+            "the dry run predicted the real run"
+        );
+        assert!(!has_line(&sb, "/etc/passwd", "deploy:"));
+        assert!(!has_line(&sb, "/etc/group", "www:"));
+        assert!(!sb.path("/srv/app").exists());
+        let again = sb.run(BASE_ONLY, false);
+        assert_eq!(again.changed() + again.failed(), 0, "{:?}", summary(&again));
+    }
+
+    #[test]
+    fn explicit_absent_resources_run_in_reverse_kind_order() {
+        let sb = with_user_db();
+        assert_eq!(sb.run(DEPLOY, false).failed(), 0);
+        let absent = "roles:\n  app:\n    groups: [{name: www, ensure: absent}]\n    users: [{name: deploy, ensure: absent}]\n    directories: [{path: /srv/app, ensure: absent}]\n    files: [{path: /srv/app/a.conf, ensure: absent}]\ngroups:\n  all: {roles: [app]}\n";
+        let dry = sb.run(absent, true);
+        let real = sb.run(absent, false);
+        expect_test::expect![[r#"
+            [
+                "Changed file[/srv/app/a.conf] remove file",
+                "Changed file[/etc/motd] remove file (no longer in desired state)",
+                "Changed directory[/srv/app] remove empty directory",
+                "Changed user[deploy] remove user (home directory kept)",
+                "Changed group[www] remove group",
+            ]
+        "#]]
+        .assert_debug_eq(&summary(&real));
+        assert_eq!(summary(&dry), summary(&real));
+    }
+
+    #[test]
+    fn a_dry_run_predicts_a_group_that_cannot_be_removed() {
+        let sb = with_user_db();
+        assert_eq!(sb.run(DEPLOY, false).failed(), 0);
+        // The group leaves, the user whose primary group it is stays.
+        let keep_user =
+            "roles:\n  app:\n    users: [{name: deploy}]\ngroups:\n  all: {roles: [app]}\n";
+        let dry = sb.run(keep_user, true);
+        let real = sb.run(keep_user, false);
+        assert_eq!(
+            summary(&dry),
+            summary(&real),
+            "the dry run predicted the real run"
+        );
+        let group = summary(&real)
+            .into_iter()
+            .find(|s| s.contains("group[www]"))
+            .unwrap();
+        assert_eq!(
+            group,
+            "Failed group[www]  !cannot remove group www: it is the primary group of user deploy; remove those users or give them another primary group first"
+        );
+        assert!(
+            has_line(&sb, "/etc/group", "www:"),
+            "kept, and retried next run"
+        );
+    }
+}

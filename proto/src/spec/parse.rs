@@ -436,12 +436,11 @@ impl Cx<'_> {
         let mut out = Vec::new();
         for (i, s) in self.strings(node, field).into_iter().enumerate() {
             match s.split_once(':') {
-                Some((kind, name)) if KIND_ORDER.contains(&kind) && !name.is_empty() => {
-                    out.push(ResourceRef {
-                        kind: kind.into(),
+                Some((kind, name)) if Kind::from_name(kind).is_some() && !name.is_empty() => out
+                    .push(ResourceRef {
+                        kind: Kind::from_name(kind).expect("checked above"),
                         name: name.into(),
-                    })
-                }
+                    }),
                 _ => {
                     let line = self
                         .list(node, field)
@@ -453,7 +452,7 @@ impl Cx<'_> {
                         &format!("{field}[{i}]"),
                         format!(
                             "invalid reference {s:?}: expected kind:name with kind one of {}",
-                            KIND_ORDER.join(", ")
+                            Kind::ORDER.map(Kind::as_str).join(", ")
                         ),
                     );
                 }
