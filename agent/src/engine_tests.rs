@@ -545,3 +545,106 @@ mod removal_order {
         );
     }
 }
+
+/// Names reach every command after `--` (issue 7, item 12).
+mod argv {
+    use ballast_proto::spec::{Group, Package, PackageEnsure, User};
+
+    /// `--` comes once, before the names, and only names follow it.
+    fn names_after_double_dash(args: &[&str], names: &[&str]) {
+        let dd = args
+            .iter()
+            .position(|a| *a == "--")
+            .unwrap_or_else(|| panic!("no -- in {args:?}"));
+        assert_eq!(&args[dd + 1..], names, "{args:?}");
+        for n in names {
+            assert!(!args[..dd].contains(n), "{n} before -- in {args:?}");
+        }
+    }
+
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn every_command_passes_names_after_double_dash() {
+        use crate::{group, package, service, user};
+        for verb in [
+            &["is-active"][..],
+            &["is-enabled"],
+            &["enable", "--quiet"],
+            &["disable", "--quiet"],
+            &["start"],
+            &["stop"],
+            &["restart"],
+        ] {
+            names_after_double_dash(
+                &service::systemctl_args(verb, "app.service"),
+                &["app.service"],
+            );
+        }
+        let u = User {
+            name: "deploy".into(),
+            uid: Some(2001),
+            group: Some("www".into()),
+            groups: Some(vec!["adm".into()]),
+            home: Some("/srv/deploy".into()),
+            shell: Some("/bin/sh".into()),
+            system: true,
+            authorized_keys: None,
+            ensure: Default::default(),
+            requires: vec![],
+        };
+        use user::Change as U;
+        let changes = [
+            U::Create,
+            U::Uid { from: 1, to: 2 },
+            U::Shell {
+                from: "/bin/false".into(),
+                to: "/bin/sh".into(),
+            },
+            U::Remove,
+        ];
+        let cmds = user::commands(&u, &changes);
+        let programs: Vec<&str> = cmds.iter().map(|(p, _)| *p).collect();
+        assert_eq!(programs, ["useradd", "userdel", "usermod"]);
+        for (_, args) in &cmds {
+            names_after_double_dash(&strs(args), &["deploy"]);
+        }
+        let g = Group {
+            name: "www".into(),
+            gid: Some(2001),
+            system: true,
+            ensure: Default::default(),
+            requires: vec![],
+        };
+        use group::Change as G;
+        for c in [G::Create, G::Gid { from: 1, to: 2 }, G::Remove] {
+            let (_, args) = group::command(&g, &c);
+            names_after_double_dash(&strs(&args), &["www"]);
+        }
+        names_after_double_dash(&package::dpkg_query_args("nginx"), &["nginx"]);
+        names_after_double_dash(&package::apt_cache_args("nginx"), &["nginx"]);
+        let p = |name: &str| Package {
+            name: name.into(),
+            ensure: PackageEnsure::Present,
+            notify: vec![],
+            requires: vec![],
+        };
+        let (a, b, c) = (p("nginx"), p("jq"), p("curl"));
+        use package::Change as P;
+        let batch = [
+            (&a, vec![P::Install { version: None }]),
+            (
+                &b,
+                vec![P::Install {
+                    version: Some("1.6-2.1".into()),
+                }],
+            ),
+            (&c, vec![P::Remove]),
+        ];
+        let args = package::apt_get_args(&batch).expect("changes");
+        names_after_double_dash(&strs(&args), &["nginx", "jq=1.6-2.1", "curl-"]);
+        assert!(package::apt_get_args(&[]).is_none());
+    }
+}

@@ -991,6 +991,30 @@ groups:
     }
 
     #[test]
+    fn notify_must_name_a_declared_service() {
+        expect![[r#"site.yaml:3: groups.g: file[/etc/app.conf] notifies service nginx, which no role of node group g declares; declare it under services or drop it from notify"#]]
+            .assert_eq(&errs(
+                "roles:\n  r:\n    files: [{path: /etc/app.conf, content: x, notify: [nginx]}]\n  s:\n    services: [{name: nginx}]\ngroups:\n  g: {roles: [r]}\n  h: {match: {x: y}, roles: [s]}\n",
+            ));
+        assert_eq!(
+            errs(
+                "roles:\n  r:\n    files: [{path: /etc/app.conf, content: x, notify: [nginx]}]\n    services: [{name: nginx}]\ngroups:\n  g: {roles: [r]}\n"
+            ),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn service_names_are_unit_names_with_file_line_and_field() {
+        expect![[r#"
+            site.yaml:4: roles.r.files[0].notify: invalid service name "--now": it starts with '-'; allowed are a systemd unit name without its .service suffix: 1 to 247 characters of A-Z, a-z, 0-9, ':', '-', '_', '.', '\' and '@', not starting with '-' or '@', with an instance after any '@' (as in getty@tty1)
+            site.yaml:3: roles.r.services[0].name: invalid service name "-x": it starts with '-'; allowed are a systemd unit name without its .service suffix: 1 to 247 characters of A-Z, a-z, 0-9, ':', '-', '_', '.', '\' and '@', not starting with '-' or '@', with an instance after any '@' (as in getty@tty1)"#]]
+        .assert_eq(&errs(
+            "roles:\n  r:\n    services: [{name: \"-x\"}]\n    files: [{path: /etc/a, notify: [\"--now\"]}]\n",
+        ));
+    }
+
+    #[test]
     fn requires_must_exist_and_not_cycle() {
         let out = errs(
             "roles:\n  r:\n    files: [{path: /a, requires: [\"file:/b\"]}, {path: /b, requires: [\"file:/a\"]}]\n    services: [{name: s, requires: [\"package:missing\"]}]\ngroups:\n  g: {roles: [r]}\n",
