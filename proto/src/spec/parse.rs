@@ -991,6 +991,14 @@ groups:
     }
 
     #[test]
+    fn cron_schedules_name_the_bad_field_with_file_and_line() {
+        expect![[r#"site.yaml:4: roles.r.cron[0].schedule: invalid cron schedule "61 * * * *": minute 61 out of range 0-59"#]]
+            .assert_eq(&errs(
+                "roles:\n  r:\n    cron:\n      - {name: j, schedule: \"61 * * * *\", command: \"true\"}\n",
+            ));
+    }
+
+    #[test]
     fn notify_must_name_a_declared_service() {
         expect![[r#"site.yaml:3: groups.g: file[/etc/app.conf] notifies service nginx, which no role of node group g declares; declare it under services or drop it from notify"#]]
             .assert_eq(&errs(
