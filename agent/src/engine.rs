@@ -516,7 +516,7 @@ fn phase(r: &Spec) -> (u8, usize, std::cmp::Reverse<String>) {
 /// The run order: [`phase`] order (stable, so present resources keep their
 /// key order), except that a resource runs after everything it `requires`
 /// (a stable topological sort; validation refused cycles).
-fn order<'a>(mut resources: Vec<&'a Spec>) -> Vec<&'a Spec> {
+fn order(mut resources: Vec<&Spec>) -> Vec<&Spec> {
     resources.sort_by_cached_key(|r| phase(r));
     let index: BTreeMap<String, usize> = resources
         .iter()

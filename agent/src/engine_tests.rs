@@ -648,3 +648,47 @@ mod argv {
         assert!(package::apt_get_args(&[]).is_none());
     }
 }
+
+/// Templates are bounded on the node (issue 7, item 10).
+mod template_limits {
+    use super::*;
+
+    /// Peak resident memory of this process so far, in KiB.
+    fn peak_rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/self/status")
+    }
+
+    #[test]
+    fn a_runaway_template_fails_quickly_with_bounded_memory() {
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.path("/etc")).unwrap();
+        let before = peak_rss_kib();
+        let started = Instant::now();
+        // 100,000 x 1,000 turns: 100 MB of output on the old code.
+        let r = sb.run(
+            &wrap("    files:\n      - {path: /etc/moderate, template: true, content: \"{% for i in range(100000) %}{% for j in range(1000) %}x{% endfor %}{% endfor %}\"}\n      - {path: /etc/runaway, template: true, content: \"{% for i in range(100000) %}{% for j in range(100000) %}{{ i * j }}{% endfor %}{% endfor %}\"}\n      - {path: /etc/fine, template: true, content: \"{{ node.name }}\"}\n"),
+            false,
+        );
+        let took = started.elapsed();
+        let grown_mib = (peak_rss_kib().saturating_sub(before)) / 1024;
+        let s = summary(&r);
+        assert_eq!(s.len(), 3, "{s:?}");
+        for (i, path) in [(1, "/etc/moderate"), (2, "/etc/runaway")] {
+            assert_eq!(
+                s[i],
+                format!(
+                    "Failed file[{path}]  !render template: engine ran out of fuel (template line 1); a template may run at most 5000000 instructions"
+                ),
+            );
+            assert!(!sb.path(path).exists(), "nothing written");
+        }
+        assert_eq!(s[0], "Changed file[/etc/fine] create file (2 bytes)");
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        assert!(grown_mib < 64, "peak memory grew by {grown_mib} MiB");
+    }
+}

@@ -9,6 +9,7 @@
 mod model;
 mod parse;
 mod render;
+pub mod template;
 pub mod validate;
 
 pub use model::*;

@@ -999,6 +999,19 @@ groups:
     }
 
     #[test]
+    fn template_syntax_errors_are_refused_with_file_and_line() {
+        expect![[r#"site.yaml:5: roles.r.files[0].content: invalid template: syntax error: unexpected `}`, expected end of variable block (template line 2)"#]]
+            .assert_eq(&errs(
+                "roles:\n  r:\n    files:\n      - path: /etc/app.conf\n        content: \"port\\n{{ vars.port }\"\n        template: true\n",
+            ));
+        // Not a template: the same text is plain content.
+        assert_eq!(
+            errs("roles:\n  r:\n    files: [{path: /etc/a, content: \"{{ vars.port }\"}]\n"),
+            "ok"
+        );
+    }
+
+    #[test]
     fn notify_must_name_a_declared_service() {
         expect![[r#"site.yaml:3: groups.g: file[/etc/app.conf] notifies service nginx, which no role of node group g declares; declare it under services or drop it from notify"#]]
             .assert_eq(&errs(

@@ -519,11 +519,13 @@ pub fn resource(r: &Resource) -> Vec<(String, String)> {
             for n in &f.notify {
                 check("notify", service_name(n));
             }
-            if f.template && f.content.is_none() {
-                check(
+            match (&f.content, f.template) {
+                (None, true) => check(
                     "template",
                     Err("template: true needs content to render".into()),
-                );
+                ),
+                (Some(t), true) => check("content", super::template::check(t)),
+                _ => {}
             }
         }
         Resource::Directory(d) => {
