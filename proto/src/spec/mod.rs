@@ -6,6 +6,7 @@
 //! decoding a wire document ([`NodeState::from_document`]) are the only ways in,
 //! and both run the same validators.
 
+mod cron;
 mod model;
 mod parse;
 mod render;
