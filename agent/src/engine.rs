@@ -707,6 +707,13 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         }
         reports.push(report);
     }
+    // A restart owed to a service the node no longer declares can never be
+    // made: drop it rather than keep it forever.
+    let before = pending.len();
+    pending.retain(|s| desired.contains(&format!("service[{s}]")));
+    if pending.len() != before && !opts.noop {
+        save_pending(opts.state_dir, &pending);
+    }
     if let Err(e) = host.sync_dirs() {
         tracing::error!(error = %format!("{e:#}"), "could not make this run's changes durable");
     }

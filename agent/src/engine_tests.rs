@@ -649,6 +649,28 @@ mod argv {
     }
 }
 
+/// Owed restarts name declared services only (issue 7, item 16).
+mod pending_restarts {
+    use super::*;
+
+    #[test]
+    fn a_restart_owed_to_an_undeclared_service_is_dropped() {
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.path("/etc")).unwrap();
+        // Owed by an earlier state (or an older agent) to services since dropped.
+        std::fs::write(sb.state.path().join(PENDING_FILE), br#"["ghost","app"]"#).unwrap();
+        let yaml = wrap("    files: [{path: /etc/x, content: x}]\n");
+        sb.run(&yaml, true);
+        let read = || -> BTreeSet<String> {
+            serde_json::from_slice(&std::fs::read(sb.state.path().join(PENDING_FILE)).unwrap())
+                .unwrap()
+        };
+        assert_eq!(read().len(), 2, "a dry run writes nothing");
+        sb.run(&yaml, false);
+        assert!(read().is_empty(), "{:?}", read());
+    }
+}
+
 /// Templates are bounded on the node (issue 7, item 10).
 mod template_limits {
     use super::*;
