@@ -9,7 +9,7 @@
 use crate::cache::write_atomic;
 use crate::host::Host;
 use ballast_proto::pb;
-use ballast_proto::spec::{Ensure, NodeState, Resource as Spec};
+use ballast_proto::spec::{Ensure, Kind, NodeState, Resource as Spec};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -198,7 +198,7 @@ fn run<R: Resource>(r: &R, host: &Host, noop: bool) -> ResourceReport {
 struct Managed {
     format: u32,
     /// id → (kind, key)
-    resources: BTreeMap<String, (String, String)>,
+    resources: BTreeMap<String, (Kind, String)>,
 }
 
 const MANAGED_FILE: &str = "managed.json";
@@ -577,9 +577,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         .resources
         .iter()
         .filter(|(id, _)| !desired.contains(*id))
-        .filter_map(|(_, (kind, key))| {
-            ballast_proto::spec::Kind::from_name(kind).and_then(|k| Spec::absent(k, key))
-        })
+        .filter_map(|(_, (kind, key))| Spec::absent(*kind, key))
         .collect();
     let departed_ids: BTreeSet<String> = departed.iter().map(|r| r.id()).collect();
     let all: Vec<&Spec> = state.resources.iter().chain(&departed).collect();
@@ -693,7 +691,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         if present && report.created && report.outcome == Outcome::Changed {
             managed
                 .resources
-                .insert(id, (spec.kind().to_string(), spec.key().to_owned()));
+                .insert(id, (spec.kind(), spec.key().to_owned()));
         } else if !present && !matches!(report.outcome, Outcome::Failed | Outcome::Skipped) {
             managed.resources.remove(&id);
         }
