@@ -9,7 +9,7 @@
 use crate::cache::write_atomic;
 use crate::host::Host;
 use ballast_proto::pb;
-use ballast_proto::spec::{Ensure, NodeState, Resource as Spec};
+use ballast_proto::spec::{Ensure, Kind, NodeState, Resource as Spec};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -198,7 +198,7 @@ fn run<R: Resource>(r: &R, host: &Host, noop: bool) -> ResourceReport {
 struct Managed {
     format: u32,
     /// id → (kind, key)
-    resources: BTreeMap<String, (String, String)>,
+    resources: BTreeMap<String, (Kind, String)>,
 }
 
 const MANAGED_FILE: &str = "managed.json";
@@ -229,6 +229,7 @@ fn run_one(
     cx: &Context<'_>,
     noop: bool,
     pending: &BTreeSet<String>,
+    gone_users: &BTreeSet<String>,
 ) -> ResourceReport {
     match spec {
         Spec::File(f) => match crate::file::FileRes::new(f, cx) {
@@ -237,7 +238,14 @@ fn run_one(
         },
         Spec::Directory(d) => run(&crate::directory::DirRes { spec: d }, host, noop),
         Spec::Symlink(s) => run(&crate::symlink::SymlinkRes { spec: s }, host, noop),
-        Spec::Group(g) => run(&crate::group::GroupRes { spec: g }, host, noop),
+        Spec::Group(g) => run(
+            &crate::group::GroupRes {
+                spec: g,
+                gone_users,
+            },
+            host,
+            noop,
+        ),
         Spec::User(u) => run(&crate::user::UserRes { spec: u }, host, noop),
         Spec::Cron(c) => run(&crate::cron::CronRes { spec: c }, host, noop),
         Spec::Service(s) => run(
@@ -334,7 +342,7 @@ fn run_packages(
 /// staged files are made durable at once and renamed into place (see
 /// [`Host::commit_all`]): the same guarantee as one fsync per file, paid once.
 fn run_files(
-    resources: &[Spec],
+    resources: &[&Spec],
     host: &Host,
     cx: &Context<'_>,
     noop: bool,
@@ -350,7 +358,13 @@ fn run_files(
     let files: Vec<&ballast_proto::spec::File> = resources
         .iter()
         .filter_map(|r| match r {
-            Spec::File(f) if f.requires.is_empty() && !below_broken(&f.path) => Some(f),
+            Spec::File(f)
+                if f.requires.is_empty()
+                    && f.ensure == Ensure::Present
+                    && !below_broken(&f.path) =>
+            {
+                Some(f)
+            }
             _ => None,
         })
         .collect();
@@ -472,95 +486,38 @@ fn save_pending(state_dir: &Path, pending: &BTreeSet<String>) {
     }
 }
 
-/// Removes something the engine created that left the desired state.
-fn remove_one(kind: &str, key: &str, host: &Host, cx: &Context<'_>, noop: bool) -> ResourceReport {
-    let id = format!("{kind}[{key}]");
-    let result = (|| -> anyhow::Result<Option<(String, Option<String>)>> {
-        use crate::host::Kind;
-        let gone = |what: &str| Some((format!("remove {what} (no longer in desired state)"), None));
-        match kind {
-            "file" | "symlink" | "directory" | "cron" => {
-                let path = if kind == "cron" {
-                    crate::cron::path_of(key)
-                } else {
-                    key.to_owned()
-                };
-                let Some(meta) = host.lstat(&path)? else {
-                    return Ok(None);
-                };
-                match (kind, meta.kind) {
-                    ("file" | "cron", Kind::File) => {
-                        if noop {
-                            return Ok(gone("file"));
-                        }
-                        let backup = crate::file::backup(host, cx.state_dir, &path, meta.size)?;
-                        host.unlink(&path)?;
-                        Ok(Some((
-                            "remove file (no longer in desired state)".into(),
-                            backup,
-                        )))
-                    }
-                    ("symlink", Kind::Symlink) => {
-                        if !noop {
-                            host.unlink(&path)?;
-                        }
-                        Ok(gone("symlink"))
-                    }
-                    ("directory", Kind::Dir) => {
-                        if !noop {
-                            host.rmdir(&path)?;
-                        }
-                        Ok(gone("empty directory"))
-                    }
-                    // Something else is there now: not ours to remove.
-                    _ => Ok(None),
-                }
-            }
-            "user" => {
-                if !host.passwd()?.iter().any(|e| e.name == key) {
-                    return Ok(None);
-                }
-                if !noop {
-                    host.command("userdel", &["--", key], true)?;
-                    host.forget_names();
-                }
-                Ok(gone("user (home directory kept)"))
-            }
-            "group" => {
-                if !host.groups()?.iter().any(|g| g.name == key) {
-                    return Ok(None);
-                }
-                if !noop {
-                    host.command("groupdel", &["--", key], true)?;
-                    host.forget_names();
-                }
-                Ok(gone("group"))
-            }
-            "package" => {
-                if crate::package::observe(host, key)?.is_none() {
-                    return Ok(None);
-                }
-                if !noop {
-                    host.command("apt-get", &["-y", "-q", "remove", key], false)?;
-                }
-                Ok(gone("package"))
-            }
-            _ => Ok(None),
-        }
-    })();
-    match result {
-        Ok(None) => ResourceReport::new(id, Outcome::Unchanged, Vec::new(), None),
-        Ok(Some((change, backup))) => ResourceReport {
-            backup,
-            ..ResourceReport::new(id, Outcome::Changed, vec![change], None)
-        },
-        Err(e) => ResourceReport::failed(id, &e),
+/// Whether something of another kind now sits where a departed resource
+/// was: it is not ours to remove (the agent removes only what it created).
+fn replaced_by_other(spec: &Spec, host: &Host) -> bool {
+    use crate::host::Kind as On;
+    let (path, want) = match spec {
+        Spec::File(f) => (f.path.clone(), On::File),
+        Spec::Directory(d) => (d.path.clone(), On::Dir),
+        Spec::Symlink(l) => (l.path.clone(), On::Symlink),
+        Spec::Cron(c) => (crate::cron::path_of(&c.name), On::File),
+        _ => return false,
+    };
+    matches!(host.lstat(&path), Ok(Some(m)) if m.kind != want)
+}
+
+/// Where a resource runs before `requires` are honoured: what is to exist
+/// in kind order; then what is to be removed in the reverse kind order,
+/// deepest path first (a user before its primary group, a file before its
+/// directory); services last, so a restart sees every change of the run.
+fn phase(r: &Spec) -> (u8, usize, std::cmp::Reverse<String>) {
+    use std::cmp::Reverse;
+    match r {
+        Spec::Service(_) => (2, 0, Reverse(String::new())),
+        r if r.is_absent() => (1, r.kind().remove_rank(), Reverse(r.key().to_owned())),
+        r => (0, r.order(), Reverse(String::new())),
     }
 }
 
-/// The run order: the given (kind) order, except that a resource runs after
-/// everything it `requires` (a stable topological sort; validation refused cycles).
-fn order(resources: &[Spec]) -> Vec<&Spec> {
+/// The run order: [`phase`] order (stable, so present resources keep their
+/// key order), except that a resource runs after everything it `requires`
+/// (a stable topological sort; validation refused cycles).
+fn order(mut resources: Vec<&Spec>) -> Vec<&Spec> {
+    resources.sort_by_cached_key(|r| phase(r));
     let index: BTreeMap<String, usize> = resources
         .iter()
         .enumerate()
@@ -580,7 +537,7 @@ fn order(resources: &[Spec]) -> Vec<&Spec> {
     // 0 = new, 1 = in progress (a cycle here is ignored: validation refuses them), 2 = placed.
     fn visit<'a>(
         i: usize,
-        resources: &'a [Spec],
+        resources: &[&'a Spec],
         deps: &[Vec<usize>],
         state: &mut [u8],
         out: &mut Vec<&'a Spec>,
@@ -593,16 +550,18 @@ fn order(resources: &[Spec]) -> Vec<&Spec> {
             visit(d, resources, deps, state, out);
         }
         state[i] = 2;
-        out.push(&resources[i]);
+        out.push(resources[i]);
     }
     for i in 0..resources.len() {
-        visit(i, resources, &deps, &mut state, &mut out);
+        visit(i, &resources, &deps, &mut state, &mut out);
     }
     out
 }
 
-/// Brings the host to `state`, in the fixed kind order (see `KIND_ORDER`), and
-/// removes what the engine created earlier that is no longer desired.
+/// Brings the host to `state` in the run order (see [`order`]), and removes
+/// what the engine created earlier that is no longer desired: that is the
+/// same kind run with `ensure: absent`, in the same order, so a dry run
+/// walks exactly the steps of a real one.
 pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Report {
     let started = Instant::now();
     let cx = Context {
@@ -612,11 +571,22 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
     };
     host.begin_run();
     let (mut managed, stored) = load_managed(opts.state_dir);
-    let mut reports = Vec::with_capacity(state.resources.len());
+    let desired: BTreeSet<String> = state.resources.iter().map(|r| r.id()).collect();
+    // What left the desired state and the agent created: removed by its kind.
+    let departed: Vec<Spec> = managed
+        .resources
+        .iter()
+        .filter(|(id, _)| !desired.contains(*id))
+        .filter_map(|(_, (kind, key))| Spec::absent(*kind, key))
+        .collect();
+    let departed_ids: BTreeSet<String> = departed.iter().map(|r| r.id()).collect();
+    let all: Vec<&Spec> = state.resources.iter().chain(&departed).collect();
+    let mut reports = Vec::with_capacity(all.len());
     let mut broken: BTreeSet<String> = BTreeSet::new();
     let mut pending = load_pending(opts.state_dir);
-    let packages: Vec<&ballast_proto::spec::Package> = state
-        .resources
+    // Users this run removed (or, in a dry run, would have removed by now).
+    let mut gone_users: BTreeSet<String> = BTreeSet::new();
+    let packages: Vec<&ballast_proto::spec::Package> = all
         .iter()
         .filter_map(|r| {
             if let Spec::Package(p) = r {
@@ -628,10 +598,9 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         .collect();
     let mut package_reports: Option<std::vec::IntoIter<ResourceReport>> = None;
     let mut file_reports: Option<BTreeMap<String, ResourceReport>> = None;
-    // Resources arrive sorted by kind order, then key (see Spec::render);
-    // `requires` moves a resource after what it requires.
-    for spec in order(&state.resources) {
+    for spec in order(all.clone()) {
         let id = spec.id();
+        let is_departed = departed_ids.contains(&id);
         let blocked = spec
             .requires()
             .iter()
@@ -654,13 +623,17 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
                     _ => None,
                 }
             });
-        let report = match (blocked, spec) {
+        let mut report = match (blocked, spec) {
             (Some(dep), _) => ResourceReport::new(
                 id.clone(),
                 Outcome::Skipped,
                 Vec::new(),
                 Some(format!("skipped: {dep} failed")),
             ),
+            // Something else is there now: not ours to remove.
+            (None, _) if is_departed && replaced_by_other(spec, host) => {
+                ResourceReport::new(id.clone(), Outcome::Unchanged, Vec::new(), None)
+            }
             (None, Spec::Package(_)) => {
                 let batch = package_reports.get_or_insert_with(|| {
                     run_packages(&packages, host, opts.facts, opts.noop).into_iter()
@@ -669,22 +642,21 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
                     ResourceReport::new(id.clone(), Outcome::Unchanged, Vec::new(), None)
                 })
             }
-            (None, Spec::File(_)) if spec.requires().is_empty() => {
+            (None, Spec::File(_)) if spec.requires().is_empty() && !spec.is_absent() => {
                 // The first file starts every independent file at once (see run_files).
-                let batch = file_reports.get_or_insert_with(|| {
-                    run_files(&state.resources, host, &cx, opts.noop, &broken)
-                });
+                let batch = file_reports
+                    .get_or_insert_with(|| run_files(&all, host, &cx, opts.noop, &broken));
                 batch
                     .remove(&id)
-                    .unwrap_or_else(|| run_one(spec, host, &cx, opts.noop, &pending))
+                    .unwrap_or_else(|| run_one(spec, host, &cx, opts.noop, &pending, &gone_users))
             }
-            (None, _) => run_one(spec, host, &cx, opts.noop, &pending),
+            (None, _) => run_one(spec, host, &cx, opts.noop, &pending, &gone_users),
         };
         if matches!(report.outcome, Outcome::Failed | Outcome::Skipped) {
             broken.insert(id.clone());
         }
-        // A dry run creates nothing: name what it would create, so files
-        // owned by a new user report their changes instead of failing.
+        // A dry run creates and removes nothing: it notes what it would
+        // have done by now, so later steps judge the host as a real run would.
         if opts.noop && report.created {
             match spec {
                 Spec::User(u) => host.assume_created(&u.name, false),
@@ -693,13 +665,15 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
                 _ => {}
             }
         }
+        if let Spec::User(u) = spec
+            && spec.is_absent()
+            && report.outcome == Outcome::Changed
+        {
+            gone_users.insert(u.name.clone());
+        }
         // A change to something that notifies services owes them a restart;
         // it is written down before going on, so a later failure cannot lose it.
-        let notify = match spec {
-            Spec::File(f) => &f.notify,
-            Spec::Package(p) => &p.notify,
-            _ => &Vec::new(),
-        };
+        let notify = spec.notify();
         if report.outcome == Outcome::Changed && !notify.is_empty() {
             pending.extend(notify.iter().cloned());
             if !opts.noop {
@@ -713,42 +687,30 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         {
             save_pending(opts.state_dir, &pending);
         }
-        let present = match spec {
-            Spec::File(f) => f.ensure == Ensure::Present,
-            Spec::Directory(d) => d.ensure == Ensure::Present,
-            Spec::Symlink(s) => s.ensure == Ensure::Present,
-            Spec::User(u) => u.ensure == Ensure::Present,
-            Spec::Group(g) => g.ensure == Ensure::Present,
-            Spec::Cron(c) => c.ensure == Ensure::Present,
-            Spec::Package(p) => p.ensure != ballast_proto::spec::PackageEnsure::Absent,
-            Spec::Service(_) => false,
-        };
+        let present = !spec.is_absent() && !matches!(spec, Spec::Service(_));
         if present && report.created && report.outcome == Outcome::Changed {
             managed
                 .resources
-                .insert(id, (spec.kind().to_owned(), spec.key().to_owned()));
-        } else if !present {
+                .insert(id, (spec.kind(), spec.key().to_owned()));
+        } else if !present && !matches!(report.outcome, Outcome::Failed | Outcome::Skipped) {
             managed.resources.remove(&id);
+        }
+        if is_departed {
+            if report.outcome == Outcome::Unchanged {
+                continue;
+            }
+            for c in &mut report.changes {
+                c.push_str(" (no longer in desired state)");
+            }
         }
         reports.push(report);
     }
-    // Removal of what left the desired state: deepest paths first.
-    let desired: BTreeSet<String> = state.resources.iter().map(|r| r.id()).collect();
-    let mut gone: Vec<(String, (String, String))> = managed
-        .resources
-        .iter()
-        .filter(|(id, _)| !desired.contains(*id))
-        .map(|(id, v)| (id.clone(), v.clone()))
-        .collect();
-    gone.sort_by(|a, b| b.1.1.cmp(&a.1.1));
-    for (id, (kind, key)) in gone {
-        let report = remove_one(&kind, &key, host, &cx, opts.noop);
-        if report.outcome != Outcome::Failed {
-            managed.resources.remove(&id);
-        }
-        if report.outcome != Outcome::Unchanged {
-            reports.push(report);
-        }
+    // A restart owed to a service the node no longer declares can never be
+    // made: drop it rather than keep it forever.
+    let before = pending.len();
+    pending.retain(|s| desired.contains(&format!("service[{s}]")));
+    if pending.len() != before && !opts.noop {
+        save_pending(opts.state_dir, &pending);
     }
     if let Err(e) = host.sync_dirs() {
         tracing::error!(error = %format!("{e:#}"), "could not make this run's changes durable");

@@ -436,3 +436,281 @@ fn a_dry_run_reports_a_missing_parent_as_the_real_run_would() {
     assert_eq!(dry.failed(), 0, "{:?}", summary(&dry));
     assert_eq!(summary(&dry), summary(&sb.run(&yaml, false)));
 }
+
+/// Order of removals and the dry run's simulation of it (issue 7, item 20).
+mod removal_order {
+    use super::*;
+
+    /// A sandbox whose user database is a copy of this machine's, so that
+    /// useradd, userdel, groupadd and groupdel work on it with `--root`.
+    fn with_user_db() -> Sandbox {
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.path("/etc")).unwrap();
+        std::fs::create_dir_all(sb.path("/home")).unwrap();
+        for f in ["passwd", "group", "shadow", "gshadow"] {
+            std::fs::copy(format!("/etc/{f}"), sb.path(&format!("/etc/{f}"))).unwrap();
+        }
+        sb
+    }
+
+    fn has_line(sb: &Sandbox, file: &str, prefix: &str) -> bool {
+        std::fs::read_to_string(sb.path(file))
+            .unwrap()
+            .lines()
+            .any(|l| l.starts_with(prefix))
+    }
+
+    const DEPLOY: &str = "roles:\n  app:\n    groups: [{name: www}]\n    users: [{name: deploy, group: www}]\n    directories: [{path: /srv/app}]\n    files: [{path: /srv/app/a.conf, content: x}]\n  base:\n    files: [{path: /etc/motd, content: hi}]\ngroups:\n  all: {roles: [base, app]}\n";
+    const BASE_ONLY: &str = "roles:\n  base:\n    files: [{path: /etc/motd, content: hi}]\ngroups:\n  all: {roles: [base]}\n";
+
+    #[test]
+    fn dropping_a_user_and_its_primary_group_removes_the_user_first() {
+        let sb = with_user_db();
+        let first = sb.run(DEPLOY, false);
+        assert_eq!(first.failed(), 0, "{:?}", summary(&first));
+        assert!(has_line(&sb, "/etc/passwd", "deploy:"));
+        let dry = sb.run(BASE_ONLY, true);
+        assert!(
+            has_line(&sb, "/etc/passwd", "deploy:"),
+            "noop removes nothing"
+        );
+        let real = sb.run(BASE_ONLY, false);
+        expect_test::expect![[r#"
+            [
+                "Unchanged file[/etc/motd] ",
+                "Changed file[/srv/app/a.conf] remove file (no longer in desired state)",
+                "Changed directory[/srv/app] remove empty directory (no longer in desired state)",
+                "Changed user[deploy] remove user (home directory kept) (no longer in desired state)",
+                "Changed group[www] remove group (no longer in desired state)",
+            ]
+        "#]]
+        .assert_debug_eq(&summary(&real));
+        assert_eq!(
+            summary(&dry),
+            summary(&real),
+            "the dry run predicted the real run"
+        );
+        assert!(!has_line(&sb, "/etc/passwd", "deploy:"));
+        assert!(!has_line(&sb, "/etc/group", "www:"));
+        assert!(!sb.path("/srv/app").exists());
+        let again = sb.run(BASE_ONLY, false);
+        assert_eq!(again.changed() + again.failed(), 0, "{:?}", summary(&again));
+    }
+
+    #[test]
+    fn explicit_absent_resources_run_in_reverse_kind_order() {
+        let sb = with_user_db();
+        assert_eq!(sb.run(DEPLOY, false).failed(), 0);
+        let absent = "roles:\n  app:\n    groups: [{name: www, ensure: absent}]\n    users: [{name: deploy, ensure: absent}]\n    directories: [{path: /srv/app, ensure: absent}]\n    files: [{path: /srv/app/a.conf, ensure: absent}]\ngroups:\n  all: {roles: [app]}\n";
+        let dry = sb.run(absent, true);
+        let real = sb.run(absent, false);
+        expect_test::expect![[r#"
+            [
+                "Changed file[/srv/app/a.conf] remove file",
+                "Changed file[/etc/motd] remove file (no longer in desired state)",
+                "Changed directory[/srv/app] remove empty directory",
+                "Changed user[deploy] remove user (home directory kept)",
+                "Changed group[www] remove group",
+            ]
+        "#]]
+        .assert_debug_eq(&summary(&real));
+        assert_eq!(summary(&dry), summary(&real));
+    }
+
+    #[test]
+    fn a_dry_run_predicts_a_group_that_cannot_be_removed() {
+        let sb = with_user_db();
+        assert_eq!(sb.run(DEPLOY, false).failed(), 0);
+        // The group leaves, the user whose primary group it is stays.
+        let keep_user =
+            "roles:\n  app:\n    users: [{name: deploy}]\ngroups:\n  all: {roles: [app]}\n";
+        let dry = sb.run(keep_user, true);
+        let real = sb.run(keep_user, false);
+        assert_eq!(
+            summary(&dry),
+            summary(&real),
+            "the dry run predicted the real run"
+        );
+        let group = summary(&real)
+            .into_iter()
+            .find(|s| s.contains("group[www]"))
+            .unwrap();
+        assert_eq!(
+            group,
+            "Failed group[www]  !cannot remove group www: it is the primary group of user deploy; remove those users or give them another primary group first"
+        );
+        assert!(
+            has_line(&sb, "/etc/group", "www:"),
+            "kept, and retried next run"
+        );
+    }
+}
+
+/// Names reach every command after `--` (issue 7, item 12).
+mod argv {
+    use ballast_proto::spec::{Group, Package, PackageEnsure, User};
+
+    /// `--` comes once, before the names, and only names follow it.
+    fn names_after_double_dash(args: &[&str], names: &[&str]) {
+        let dd = args
+            .iter()
+            .position(|a| *a == "--")
+            .unwrap_or_else(|| panic!("no -- in {args:?}"));
+        assert_eq!(&args[dd + 1..], names, "{args:?}");
+        for n in names {
+            assert!(!args[..dd].contains(n), "{n} before -- in {args:?}");
+        }
+    }
+
+    fn strs(v: &[String]) -> Vec<&str> {
+        v.iter().map(String::as_str).collect()
+    }
+
+    #[test]
+    fn every_command_passes_names_after_double_dash() {
+        use crate::{group, package, service, user};
+        for verb in [
+            &["is-active"][..],
+            &["is-enabled"],
+            &["enable", "--quiet"],
+            &["disable", "--quiet"],
+            &["start"],
+            &["stop"],
+            &["restart"],
+        ] {
+            names_after_double_dash(
+                &service::systemctl_args(verb, "app.service"),
+                &["app.service"],
+            );
+        }
+        let u = User {
+            name: "deploy".into(),
+            uid: Some(2001),
+            group: Some("www".into()),
+            groups: Some(vec!["adm".into()]),
+            home: Some("/srv/deploy".into()),
+            shell: Some("/bin/sh".into()),
+            system: true,
+            authorized_keys: None,
+            ensure: Default::default(),
+            requires: vec![],
+        };
+        use user::Change as U;
+        let changes = [
+            U::Create,
+            U::Uid { from: 1, to: 2 },
+            U::Shell {
+                from: "/bin/false".into(),
+                to: "/bin/sh".into(),
+            },
+            U::Remove,
+        ];
+        let cmds = user::commands(&u, &changes);
+        let programs: Vec<&str> = cmds.iter().map(|(p, _)| *p).collect();
+        assert_eq!(programs, ["useradd", "userdel", "usermod"]);
+        for (_, args) in &cmds {
+            names_after_double_dash(&strs(args), &["deploy"]);
+        }
+        let g = Group {
+            name: "www".into(),
+            gid: Some(2001),
+            system: true,
+            ensure: Default::default(),
+            requires: vec![],
+        };
+        use group::Change as G;
+        for c in [G::Create, G::Gid { from: 1, to: 2 }, G::Remove] {
+            let (_, args) = group::command(&g, &c);
+            names_after_double_dash(&strs(&args), &["www"]);
+        }
+        names_after_double_dash(&package::dpkg_query_args("nginx"), &["nginx"]);
+        names_after_double_dash(&package::apt_cache_args("nginx"), &["nginx"]);
+        let p = |name: &str| Package {
+            name: name.into(),
+            ensure: PackageEnsure::Present,
+            notify: vec![],
+            requires: vec![],
+        };
+        let (a, b, c) = (p("nginx"), p("jq"), p("curl"));
+        use package::Change as P;
+        let batch = [
+            (&a, vec![P::Install { version: None }]),
+            (
+                &b,
+                vec![P::Install {
+                    version: Some("1.6-2.1".into()),
+                }],
+            ),
+            (&c, vec![P::Remove]),
+        ];
+        let args = package::apt_get_args(&batch).expect("changes");
+        names_after_double_dash(&strs(&args), &["nginx", "jq=1.6-2.1", "curl-"]);
+        assert!(package::apt_get_args(&[]).is_none());
+    }
+}
+
+/// Owed restarts name declared services only (issue 7, item 16).
+mod pending_restarts {
+    use super::*;
+
+    #[test]
+    fn a_restart_owed_to_an_undeclared_service_is_dropped() {
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.path("/etc")).unwrap();
+        // Owed by an earlier state (or an older agent) to services since dropped.
+        std::fs::write(sb.state.path().join(PENDING_FILE), br#"["ghost","app"]"#).unwrap();
+        let yaml = wrap("    files: [{path: /etc/x, content: x}]\n");
+        sb.run(&yaml, true);
+        let read = || -> BTreeSet<String> {
+            serde_json::from_slice(&std::fs::read(sb.state.path().join(PENDING_FILE)).unwrap())
+                .unwrap()
+        };
+        assert_eq!(read().len(), 2, "a dry run writes nothing");
+        sb.run(&yaml, false);
+        assert!(read().is_empty(), "{:?}", read());
+    }
+}
+
+/// Templates are bounded on the node (issue 7, item 10).
+mod template_limits {
+    use super::*;
+
+    /// Peak resident memory of this process so far, in KiB.
+    fn peak_rss_kib() -> u64 {
+        std::fs::read_to_string("/proc/self/status")
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc/self/status")
+    }
+
+    #[test]
+    fn a_runaway_template_fails_quickly_with_bounded_memory() {
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.path("/etc")).unwrap();
+        let before = peak_rss_kib();
+        let started = Instant::now();
+        // 100,000 x 1,000 turns: 100 MB of output on the old code.
+        let r = sb.run(
+            &wrap("    files:\n      - {path: /etc/moderate, template: true, content: \"{% for i in range(100000) %}{% for j in range(1000) %}x{% endfor %}{% endfor %}\"}\n      - {path: /etc/runaway, template: true, content: \"{% for i in range(100000) %}{% for j in range(100000) %}{{ i * j }}{% endfor %}{% endfor %}\"}\n      - {path: /etc/fine, template: true, content: \"{{ node.name }}\"}\n"),
+            false,
+        );
+        let took = started.elapsed();
+        let grown_mib = (peak_rss_kib().saturating_sub(before)) / 1024;
+        let s = summary(&r);
+        assert_eq!(s.len(), 3, "{s:?}");
+        for (i, path) in [(1, "/etc/moderate"), (2, "/etc/runaway")] {
+            assert_eq!(
+                s[i],
+                format!(
+                    "Failed file[{path}]  !render template: engine ran out of fuel (template line 1); a template may run at most 5000000 instructions"
+                ),
+            );
+            assert!(!sb.path(path).exists(), "nothing written");
+        }
+        assert_eq!(s[0], "Changed file[/etc/fine] create file (2 bytes)");
+        assert!(took < Duration::from_secs(10), "took {took:?}");
+        assert!(grown_mib < 64, "peak memory grew by {grown_mib} MiB");
+    }
+}

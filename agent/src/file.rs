@@ -59,26 +59,15 @@ impl fmt::Display for Change {
     }
 }
 
-/// Renders a template with the node's facts, the group's vars and the node.
+/// Renders a template with the node's facts, the group's vars and the node,
+/// within the bounds of [`ballast_proto::spec::template`].
 fn render(
     template: &str,
     cx: &Context<'_>,
     vars: &ballast_proto::spec::Vars,
 ) -> anyhow::Result<String> {
-    let mut env = minijinja::Environment::new();
-    env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
-    env.set_keep_trailing_newline(true);
-    env.add_template("file", template)
-        .context("parse template")?;
-    let ctx = minijinja::context! {
-        facts => minijinja::Value::from_serialize(cx.facts),
-        vars => minijinja::Value::from_serialize(vars),
-        node => minijinja::Value::from_serialize(cx.node),
-    };
-    env.get_template("file")
-        .expect("just added")
-        .render(ctx)
-        .context("render template")
+    ballast_proto::spec::template::render(template, cx.facts, vars, cx.node)
+        .map_err(anyhow::Error::msg)
 }
 
 impl<'a> FileRes<'a> {

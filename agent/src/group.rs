@@ -1,13 +1,19 @@
 //! `group` resources (Unix groups): exist with a gid, or are absent.
 //! Changed with groupadd, groupmod and groupdel (`--root` in a sandbox).
+//! A group that is still some user's primary group is not removed (groupdel
+//! refuses it): observing says so, so a dry run predicts it too.
 
 use crate::engine::Resource;
 use crate::host::{GroupEntry, Host};
+use anyhow::bail;
 use ballast_proto::spec::{Ensure, Group};
+use std::collections::BTreeSet;
 use std::fmt;
 
 pub struct GroupRes<'a> {
     pub spec: &'a Group,
+    /// Users this run removed, or in a dry run would have removed by now.
+    pub gone_users: &'a BTreeSet<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -40,10 +46,26 @@ impl Resource for GroupRes<'_> {
     }
 
     fn observe(&self, host: &Host) -> anyhow::Result<Option<GroupEntry>> {
-        Ok(host
+        let found = host
             .groups()?
             .into_iter()
-            .find(|g| g.name == self.spec.name))
+            .find(|g| g.name == self.spec.name);
+        if let (Ensure::Absent, Some(g)) = (self.spec.ensure, &found) {
+            let users: Vec<String> = host
+                .passwd()?
+                .into_iter()
+                .filter(|u| u.gid == g.gid && !self.gone_users.contains(&u.name))
+                .map(|u| u.name)
+                .collect();
+            if !users.is_empty() {
+                bail!(
+                    "cannot remove group {}: it is the primary group of user {}; remove those users or give them another primary group first",
+                    g.name,
+                    users.join(", ")
+                );
+            }
+        }
+        Ok(found)
     }
 
     fn diff(&self, actual: &Option<GroupEntry>) -> Vec<Change> {
@@ -67,30 +89,36 @@ impl Resource for GroupRes<'_> {
         _actual: &Option<GroupEntry>,
         changes: &[Change],
     ) -> anyhow::Result<Option<String>> {
-        let name = self.spec.name.as_str();
         for c in changes {
-            match c {
-                Change::Create => {
-                    let gid = self.spec.gid.map(|g| g.to_string());
-                    let mut args: Vec<&str> = Vec::new();
-                    if let Some(g) = &gid {
-                        args.extend(["--gid", g]);
-                    }
-                    if self.spec.system {
-                        args.push("--system");
-                    }
-                    args.extend(["--", name]);
-                    host.command("groupadd", &args, true)?;
-                }
-                Change::Gid { to, .. } => {
-                    host.command("groupmod", &["--gid", &to.to_string(), "--", name], true)?;
-                }
-                Change::Remove => {
-                    host.command("groupdel", &["--", name], true)?;
-                }
-            }
+            let (program, args) = command(self.spec, c);
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            host.command(program, &args, true)?;
         }
         host.forget_names();
         Ok(None)
     }
+}
+
+/// The program and argv that make one change: options first, then `--`,
+/// then the group name (`--root ROOT` is put before them in a sandbox).
+pub fn command(spec: &Group, change: &Change) -> (&'static str, Vec<String>) {
+    let mut args: Vec<String> = Vec::new();
+    let program = match change {
+        Change::Create => {
+            if let Some(g) = spec.gid {
+                args.extend(["--gid".into(), g.to_string()]);
+            }
+            if spec.system {
+                args.push("--system".into());
+            }
+            "groupadd"
+        }
+        Change::Gid { to, .. } => {
+            args.extend(["--gid".into(), to.to_string()]);
+            "groupmod"
+        }
+        Change::Remove => "groupdel",
+    };
+    args.extend(["--".into(), spec.name.clone()]);
+    (program, args)
 }

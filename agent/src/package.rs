@@ -68,16 +68,25 @@ pub fn check_supported(host: &Host, facts: &serde_json::Value) -> anyhow::Result
     }
 }
 
+/// `dpkg-query` asking for one package's status and version; every command
+/// here puts names after `--`, so none is ever read as an option.
+pub fn dpkg_query_args(name: &str) -> [&str; 4] {
+    [
+        "--show",
+        "--showformat=${db:Status-Status} ${Version}",
+        "--",
+        name,
+    ]
+}
+
+/// `apt-cache` asking for one package's candidate version.
+pub fn apt_cache_args(name: &str) -> [&str; 3] {
+    ["policy", "--", name]
+}
+
 /// The installed version of a package, or `None`.
 pub fn observe(host: &Host, name: &str) -> anyhow::Result<Observed> {
-    let (code, out) = host.query(
-        "dpkg-query",
-        &[
-            "--show",
-            "--showformat=${db:Status-Status} ${Version}",
-            name,
-        ],
-    )?;
+    let (code, out) = host.query("dpkg-query", &dpkg_query_args(name))?;
     if code != 0 {
         return Ok(None);
     }
@@ -88,7 +97,7 @@ pub fn observe(host: &Host, name: &str) -> anyhow::Result<Observed> {
 }
 
 fn candidate(host: &Host, name: &str) -> anyhow::Result<Option<String>> {
-    let (_, out) = host.query("apt-cache", &["policy", name])?;
+    let (_, out) = host.query("apt-cache", &apt_cache_args(name))?;
     Ok(out
         .lines()
         .find_map(|l| l.trim().strip_prefix("Candidate: "))
@@ -124,6 +133,22 @@ pub fn diff(host: &Host, spec: &Package, installed: &Observed) -> anyhow::Result
 
 /// One apt transaction for every package change of the run.
 pub fn apply_batch(host: &Host, changes: &[(&Package, Vec<Change>)]) -> anyhow::Result<()> {
+    let Some(args) = apt_get_args(changes) else {
+        return Ok(());
+    };
+    // A fresh index first; offline nodes still install from what they have.
+    if let Err(e) = host.command("apt-get", &["-q", "update"], false) {
+        tracing::warn!(error = %format!("{e:#}"), "apt-get update failed; using the existing package index");
+    }
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    host.command("apt-get", &args, false)?;
+    Ok(())
+}
+
+/// The argv of the one `apt-get install` that makes every change (`name`,
+/// `name=version`, `name-` to remove), the names after `--`; `None` when
+/// there is nothing to do.
+pub fn apt_get_args(changes: &[(&Package, Vec<Change>)]) -> Option<Vec<String>> {
     let mut args: Vec<String> = [
         "-y",
         "-q",
@@ -133,6 +158,7 @@ pub fn apply_batch(host: &Host, changes: &[(&Package, Vec<Change>)]) -> anyhow::
         "-o",
         "Dpkg::Options::=--force-confdef",
         "install",
+        "--",
     ]
     .iter()
     .map(|s| s.to_string())
@@ -150,14 +176,5 @@ pub fn apply_batch(host: &Host, changes: &[(&Package, Vec<Change>)]) -> anyhow::
             });
         }
     }
-    if !any {
-        return Ok(());
-    }
-    // A fresh index first; offline nodes still install from what they have.
-    if let Err(e) = host.command("apt-get", &["-q", "update"], false) {
-        tracing::warn!(error = %format!("{e:#}"), "apt-get update failed; using the existing package index");
-    }
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    host.command("apt-get", &args, false)?;
-    Ok(())
+    any.then_some(args)
 }

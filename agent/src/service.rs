@@ -50,6 +50,14 @@ pub fn unit_path(name: &str) -> String {
     format!("/etc/systemd/system/{name}.service")
 }
 
+/// The argv of one systemctl call on a unit: the verb and its options, then
+/// `--`, then the unit, so a unit name can never be read as an option.
+pub fn systemctl_args<'a>(verb: &[&'a str], unit: &'a str) -> Vec<&'a str> {
+    let mut args = verb.to_vec();
+    args.extend(["--", unit]);
+    args
+}
+
 impl Resource for ServiceRes<'_> {
     type State = Observed;
     type Change = Change;
@@ -63,8 +71,8 @@ impl Resource for ServiceRes<'_> {
             bail!("services are managed on the real system only, not under --root");
         }
         let unit = format!("{}.service", self.spec.name);
-        let (_, state) = host.query("systemctl", &["is-active", &unit])?;
-        let (_, enabled) = host.query("systemctl", &["is-enabled", &unit])?;
+        let (_, state) = host.query("systemctl", &systemctl_args(&["is-active"], &unit))?;
+        let (_, enabled) = host.query("systemctl", &systemctl_args(&["is-enabled"], &unit))?;
         let unit_differs = match &self.spec.unit {
             None => false,
             Some(want) => {
@@ -135,16 +143,24 @@ impl Resource for ServiceRes<'_> {
                     )?;
                     host.command("systemctl", &["daemon-reload"], false)?;
                 }
-                Change::Enable => {
-                    drop(host.command("systemctl", &["enable", "--quiet", &unit], false)?)
+                Change::Enable => drop(host.command(
+                    "systemctl",
+                    &systemctl_args(&["enable", "--quiet"], &unit),
+                    false,
+                )?),
+                Change::Disable => drop(host.command(
+                    "systemctl",
+                    &systemctl_args(&["disable", "--quiet"], &unit),
+                    false,
+                )?),
+                Change::Start => {
+                    drop(host.command("systemctl", &systemctl_args(&["start"], &unit), false)?)
                 }
-                Change::Disable => {
-                    drop(host.command("systemctl", &["disable", "--quiet", &unit], false)?)
+                Change::Stop => {
+                    drop(host.command("systemctl", &systemctl_args(&["stop"], &unit), false)?)
                 }
-                Change::Start => drop(host.command("systemctl", &["start", &unit], false)?),
-                Change::Stop => drop(host.command("systemctl", &["stop", &unit], false)?),
                 Change::Restart { .. } => {
-                    drop(host.command("systemctl", &["restart", &unit], false)?)
+                    drop(host.command("systemctl", &systemctl_args(&["restart"], &unit), false)?)
                 }
             }
         }

@@ -188,48 +188,9 @@ impl Resource for UserRes<'_> {
     ) -> anyhow::Result<Option<String>> {
         let s = self.spec;
         let name = s.name.as_str();
-        let mut usermod: Vec<String> = Vec::new();
-        for c in changes {
-            match c {
-                Change::Create => {
-                    let mut args: Vec<String> = vec!["--create-home".into()];
-                    if let Some(u) = s.uid {
-                        args.extend(["--uid".into(), u.to_string()]);
-                    }
-                    if let Some(g) = &s.group {
-                        args.extend(["--gid".into(), g.clone()]);
-                    }
-                    if let Some(gs) = s.groups.as_ref().filter(|g| !g.is_empty()) {
-                        args.extend(["--groups".into(), gs.join(",")]);
-                    }
-                    if let Some(h) = &s.home {
-                        args.extend(["--home-dir".into(), h.clone()]);
-                    }
-                    if let Some(sh) = &s.shell {
-                        args.extend(["--shell".into(), sh.clone()]);
-                    }
-                    if s.system {
-                        args.push("--system".into());
-                    }
-                    args.extend(["--".into(), name.into()]);
-                    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-                    host.command("useradd", &args, true)?;
-                }
-                Change::Uid { to, .. } => usermod.extend(["--uid".into(), to.to_string()]),
-                Change::Primary { to, .. } => usermod.extend(["--gid".into(), to.clone()]),
-                Change::Groups { to, .. } => usermod.extend(["--groups".into(), to.join(",")]),
-                Change::Home { to, .. } => usermod.extend(["--home".into(), to.clone()]),
-                Change::Shell { to, .. } => usermod.extend(["--shell".into(), to.clone()]),
-                Change::Keys { .. } => {}
-                Change::Remove => {
-                    host.command("userdel", &["--", name], true)?;
-                }
-            }
-        }
-        if !usermod.is_empty() {
-            usermod.extend(["--".into(), name.into()]);
-            let args: Vec<&str> = usermod.iter().map(String::as_str).collect();
-            host.command("usermod", &args, true)?;
+        for (program, args) in commands(s, changes) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            host.command(program, &args, true)?;
         }
         host.forget_names();
         if changes.iter().any(|c| matches!(c, Change::Keys { .. })) {
@@ -262,4 +223,51 @@ impl Resource for UserRes<'_> {
         let _ = a;
         Ok(None)
     }
+}
+
+/// The programs and argvs that make these changes (useradd, one usermod for
+/// every attribute at once, userdel): options first, then `--`, then the
+/// user name (`--root ROOT` is put before them in a sandbox).
+pub fn commands(s: &User, changes: &[Change]) -> Vec<(&'static str, Vec<String>)> {
+    let mut out = Vec::new();
+    let mut usermod: Vec<String> = Vec::new();
+    for c in changes {
+        match c {
+            Change::Create => {
+                let mut args: Vec<String> = vec!["--create-home".into()];
+                if let Some(u) = s.uid {
+                    args.extend(["--uid".into(), u.to_string()]);
+                }
+                if let Some(g) = &s.group {
+                    args.extend(["--gid".into(), g.clone()]);
+                }
+                if let Some(gs) = s.groups.as_ref().filter(|g| !g.is_empty()) {
+                    args.extend(["--groups".into(), gs.join(",")]);
+                }
+                if let Some(h) = &s.home {
+                    args.extend(["--home-dir".into(), h.clone()]);
+                }
+                if let Some(sh) = &s.shell {
+                    args.extend(["--shell".into(), sh.clone()]);
+                }
+                if s.system {
+                    args.push("--system".into());
+                }
+                args.extend(["--".into(), s.name.clone()]);
+                out.push(("useradd", args));
+            }
+            Change::Uid { to, .. } => usermod.extend(["--uid".into(), to.to_string()]),
+            Change::Primary { to, .. } => usermod.extend(["--gid".into(), to.clone()]),
+            Change::Groups { to, .. } => usermod.extend(["--groups".into(), to.join(",")]),
+            Change::Home { to, .. } => usermod.extend(["--home".into(), to.clone()]),
+            Change::Shell { to, .. } => usermod.extend(["--shell".into(), to.clone()]),
+            Change::Keys { .. } => {}
+            Change::Remove => out.push(("userdel", vec!["--".into(), s.name.clone()])),
+        }
+    }
+    if !usermod.is_empty() {
+        usermod.extend(["--".into(), s.name.clone()]);
+        out.push(("usermod", usermod));
+    }
+    out
 }

@@ -6,9 +6,11 @@
 //! decoding a wire document ([`NodeState::from_document`]) are the only ways in,
 //! and both run the same validators.
 
+mod cron;
 mod model;
 mod parse;
 mod render;
+pub mod template;
 pub mod validate;
 
 pub use model::*;

@@ -85,26 +85,94 @@ pub enum Resource {
     Service(Service),
 }
 
-/// The fixed order in which kinds are applied; removal runs in reverse.
-/// Groups before users (a user's primary group must exist), users before
-/// packages (packages may ship files owned by them), directories before files
-/// and symlinks (they live inside), cron and services last (they run what the
-/// rest installed).
-pub const KIND_ORDER: [&str; 8] = [
-    "group",
-    "user",
-    "package",
-    "directory",
-    "file",
-    "symlink",
-    "cron",
-    "service",
-];
+/// The closed set of resource kinds, declared in apply order: groups before
+/// users (a user's primary group must exist), users before packages (packages
+/// may ship files owned by them), directories before files and symlinks (they
+/// live inside), cron and services last (they run what the rest installed).
+/// Removal runs in the reverse order (see [`Kind::REMOVE_ORDER`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Group,
+    User,
+    Package,
+    Directory,
+    File,
+    Symlink,
+    Cron,
+    Service,
+}
+
+impl Kind {
+    /// Every kind, in apply order.
+    pub const ORDER: [Kind; 8] = [
+        Kind::Group,
+        Kind::User,
+        Kind::Package,
+        Kind::Directory,
+        Kind::File,
+        Kind::Symlink,
+        Kind::Cron,
+        Kind::Service,
+    ];
+
+    /// Every kind, in removal order: the reverse of [`Kind::ORDER`], so a
+    /// user goes before its primary group and a file before its directory.
+    pub const REMOVE_ORDER: [Kind; 8] = [
+        Kind::Service,
+        Kind::Cron,
+        Kind::Symlink,
+        Kind::File,
+        Kind::Directory,
+        Kind::Package,
+        Kind::User,
+        Kind::Group,
+    ];
+
+    /// The name used in ids, `requires` and YAML (`file`, `user`, ...).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Kind::Group => "group",
+            Kind::User => "user",
+            Kind::Package => "package",
+            Kind::Directory => "directory",
+            Kind::File => "file",
+            Kind::Symlink => "symlink",
+            Kind::Cron => "cron",
+            Kind::Service => "service",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Kind> {
+        Kind::ORDER.into_iter().find(|k| k.as_str() == name)
+    }
+
+    /// Position in apply order.
+    pub fn rank(self) -> usize {
+        self as usize
+    }
+
+    /// Position in removal order.
+    pub fn remove_rank(self) -> usize {
+        Kind::ORDER.len() - 1 - self.rank()
+    }
+
+    /// Whether the key is a path (file, directory, symlink).
+    pub fn is_path(self) -> bool {
+        matches!(self, Kind::File | Kind::Directory | Kind::Symlink)
+    }
+}
+
+impl std::fmt::Display for Kind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// A reference to another resource, `kind:name` in YAML (`requires: [package:nginx]`).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct ResourceRef {
-    pub kind: String,
+    pub kind: Kind,
     pub name: String,
 }
 
@@ -267,17 +335,17 @@ pub struct Service {
 }
 
 impl Resource {
-    /// The kind, as in [`KIND_ORDER`] and in ids.
-    pub fn kind(&self) -> &'static str {
+    /// The kind, as in ids and `requires`.
+    pub fn kind(&self) -> Kind {
         match self {
-            Resource::File(_) => "file",
-            Resource::Directory(_) => "directory",
-            Resource::Symlink(_) => "symlink",
-            Resource::User(_) => "user",
-            Resource::Group(_) => "group",
-            Resource::Package(_) => "package",
-            Resource::Cron(_) => "cron",
-            Resource::Service(_) => "service",
+            Resource::File(_) => Kind::File,
+            Resource::Directory(_) => Kind::Directory,
+            Resource::Symlink(_) => Kind::Symlink,
+            Resource::User(_) => Kind::User,
+            Resource::Group(_) => Kind::Group,
+            Resource::Package(_) => Kind::Package,
+            Resource::Cron(_) => Kind::Cron,
+            Resource::Service(_) => Kind::Service,
         }
     }
 
@@ -313,12 +381,102 @@ impl Resource {
         }
     }
 
-    /// Position of this kind in [`KIND_ORDER`].
+    /// Position of this kind in apply order ([`Kind::ORDER`]).
     pub fn order(&self) -> usize {
-        KIND_ORDER
-            .iter()
-            .position(|k| *k == self.kind())
-            .expect("every kind is in KIND_ORDER")
+        self.kind().rank()
+    }
+
+    /// Whether this resource asks for its thing to be gone (`ensure: absent`).
+    /// Services have no absent state.
+    pub fn is_absent(&self) -> bool {
+        match self {
+            Resource::File(r) => r.ensure == Ensure::Absent,
+            Resource::Directory(r) => r.ensure == Ensure::Absent,
+            Resource::Symlink(r) => r.ensure == Ensure::Absent,
+            Resource::User(r) => r.ensure == Ensure::Absent,
+            Resource::Group(r) => r.ensure == Ensure::Absent,
+            Resource::Package(r) => r.ensure == PackageEnsure::Absent,
+            Resource::Cron(r) => r.ensure == Ensure::Absent,
+            Resource::Service(_) => false,
+        }
+    }
+
+    /// The resource that removes the thing `kind[key]` names: the same kind
+    /// with `ensure: absent` (services have no absent state: `None`).
+    pub fn absent(kind: Kind, key: &str) -> Option<Resource> {
+        let key = key.to_owned();
+        Some(match kind {
+            Kind::File => Resource::File(File {
+                path: key,
+                content: None,
+                template: false,
+                vars: Vars::new(),
+                owner: None,
+                group: None,
+                mode: None,
+                ensure: Ensure::Absent,
+                notify: Vec::new(),
+                requires: Vec::new(),
+            }),
+            Kind::Directory => Resource::Directory(Directory {
+                path: key,
+                owner: None,
+                group: None,
+                mode: None,
+                ensure: Ensure::Absent,
+                requires: Vec::new(),
+            }),
+            Kind::Symlink => Resource::Symlink(Symlink {
+                path: key,
+                target: None,
+                ensure: Ensure::Absent,
+                requires: Vec::new(),
+            }),
+            Kind::User => Resource::User(User {
+                name: key,
+                uid: None,
+                group: None,
+                groups: None,
+                home: None,
+                shell: None,
+                system: false,
+                authorized_keys: None,
+                ensure: Ensure::Absent,
+                requires: Vec::new(),
+            }),
+            Kind::Group => Resource::Group(Group {
+                name: key,
+                gid: None,
+                system: false,
+                ensure: Ensure::Absent,
+                requires: Vec::new(),
+            }),
+            Kind::Package => Resource::Package(Package {
+                name: key,
+                ensure: PackageEnsure::Absent,
+                notify: Vec::new(),
+                requires: Vec::new(),
+            }),
+            Kind::Cron => Resource::Cron(Cron {
+                name: key,
+                schedule: None,
+                user: default_cron_user(),
+                command: None,
+                env: Labels::new(),
+                ensure: Ensure::Absent,
+                requires: Vec::new(),
+            }),
+            Kind::Service => return None,
+        })
+    }
+
+    /// Services this resource asks to restart when it changes.
+    pub fn notify(&self) -> &[String] {
+        match self {
+            Resource::File(r) => &r.notify,
+            Resource::Package(r) => &r.notify,
+            _ => &[],
+        }
     }
 }
 

@@ -436,12 +436,11 @@ impl Cx<'_> {
         let mut out = Vec::new();
         for (i, s) in self.strings(node, field).into_iter().enumerate() {
             match s.split_once(':') {
-                Some((kind, name)) if KIND_ORDER.contains(&kind) && !name.is_empty() => {
-                    out.push(ResourceRef {
-                        kind: kind.into(),
+                Some((kind, name)) if Kind::from_name(kind).is_some() && !name.is_empty() => out
+                    .push(ResourceRef {
+                        kind: Kind::from_name(kind).expect("checked above"),
                         name: name.into(),
-                    })
-                }
+                    }),
                 _ => {
                     let line = self
                         .list(node, field)
@@ -453,7 +452,7 @@ impl Cx<'_> {
                         &format!("{field}[{i}]"),
                         format!(
                             "invalid reference {s:?}: expected kind:name with kind one of {}",
-                            KIND_ORDER.join(", ")
+                            Kind::ORDER.map(Kind::as_str).join(", ")
                         ),
                     );
                 }
@@ -989,6 +988,51 @@ groups:
         .assert_eq(&out);
         expect!["site.yaml:4: groups.g.roles[0]: role nope is not defined; defined roles: web"]
             .assert_eq(&errs("roles:\n  web: {}\ngroups:\n  g: {roles: [nope]}\n"));
+    }
+
+    #[test]
+    fn cron_schedules_name_the_bad_field_with_file_and_line() {
+        expect![[r#"site.yaml:4: roles.r.cron[0].schedule: invalid cron schedule "61 * * * *": minute 61 out of range 0-59"#]]
+            .assert_eq(&errs(
+                "roles:\n  r:\n    cron:\n      - {name: j, schedule: \"61 * * * *\", command: \"true\"}\n",
+            ));
+    }
+
+    #[test]
+    fn template_syntax_errors_are_refused_with_file_and_line() {
+        expect![[r#"site.yaml:5: roles.r.files[0].content: invalid template: syntax error: unexpected `}`, expected end of variable block (template line 2)"#]]
+            .assert_eq(&errs(
+                "roles:\n  r:\n    files:\n      - path: /etc/app.conf\n        content: \"port\\n{{ vars.port }\"\n        template: true\n",
+            ));
+        // Not a template: the same text is plain content.
+        assert_eq!(
+            errs("roles:\n  r:\n    files: [{path: /etc/a, content: \"{{ vars.port }\"}]\n"),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn notify_must_name_a_declared_service() {
+        expect![[r#"site.yaml:3: groups.g: file[/etc/app.conf] notifies service nginx, which no role of node group g declares; declare it under services or drop it from notify"#]]
+            .assert_eq(&errs(
+                "roles:\n  r:\n    files: [{path: /etc/app.conf, content: x, notify: [nginx]}]\n  s:\n    services: [{name: nginx}]\ngroups:\n  g: {roles: [r]}\n  h: {match: {x: y}, roles: [s]}\n",
+            ));
+        assert_eq!(
+            errs(
+                "roles:\n  r:\n    files: [{path: /etc/app.conf, content: x, notify: [nginx]}]\n    services: [{name: nginx}]\ngroups:\n  g: {roles: [r]}\n"
+            ),
+            "ok"
+        );
+    }
+
+    #[test]
+    fn service_names_are_unit_names_with_file_line_and_field() {
+        expect![[r#"
+            site.yaml:4: roles.r.files[0].notify: invalid service name "--now": it starts with '-'; allowed are a systemd unit name without its .service suffix: 1 to 247 characters of A-Z, a-z, 0-9, ':', '-', '_', '.', '\' and '@', not starting with '-' or '@', with an instance after any '@' (as in getty@tty1)
+            site.yaml:3: roles.r.services[0].name: invalid service name "-x": it starts with '-'; allowed are a systemd unit name without its .service suffix: 1 to 247 characters of A-Z, a-z, 0-9, ':', '-', '_', '.', '\' and '@', not starting with '-' or '@', with an instance after any '@' (as in getty@tty1)"#]]
+        .assert_eq(&errs(
+            "roles:\n  r:\n    services: [{name: \"-x\"}]\n    files: [{path: /etc/a, notify: [\"--now\"]}]\n",
+        ));
     }
 
     #[test]

@@ -151,6 +151,27 @@ pub(super) fn check(spec: &Spec) -> Vec<SpecError> {
                 }
             }
         }
+        for (id, res) in &ids {
+            for service in res.notify() {
+                if !ids.contains_key(&format!("service[{service}]")) {
+                    let key = (
+                        id.clone(),
+                        format!("notify:{service}"),
+                        gname.clone(),
+                        String::new(),
+                    );
+                    if reported.insert(key) {
+                        errors.push(err(
+                            origin_of[id],
+                            format!("groups.{gname}"),
+                            format!(
+                                "{id} notifies service {service}, which no role of node group {gname} declares; declare it under services or drop it from notify"
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
         if let Some(cycle) = find_cycle(&ids) {
             errors.push(err(
                 &g.origin,
@@ -303,6 +324,34 @@ impl NodeState {
                 ));
             }
         }
+        // What `requires` and `notify` name must be in the document too.
+        let all: BTreeSet<String> = state.resources.iter().map(Resource::id).collect();
+        for (i, r) in state.resources.iter().enumerate() {
+            for req in r.requires() {
+                if !all.contains(&format!("{}[{}]", req.kind, req.name)) {
+                    errors.push(one(
+                        format!("resources[{i}].requires"),
+                        format!(
+                            "{} requires {}:{}, which this document does not declare",
+                            r.id(),
+                            req.kind,
+                            req.name
+                        ),
+                    ));
+                }
+            }
+            for service in r.notify() {
+                if !all.contains(&format!("service[{service}]")) {
+                    errors.push(one(
+                        format!("resources[{i}].notify"),
+                        format!(
+                            "{} notifies service {service}, which this document does not declare",
+                            r.id()
+                        ),
+                    ));
+                }
+            }
+        }
         if errors.is_empty() {
             Ok(state)
         } else {
@@ -424,6 +473,17 @@ mod tests {
             "{err}"
         );
         assert!(NodeState::from_document(b"{").is_err());
+    }
+
+    #[test]
+    fn from_document_refuses_notify_and_requires_of_undeclared_resources() {
+        let doc = br#"{"node":{"name":"n1","labels":{}},"resources":[{"kind":"file","path":"/etc/a","notify":["nginx"],"requires":[{"kind":"package","name":"nginx"}]}]}"#;
+        expect_test::expect![[r#"
+            resources[0].requires: file[/etc/a] requires package:nginx, which this document does not declare
+            resources[0].notify: file[/etc/a] notifies service nginx, which this document does not declare"#]]
+        .assert_eq(&NodeState::from_document(doc).unwrap_err().to_string());
+        let ok = br#"{"node":{"name":"n1","labels":{}},"resources":[{"kind":"package","name":"nginx","ensure":"present"},{"kind":"file","path":"/etc/a","notify":["nginx"],"requires":[{"kind":"package","name":"nginx"}]},{"kind":"service","name":"nginx"}]}"#;
+        assert!(NodeState::from_document(ok).is_ok());
     }
 
     #[test]

@@ -191,36 +191,7 @@ pub fn cron_name(name: &str) -> Result<(), String> {
     }
 }
 
-/// Five fields of `[0-9A-Za-z*,/-]`, or one of the `@` keywords.
-pub fn cron_schedule(s: &str) -> Result<(), String> {
-    const KEYWORDS: [&str; 7] = [
-        "@hourly",
-        "@daily",
-        "@weekly",
-        "@monthly",
-        "@yearly",
-        "@annually",
-        "@reboot",
-    ];
-    if KEYWORDS.contains(&s) {
-        return Ok(());
-    }
-    let fields: Vec<&str> = s.split_whitespace().collect();
-    let ok = !s.contains(['\n', '\r', '\0'])
-        && fields.len() == 5
-        && fields.iter().all(|f| {
-            f.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'*' | b',' | b'/' | b'-'))
-        });
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid cron schedule {s:?}: allowed are five fields (minute hour day month weekday) of digits, names, '*', ',', '/' and '-', or one of {}",
-            KEYWORDS.join(", ")
-        ))
-    }
-}
+pub use super::cron::cron_schedule;
 
 /// A cron command: one line; `%` must be written `\%` (cron turns a bare `%` into a newline).
 pub fn cron_command(c: &str) -> Result<(), String> {
@@ -261,20 +232,62 @@ pub fn one_line(what: &str, v: &str) -> Result<(), String> {
     }
 }
 
-/// systemd unit names without the `.service` suffix.
+/// systemd's unit types: a name that ends in one of these is not a bare service name.
+const UNIT_TYPES: [&str; 11] = [
+    "service",
+    "socket",
+    "device",
+    "mount",
+    "automount",
+    "swap",
+    "target",
+    "path",
+    "timer",
+    "slice",
+    "scope",
+];
+
+/// Longest unit name systemd accepts (`UNIT_NAME_MAX` less its NUL).
+const UNIT_NAME_MAX: usize = 255;
+
+/// Service names, as systemd checks unit names (`unit_name_is_valid`), given
+/// without the `.service` suffix: `NAME.service` at most 255 bytes, of
+/// `[A-Za-z0-9:_.\\@-]`, an `@` neither first nor last (a template needs an
+/// instance to run). Stricter than systemd in one point: no leading `-`, so
+/// a name never reads as an option whatever a tool does with `--`.
 pub fn service_name(n: &str) -> Result<(), String> {
-    let ok = !n.is_empty()
-        && n.len() <= 200
-        && !n.ends_with(".service")
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b':' | b'_' | b'.' | b'@' | b'-'));
-    if ok {
-        Ok(())
-    } else {
-        Err(format!(
-            "invalid service name {n:?}: allowed are A-Z, a-z, 0-9, ':', '_', '.', '@' and '-', without the .service suffix"
-        ))
+    let allowed = format!(
+        "allowed are a systemd unit name without its .service suffix: 1 to {} characters of A-Z, a-z, 0-9, ':', '-', '_', '.', '\\' and '@', not starting with '-' or '@', with an instance after any '@' (as in getty@tty1)",
+        UNIT_NAME_MAX - ".service".len()
+    );
+    let bad = |why: &str| Err(format!("invalid service name {n:?}: {why}; {allowed}"));
+    if n.is_empty() {
+        return bad("it is empty");
     }
+    if n.len() + ".service".len() > UNIT_NAME_MAX {
+        return bad("it is too long");
+    }
+    if let Some(c) = n
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, ':' | '-' | '_' | '.' | '\\' | '@')))
+    {
+        return bad(&format!("{c:?} is not allowed"));
+    }
+    if n.starts_with('-') {
+        return bad("it starts with '-'");
+    }
+    if n.starts_with('@') {
+        return bad("it starts with '@'");
+    }
+    if n.ends_with('@') {
+        return bad("a template unit needs an instance after '@'");
+    }
+    if let Some((_, suffix)) = n.rsplit_once('.')
+        && UNIT_TYPES.contains(&suffix)
+    {
+        return bad(&format!("it ends in .{suffix}"));
+    }
+    Ok(())
 }
 
 /// Checks every attribute of one typed resource; returns (field, message) pairs.
@@ -305,11 +318,13 @@ pub fn resource(r: &Resource) -> Vec<(String, String)> {
             for n in &f.notify {
                 check("notify", service_name(n));
             }
-            if f.template && f.content.is_none() {
-                check(
+            match (&f.content, f.template) {
+                (None, true) => check(
                     "template",
                     Err("template: true needs content to render".into()),
-                );
+                ),
+                (Some(t), true) => check("content", super::template::check(t)),
+                _ => {}
             }
         }
         Resource::Directory(d) => {
@@ -433,11 +448,42 @@ mod tests {
     }
 
     #[test]
+    fn service_names_follow_systemd_unit_rules() {
+        for ok in [
+            "nginx",
+            "getty@tty1",
+            "systemd-fsck@dev-disk-by\\x2dlabel-root",
+            "a:b_c.d",
+            "openvpn@client.conf",
+            &"x".repeat(247),
+        ] {
+            assert_eq!(service_name(ok), Ok(()), "{ok:?}");
+        }
+        let table = [
+            ("", "it is empty"),
+            ("-x", "it starts with '-'"),
+            ("--help", "it starts with '-'"),
+            ("@x", "it starts with '@'"),
+            ("getty@", "a template unit needs an instance after '@'"),
+            ("nginx.service", "it ends in .service"),
+            ("backup.timer", "it ends in .timer"),
+            ("a/b", "'/' is not allowed"),
+            ("a b", "' ' is not allowed"),
+            ("caf\u{e9}", "'\u{e9}' is not allowed"),
+            ("a\nb", "'\\n' is not allowed"),
+            (&"x".repeat(248), "it is too long"),
+        ];
+        for (bad, why) in table {
+            let err = service_name(bad).unwrap_err();
+            assert!(
+                err.starts_with(&format!("invalid service name {bad:?}: {why}; allowed are")),
+                "{bad:?}: {err}"
+            );
+        }
+    }
+
+    #[test]
     fn cron_fields_are_checked() {
-        assert!(cron_schedule("*/5 * * * *").is_ok());
-        assert!(cron_schedule("@daily").is_ok());
-        assert!(cron_schedule("* * * *").is_err());
-        assert!(cron_schedule("* * * * *\n* * * * * root rm -rf /").is_err());
         assert!(cron_command("date +\\%s > /tmp/x").is_ok());
         assert!(cron_command("date +%s").unwrap_err().contains("\\%"));
         assert!(cron_command("a\nb").is_err());
