@@ -4,6 +4,7 @@
 mod agent_link;
 mod bad_input;
 mod bootstrap;
+mod connections;
 mod e2e;
 mod nodes;
 mod packaging;
