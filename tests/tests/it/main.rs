@@ -5,6 +5,7 @@ mod agent_link;
 mod bad_input;
 mod bootstrap;
 mod connections;
+mod controller_faults;
 mod e2e;
 mod nodes;
 mod packaging;
