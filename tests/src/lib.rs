@@ -338,6 +338,7 @@ pub struct ControllerProcess {
     pub dir: TempDir,
     pub addr: SocketAddr,
     pub fingerprint: String,
+    data: PathBuf,
     config: PathBuf,
     child: Option<std::process::Child>,
 }
@@ -346,14 +347,23 @@ impl ControllerProcess {
     /// Starts `ballast serve --config FILE` where FILE holds `listen`,
     /// `data_dir` and the `key: value` lines of `extra_config`.
     pub async fn start(extra_config: &str) -> ControllerProcess {
+        Self::start_at(None, extra_config).await
+    }
+
+    /// Like [`ControllerProcess::start`], with the data dir at `data_dir`
+    /// (default: inside the process's temp dir).
+    pub async fn start_at(data_dir: Option<&Path>, extra_config: &str) -> ControllerProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.path().join("controller.yaml");
+        let data = data_dir
+            .map(Path::to_owned)
+            .unwrap_or_else(|| dir.path().join("data"));
         std::fs::write(
             &config,
             format!(
                 "listen: {addr}\ndata_dir: {}\n{extra_config}\n",
-                dir.path().join("data").display()
+                data.display()
             ),
         )
         .expect("write controller config");
@@ -361,6 +371,7 @@ impl ControllerProcess {
             dir,
             addr,
             fingerprint: String::new(),
+            data,
             config,
             child: None,
         };
@@ -371,7 +382,7 @@ impl ControllerProcess {
     }
 
     pub fn data_dir(&self) -> PathBuf {
-        self.dir.path().join("data")
+        self.data.clone()
     }
 
     pub fn controller(&self) -> String {
@@ -478,6 +489,60 @@ impl Drop for ControllerProcess {
             );
         }
         self.kill();
+    }
+}
+
+/// A small tmpfs mounted on a temporary directory (needs root), unmounted
+/// when dropped: a filesystem a test can fill.
+pub struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `32m`); `None` when not root.
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(ok, "mount a tmpfs on {}", dir.path().display());
+        Some(Tmpfs { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes one file until the filesystem is full; returns its path.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).expect("create filler");
+        let block = vec![0u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&block[..512]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
     }
 }
 

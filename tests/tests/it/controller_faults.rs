@@ -172,3 +172,107 @@ async fn acknowledged_revisions_survive_controller_kills() {
         );
     }
 }
+
+fn apply_request(tag: &str) -> pb::ApplyRequest {
+    pb::ApplyRequest {
+        sources: vec![pb::SourceFile {
+            name: "spec.yaml".into(),
+            content: spec(tag),
+        }],
+        author: "fault-test".into(),
+        message: tag.into(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_data_dir_is_named_reads_go_on_and_writes_resume() {
+    let Some(fs) = ballast_tests::Tmpfs::mount("48m") else {
+        return;
+    };
+    let mut ctl = ControllerProcess::start_at(Some(&fs.path().join("data")), "").await;
+    let mut admin = ctl.admin().await.expect("admin connects");
+    let mut acked = Vec::new();
+    let big = "x".repeat(256 << 10);
+    let resp = admin.apply(apply_request("first")).await.expect("apply");
+    acked.push(resp.into_inner().revision);
+
+    let filler = fs.fill();
+    let mut refused = None;
+    for i in 0..500 {
+        match admin.apply(apply_request(&format!("{i} {big}"))).await {
+            Ok(r) => acked.push(r.into_inner().revision),
+            Err(s) => {
+                refused = Some(s);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("applies fail once the data dir is full");
+    assert_eq!(
+        refused.code(),
+        tonic::Code::ResourceExhausted,
+        "{refused:?}"
+    );
+    assert!(
+        refused
+            .message()
+            .contains("no space left on the controller's data dir"),
+        "the client is told why: {:?}",
+        refused.message()
+    );
+    // Reads are still served, again and again, and see every acknowledged revision.
+    for _ in 0..3 {
+        let history = admin
+            .history(pb::HistoryRequest { limit: 1000 })
+            .await
+            .unwrap_or_else(|e| panic!("history while full: {e:?}\n{}", ctl.log()))
+            .into_inner()
+            .revisions;
+        for n in &acked {
+            assert!(
+                history.iter().any(|r| r.number == *n),
+                "revision {n} listed"
+            );
+        }
+        admin
+            .list_nodes(pb::ListNodesRequest::default())
+            .await
+            .expect("nodes while full");
+        let again = admin.apply(apply_request("while full")).await.unwrap_err();
+        assert_eq!(again.code(), tonic::Code::ResourceExhausted);
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+
+    // Space comes back: writes resume without a restart.
+    std::fs::remove_file(filler).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let resumed = loop {
+        match admin.apply(apply_request("after")).await {
+            Ok(r) => break r.into_inner(),
+            Err(s) if Instant::now() < deadline => {
+                eprintln!("not yet: {}", s.message());
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            Err(s) => panic!("writes did not resume after space was freed: {s:?}"),
+        }
+    };
+    acked.push(resumed.revision);
+    ctl.token().await;
+
+    // Nothing acknowledged was lost, across a restart too.
+    ctl.restart().await;
+    let history = ctl
+        .admin()
+        .await
+        .unwrap()
+        .history(pb::HistoryRequest { limit: 1000 })
+        .await
+        .unwrap()
+        .into_inner()
+        .revisions;
+    for n in &acked {
+        assert!(history.iter().any(|r| r.number == *n), "revision {n} kept");
+    }
+    ctl.kill();
+    drop(fs);
+}
