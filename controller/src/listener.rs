@@ -2,8 +2,8 @@
 //!
 //! Invariant: the controller holds at most `max_connections` connections, at
 //! most `max_connections_per_address` from one source address, and none that
-//! has been silent (nothing read) for `idle_timeout`; connections over a cap
-//! are closed at once. The TLS handshake has its own, shorter timeout
+//! has been silent (nothing read or written) for `idle_timeout`; connections
+//! over a cap are closed at once. The TLS handshake has its own, shorter timeout
 //! (`server`), and HTTP/2 keepalive ends peers that stop answering pings.
 
 use std::collections::HashMap;
@@ -24,7 +24,7 @@ use tonic::transport::server::{Connected, TcpConnectInfo};
 pub struct ConnLimits {
     /// A TLS handshake must finish within this.
     pub handshake_timeout: Duration,
-    /// A connection from which nothing was read for this long is closed.
+    /// A connection with nothing read or written for this long is closed.
     /// Healthy HTTP/2 peers answer the keepalive pings well within it.
     pub idle_timeout: Duration,
     /// HTTP/2 keepalive: ping a peer this often, and drop it when a ping is
@@ -37,6 +37,8 @@ pub struct ConnLimits {
     /// NAT address share it).
     pub max_connections_per_address: usize,
 }
+
+const WARN_EVERY: Duration = Duration::from_secs(10);
 
 /// Descriptors kept free for the store, certificates and bootstrap downloads.
 pub const FD_RESERVE: usize = 256;
@@ -99,6 +101,9 @@ pub struct Incoming {
     per_address: Arc<PerAddress>,
     /// After an accept error (out of descriptors), wait a little.
     pause: Option<Pin<Box<Sleep>>>,
+    /// Connections closed over a cap since the last warning, and when that was.
+    refused: u64,
+    warned: Option<Instant>,
 }
 
 impl Incoming {
@@ -117,6 +122,8 @@ impl Incoming {
             total: Arc::new(Semaphore::new(total)),
             per_address: Arc::default(),
             pause: None,
+            refused: 0,
+            warned: None,
         }
     }
 
@@ -148,7 +155,13 @@ impl tokio_stream::Stream for Incoming {
             match ready!(self.listener.poll_accept(cx)) {
                 Ok((stream, peer)) => {
                     let Some(place) = self.admit(peer.ip()) else {
-                        tracing::debug!(%peer, "connection limit reached; closing");
+                        self.refused += 1;
+                        // One line per WARN_EVERY at most: a flood must not flood the log.
+                        if self.warned.is_none_or(|t| t.elapsed() >= WARN_EVERY) {
+                            tracing::warn!(%peer, refused = self.refused, "connection limit reached; closing new connections");
+                            self.refused = 0;
+                            self.warned = Some(Instant::now());
+                        }
                         continue;
                     };
                     let _ = stream.set_nodelay(true);
@@ -170,7 +183,8 @@ impl tokio_stream::Stream for Incoming {
     }
 }
 
-/// An admitted connection: closes itself when nothing was read for the idle timeout.
+/// An admitted connection: fails its next read once nothing was read or
+/// written for the idle timeout, which closes it.
 pub struct Conn {
     stream: TcpStream,
     _place: Place,
@@ -184,6 +198,16 @@ impl Connected for Conn {
 
     fn connect_info(&self) -> Self::ConnectInfo {
         self.stream.connect_info()
+    }
+}
+
+impl Conn {
+    /// Bytes went out: the peer is reading what we send (a long download).
+    fn progressed(&mut self, written: &io::Result<usize>) {
+        if matches!(written, Ok(n) if *n > 0) {
+            let next = Instant::now() + self.idle;
+            self.deadline.as_mut().reset(next);
+        }
     }
 }
 
@@ -220,7 +244,9 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        let written = ready!(Pin::new(&mut self.stream).poll_write(cx, buf));
+        self.progressed(&written);
+        Poll::Ready(written)
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -236,7 +262,9 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        let written = ready!(Pin::new(&mut self.stream).poll_write_vectored(cx, bufs));
+        self.progressed(&written);
+        Poll::Ready(written)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -293,6 +321,8 @@ mod tests {
         // A talking peer outlives the idle timeout; a silent one does not.
         let mut talker = TcpStream::connect(addr).await.unwrap();
         let mut talking = incoming.next().await.unwrap().unwrap();
+        let mut downloader = TcpStream::connect(addr).await.unwrap();
+        let mut serving = incoming.next().await.unwrap().unwrap();
         let _silent_peer = TcpStream::connect(addr).await.unwrap();
         let mut silent = incoming.next().await.unwrap().unwrap();
         let started = std::time::Instant::now();
@@ -300,9 +330,17 @@ mod tests {
         for _ in 0..6 {
             talker.write_all(b"x").await.unwrap();
             assert_eq!(talking.read(&mut buf).await.unwrap(), 1);
+            serving.write_all(b"y").await.unwrap();
+            assert_eq!(downloader.read(&mut buf).await.unwrap(), 1);
             tokio::time::sleep(idle / 3).await;
         }
         assert!(started.elapsed() > idle);
+        // A peer that only receives (a long download) is not idle either.
+        let still = tokio::time::timeout(idle / 2, serving.read(&mut buf)).await;
+        assert!(
+            still.is_err(),
+            "the serving side waits, no idle error: {still:?}"
+        );
         let err = silent.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() < idle * 10);
