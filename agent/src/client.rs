@@ -49,6 +49,10 @@ pub const CONFIG_FILE: &str = "agent.json";
 pub const KEY_FILE: &str = "node.key";
 pub const CERT_FILE: &str = "node.pem";
 pub const CA_FILE: &str = "ca.pem";
+/// Longest wait for TCP, TLS and HTTP/2 set-up with the controller.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for the controller to answer an enrollment.
+pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// `/var/lib/ballast-agent` for root, `~/.local/state/ballast-agent` otherwise.
 pub fn default_state_dir() -> PathBuf {
@@ -222,24 +226,26 @@ pub async fn channel(
     let addr = controller.to_owned();
     let endpoint = Endpoint::from_shared(format!("http://{controller}"))
         .with_context(|| format!("controller address {controller:?}: expected HOST:PORT"))?
-        .connect_timeout(Duration::from_secs(5))
+        .connect_timeout(CONNECT_TIMEOUT)
         .http2_keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20))
         .keep_alive_while_idle(true);
-    let channel = endpoint
-        .connect_with_connector(tower::service_fn(move |_: http::Uri| {
-            let (connector, server_name, addr) =
-                (connector.clone(), server_name.clone(), addr.clone());
-            async move {
-                let tcp = tokio::net::TcpStream::connect(&addr).await?;
-                tcp.set_nodelay(true)?;
-                let tls = connector.connect(server_name, tcp).await?;
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
-            }
-        }))
-        .await
-        .with_context(|| format!("connect to controller at {controller}"))?;
-    Ok(channel)
+    let connect = endpoint.connect_with_connector(tower::service_fn(move |_: http::Uri| {
+        let (connector, server_name, addr) = (connector.clone(), server_name.clone(), addr.clone());
+        async move {
+            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            tcp.set_nodelay(true)?;
+            let tls = connector.connect(server_name, tcp).await?;
+            Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+        }
+    }));
+    // The connector's timeout covers TCP and TLS; this one the whole set-up.
+    match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
+        Ok(channel) => channel.with_context(|| format!("connect to controller at {controller}")),
+        Err(_) => {
+            bail!("connect to controller at {controller}: no answer within {CONNECT_TIMEOUT:?}")
+        }
+    }
 }
 
 /// An Agent-service client with the message limits set.
@@ -311,13 +317,16 @@ pub async fn enroll(
     let csr = params.serialize_request(&key).context("create CSR")?;
     let channel = channel(controller, &Trust::Pin(fingerprint.to_owned()), None).await?;
     let mut client = pb::enrollment_client::EnrollmentClient::new(channel);
-    let resp = client
-        .enroll(pb::EnrollRequest {
-            token: token.to_owned(),
-            name: name.to_owned(),
-            csr_der: csr.der().to_vec(),
-        })
+    let call = client.enroll(pb::EnrollRequest {
+        token: token.to_owned(),
+        name: name.to_owned(),
+        csr_der: csr.der().to_vec(),
+    });
+    let resp = tokio::time::timeout(ENROLL_TIMEOUT, call)
         .await
+        .map_err(|_| {
+            anyhow::anyhow!("enrollment at {controller}: no answer within {ENROLL_TIMEOUT:?}")
+        })?
         .map_err(|s| anyhow::anyhow!("enrollment refused by {controller}: {}", s.message()))?
         .into_inner();
     // The CA we were given must be the one we pinned.

@@ -10,6 +10,7 @@ use crate::cache::{self, Cached};
 use crate::client::{self, Enrolled};
 use crate::engine::{self, RunOptions};
 use crate::host::Host;
+use crate::outbox::Outbox;
 use anyhow::Context;
 use ballast_proto::pb;
 use ballast_proto::spec::NodeState;
@@ -41,6 +42,8 @@ pub const DEFAULT_HEARTBEAT: Duration = Duration::from_secs(30);
 pub const DEFAULT_FACTS_DIR: &str = "/etc/ballast/facts.d";
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(60);
+/// Longest wait for any one call to the controller (connecting has its own, in `client`).
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// Takes an exclusive, non-blocking lock on `state_dir/NAME`.
 pub fn lock(state_dir: &Path, name: &str, blocking: bool) -> anyhow::Result<Flock<File>> {
@@ -129,132 +132,249 @@ fn accept(msg: pb::DesiredState, name: &str) -> anyhow::Result<Cached> {
     })
 }
 
-struct Agent {
-    cfg: DaemonConfig,
-    name: String,
-    host: Arc<Host>,
-    current: Option<Arc<Cached>>,
+/// What the enforcer tells the link: the state it enforces and the facts it saw.
+#[derive(Clone, Default)]
+struct Status {
+    /// Hash of the enforced desired state ("" when none): the watch's `known_hash`.
+    hash: String,
+    revision: u64,
     facts: Arc<serde_json::Value>,
     facts_hash: String,
-    facts_sent: Option<String>,
-    /// Reports not yet delivered (the latest only: it supersedes older ones).
-    unsent: Option<pb::RunReport>,
+}
+
+/// The enforcing half: owns the desired state and reconciles on every change
+/// and on the resync timer. It never waits on the network: reports go to the
+/// outbox, new states arrive through a watch channel.
+struct Enforcer {
+    cfg: DaemonConfig,
+    host: Arc<Host>,
+    current: Option<Arc<Cached>>,
+    status: tokio::sync::watch::Sender<Status>,
+    outbox: Arc<Outbox>,
+    queued: Arc<tokio::sync::Notify>,
     next_resync: Instant,
 }
 
-impl Agent {
+impl Enforcer {
     fn schedule_resync(&mut self) {
         self.next_resync = Instant::now() + self.cfg.interval.mul_f64(jitter(0.9, 1.1));
     }
 
+    fn publish(&self, facts: Option<serde_json::Value>) {
+        let (hash, revision) = self
+            .current
+            .as_ref()
+            .map(|c| (c.hash.clone(), c.revision))
+            .unwrap_or_default();
+        self.status.send_modify(|s| {
+            s.hash = hash;
+            s.revision = revision;
+            if let Some(facts) = facts {
+                s.facts_hash = crate::facts::stable_hash(&facts);
+                s.facts = Arc::new(facts);
+            }
+        });
+    }
+
     async fn run_current(&mut self, trigger: &str) {
         self.schedule_resync();
+        if trigger != "change" {
+            let dir = self.cfg.facts_dir.clone();
+            let facts = tokio::task::spawn_blocking(move || crate::facts::collect(&dir))
+                .await
+                .unwrap_or(serde_json::Value::Null);
+            self.publish(Some(facts));
+        }
         let Some(current) = self.current.clone() else {
             return;
         };
-        if trigger != "change" {
-            self.refresh_facts();
-        }
+        let facts = self.status.borrow().facts.clone();
         match reconcile(
             &self.cfg.state_dir,
             self.host.clone(),
             current,
-            self.facts.clone(),
+            facts,
             false,
             trigger,
         )
         .await
         {
-            Ok(report) => self.unsent = Some(report),
+            Ok(report) => {
+                let outbox = self.outbox.clone();
+                match tokio::task::spawn_blocking(move || outbox.push(&report)).await {
+                    Ok(Ok(())) => self.queued.notify_one(),
+                    Ok(Err(e)) => tracing::error!(error = %format!("{e:#}"), "queue report"),
+                    Err(e) => tracing::error!(error = %e, "queue report task"),
+                }
+            }
             Err(e) => tracing::error!(error = %format!("{e:#}"), "reconcile"),
         }
     }
 
-    fn refresh_facts(&mut self) {
-        let facts = crate::facts::collect(&self.cfg.facts_dir);
-        self.facts_hash = crate::facts::stable_hash(&facts);
-        self.facts = Arc::new(facts);
-    }
-
-    /// Sends facts if they changed since last sent, and any unsent report.
-    async fn flush(
-        &mut self,
-        client: &mut pb::agent_client::AgentClient<Channel>,
-    ) -> Result<(), tonic::Status> {
-        if self.facts_sent.as_deref() != Some(self.facts_hash.as_str()) {
-            client
-                .put_facts(pb::Facts {
-                    json: self.facts.to_string(),
-                })
-                .await?;
-            self.facts_sent = Some(self.facts_hash.clone());
-        }
-        if let Some(report) = self.unsent.take()
-            && let Err(e) = client.report(report.clone()).await
-        {
-            self.unsent = Some(report);
-            return Err(e);
-        }
-        Ok(())
-    }
-
-    /// One connection: watch, reconcile, report, heartbeat, until it breaks.
-    async fn session(&mut self, enrolled: &Enrolled) -> anyhow::Result<()> {
-        let channel = enrolled.channel(self.cfg.controller.as_deref()).await?;
-        let mut client = client::agent_client(channel);
-        let known = self
-            .current
-            .as_ref()
-            .map(|c| c.hash.clone())
-            .unwrap_or_default();
-        let mut stream = client
-            .watch(pb::WatchRequest { known_hash: known })
-            .await
-            .map_err(|s| anyhow::anyhow!("watch: {}", s.message()))?
-            .into_inner();
-        tracing::info!(
-            controller = enrolled.config.controller,
-            "watching desired state"
-        );
-        self.flush(&mut client)
-            .await
-            .map_err(|s| anyhow::anyhow!("report: {}", s.message()))?;
-        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
-        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    /// Enforces forever: at startup, on each new desired state, on the resync timer.
+    async fn run(mut self, mut desired: tokio::sync::watch::Receiver<Option<Arc<Cached>>>) {
+        // Enforce what we had before talking to anyone: the controller may be away.
+        self.run_current("startup").await;
+        let mut link_open = true;
         loop {
             tokio::select! {
-                msg = stream.next() => match msg {
-                    Some(Ok(msg)) => {
-                        match accept(msg, &self.name) {
-                            Ok(cached) => {
-                                let document = cached.state.to_document();
-                                if let Err(e) = cache::store(&self.cfg.state_dir, cached.revision, &cached.hash, &document) {
-                                    tracing::error!(error = %format!("{e:#}"), "cache desired state");
-                                }
-                                tracing::info!(revision = cached.revision, hash = %cached.hash, "new desired state");
-                                self.current = Some(Arc::new(cached));
-                                self.run_current("change").await;
-                            }
-                            Err(e) => tracing::error!(error = %format!("{e:#}"), "refused desired state; keeping the previous one"),
-                        }
+                changed = desired.changed(), if link_open => {
+                    if changed.is_err() {
+                        link_open = false;
+                        continue;
                     }
-                    Some(Err(s)) => anyhow::bail!("watch ended: {}", s.message()),
-                    None => anyhow::bail!("watch ended by the controller"),
-                },
-                _ = heartbeat.tick() => {
-                    let applied = self.current.as_ref().map(|c| c.revision).unwrap_or(0);
-                    client.heartbeat(pb::HeartbeatRequest { applied_revision: applied, agent_version: crate::VERSION.into() }).await.map_err(|s| anyhow::anyhow!("heartbeat: {}", s.message()))?;
-                },
+                    let Some(cached) = desired.borrow_and_update().clone() else { continue };
+                    let document = cached.state.to_document();
+                    if let Err(e) = cache::store(&self.cfg.state_dir, cached.revision, &cached.hash, &document) {
+                        tracing::error!(error = %format!("{e:#}"), "cache desired state");
+                    }
+                    tracing::info!(revision = cached.revision, hash = %cached.hash, "new desired state");
+                    self.current = Some(cached);
+                    self.publish(None);
+                    self.run_current("change").await;
+                }
                 _ = tokio::time::sleep_until(self.next_resync.into()) => self.run_current("resync").await,
             }
-            self.flush(&mut client)
-                .await
-                .map_err(|s| anyhow::anyhow!("report: {}", s.message()))?;
         }
     }
 }
 
-/// Runs the daemon until `shutdown` completes.
+/// Bounds one call to the controller: a hung controller must end the session,
+/// never hold the agent.
+async fn deadline<T>(
+    what: &str,
+    call: impl Future<Output = Result<T, tonic::Status>>,
+) -> anyhow::Result<T> {
+    match tokio::time::timeout(CALL_TIMEOUT, call).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(s)) => Err(anyhow::anyhow!("{what}: {}", s.message())),
+        Err(_) => Err(anyhow::anyhow!(
+            "{what}: no answer from the controller within {CALL_TIMEOUT:?}"
+        )),
+    }
+}
+
+/// The talking half: one connection at a time to the controller, with backoff.
+struct Link {
+    cfg: DaemonConfig,
+    name: String,
+    status: tokio::sync::watch::Receiver<Status>,
+    desired: tokio::sync::watch::Sender<Option<Arc<Cached>>>,
+    outbox: Arc<Outbox>,
+    queued: Arc<tokio::sync::Notify>,
+    facts_sent: Option<String>,
+}
+
+impl Link {
+    /// Sends facts if they changed since last sent, then every queued report, oldest first.
+    async fn flush(
+        &mut self,
+        client: &mut pb::agent_client::AgentClient<Channel>,
+    ) -> anyhow::Result<()> {
+        let (facts, facts_hash) = {
+            let s = self.status.borrow_and_update();
+            (s.facts.clone(), s.facts_hash.clone())
+        };
+        if !facts_hash.is_empty() && self.facts_sent.as_deref() != Some(facts_hash.as_str()) {
+            deadline(
+                "facts",
+                client.put_facts(pb::Facts {
+                    json: facts.to_string(),
+                }),
+            )
+            .await?;
+            self.facts_sent = Some(facts_hash);
+        }
+        loop {
+            let outbox = self.outbox.clone();
+            let Some((seq, report)) = tokio::task::spawn_blocking(move || outbox.front())
+                .await
+                .context("outbox task")??
+            else {
+                return Ok(());
+            };
+            match tokio::time::timeout(CALL_TIMEOUT, client.report(report)).await {
+                Ok(Ok(_)) => {}
+                // Refused as invalid or too large: retrying cannot help.
+                Ok(Err(s))
+                    if matches!(
+                        s.code(),
+                        tonic::Code::InvalidArgument | tonic::Code::OutOfRange
+                    ) =>
+                {
+                    tracing::error!(error = %s.message(), "controller refused a report; dropping it");
+                }
+                Ok(Err(s)) => anyhow::bail!("report: {}", s.message()),
+                Err(_) => {
+                    anyhow::bail!("report: no answer from the controller within {CALL_TIMEOUT:?}")
+                }
+            }
+            let outbox = self.outbox.clone();
+            tokio::task::spawn_blocking(move || outbox.remove(seq))
+                .await
+                .context("outbox task")?;
+        }
+    }
+
+    /// One connection: watch, heartbeat, deliver reports, until it breaks.
+    async fn session(&mut self, enrolled: &Enrolled) -> anyhow::Result<()> {
+        let channel = enrolled.channel(self.cfg.controller.as_deref()).await?;
+        let mut client = client::agent_client(channel);
+        let known = self.status.borrow().hash.clone();
+        let mut stream = deadline(
+            "watch",
+            client.watch(pb::WatchRequest { known_hash: known }),
+        )
+        .await?
+        .into_inner();
+        tracing::info!(
+            controller = enrolled.config.controller,
+            "watching desired state"
+        );
+        let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
+        heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            self.flush(&mut client).await?;
+            tokio::select! {
+                msg = stream.next() => match msg {
+                    Some(Ok(msg)) => match accept(msg, &self.name) {
+                        Ok(cached) => {
+                            self.desired.send_replace(Some(Arc::new(cached)));
+                        }
+                        Err(e) => tracing::error!(error = %format!("{e:#}"), "refused desired state; keeping the previous one"),
+                    },
+                    Some(Err(s)) => anyhow::bail!("watch ended: {}", s.message()),
+                    None => anyhow::bail!("watch ended by the controller"),
+                },
+                _ = heartbeat.tick() => {
+                    let applied = self.status.borrow().revision;
+                    deadline("heartbeat", client.heartbeat(pb::HeartbeatRequest { applied_revision: applied, agent_version: crate::VERSION.into() })).await?;
+                },
+                _ = self.queued.notified() => {},
+                changed = self.status.changed() => if changed.is_err() { anyhow::bail!("the enforcer stopped") },
+            }
+        }
+    }
+
+    /// Connects, and reconnects with jittered exponential backoff, forever.
+    async fn run(mut self, enrolled: Enrolled) {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            let started = Instant::now();
+            if let Err(e) = self.session(&enrolled).await {
+                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, unsent_reports = self.outbox.len(), "controller unreachable; enforcing the cached state");
+            }
+            if started.elapsed() > Duration::from_secs(30) {
+                backoff = BACKOFF_MIN;
+            }
+            tokio::time::sleep(backoff.mul_f64(jitter(0.5, 1.0))).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    }
+}
+
+/// Runs the daemon until `shutdown` completes: the enforcer and the link run
+/// side by side, so nothing the controller does (or fails to do) delays drift repair.
 pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
     let _daemon = lock(&cfg.state_dir, "agent.lock", false)?;
     let enrolled = Enrolled::load(&cfg.state_dir)?;
@@ -266,44 +386,32 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> anyho
             None
         }
     };
-    let mut agent = Agent {
-        name: enrolled.config.name.clone(),
-        cfg,
+    let outbox = Arc::new(Outbox::open(&cfg.state_dir).context("open the unsent report queue")?);
+    let queued = Arc::new(tokio::sync::Notify::new());
+    let (status_tx, status_rx) = tokio::sync::watch::channel(Status::default());
+    let (desired_tx, desired_rx) = tokio::sync::watch::channel(None);
+    let enforcer = Enforcer {
+        cfg: cfg.clone(),
         host,
         current,
-        facts: Arc::new(serde_json::Value::Null),
-        facts_hash: String::new(),
-        facts_sent: None,
-        unsent: None,
+        status: status_tx,
+        outbox: outbox.clone(),
+        queued: queued.clone(),
         next_resync: Instant::now(),
     };
-    agent.refresh_facts();
-    tokio::pin!(shutdown);
-    // Enforce what we had before talking to anyone: the controller may be away.
-    agent.run_current("startup").await;
-    let mut backoff = BACKOFF_MIN;
-    loop {
-        let started = Instant::now();
-        let result = tokio::select! {
-            r = agent.session(&enrolled) => r,
-            _ = &mut shutdown => return Ok(()),
-        };
-        if let Err(e) = result {
-            tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, "controller unreachable; enforcing the cached state");
-        }
-        if started.elapsed() > Duration::from_secs(30) {
-            backoff = BACKOFF_MIN;
-        }
-        let wait = backoff.mul_f64(jitter(0.5, 1.0));
-        let retry_at = Instant::now() + wait;
-        // While away: keep repairing drift on schedule, then retry.
-        loop {
-            tokio::select! {
-                _ = tokio::time::sleep_until(retry_at.into()) => break,
-                _ = tokio::time::sleep_until(agent.next_resync.into()) => agent.run_current("resync").await,
-                _ = &mut shutdown => return Ok(()),
-            }
-        }
-        backoff = (backoff * 2).min(BACKOFF_MAX);
+    enforcer.publish(None);
+    let link = Link {
+        name: enrolled.config.name.clone(),
+        cfg,
+        status: status_rx,
+        desired: desired_tx,
+        outbox,
+        queued,
+        facts_sent: None,
+    };
+    tokio::select! {
+        _ = enforcer.run(desired_rx) => Ok(()),
+        _ = link.run(enrolled) => Ok(()),
+        _ = shutdown => Ok(()),
     }
 }

@@ -8,6 +8,7 @@ pub mod daemon;
 pub mod engine;
 pub mod facts;
 pub mod host;
+pub mod outbox;
 
 mod cron;
 mod directory;

@@ -20,6 +20,19 @@ impl From<FleetError> for Status {
             FleetError::NotFound(m) => Status::not_found(m),
             FleetError::Conflict(m) => Status::failed_precondition(m),
             FleetError::Denied(m) => Status::permission_denied(m),
+            FleetError::Internal(e)
+                if e.chain().any(|c| {
+                    matches!(
+                        c.downcast_ref::<crate::store::StoreError>(),
+                        Some(crate::store::StoreError::NoSpace(_))
+                    )
+                }) =>
+            {
+                tracing::error!(error = %format!("{e:#}"), "store full");
+                Status::resource_exhausted(
+                    "no space left on the controller's data dir; nothing was written (reads still work, writes resume once space is freed)",
+                )
+            }
             FleetError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");
                 Status::internal("internal error; see the controller's log")

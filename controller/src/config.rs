@@ -3,6 +3,7 @@
 //! Convention over configuration: every command works with no flags on one
 //! machine; flags beat the config file, which beats these defaults.
 
+use crate::listener::ConnLimits;
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -51,6 +52,8 @@ pub struct ServeConfig {
     pub stale_after: Duration,
     /// The agent binary served to bootstrapping nodes; found beside `ballast` when unset.
     pub agent_binary: Option<PathBuf>,
+    /// Timeouts and caps at the accept boundary.
+    pub connections: ConnLimits,
 }
 
 impl ServeConfig {
@@ -63,6 +66,7 @@ impl ServeConfig {
             advertise: Vec::new(),
             stale_after: DEFAULT_STALE_AFTER,
             agent_binary: None,
+            connections: ConnLimits::default(),
         }
     }
 }
@@ -74,10 +78,49 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub advertise: Vec<String>,
     pub stale_after: Option<Duration>,
+    pub handshake_timeout: Option<Duration>,
+    pub idle_timeout: Option<Duration>,
+    pub max_connections: Option<usize>,
+    pub max_connections_per_address: Option<usize>,
+}
+
+impl FileConfig {
+    /// Sets the connection limits this file names; the others stay as they are.
+    pub fn merge_connections(&self, limits: &mut ConnLimits) {
+        if let Some(d) = self.handshake_timeout {
+            limits.handshake_timeout = d;
+        }
+        if let Some(d) = self.idle_timeout {
+            limits.idle_timeout = d;
+        }
+        if let Some(n) = self.max_connections {
+            limits.max_connections = Some(n);
+        }
+        if let Some(n) = self.max_connections_per_address {
+            limits.max_connections_per_address = n;
+        }
+    }
+}
+
+const KEYS: &str = "listen, data_dir, advertise, stale_after, handshake_timeout, idle_timeout, max_connections, max_connections_per_address";
+
+fn duration(n: usize, key: &str, value: &str) -> Result<Duration, String> {
+    ballast_proto::parse_duration(value).map_err(|e| format!("{n}: {key}: {e}"))
+}
+
+fn count(n: usize, key: &str, value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(v) if v > 0 => Ok(v),
+        _ => Err(format!(
+            "{n}: {key}: expected a whole number of connections above 0, got {value:?}"
+        )),
+    }
 }
 
 /// Reads a config file of flat `key: value` lines (YAML subset):
-/// `listen`, `data_dir`, `advertise` (comma separated), `stale_after`.
+/// `listen`, `data_dir`, `advertise` (comma separated), `stale_after`, and the
+/// connection limits `handshake_timeout`, `idle_timeout` (durations),
+/// `max_connections`, `max_connections_per_address` (counts).
 pub fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read config file {}", path.display()))?;
@@ -96,7 +139,8 @@ fn parse_file_config(text: &str) -> Result<FileConfig, String> {
             return Err(format!("{n}: expected `key: value`, got {line:?}"));
         };
         let value = value.trim().trim_matches('"');
-        match key.trim() {
+        let key = key.trim();
+        match key {
             "listen" => {
                 cfg.listen = Some(value.parse().map_err(|e| {
                     format!("{n}: listen: {e}; expected HOST:PORT such as 127.0.0.1:8440")
@@ -116,10 +160,14 @@ fn parse_file_config(text: &str) -> Result<FileConfig, String> {
                         .map_err(|e| format!("{n}: stale_after: {e}"))?,
                 )
             }
+            "handshake_timeout" => cfg.handshake_timeout = Some(duration(n, key, value)?),
+            "idle_timeout" => cfg.idle_timeout = Some(duration(n, key, value)?),
+            "max_connections" => cfg.max_connections = Some(count(n, key, value)?),
+            "max_connections_per_address" => {
+                cfg.max_connections_per_address = Some(count(n, key, value)?)
+            }
             other => {
-                return Err(format!(
-                    "{n}: unknown key `{other}`; allowed: listen, data_dir, advertise, stale_after"
-                ));
+                return Err(format!("{n}: unknown key `{other}`; allowed: {KEYS}"));
             }
         }
     }
@@ -135,7 +183,7 @@ mod tests {
         let err = parse_file_config("listen: 127.0.0.1:9000\nlisten_addr: x\n").unwrap_err();
         assert_eq!(
             err,
-            "2: unknown key `listen_addr`; allowed: listen, data_dir, advertise, stale_after"
+            format!("2: unknown key `listen_addr`; allowed: {KEYS}")
         );
         let ok = parse_file_config(
             "# c\nlisten: 0.0.0.0:8440\nadvertise: ctl.example, 10.0.0.1\nstale_after: 2m\n",
@@ -143,5 +191,27 @@ mod tests {
         .unwrap();
         assert_eq!(ok.advertise, vec!["ctl.example", "10.0.0.1"]);
         assert_eq!(ok.stale_after, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn connection_limits_come_from_the_config_file() {
+        let f = parse_file_config(
+            "handshake_timeout: 3s\nidle_timeout: 1m\nmax_connections: 5000\nmax_connections_per_address: 64\n",
+        )
+        .unwrap();
+        let mut limits = ConnLimits::default();
+        f.merge_connections(&mut limits);
+        assert_eq!(limits.handshake_timeout, Duration::from_secs(3));
+        assert_eq!(limits.idle_timeout, Duration::from_secs(60));
+        assert_eq!(limits.max_connections, Some(5000));
+        assert_eq!(limits.max_connections_per_address, 64);
+        assert_eq!(
+            parse_file_config("max_connections: 0\n").unwrap_err(),
+            "1: max_connections: expected a whole number of connections above 0, got \"0\""
+        );
+        assert_eq!(
+            parse_file_config("idle_timeout: 0s\n").unwrap_err(),
+            "1: idle_timeout: invalid duration \"0s\": it must be more than zero"
+        );
     }
 }

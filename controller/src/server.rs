@@ -7,13 +7,13 @@ use crate::bootstrap;
 use crate::ca::Ca;
 use crate::config::ServeConfig;
 use crate::fleet::Fleet;
+use crate::listener::Incoming;
 use crate::store::RedbStore;
 use anyhow::Context;
 use ballast_proto::{MAX_MESSAGE_BYTES, pb};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::Duration;
 use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// Where the controller keeps its certificates and keys, inside the data dir.
@@ -83,7 +83,8 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         .identity(Identity::from_pem(server_chain, server_key))
         .client_ca_root(Certificate::from_pem(ca.cert_pem()))
         // Enrollment has no certificate yet; every other method is refused without one (authz).
-        .client_auth_optional(true);
+        .client_auth_optional(true)
+        .timeout(cfg.connections.handshake_timeout);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listen on {}", cfg.listen))?;
@@ -125,13 +126,13 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
     let router = Server::builder()
         .tls_config(tls)?
         .accept_http1(true)
-        .http2_keepalive_interval(Some(Duration::from_secs(30)))
-        .http2_keepalive_timeout(Some(Duration::from_secs(20)))
-        .tcp_nodelay(true)
+        .http2_keepalive_interval(Some(cfg.connections.keepalive_interval))
+        .http2_keepalive_timeout(Some(cfg.connections.keepalive_timeout))
         .layer(AuthzLayer::new(fleet))
         .add_routes(routes);
     let (shutdown, rx) = tokio::sync::oneshot::channel::<()>();
-    let incoming = tonic::transport::server::TcpIncoming::from(listener);
+    // Limits at the accept boundary: caps, idle timeout (see `listener`).
+    let incoming = Incoming::new(listener, cfg.connections.clone());
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = rx.await;
     }));

@@ -240,6 +240,29 @@ impl TestAgent {
         }
     }
 
+    /// Enrolls a new node with `token` at a controller given by address and CA
+    /// fingerprint (e.g. a [`ControllerProcess`]).
+    pub async fn enroll_at(
+        controller: &str,
+        fingerprint: &str,
+        token: &str,
+        name: &str,
+    ) -> TestAgent {
+        let state = tempfile::tempdir().expect("state dir");
+        let root = tempfile::tempdir().expect("root dir");
+        ballast_agent::client::enroll(state.path(), controller, token, fingerprint, name)
+            .await
+            .expect("enrollment succeeds");
+        TestAgent {
+            name: name.into(),
+            state,
+            root,
+            controller: controller.into(),
+            shutdown: None,
+            task: None,
+        }
+    }
+
     /// Starts the daemon in this process.
     pub fn start(&mut self, interval: Duration) {
         let cfg = DaemonConfig {
@@ -289,6 +312,240 @@ pub async fn eventually(timeout: Duration, what: &str, mut cond: impl FnMut() ->
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+/// The `ballast` binary: `BALLAST_BIN`, else beside the test binary's `deps/`
+/// (scripts/test.sh builds it first), else under the workspace's `target/debug`.
+pub fn controller_binary() -> PathBuf {
+    if let Some(p) = std::env::var_os("BALLAST_BIN") {
+        return PathBuf::from(p);
+    }
+    let beside = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("ballast")));
+    let p = beside
+        .filter(|p| p.exists())
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/ballast"));
+    assert!(
+        p.exists(),
+        "{} is missing: run `cargo build -p ballast-controller` first",
+        p.display()
+    );
+    p
+}
+
+/// A real `ballast serve` process on `127.0.0.1` with a temporary data dir;
+/// killed (SIGKILL) when dropped.
+pub struct ControllerProcess {
+    pub dir: TempDir,
+    pub addr: SocketAddr,
+    pub fingerprint: String,
+    data: PathBuf,
+    config: PathBuf,
+    child: Option<std::process::Child>,
+}
+
+impl ControllerProcess {
+    /// Starts `ballast serve --config FILE` where FILE holds `listen`,
+    /// `data_dir` and the `key: value` lines of `extra_config`.
+    pub async fn start(extra_config: &str) -> ControllerProcess {
+        Self::start_at(None, extra_config).await
+    }
+
+    /// Like [`ControllerProcess::start`], with the data dir at `data_dir`
+    /// (default: inside the process's temp dir).
+    pub async fn start_at(data_dir: Option<&Path>, extra_config: &str) -> ControllerProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let config = dir.path().join("controller.yaml");
+        let data = data_dir
+            .map(Path::to_owned)
+            .unwrap_or_else(|| dir.path().join("data"));
+        std::fs::write(
+            &config,
+            format!(
+                "listen: {addr}\ndata_dir: {}\n{extra_config}\n",
+                data.display()
+            ),
+        )
+        .expect("write controller config");
+        let mut c = ControllerProcess {
+            dir,
+            addr,
+            fingerprint: String::new(),
+            data,
+            config,
+            child: None,
+        };
+        c.restart().await;
+        let pem = std::fs::read_to_string(c.data_dir().join("pki/ca.pem")).expect("ca.pem");
+        c.fingerprint = ballast_controller::cli::fingerprint_of_pem(&pem).expect("fingerprint");
+        c
+    }
+
+    pub fn data_dir(&self) -> PathBuf {
+        self.data.clone()
+    }
+
+    pub fn controller(&self) -> String {
+        self.addr.to_string()
+    }
+
+    pub fn pid(&self) -> nix::unistd::Pid {
+        nix::unistd::Pid::from_raw(self.child.as_ref().expect("controller runs").id() as i32)
+    }
+
+    pub fn conn(&self) -> Conn {
+        Conn {
+            controller: self.controller(),
+            data_dir: Some(self.data_dir()),
+        }
+    }
+
+    pub async fn admin(&self) -> anyhow::Result<AdminClient<Channel>> {
+        ballast_controller::cli::connect(&self.conn()).await
+    }
+
+    /// Kills the process (if running), starts it again on the same address
+    /// and data dir, and waits until it answers an admin call.
+    pub async fn restart(&mut self) {
+        self.kill();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("controller.log"))
+            .expect("controller log");
+        let child = std::process::Command::new(controller_binary())
+            .arg("serve")
+            .arg("--config")
+            .arg(&self.config)
+            .env("RUST_LOG", "warn")
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("log"))
+            .stderr(log)
+            .spawn()
+            .expect("spawn ballast serve");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(mut c) = self.admin().await
+                && c.list_nodes(pb::ListNodesRequest::default()).await.is_ok()
+            {
+                return;
+            }
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!("controller exited with {status}; log:\n{}", self.log());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "controller did not answer within 30 s; log:\n{}",
+                self.log()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL, and reap.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Sends `signal` (e.g. SIGSTOP, SIGCONT) to the process.
+    pub fn signal(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(self.pid(), signal).expect("signal the controller");
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
+    }
+
+    pub async fn token(&self) -> String {
+        self.admin()
+            .await
+            .expect("admin client connects")
+            .create_token(pb::CreateTokenRequest {
+                labels: Default::default(),
+                ttl_seconds: 600,
+                name: String::new(),
+            })
+            .await
+            .expect("token created")
+            .into_inner()
+            .token
+    }
+}
+
+impl Drop for ControllerProcess {
+    fn drop(&mut self) {
+        if let Some(child) = &self.child {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(child.id() as i32),
+                nix::sys::signal::Signal::SIGCONT,
+            );
+        }
+        self.kill();
+    }
+}
+
+/// A small tmpfs mounted on a temporary directory (needs root), unmounted
+/// when dropped: a filesystem a test can fill.
+pub struct Tmpfs {
+    dir: TempDir,
+}
+
+impl Tmpfs {
+    /// Mounts a tmpfs of `size` (e.g. `32m`); `None` when not root.
+    pub fn mount(size: &str) -> Option<Tmpfs> {
+        if !nix::unistd::geteuid().is_root() {
+            eprintln!("skipped: mounting a tmpfs needs root");
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("mount point");
+        let ok = std::process::Command::new("mount")
+            .args([
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size},mode=0700"),
+                "tmpfs",
+            ])
+            .arg(dir.path())
+            .status()
+            .expect("run mount")
+            .success();
+        assert!(ok, "mount a tmpfs on {}", dir.path().display());
+        Some(Tmpfs { dir })
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Writes one file until the filesystem is full; returns its path.
+    pub fn fill(&self) -> PathBuf {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let mut f = std::fs::File::create(&path).expect("create filler");
+        let block = vec![0u8; 64 << 10];
+        while f.write_all(&block).is_ok() {}
+        while f.write_all(&block[..512]).is_ok() {}
+        path
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
 /// A port nothing listens on right now, on loopback.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

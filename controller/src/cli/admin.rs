@@ -123,6 +123,7 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
         None => None,
     };
     if let Some(f) = file {
+        f.merge_connections(&mut cfg.connections);
         cfg.listen = f.listen.unwrap_or(cfg.listen);
         cfg.data_dir = f.data_dir.unwrap_or(cfg.data_dir);
         cfg.advertise = f.advertise;

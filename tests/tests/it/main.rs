@@ -1,10 +1,13 @@
 //! The one integration test binary: the real controller and real agents over
 //! loopback mutual TLS. Topics are modules.
 
+mod agent_link;
 mod bad_input;
 mod bootstrap;
 mod cli;
 mod code_map;
+mod connections;
+mod controller_faults;
 mod e2e;
 mod nodes;
 mod packaging;

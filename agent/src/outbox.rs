@@ -1,0 +1,264 @@
+//! Run reports the controller has not acknowledged yet, kept in the state dir
+//! (`outbox/NNNNNNNNNNNNNNNNNNNN.report`, protobuf) so that what the agent saw
+//! while the controller was away reaches it, in order, once it is back, even
+//! across agent restarts.
+//!
+//! Invariants: reports leave in the order they were made; one is removed only
+//! once the controller acknowledged it (or refused it as invalid); the queue
+//! is bounded by count and bytes, and overflow drops the oldest.
+
+use crate::cache::write_atomic;
+use anyhow::Context;
+use ballast_proto::pb;
+use prost::Message;
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+/// Reports kept at most; the oldest go first.
+pub const MAX_UNSENT_REPORTS: usize = 64;
+/// Bytes of reports kept at most (the newest report is always kept).
+pub const MAX_UNSENT_BYTES: u64 = 16 << 20;
+const DIR: &str = "outbox";
+const SUFFIX: &str = ".report";
+
+#[derive(Debug, Clone, Copy)]
+struct Queued {
+    seq: u64,
+    bytes: u64,
+    /// Nothing changed or failed: a later quiet run of the same state says the same.
+    quiet: bool,
+    revision: u64,
+}
+
+/// The on-disk queue of unsent reports.
+pub struct Outbox {
+    dir: PathBuf,
+    queue: Mutex<VecDeque<Queued>>,
+}
+
+fn is_quiet(report: &pb::RunReport) -> bool {
+    !report.noop
+        && report.resources.iter().all(|r| {
+            r.outcome == pb::Outcome::Unchanged as i32 && r.changes.is_empty() && r.error.is_empty()
+        })
+}
+
+impl Outbox {
+    /// Opens (or creates) the queue in `state_dir`, dropping anything that is
+    /// not a queued report (temp files of an interrupted write).
+    pub fn open(state_dir: &Path) -> anyhow::Result<Outbox> {
+        let dir = state_dir.join(DIR);
+        crate::client::create_private_dir(&dir)?;
+        let mut queue = Vec::new();
+        for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
+            let entry = entry.with_context(|| format!("read {}", dir.display()))?;
+            let name = entry.file_name();
+            let seq = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(SUFFIX))
+                .filter(|n| n.len() == 20)
+                .and_then(|n| n.parse::<u64>().ok());
+            let Some(seq) = seq else {
+                let _ = std::fs::remove_file(entry.path());
+                continue;
+            };
+            let bytes = std::fs::read(entry.path())
+                .with_context(|| format!("read {}", entry.path().display()))?;
+            match pb::RunReport::decode(bytes.as_slice()) {
+                Ok(report) => queue.push(Queued {
+                    seq,
+                    bytes: bytes.len() as u64,
+                    quiet: is_quiet(&report),
+                    revision: report.revision,
+                }),
+                Err(e) => {
+                    tracing::warn!(path = %entry.path().display(), error = %e, "dropping an unreadable queued report");
+                    let _ = std::fs::remove_file(entry.path());
+                }
+            }
+        }
+        queue.sort_by_key(|q| q.seq);
+        let outbox = Outbox {
+            dir,
+            queue: Mutex::new(queue.into()),
+        };
+        outbox.prune(&mut outbox.lock());
+        Ok(outbox)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<Queued>> {
+        self.queue.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn path(&self, seq: u64) -> PathBuf {
+        self.dir.join(format!("{seq:020}{SUFFIX}"))
+    }
+
+    /// Queues a report durably. A quiet run right after a quiet run of the
+    /// same revision replaces it: it tells the controller nothing more.
+    pub fn push(&self, report: &pb::RunReport) -> anyhow::Result<()> {
+        let bytes = report.encode_to_vec();
+        let mut queue = self.lock();
+        let seq = queue.back().map(|q| q.seq + 1).unwrap_or(1);
+        let quiet = is_quiet(report);
+        write_atomic(&self.path(seq), &bytes, 0o600)?;
+        if quiet
+            && let Some(last) = queue.back().copied()
+            && last.quiet
+            && last.revision == report.revision
+        {
+            queue.pop_back();
+            let _ = std::fs::remove_file(self.path(last.seq));
+        }
+        queue.push_back(Queued {
+            seq,
+            bytes: bytes.len() as u64,
+            quiet,
+            revision: report.revision,
+        });
+        self.prune(&mut queue);
+        Ok(())
+    }
+
+    fn prune(&self, queue: &mut VecDeque<Queued>) {
+        let mut total: u64 = queue.iter().map(|q| q.bytes).sum();
+        let mut dropped = 0;
+        while queue.len() > MAX_UNSENT_REPORTS || (total > MAX_UNSENT_BYTES && queue.len() > 1) {
+            let Some(old) = queue.pop_front() else { break };
+            total -= old.bytes;
+            dropped += 1;
+            let _ = std::fs::remove_file(self.path(old.seq));
+        }
+        if dropped > 0 {
+            tracing::warn!(
+                dropped,
+                kept = queue.len(),
+                "unsent report queue full; dropped the oldest reports"
+            );
+        }
+    }
+
+    /// The oldest queued report, with its sequence number for [`Outbox::remove`].
+    pub fn front(&self) -> anyhow::Result<Option<(u64, pb::RunReport)>> {
+        loop {
+            let Some(first) = self.lock().front().copied() else {
+                return Ok(None);
+            };
+            let path = self.path(first.seq);
+            let decoded = std::fs::read(&path)
+                .with_context(|| format!("read {}", path.display()))
+                .and_then(|b| {
+                    pb::RunReport::decode(b.as_slice())
+                        .with_context(|| format!("decode {}", path.display()))
+                });
+            match decoded {
+                Ok(report) => return Ok(Some((first.seq, report))),
+                Err(e) => {
+                    tracing::warn!(error = %format!("{e:#}"), "dropping an unreadable queued report");
+                    self.remove(first.seq);
+                }
+            }
+        }
+    }
+
+    /// Forgets a delivered report.
+    pub fn remove(&self, seq: u64) {
+        let mut queue = self.lock();
+        if let Some(i) = queue.iter().position(|q| q.seq == seq) {
+            queue.remove(i);
+        }
+        let _ = std::fs::remove_file(self.path(seq));
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(revision: u64, trigger: &str, changed: bool) -> pb::RunReport {
+        pb::RunReport {
+            revision,
+            trigger: trigger.into(),
+            resources: vec![pb::ResourceOutcome {
+                id: "file[/x]".into(),
+                outcome: if changed {
+                    pb::Outcome::Changed
+                } else {
+                    pb::Outcome::Unchanged
+                } as i32,
+                changes: if changed {
+                    vec!["content".into()]
+                } else {
+                    vec![]
+                },
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn drain(outbox: &Outbox) -> Vec<String> {
+        let mut out = Vec::new();
+        while let Some((seq, r)) = outbox.front().unwrap() {
+            out.push(format!("{}:{}", r.revision, r.trigger));
+            outbox.remove(seq);
+        }
+        out
+    }
+
+    #[test]
+    fn unsent_reports_survive_a_restart_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let o = Outbox::open(dir.path()).unwrap();
+            o.push(&report(1, "a", true)).unwrap();
+            o.push(&report(1, "b", false)).unwrap();
+            o.push(&report(1, "c", false)).unwrap(); // replaces "b": says nothing new
+            o.push(&report(2, "d", true)).unwrap();
+        }
+        std::fs::write(dir.path().join("outbox/.x.tmp"), b"partial").unwrap();
+        let o = Outbox::open(dir.path()).unwrap();
+        assert_eq!(drain(&o), ["1:a", "1:c", "2:d"]);
+        let o = Outbox::open(dir.path()).unwrap();
+        assert!(o.is_empty(), "delivered reports are gone for good");
+        assert_eq!(
+            std::fs::read_dir(dir.path().join("outbox"))
+                .unwrap()
+                .count(),
+            0
+        );
+    }
+
+    #[test]
+    fn unsent_reports_are_bounded_dropping_the_oldest() {
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path()).unwrap();
+        for i in 0..(MAX_UNSENT_REPORTS as u64 + 10) {
+            o.push(&report(i, "r", true)).unwrap();
+        }
+        assert_eq!(o.len(), MAX_UNSENT_REPORTS);
+        assert_eq!(o.front().unwrap().unwrap().1.revision, 10);
+        let big = pb::RunReport {
+            trigger: "x".repeat((MAX_UNSENT_BYTES / 2) as usize),
+            ..report(999, "", true)
+        };
+        o.push(&big).unwrap();
+        o.push(&big).unwrap();
+        o.push(&big).unwrap();
+        assert!(o.len() <= 2, "byte cap holds: {} kept", o.len());
+        let kept: u64 = std::fs::read_dir(dir.path().join("outbox"))
+            .unwrap()
+            .map(|e| e.unwrap().metadata().unwrap().len())
+            .sum();
+        assert!(kept <= MAX_UNSENT_BYTES + 1024, "{kept} bytes on disk");
+    }
+}
