@@ -705,3 +705,7 @@ impl Host {
         ))
     }
 }
+
+#[cfg(test)]
+#[path = "host_tests.rs"]
+mod tests;
