@@ -277,7 +277,7 @@ impl Host {
         let started = std::time::Instant::now();
         let mut synced: HashMap<u64, Result<(), String>> = HashMap::new();
         for s in &staged {
-            if !synced.contains_key(&s.dir_id.0) {
+            if let std::collections::hash_map::Entry::Vacant(slot) = synced.entry(s.dir_id.0) {
                 let r = self
                     .staged_dir(s)
                     .and_then(|d| {
@@ -286,7 +286,7 @@ impl Host {
                         })
                     })
                     .map_err(|e| format!("{e:#}"));
-                synced.insert(s.dir_id.0, r);
+                slot.insert(r);
             }
         }
         tracing::debug!(
