@@ -294,3 +294,13 @@ fn a_racing_user_never_gets_a_root_owned_or_set_id_file() {
     let m = std::fs::symlink_metadata(r.join("x")).unwrap();
     assert_eq!((m.uid(), m.mode() & 0o7777, m.nlink()), (0, 0o4755, 1));
 }
+
+#[test]
+fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (_, hard) = getrlimit(Resource::RLIMIT_NOFILE).unwrap();
+    // One below the hard limit: lower, but harmless to tests running beside.
+    setrlimit(Resource::RLIMIT_NOFILE, hard - 1, hard).unwrap();
+    assert_eq!(crate::host::raise_nofile_limit().unwrap(), hard);
+    assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
+}
