@@ -269,13 +269,18 @@ impl FileRes<'_> {
             return Ok((None, None));
         }
         // Content, owner, group or mode: a new file replaces the old one whole.
-        let mode = self
-            .spec
-            .mode
-            .or(actual.meta.map(|m| m.mode))
-            .unwrap_or(0o644);
         let uid = actual.uid.or(actual.meta.map(|m| m.uid));
         let gid = actual.gid.or(actual.meta.map(|m| m.gid));
+        // An unmanaged mode is kept, except that set-id bits do not survive
+        // a change of owner or group (as chown clears them).
+        let kept = actual.meta.map(|m| {
+            if (Some(m.uid), Some(m.gid)) == (uid, gid) {
+                m.mode
+            } else {
+                m.mode & !0o6000
+            }
+        });
+        let mode = self.spec.mode.or(kept).unwrap_or(0o644);
         let staged = match (&self.content, &actual.meta) {
             (Some(content), _) => host.stage_file(path, content, mode, uid, gid)?,
             (None, Some(seen)) => host.stage_copy(path, seen, mode, uid, gid)?,

@@ -304,3 +304,29 @@ fn the_open_file_soft_limit_is_raised_to_the_hard_limit() {
     assert_eq!(crate::host::raise_nofile_limit().unwrap(), hard);
     assert_eq!(getrlimit(Resource::RLIMIT_NOFILE).unwrap(), (hard, hard));
 }
+
+#[test]
+fn set_id_bits_do_not_survive_a_change_of_owner() {
+    if !is_root() {
+        return;
+    }
+    let root = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(root.path().join("etc")).unwrap();
+    std::fs::copy("/etc/passwd", root.path().join("etc/passwd")).unwrap();
+    std::fs::copy("/etc/group", root.path().join("etc/group")).unwrap();
+    let tool = root.path().join("etc/tool");
+    std::fs::write(&tool, "#!/bin/sh\n").unwrap();
+    std::os::unix::fs::chown(&tool, Some(65534), Some(65534)).unwrap();
+    std::fs::set_permissions(&tool, std::fs::Permissions::from_mode(0o6755)).unwrap();
+    let host = Host::new(Some(root.path().to_owned()));
+    // The mode is not managed: it is kept, but not its set-id bits.
+    let r = run(
+        &host,
+        state.path(),
+        "    files: [{path: /etc/tool, content: \"#!/bin/sh\\n\", owner: root}]\n",
+    );
+    assert_eq!(r.changed(), 1, "{:?}", errors(&r));
+    let m = std::fs::symlink_metadata(&tool).unwrap();
+    assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 65534, 0o755));
+}
