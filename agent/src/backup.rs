@@ -147,7 +147,11 @@ impl Index {
     /// Drops the oldest backups of `dir` beyond [`MAX_PER_PATH`], then the
     /// oldest of all beyond the totals (the newest backup always stays).
     fn prune(&mut self, dir: &str) {
-        while self.entries.iter().filter(|e| e.dir == dir).count() > MAX_PER_PATH {
+        self.prune_to(dir, MAX_PER_PATH, MAX_TOTAL_BYTES, MAX_TOTAL_COUNT);
+    }
+
+    fn prune_to(&mut self, dir: &str, per_path: usize, bytes: u64, count: usize) {
+        while self.entries.iter().filter(|e| e.dir == dir).count() > per_path {
             let oldest = self
                 .entries
                 .iter()
@@ -155,9 +159,7 @@ impl Index {
                 .expect("counted above");
             self.remove(oldest);
         }
-        while self.entries.len() > 1
-            && (self.total > MAX_TOTAL_BYTES || self.entries.len() > MAX_TOTAL_COUNT)
-        {
+        while self.entries.len() > 1 && (self.total > bytes || self.entries.len() > count) {
             self.remove(0);
         }
     }
@@ -240,4 +242,37 @@ pub fn list(state_dir: &Path) -> Vec<(PathBuf, u64)> {
         .iter()
         .map(|e| (index.file(e), e.size))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_oldest_backups_go_first_to_stay_within_the_totals() {
+        let state = tempfile::tempdir().unwrap();
+        let root = state.path().join(DIR);
+        // Ten paths with one 100-byte backup each, oldest first.
+        for i in 0..10u128 {
+            let dir = root.join(format!("{i:032x}"));
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(
+                dir.join(format!("{:020}-{}", 1000 + i, "ab".repeat(32))),
+                [0u8; 100],
+            )
+            .unwrap();
+        }
+        let mut index = Index::load(&root);
+        assert_eq!((index.entries.len(), index.total), (10, 1000));
+        index.prune_to(&format!("{:032x}", 9), 5, 450, 10_000);
+        assert_eq!((index.entries.len(), index.total), (4, 400));
+        index.prune_to(&format!("{:032x}", 9), 5, 10_000, 2);
+        let kept: Vec<u128> = Index::load(&root).entries.iter().map(|e| e.stamp).collect();
+        assert_eq!(kept, vec![1008, 1009], "the newest stay, on disk too");
+        assert_eq!(
+            std::fs::read_dir(&root).unwrap().count(),
+            2,
+            "emptied path dirs go"
+        );
+    }
 }
