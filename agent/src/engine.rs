@@ -611,6 +611,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         node: &state.node,
     };
     host.begin_run();
+    crate::cache::remove_orphans(opts.state_dir);
     let (mut managed, stored) = load_managed(opts.state_dir);
     let mut reports = Vec::with_capacity(state.resources.len());
     let mut broken: BTreeSet<String> = BTreeSet::new();
