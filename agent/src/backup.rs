@@ -220,6 +220,19 @@ pub fn save(host: &Host, state_dir: &Path, path: &str, content: &[u8]) -> anyhow
     Ok(tag)
 }
 
+/// On a full disk: drops the oldest backups until `bytes` (and 1 MiB more)
+/// are freed or none is left, so that putting back desired content comes
+/// before keeping old content. Returns the bytes freed.
+pub fn make_room(host: &Host, state_dir: &Path, bytes: u64) -> u64 {
+    let mut guard = lock(host);
+    let index = guard.get_or_insert_with(|| Index::load(&state_dir.join(DIR)));
+    let before = index.total;
+    while !index.entries.is_empty() && before - index.total < bytes + (1 << 20) {
+        index.remove(0);
+    }
+    before - index.total
+}
+
 /// Where the backup with `tag` (`sha256:HEX`) of `path` is, if it is kept.
 pub fn find(state_dir: &Path, path: &str, tag: &str) -> Option<PathBuf> {
     let hex = tag.strip_prefix("sha256:")?;

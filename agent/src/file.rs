@@ -281,10 +281,29 @@ impl FileRes<'_> {
             }
         });
         let mode = self.spec.mode.or(kept).unwrap_or(0o644);
-        let staged = match (&self.content, &actual.meta) {
-            (Some(content), _) => host.stage_file(path, content, mode, uid, gid)?,
-            (None, Some(seen)) => host.stage_copy(path, seen, mode, uid, gid)?,
-            (None, None) => host.stage_file(path, b"", mode, uid, gid)?,
+        let stage = || match (&self.content, &actual.meta) {
+            (Some(content), _) => host.stage_file(path, content, mode, uid, gid),
+            (None, Some(seen)) => host.stage_copy(path, seen, mode, uid, gid),
+            (None, None) => host.stage_file(path, b"", mode, uid, gid),
+        };
+        let staged = match stage() {
+            Ok(s) => s,
+            // A full disk: the agent's own backups give way to the repair.
+            Err(e) if is_out_of_space(&e) => {
+                let need = self.content.as_ref().map_or(0, |c| c.len() as u64)
+                    + actual.meta.map_or(0, |m| m.size);
+                let freed = crate::backup::make_room(host, self.state_dir, need);
+                if freed == 0 {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    path,
+                    freed,
+                    "disk full: dropped the oldest backups to write the file"
+                );
+                stage()?
+            }
+            Err(e) => return Err(e),
         };
         // The new content is written first: on a nearly full disk the
         // backup of the old content is what is given up, not the repair.

@@ -196,6 +196,37 @@ fn a_full_disk_still_lets_the_agent_put_back_smaller_content() {
     );
 }
 
+#[test]
+fn a_disk_with_no_room_at_all_gives_up_old_backups_for_the_repair() {
+    if !is_root() {
+        return;
+    }
+    let fs = Tmpfs::mount("4m");
+    let (root, state) = (fs.path().join("root"), fs.path().join("state"));
+    std::fs::create_dir_all(root.join("srv")).unwrap();
+    std::fs::create_dir_all(&state).unwrap();
+    let host = Host::new(Some(root.clone()));
+    let yaml = "    files: [{path: /srv/app.conf, content: \"known good\\n\"}]\n";
+    assert_eq!(run(&host, &state, yaml).changed(), 1);
+    let conf = root.join("srv/app.conf");
+    // Earlier drift left backups behind (5 x 400 KiB).
+    for i in 0..5u8 {
+        std::fs::write(&conf, vec![b'a' + i; 400 << 10]).unwrap();
+        assert_eq!(run(&host, &state, yaml).changed(), 1);
+    }
+    // Now the disk is full to the last byte.
+    std::fs::write(&conf, vec![b'x'; 512 << 10]).unwrap();
+    let mut f = std::fs::File::create(fs.path().join("filler")).unwrap();
+    for size in [64 << 10, 4 << 10, 512, 1] {
+        let chunk = vec![0u8; size];
+        while std::io::Write::write_all(&mut f, &chunk).is_ok() {}
+    }
+    drop(f);
+    let r = run(&host, &state, yaml);
+    assert_eq!(r.resources[0].outcome, Outcome::Changed, "{:?}", errors(&r));
+    assert_eq!(std::fs::read_to_string(&conf).unwrap(), "known good\n");
+}
+
 const RACER: &str = r#"
 import os, sys, time
 r, keep, stop = sys.argv[1], sys.argv[2], sys.argv[3]
