@@ -50,6 +50,50 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> 
     result
 }
 
+/// Whether `name` is a temp file of [`write_atomic`]: `.NAME.HEX16.tmp`.
+fn is_temp_name(name: &str) -> bool {
+    name.strip_prefix('.')
+        .and_then(|s| s.strip_suffix(".tmp"))
+        .and_then(|s| s.rsplit_once('.'))
+        .is_some_and(|(target, hex)| {
+            !target.is_empty()
+                && hex.len() == 16
+                && hex
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+        })
+}
+
+/// Temp files of [`write_atomic`] older than this are orphans: no write
+/// takes that long, so a crash or a kill left them.
+pub const ORPHAN_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Removes orphaned temp files of [`write_atomic`] from the state dir.
+pub fn remove_orphans(state_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(state_dir) else {
+        return;
+    };
+    for e in entries.filter_map(Result::ok) {
+        let name = e.file_name();
+        let old = e
+            .metadata()
+            .and_then(|m| m.modified())
+            .ok()
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > ORPHAN_AGE);
+        if name.to_str().is_some_and(is_temp_name) && old {
+            match std::fs::remove_file(e.path()) {
+                Ok(()) => {
+                    tracing::info!(file = %e.path().display(), "removed an orphaned temp file")
+                }
+                Err(err) => {
+                    tracing::warn!(file = %e.path().display(), error = %err, "could not remove an orphaned temp file")
+                }
+            }
+        }
+    }
+}
+
 pub fn store(state_dir: &Path, revision: u64, hash: &str, document: &[u8]) -> anyhow::Result<()> {
     let doc: serde_json::Value =
         serde_json::from_slice(document).context("desired state document is not JSON")?;
@@ -95,4 +139,35 @@ pub fn load(state_dir: &Path) -> anyhow::Result<Option<Cached>> {
         hash,
         state,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn orphaned_temp_files_in_the_state_dir_are_removed_once_old() {
+        let dir = tempfile::tempdir().unwrap();
+        let orphan = dir.path().join(".managed.json.0123456789abcdef.tmp");
+        let fresh = dir.path().join(".desired.json.fedcba9876543210.tmp");
+        let other = dir.path().join(".managed.json.0123456789ABCDEF.tmp");
+        for f in [&orphan, &fresh, &other] {
+            std::fs::write(f, "x").unwrap();
+        }
+        let long_ago = std::time::SystemTime::now() - ORPHAN_AGE * 2;
+        for f in [&orphan, &other] {
+            std::fs::File::options()
+                .write(true)
+                .open(f)
+                .unwrap()
+                .set_modified(long_ago)
+                .unwrap();
+        }
+        write_atomic(&dir.path().join("managed.json"), b"{}", 0o600).unwrap();
+        remove_orphans(dir.path());
+        assert!(!orphan.exists(), "an old orphan goes");
+        assert!(fresh.exists(), "a write that may be in flight stays");
+        assert!(other.exists(), "not our pattern");
+        assert!(dir.path().join("managed.json").exists());
+    }
 }

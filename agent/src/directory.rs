@@ -165,23 +165,41 @@ impl Resource for DirRes<'_> {
     fn apply(
         &self,
         host: &Host,
-        _actual: &Observed,
+        actual: &Observed,
         changes: &[Change],
     ) -> anyhow::Result<Option<String>> {
         let path = &self.spec.path;
         for c in changes {
             match c {
                 Change::Create { parents, uid, gid } => {
-                    host.mkdir(path, self.spec.mode.unwrap_or(0o755), !parents.is_empty())?;
-                    if uid.is_some() || gid.is_some() {
-                        host.set_meta(path, None, *uid, *gid)?;
-                    }
+                    host.mkdir_owned(
+                        path,
+                        self.spec.mode.unwrap_or(0o755),
+                        !parents.is_empty(),
+                        *uid,
+                        *gid,
+                    )?;
                 }
-                Change::Mode { to, .. } => host.set_meta(path, Some(*to), None, None)?,
-                Change::Owner { to, .. } => host.set_meta(path, None, Some(*to), None)?,
-                Change::Group { to, .. } => host.set_meta(path, None, None, Some(*to))?,
                 Change::Remove => host.rmdir(path)?,
+                Change::Mode { .. } | Change::Owner { .. } | Change::Group { .. } => {}
             }
+        }
+        // Owner, group and mode together, through one descriptor of the
+        // directory that was observed: owner first, then mode.
+        let mode = changes.iter().find_map(|c| match c {
+            Change::Mode { to, .. } => Some(*to),
+            _ => None,
+        });
+        let uid = changes.iter().find_map(|c| match c {
+            Change::Owner { to, .. } => Some(*to),
+            _ => None,
+        });
+        let gid = changes.iter().find_map(|c| match c {
+            Change::Group { to, .. } => Some(*to),
+            _ => None,
+        });
+        if mode.is_some() || uid.is_some() || gid.is_some() {
+            host.set_dir_meta(path, actual.meta.as_ref(), mode, uid, gid)?;
         }
         Ok(None)
     }

@@ -570,6 +570,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         node: &state.node,
     };
     host.begin_run();
+    crate::cache::remove_orphans(opts.state_dir);
     let (mut managed, stored) = load_managed(opts.state_dir);
     let desired: BTreeSet<String> = state.resources.iter().map(|r| r.id()).collect();
     // What left the desired state and the agent created: removed by its kind.

@@ -154,10 +154,7 @@ fn drift_is_repaired_and_noop_reports_the_same_changes_without_making_them() {
     // The replaced content was backed up by hash.
     let backup = real.resources[1].backup.clone().expect("a backup");
     let saved = std::fs::read_to_string(
-        sb.state
-            .path()
-            .join("backups")
-            .join(backup.trim_start_matches("sha256:")),
+        crate::backup::find(sb.state.path(), "/etc/app/a.conf", &backup).expect("kept"),
     )
     .unwrap();
     assert_eq!(saved, "tampered\n");

@@ -1,16 +1,20 @@
 //! `file` resources: content (literal or a minijinja template), owner, group,
 //! mode, present or absent. Writes are atomic; replaced or deleted content is
-//! backed up by SHA-256 under the state dir.
+//! backed up by SHA-256 under the state dir (see [`crate::backup`]).
+//!
+//! Invariant: an existing file is never chowned or chmodded in place. Its
+//! metadata and content are observed through one descriptor, and any change
+//! (content, owner, group or mode) writes a new file that only the agent
+//! could open, with owner then mode set, and renames it over the old one: a
+//! hard link to the old file, or a descriptor someone holds on it, never
+//! gains the new owner or mode.
 
 use crate::engine::{Context, Resource};
 use crate::host::{Host, Kind, Meta, PENDING_ID, Staged};
-use anyhow::{Context as _, bail};
+use anyhow::bail;
 use ballast_proto::spec::{Ensure, File};
 use std::fmt;
 use std::path::Path;
-
-/// Contents larger than this are not backed up (the change says so).
-pub const BACKUP_CAP: u64 = 16 * 1024 * 1024;
 
 pub struct FileRes<'a> {
     spec: &'a File,
@@ -96,27 +100,40 @@ pub fn ids(
     Ok((uid, gid))
 }
 
-/// Copies the current content of `path` to `state_dir/backups/HEX` (once per
-/// content); returns its `sha256:HEX`, or `None` above the size cap.
+/// Backs up the current content of `path` (see [`crate::backup`]); returns
+/// its `sha256:HEX`, or `None` above the size cap. Best effort on a full
+/// disk: the backup is skipped (and logged), so that a full disk never stops
+/// the agent from putting back known-good content or removing a file.
 pub fn backup(
     host: &Host,
     state_dir: &Path,
     path: &str,
     size: u64,
 ) -> anyhow::Result<Option<String>> {
-    if size > BACKUP_CAP {
+    if size > crate::backup::MAX_BACKUP_SIZE {
         return Ok(None);
     }
     let old = host.read_file(path)?;
-    let tag = ballast_proto::sha256_tag(&old);
-    let dir = state_dir.join("backups");
-    let dest = dir.join(tag.trim_start_matches("sha256:"));
-    if !dest.exists() {
-        crate::client::create_private_dir(&dir)?;
-        crate::cache::write_atomic(&dest, &old, 0o600)
-            .with_context(|| format!("back up {path}"))?;
+    match crate::backup::save(host, state_dir, path, &old) {
+        Ok(tag) => Ok(Some(tag)),
+        Err(e) if is_out_of_space(&e) => {
+            tracing::warn!(path, error = %format!("{e:#}"), "no space for a backup; replacing without one");
+            Ok(None)
+        }
+        Err(e) => Err(e),
     }
-    Ok(Some(tag))
+}
+
+/// Whether an error comes from a full disk or an exhausted quota.
+fn is_out_of_space(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .and_then(std::io::Error::raw_os_error)
+            .or_else(|| c.downcast_ref::<nix::errno::Errno>().map(|e| *e as i32))
+            .is_some_and(|n| {
+                n == nix::errno::Errno::ENOSPC as i32 || n == nix::errno::Errno::EDQUOT as i32
+            })
+    })
 }
 
 impl Resource for FileRes<'_> {
@@ -132,7 +149,11 @@ impl Resource for FileRes<'_> {
     }
 
     fn observe(&self, host: &Host) -> anyhow::Result<Observed> {
-        let meta = host.lstat(&self.spec.path)?;
+        let want = self.content.as_ref().map(|c| c.len() as u64);
+        let (meta, current) = match host.observe_file(&self.spec.path, want)? {
+            Some((m, c)) => (Some(m), c),
+            None => (None, None),
+        };
         if meta.is_none() && self.spec.ensure == Ensure::Present {
             host.require_parent(&self.spec.path)?;
         }
@@ -145,12 +166,7 @@ impl Resource for FileRes<'_> {
                 m.kind
             );
         }
-        let same_content = match (&meta, &self.content) {
-            (Some(m), Some(want)) if m.size == want.len() as u64 => {
-                host.read_file(&self.spec.path)? == *want
-            }
-            _ => false,
-        };
+        let same_content = matches!((&current, &self.content), (Some(c), Some(w)) if c == w);
         let (uid, gid) = if self.spec.ensure == Ensure::Present {
             ids(host, self.spec.owner.as_deref(), self.spec.group.as_deref())?
         } else {
@@ -232,40 +248,66 @@ impl FileRes<'_> {
         changes: &[Change],
     ) -> anyhow::Result<(Option<String>, Option<Staged>)> {
         let path = &self.spec.path;
-        let mut backup_tag = None;
-        for c in changes {
-            match c {
-                Change::Remove => {
-                    let m = actual.meta.expect("remove only when present");
-                    backup_tag = backup(host, self.state_dir, path, m.size)?;
-                    host.unlink(path)?;
-                }
-                Change::Create { .. } | Change::Content { .. } => {
-                    if let (Change::Content { from, .. }, Some(_)) = (c, &actual.meta) {
-                        backup_tag = backup(host, self.state_dir, path, *from)?;
-                    }
-                    let mode = self
-                        .spec
-                        .mode
-                        .or(actual.meta.map(|m| m.mode))
-                        .unwrap_or(0o644);
-                    let uid = actual.uid.or(actual.meta.map(|m| m.uid));
-                    let gid = actual.gid.or(actual.meta.map(|m| m.gid));
-                    // The new file carries owner, group and mode: nothing else to do.
-                    let staged = host.stage_file(
-                        path,
-                        self.content.as_deref().unwrap_or_default(),
-                        mode,
-                        uid,
-                        gid,
-                    )?;
-                    return Ok((backup_tag, Some(staged)));
-                }
-                Change::Mode { to, .. } => host.set_meta(path, Some(*to), None, None)?,
-                Change::Owner { to, .. } => host.set_meta(path, None, Some(*to), None)?,
-                Change::Group { to, .. } => host.set_meta(path, None, None, Some(*to))?,
-            }
+        if changes.contains(&Change::Remove) {
+            let m = actual.meta.expect("remove only when present");
+            let tag = backup(host, self.state_dir, path, m.size)?;
+            host.unlink(path)?;
+            return Ok((tag, None));
         }
-        Ok((backup_tag, None))
+        if changes.is_empty() {
+            return Ok((None, None));
+        }
+        // Content, owner, group or mode: a new file replaces the old one whole.
+        let uid = actual.uid.or(actual.meta.map(|m| m.uid));
+        let gid = actual.gid.or(actual.meta.map(|m| m.gid));
+        // An unmanaged mode is kept, except that set-id bits do not survive
+        // a change of owner or group (as chown clears them).
+        let kept = actual.meta.map(|m| {
+            if (Some(m.uid), Some(m.gid)) == (uid, gid) {
+                m.mode
+            } else {
+                m.mode & !0o6000
+            }
+        });
+        let mode = self.spec.mode.or(kept).unwrap_or(0o644);
+        let stage = || match (&self.content, &actual.meta) {
+            (Some(content), _) => host.stage_file(path, content, mode, uid, gid),
+            (None, Some(seen)) => host.stage_copy(path, seen, mode, uid, gid),
+            (None, None) => host.stage_file(path, b"", mode, uid, gid),
+        };
+        let staged = match stage() {
+            Ok(s) => s,
+            // A full disk: the agent's own backups give way to the repair.
+            Err(e) if is_out_of_space(&e) => {
+                let need = self.content.as_ref().map_or(0, |c| c.len() as u64)
+                    + actual.meta.map_or(0, |m| m.size);
+                let freed = crate::backup::make_room(host, self.state_dir, need);
+                if freed == 0 {
+                    return Err(e);
+                }
+                tracing::warn!(
+                    path,
+                    freed,
+                    "disk full: dropped the oldest backups to write the file"
+                );
+                stage()?
+            }
+            Err(e) => return Err(e),
+        };
+        // The new content is written first: on a nearly full disk the
+        // backup of the old content is what is given up, not the repair.
+        let mut tag = None;
+        if let Some(Change::Content { from, .. }) =
+            changes.iter().find(|c| matches!(c, Change::Content { .. }))
+        {
+            tag = match backup(host, self.state_dir, path, *from) {
+                Ok(t) => t,
+                Err(e) => {
+                    host.discard_staged(staged);
+                    return Err(e);
+                }
+            };
+        }
+        Ok((tag, Some(staged)))
     }
 }

@@ -1,6 +1,7 @@
 //! Ballast's node agent as a library: `main.rs` is a thin shell over [`cli::run`],
 //! so integration tests drive the real enrollment, daemon loop and engine in-process.
 
+pub mod backup;
 pub mod cache;
 pub mod cli;
 pub mod client;

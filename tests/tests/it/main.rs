@@ -1,6 +1,7 @@
 //! The one integration test binary: the real controller and real agents over
 //! loopback mutual TLS. Topics are modules.
 
+mod agent_faults;
 mod agent_link;
 mod bad_input;
 mod bootstrap;
