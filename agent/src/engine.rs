@@ -159,38 +159,67 @@ impl Report {
     }
 }
 
-/// Runs one resource: observe, diff, and (unless noop) apply.
-fn run<R: Resource>(r: &R, host: &Host, noop: bool) -> ResourceReport {
+/// Observes and diffs one resource: the report a dry run gives, and what a
+/// real run must still apply (the observed state and the changes), if anything.
+type Plan<R> = (
+    ResourceReport,
+    Option<(<R as Resource>::State, Vec<<R as Resource>::Change>)>,
+);
+
+fn plan<R: Resource>(r: &R, host: &Host) -> Plan<R> {
     let id = r.id();
     let actual = match r.observe(host) {
         Ok(a) => a,
-        Err(e) => return ResourceReport::failed(id, &e),
+        Err(e) => return (ResourceReport::failed(id, &e), None),
     };
     let changes = r.diff(&actual);
+    if changes.is_empty() {
+        return (
+            ResourceReport::new(id, Outcome::Unchanged, Vec::new(), None),
+            None,
+        );
+    }
     let text: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
     let created = changes.iter().any(R::creates);
-    if changes.is_empty() {
-        return ResourceReport::new(id, Outcome::Unchanged, text, None);
-    }
-    if noop {
-        return ResourceReport {
+    (
+        ResourceReport {
             created,
             ..ResourceReport::new(id, Outcome::Changed, text, None)
-        };
+        },
+        Some((actual, changes)),
+    )
+}
+
+impl ResourceReport {
+    /// The planned changes were made: log them.
+    fn applied(&self) {
+        for c in &self.changes {
+            tracing::info!(id = %self.id, change = %c, "applied");
+        }
     }
+
+    /// Applying the planned changes failed.
+    fn fail(&mut self, e: &anyhow::Error) {
+        self.outcome = Outcome::Failed;
+        self.error = Some(format!("{e:#}"));
+        self.backup = None;
+    }
+}
+
+/// Runs one resource: observe, diff, and (unless noop) apply.
+fn run<R: Resource>(r: &R, host: &Host, noop: bool) -> ResourceReport {
+    let (mut report, todo) = plan(r, host);
+    let Some((actual, changes)) = todo.filter(|_| !noop) else {
+        return report;
+    };
     match r.apply(host, &actual, &changes) {
         Ok(backup) => {
-            for c in &text {
-                tracing::info!(id = %id, change = %c, "applied");
-            }
-            ResourceReport {
-                backup,
-                created,
-                ..ResourceReport::new(id, Outcome::Changed, text, None)
-            }
+            report.applied();
+            report.backup = backup;
         }
-        Err(e) => ResourceReport::new(id, Outcome::Failed, text, Some(format!("{e:#}"))),
+        Err(e) => report.fail(&e),
     }
+    report
 }
 
 /// What the engine created and may therefore remove, kept in the state dir.
@@ -256,82 +285,60 @@ fn run_one(
             host,
             noop,
         ),
-        Spec::Package(_) => unreachable!("packages run as one batch"),
+        // The engine runs packages as one batch (see run_packages); alone,
+        // a package is its own transaction.
+        Spec::Package(p) => run(
+            &crate::package::PackageRes {
+                spec: p,
+                facts: cx.facts,
+            },
+            host,
+            noop,
+        ),
     }
 }
 
-/// Observes every package, then makes all their changes in one apt transaction.
+/// Plans every package through its [`Resource`] implementation, then
+/// applies all their changes (installs, upgrades and removals alike) in one
+/// apt transaction: batching is how their `apply` is called. Each package is
+/// then judged by observing it again, not by apt's exit code alone.
 fn run_packages(
     specs: &[&ballast_proto::spec::Package],
     host: &Host,
     facts: &serde_json::Value,
     noop: bool,
 ) -> Vec<ResourceReport> {
-    use crate::package;
-    let id = |p: &ballast_proto::spec::Package| format!("package[{}]", p.name);
-    if let Err(e) = package::check_supported(host, facts) {
-        return specs
-            .iter()
-            .map(|p| ResourceReport::failed(id(p), &e))
-            .collect();
-    }
-    let mut reports: Vec<ResourceReport> = Vec::new();
+    use crate::package::{self, PackageRes};
+    let resources: Vec<PackageRes> = specs
+        .iter()
+        .map(|spec| PackageRes { spec, facts })
+        .collect();
+    let mut reports = Vec::with_capacity(resources.len());
     let mut batch = Vec::new();
-    for p in specs {
-        match package::observe(host, &p.name)
-            .and_then(|installed| package::diff(host, p, &installed))
-        {
-            Err(e) => reports.push(ResourceReport::failed(id(p), &e)),
-            Ok(changes) if changes.is_empty() => reports.push(ResourceReport::new(
-                id(p),
-                Outcome::Unchanged,
-                Vec::new(),
-                None,
-            )),
-            Ok(changes) => {
-                let created = changes
-                    .iter()
-                    .any(|c| matches!(c, package::Change::Install { .. }));
-                let text = changes.iter().map(|c| c.to_string()).collect();
-                reports.push(ResourceReport {
-                    created,
-                    ..ResourceReport::new(id(p), Outcome::Changed, text, None)
-                });
-                batch.push((*p, changes));
-            }
+    for (i, r) in resources.iter().enumerate() {
+        let (report, todo) = plan(r, host);
+        if let Some((_, changes)) = todo {
+            batch.push((i, changes));
         }
+        reports.push(report);
     }
     if noop || batch.is_empty() {
         return reports;
     }
-    let result = package::apply_batch(host, &batch);
-    // Judge each package by what is installed now, not by apt's exit code alone.
-    for (p, _) in &batch {
-        let r = reports
-            .iter_mut()
-            .find(|r| r.id == id(p))
-            .expect("reported above");
-        let settled = package::observe(host, &p.name)
-            .and_then(|installed| package::diff(host, p, &installed))
-            .map(|c| c.is_empty());
-        match (&result, settled) {
-            (_, Ok(true)) => {
-                for c in &r.changes {
-                    tracing::info!(id = %r.id, change = %c, "applied");
-                }
-            }
-            (Err(e), _) => {
-                r.outcome = Outcome::Failed;
-                r.error = Some(format!("{e:#}"));
-            }
-            (Ok(()), Ok(false)) => {
-                r.outcome = Outcome::Failed;
-                r.error = Some("apt finished but the package is still not as desired".into());
-            }
-            (Ok(()), Err(e)) => {
-                r.outcome = Outcome::Failed;
-                r.error = Some(format!("{e:#}"));
-            }
+    let transaction: Vec<_> = batch
+        .iter()
+        .map(|(i, changes)| (resources[*i].spec, changes.clone()))
+        .collect();
+    let result = package::apply_batch(host, &transaction);
+    for (i, _) in &batch {
+        let (r, report) = (&resources[*i], &mut reports[*i]);
+        match (&result, r.observe(host).map(|a| r.diff(&a).is_empty())) {
+            (_, Ok(true)) => report.applied(),
+            (Err(e), _) => report.fail(e),
+            (Ok(()), Err(e)) => report.fail(&e),
+            (Ok(()), Ok(false)) => report.fail(&anyhow::anyhow!(
+                "apt finished but the package is still not as desired"
+            )),
         }
     }
     reports
@@ -403,16 +410,8 @@ fn run_files(
     for (i, result) in idx.into_iter().zip(host.commit_all(staged)) {
         let r = &mut reports[i];
         match result {
-            Ok(()) => {
-                for c in &r.changes {
-                    tracing::info!(id = %r.id, change = %c, "applied");
-                }
-            }
-            Err(e) => {
-                r.outcome = Outcome::Failed;
-                r.error = Some(format!("{e:#}"));
-                r.backup = None;
-            }
+            Ok(()) => r.applied(),
+            Err(e) => r.fail(&e),
         }
     }
     reports.into_iter().map(|r| (r.id.clone(), r)).collect()
@@ -425,46 +424,28 @@ fn stage_file(
     cx: &Context<'_>,
     noop: bool,
 ) -> (ResourceReport, Option<crate::host::Staged>) {
-    let id = format!("file[{}]", spec.path);
     let res = match crate::file::FileRes::new(spec, cx) {
         Ok(r) => r,
-        Err(e) => return (ResourceReport::failed(id, &e), None),
+        Err(e) => {
+            return (
+                ResourceReport::failed(format!("file[{}]", spec.path), &e),
+                None,
+            );
+        }
     };
-    let actual = match res.observe(host) {
-        Ok(a) => a,
-        Err(e) => return (ResourceReport::failed(id, &e), None),
+    let (mut report, todo) = plan(&res, host);
+    let Some((actual, changes)) = todo.filter(|_| !noop) else {
+        return (report, None);
     };
-    let changes = res.diff(&actual);
-    let text: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
-    let created = changes.iter().any(crate::file::FileRes::creates);
-    if changes.is_empty() {
-        return (
-            ResourceReport::new(id, Outcome::Unchanged, text, None),
-            None,
-        );
-    }
-    if noop {
-        return (
-            ResourceReport {
-                created,
-                ..ResourceReport::new(id, Outcome::Changed, text, None)
-            },
-            None,
-        );
-    }
     match res.apply_staged(host, &actual, &changes) {
-        Ok((backup, staged)) => (
-            ResourceReport {
-                backup,
-                created,
-                ..ResourceReport::new(id, Outcome::Changed, text, None)
-            },
-            staged,
-        ),
-        Err(e) => (
-            ResourceReport::new(id, Outcome::Failed, text, Some(format!("{e:#}"))),
-            None,
-        ),
+        Ok((backup, staged)) => {
+            report.backup = backup;
+            (report, staged)
+        }
+        Err(e) => {
+            report.fail(&e);
+            (report, None)
+        }
     }
 }
 
