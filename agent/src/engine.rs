@@ -226,8 +226,14 @@ fn run<R: Resource>(r: &R, host: &Host, noop: bool) -> ResourceReport {
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Managed {
     format: u32,
-    /// id → (kind, key)
+    /// id → (kind, key). Services are recorded once the agent has run them,
+    /// created or not: one that leaves the desired state is stopped and
+    /// disabled.
     resources: BTreeMap<String, (Kind, String)>,
+    /// Services whose unit file the agent wrote where none was: removed
+    /// with the service.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    units: BTreeSet<String>,
 }
 
 const MANAGED_FILE: &str = "managed.json";
@@ -245,6 +251,31 @@ fn load_managed(state_dir: &Path) -> (Managed, Vec<u8>) {
     }
 }
 
+/// Notes in the managed record what a run did: what it created (and, for
+/// services, every service it ran), and forgets what it removed.
+fn record(managed: &mut Managed, spec: &Spec, report: &ResourceReport) {
+    let id = report.id.clone();
+    if spec.is_absent() {
+        managed.resources.remove(&id);
+        if let Spec::Service(s) = spec {
+            managed.units.remove(&s.name);
+        }
+        return;
+    }
+    if let Spec::Service(s) = spec {
+        managed
+            .resources
+            .insert(id, (Kind::Service, s.name.clone()));
+        if report.created {
+            managed.units.insert(s.name.clone());
+        }
+    } else if report.created && report.outcome == Outcome::Changed {
+        managed
+            .resources
+            .insert(id, (spec.kind(), spec.key().to_owned()));
+    }
+}
+
 /// Context the kinds need beyond the host.
 pub struct Context<'a> {
     pub state_dir: &'a Path,
@@ -259,6 +290,7 @@ fn run_one(
     noop: bool,
     pending: &BTreeSet<String>,
     gone_users: &BTreeSet<String>,
+    owned_units: &BTreeSet<String>,
 ) -> ResourceReport {
     match spec {
         Spec::File(f) => match crate::file::FileRes::new(f, cx) {
@@ -281,6 +313,7 @@ fn run_one(
             &crate::service::ServiceRes {
                 spec: s,
                 restart_pending: pending.contains(&s.name),
+                owns_unit: owned_units.contains(&s.name),
             },
             host,
             noop,
@@ -488,8 +521,8 @@ fn replaced_by_other(spec: &Spec, host: &Host) -> bool {
 fn phase(r: &Spec) -> (u8, usize, std::cmp::Reverse<String>) {
     use std::cmp::Reverse;
     match r {
-        Spec::Service(_) => (2, 0, Reverse(String::new())),
         r if r.is_absent() => (1, r.kind().remove_rank(), Reverse(r.key().to_owned())),
+        Spec::Service(_) => (2, 0, Reverse(String::new())),
         r => (0, r.order(), Reverse(String::new())),
     }
 }
@@ -558,7 +591,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         .resources
         .iter()
         .filter(|(id, _)| !desired.contains(*id))
-        .filter_map(|(_, (kind, key))| Spec::absent(*kind, key))
+        .map(|(_, (kind, key))| Spec::absent(*kind, key))
         .collect();
     let departed_ids: BTreeSet<String> = departed.iter().map(|r| r.id()).collect();
     let all: Vec<&Spec> = state.resources.iter().chain(&departed).collect();
@@ -627,11 +660,27 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
                 // The first file starts every independent file at once (see run_files).
                 let batch = file_reports
                     .get_or_insert_with(|| run_files(&all, host, &cx, opts.noop, &broken));
-                batch
-                    .remove(&id)
-                    .unwrap_or_else(|| run_one(spec, host, &cx, opts.noop, &pending, &gone_users))
+                batch.remove(&id).unwrap_or_else(|| {
+                    run_one(
+                        spec,
+                        host,
+                        &cx,
+                        opts.noop,
+                        &pending,
+                        &gone_users,
+                        &managed.units,
+                    )
+                })
             }
-            (None, _) => run_one(spec, host, &cx, opts.noop, &pending, &gone_users),
+            (None, _) => run_one(
+                spec,
+                host,
+                &cx,
+                opts.noop,
+                &pending,
+                &gone_users,
+                &managed.units,
+            ),
         };
         if matches!(report.outcome, Outcome::Failed | Outcome::Skipped) {
             broken.insert(id.clone());
@@ -668,13 +717,9 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         {
             save_pending(opts.state_dir, &pending);
         }
-        let present = !spec.is_absent() && !matches!(spec, Spec::Service(_));
-        if present && report.created && report.outcome == Outcome::Changed {
-            managed
-                .resources
-                .insert(id, (spec.kind(), spec.key().to_owned()));
-        } else if !present && !matches!(report.outcome, Outcome::Failed | Outcome::Skipped) {
-            managed.resources.remove(&id);
+        let done = !matches!(report.outcome, Outcome::Failed | Outcome::Skipped);
+        if !opts.noop && done {
+            record(&mut managed, spec, &report);
         }
         if is_departed {
             if report.outcome == Outcome::Unchanged {

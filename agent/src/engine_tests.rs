@@ -592,6 +592,7 @@ mod argv {
             shell: Some("/bin/sh".into()),
             system: true,
             authorized_keys: None,
+            remove_home: false,
             ensure: Default::default(),
             requires: vec![],
         };

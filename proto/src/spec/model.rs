@@ -251,6 +251,10 @@ pub struct User {
     /// Written to `~/.ssh/authorized_keys` (exactly these, when given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorized_keys: Option<Vec<String>>,
+    /// With `ensure: absent`: delete the home directory (and mail spool)
+    /// too. Default false: the home is kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_home: bool,
     #[serde(default)]
     pub ensure: Ensure,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -318,6 +322,8 @@ fn default_cron_user() -> String {
 pub enum ServiceEnsure {
     Running,
     Stopped,
+    /// Stopped, disabled, and the unit file removed if the agent wrote it.
+    Absent,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -387,7 +393,6 @@ impl Resource {
     }
 
     /// Whether this resource asks for its thing to be gone (`ensure: absent`).
-    /// Services have no absent state.
     pub fn is_absent(&self) -> bool {
         match self {
             Resource::File(r) => r.ensure == Ensure::Absent,
@@ -397,15 +402,16 @@ impl Resource {
             Resource::Group(r) => r.ensure == Ensure::Absent,
             Resource::Package(r) => r.ensure == PackageEnsure::Absent,
             Resource::Cron(r) => r.ensure == Ensure::Absent,
-            Resource::Service(_) => false,
+            Resource::Service(r) => r.ensure == Some(ServiceEnsure::Absent),
         }
     }
 
     /// The resource that removes the thing `kind[key]` names: the same kind
-    /// with `ensure: absent` (services have no absent state: `None`).
-    pub fn absent(kind: Kind, key: &str) -> Option<Resource> {
+    /// with `ensure: absent` (a user keeps its home; a service is stopped
+    /// and disabled).
+    pub fn absent(kind: Kind, key: &str) -> Resource {
         let key = key.to_owned();
-        Some(match kind {
+        match kind {
             Kind::File => Resource::File(File {
                 path: key,
                 content: None,
@@ -441,6 +447,7 @@ impl Resource {
                 shell: None,
                 system: false,
                 authorized_keys: None,
+                remove_home: false,
                 ensure: Ensure::Absent,
                 requires: Vec::new(),
             }),
@@ -466,8 +473,14 @@ impl Resource {
                 ensure: Ensure::Absent,
                 requires: Vec::new(),
             }),
-            Kind::Service => return None,
-        })
+            Kind::Service => Resource::Service(Service {
+                name: key,
+                ensure: Some(ServiceEnsure::Absent),
+                enabled: None,
+                unit: None,
+                requires: Vec::new(),
+            }),
+        }
     }
 
     /// Services this resource asks to restart when it changes.

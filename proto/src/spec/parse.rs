@@ -498,6 +498,7 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
             "shell",
             "system",
             "authorized_keys",
+            "remove_home",
             "ensure",
             "requires",
         ],
@@ -589,6 +590,7 @@ fn decode_resource(cx: &mut Cx<'_>, kind: &str, node: &Node, path: &str) -> Opti
             authorized_keys: f
                 .get("authorized_keys")
                 .map(|n| cx.strings(n, &join(path, "authorized_keys"))),
+            remove_home: b(cx, "remove_home"),
             ensure: ensure(cx),
             requires: requires(cx),
         }),
@@ -633,11 +635,14 @@ fn decode_resource(cx: &mut Cx<'_>, kind: &str, node: &Node, path: &str) -> Opti
                 match cx.string(n, &join(path, "ensure")).as_deref() {
                     Some("running") => Some(ServiceEnsure::Running),
                     Some("stopped") => Some(ServiceEnsure::Stopped),
+                    Some("absent") => Some(ServiceEnsure::Absent),
                     Some(other) => {
                         cx.err(
                             n.line,
                             &join(path, "ensure"),
-                            format!("invalid ensure {other:?}: allowed are running, stopped"),
+                            format!(
+                                "invalid ensure {other:?}: allowed are running, stopped, absent"
+                            ),
                         );
                         None
                     }

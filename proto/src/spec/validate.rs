@@ -1,7 +1,7 @@
 //! Validators shared by the controller (at apply time) and the agent (again,
 //! on every document it receives). Each returns what is wrong and what is allowed.
 
-use super::{Ensure, PackageEnsure, Resource};
+use super::{Ensure, PackageEnsure, Resource, ServiceEnsure};
 
 /// The agent's own state lives here; desired state may not manage it.
 pub const AGENT_STATE_DIR: &str = "/var/lib/ballast-agent";
@@ -363,6 +363,12 @@ pub fn resource(r: &Resource) -> Vec<(String, String)> {
             if let Some(s) = &u.shell {
                 check("shell", abs_path(s));
             }
+            if u.remove_home && u.ensure != Ensure::Absent {
+                check(
+                    "remove_home",
+                    Err("remove_home applies only to a user with ensure: absent".into()),
+                );
+            }
             for k in u.authorized_keys.iter().flatten() {
                 check(
                     "authorized_keys",
@@ -402,7 +408,23 @@ pub fn resource(r: &Resource) -> Vec<(String, String)> {
                 check("env", one_line("environment value", v));
             }
         }
-        Resource::Service(s) => check("name", service_name(&s.name)),
+        Resource::Service(s) => {
+            check("name", service_name(&s.name));
+            if s.ensure == Some(ServiceEnsure::Absent) {
+                if s.unit.is_some() {
+                    check(
+                        "unit",
+                        Err("a service with ensure: absent takes no unit (its unit file is removed if the agent wrote it)".into()),
+                    );
+                }
+                if s.enabled == Some(true) {
+                    check(
+                        "enabled",
+                        Err("a service with ensure: absent is disabled; enabled: true contradicts it".into()),
+                    );
+                }
+            }
+        }
     }
     out
 }

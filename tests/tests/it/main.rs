@@ -5,6 +5,7 @@ mod bad_input;
 mod bootstrap;
 mod cli;
 mod code_map;
+mod contract;
 mod e2e;
 mod nodes;
 mod packaging;

@@ -1,0 +1,89 @@
+//! The resource contract on a real Debian node: what leaves the desired
+//! state is the same kind run with `ensure: absent` (services stopped,
+//! disabled and their agent-written unit removed; users keep their home
+//! unless `remove_home: true`).
+
+use ballast_tests::node::{self, TestNode};
+
+/// Writes the spec into the node and runs the real agent there.
+fn apply(node: &TestNode, yaml: &str) -> String {
+    std::fs::write(node.path("/root/site.yaml"), yaml).unwrap();
+    node.sh("ballast-agent apply -f /root/site.yaml --state-dir /var/lib/ballast-agent 2>&1")
+        .unwrap_or_else(|e| panic!("agent run failed: {e:#}"))
+}
+
+const WITH_SERVICE: &str = r#"roles:
+  app:
+    users: [{name: keeper}, {name: goner}]
+    services:
+      - name: demo
+        ensure: running
+        enabled: true
+        unit: |
+          [Unit]
+          Description=Ballast contract test
+          [Service]
+          ExecStart=/bin/sleep infinity
+          [Install]
+          WantedBy=multi-user.target
+groups:
+  all: {roles: [app]}
+"#;
+
+const WITHOUT_SERVICE: &str = r#"roles:
+  app:
+    users: [{name: goner, ensure: absent, remove_home: true}]
+groups:
+  all: {roles: [app]}
+"#;
+
+#[test]
+fn a_service_that_leaves_the_desired_state_is_stopped_disabled_and_its_unit_removed() {
+    if !node::enabled() {
+        return;
+    }
+    let node = TestNode::boot("ballast-contract").expect("node boots");
+    let out = apply(&node, WITH_SERVICE);
+    assert!(out.contains(" 0 failed"), "{out}");
+    assert_eq!(
+        node.sh("systemctl is-active demo; systemctl is-enabled demo")
+            .unwrap(),
+        "active\nenabled\n"
+    );
+    assert!(node.path("/home/keeper").is_dir() && node.path("/home/goner").is_dir());
+
+    let out = apply(&node, WITHOUT_SERVICE);
+    assert!(out.contains(" 0 failed"), "{out}");
+    assert!(
+        out.contains("service[demo]: stop (no longer in desired state)")
+            && out.contains("disable (no longer in desired state)")
+            && out.contains("remove unit file and reload systemd (no longer in desired state)"),
+        "{out}"
+    );
+    let state = node
+        .sh("systemctl is-active demo; systemctl is-enabled demo; true")
+        .unwrap();
+    assert!(state.starts_with("inactive\n"), "{state}");
+    assert!(
+        !state.contains("enabled\n") || state.contains("not-found"),
+        "{state}"
+    );
+    assert!(!node.path("/etc/systemd/system/demo.service").exists());
+    // systemd forgot the unit: the daemon-reload ran.
+    assert_eq!(
+        node.sh("systemctl show -p LoadState --value demo").unwrap(),
+        "not-found\n"
+    );
+    // A user that left the desired state keeps its home; one removed with
+    // `remove_home: true` loses it.
+    assert!(
+        node.sh("getent passwd keeper goner; true")
+            .unwrap()
+            .is_empty()
+    );
+    assert!(node.path("/home/keeper").is_dir());
+    assert!(!node.path("/home/goner").exists());
+
+    let out = apply(&node, WITHOUT_SERVICE);
+    assert!(out.contains(" 0 changed, 0 failed"), "{out}");
+}
