@@ -324,6 +324,22 @@ impl NodeState {
                 ));
             }
         }
+        // In kind order, then key, as `render` sends them: the agent does not
+        // trust the controller's sort.
+        for (i, pair) in state.resources.windows(2).enumerate() {
+            let (a, b) = (&pair[0], &pair[1]);
+            if (a.order(), a.key()) > (b.order(), b.key()) {
+                errors.push(one(
+                    format!("resources[{}]", i + 1),
+                    format!(
+                        "{} comes after {}: resources must be in kind order ({}), then by key",
+                        b.id(),
+                        a.id(),
+                        super::Kind::ORDER.map(|k| k.as_str()).join(", ")
+                    ),
+                ));
+            }
+        }
         // What `requires` and `notify` name must be in the document too.
         let all: BTreeSet<String> = state.resources.iter().map(Resource::id).collect();
         for (i, r) in state.resources.iter().enumerate() {
@@ -351,6 +367,14 @@ impl NodeState {
                     ));
                 }
             }
+        }
+        let by_id: BTreeMap<String, &Resource> =
+            state.resources.iter().map(|r| (r.id(), r)).collect();
+        if let Some(cycle) = find_cycle(&by_id) {
+            errors.push(one(
+                "resources".into(),
+                format!("requires form a cycle: {}", cycle.join(" -> ")),
+            ));
         }
         if errors.is_empty() {
             Ok(state)
@@ -483,6 +507,22 @@ mod tests {
             resources[0].notify: file[/etc/a] notifies service nginx, which this document does not declare"#]]
         .assert_eq(&NodeState::from_document(doc).unwrap_err().to_string());
         let ok = br#"{"node":{"name":"n1","labels":{}},"resources":[{"kind":"package","name":"nginx","ensure":"present"},{"kind":"file","path":"/etc/a","notify":["nginx"],"requires":[{"kind":"package","name":"nginx"}]},{"kind":"service","name":"nginx"}]}"#;
+        assert!(NodeState::from_document(ok).is_ok());
+    }
+
+    /// The agent validates what it receives fully, not trusting the
+    /// controller's sort or its cycle check.
+    #[test]
+    fn from_document_refuses_kind_order_violations_and_requires_cycles() {
+        let doc = br#"{"node":{"name":"n1","labels":{}},"resources":[
+            {"kind":"file","path":"/etc/a","requires":[{"kind":"file","name":"/etc/b"}]},
+            {"kind":"file","path":"/etc/b","requires":[{"kind":"file","name":"/etc/a"}]},
+            {"kind":"user","name":"u"}]}"#;
+        expect_test::expect![[r#"
+            resources[2]: user[u] comes after file[/etc/b]: resources must be in kind order (group, user, package, directory, file, symlink, cron, service), then by key
+            resources: requires form a cycle: file[/etc/a] -> file[/etc/b] -> file[/etc/a]"#]]
+        .assert_eq(&NodeState::from_document(doc).unwrap_err().to_string());
+        let ok = br#"{"node":{"name":"n1","labels":{}},"resources":[{"kind":"user","name":"u"},{"kind":"file","path":"/etc/a"},{"kind":"file","path":"/etc/b","requires":[{"kind":"file","name":"/etc/a"}]}]}"#;
         assert!(NodeState::from_document(ok).is_ok());
     }
 
