@@ -9,7 +9,7 @@
 use crate::cache::write_atomic;
 use crate::host::Host;
 use ballast_proto::pb;
-use ballast_proto::spec::{Ensure, Kind, NodeState, Resource as Spec};
+use ballast_proto::spec::{Dependency, Ensure, Kind, NodeState, Resource as Spec};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -387,6 +387,7 @@ fn run_files(
     cx: &Context<'_>,
     noop: bool,
     broken: &BTreeSet<String>,
+    ready: &dyn Fn(&ballast_proto::spec::File) -> bool,
 ) -> BTreeMap<String, ResourceReport> {
     let below_broken = |key: &str| {
         broken.iter().any(|b| {
@@ -401,7 +402,8 @@ fn run_files(
             Spec::File(f)
                 if f.requires.is_empty()
                     && f.ensure == Ensure::Present
-                    && !below_broken(&f.path) =>
+                    && !below_broken(&f.path)
+                    && ready(f) =>
             {
                 Some(f)
             }
@@ -528,9 +530,13 @@ fn phase(r: &Spec) -> (u8, usize, std::cmp::Reverse<String>) {
 }
 
 /// The run order: [`phase`] order (stable, so present resources keep their
-/// key order), except that a resource runs after everything it `requires`
-/// (a stable topological sort; validation refused cycles).
-fn order(mut resources: Vec<&Spec>) -> Vec<&Spec> {
+/// key order), except that a resource runs after everything it depends on,
+/// declared or implicit (`spec::dependencies`; a stable topological sort;
+/// validation refused cycles).
+fn order<'a>(
+    mut resources: Vec<&'a Spec>,
+    deps_of: &BTreeMap<String, Vec<Dependency>>,
+) -> Vec<&'a Spec> {
     resources.sort_by_cached_key(|r| phase(r));
     let index: BTreeMap<String, usize> = resources
         .iter()
@@ -540,9 +546,11 @@ fn order(mut resources: Vec<&Spec>) -> Vec<&Spec> {
     let deps: Vec<Vec<usize>> = resources
         .iter()
         .map(|r| {
-            r.requires()
-                .iter()
-                .filter_map(|q| index.get(&format!("{}[{}]", q.kind, q.name)).copied())
+            deps_of
+                .get(&r.id())
+                .into_iter()
+                .flatten()
+                .filter_map(|d| index.get(&d.on).copied())
                 .collect()
         })
         .collect();
@@ -612,13 +620,19 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         .collect();
     let mut package_reports: Option<std::vec::IntoIter<ResourceReport>> = None;
     let mut file_reports: Option<BTreeMap<String, ResourceReport>> = None;
-    for spec in order(all.clone()) {
+    let deps_of: BTreeMap<String, Vec<Dependency>> = all
+        .iter()
+        .map(|r| r.id())
+        .zip(ballast_proto::spec::dependencies(&all))
+        .collect();
+    // What has run so far this run (the file batch starts only what is ready).
+    let mut done: BTreeSet<String> = BTreeSet::new();
+    for spec in order(all.clone(), &deps_of) {
         let id = spec.id();
         let is_departed = departed_ids.contains(&id);
-        let blocked = spec
-            .requires()
+        let blocked = deps_of[&id]
             .iter()
-            .map(|r| format!("{}[{}]", r.kind, r.name))
+            .map(|d| d.on.clone())
             .find(|dep| broken.contains(dep))
             .or_else(|| {
                 // A path below a directory that failed cannot be right either.
@@ -658,8 +672,15 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
             }
             (None, Spec::File(_)) if spec.requires().is_empty() && !spec.is_absent() => {
                 // The first file starts every independent file at once (see run_files).
-                let batch = file_reports
-                    .get_or_insert_with(|| run_files(&all, host, &cx, opts.noop, &broken));
+                let batch = file_reports.get_or_insert_with(|| {
+                    // Ready: everything it depends on has run and none failed.
+                    let ready = |f: &ballast_proto::spec::File| {
+                        deps_of[&format!("file[{}]", f.path)]
+                            .iter()
+                            .all(|d| done.contains(&d.on) && !broken.contains(&d.on))
+                    };
+                    run_files(&all, host, &cx, opts.noop, &broken, &ready)
+                });
                 batch.remove(&id).unwrap_or_else(|| {
                     run_one(
                         spec,
@@ -685,6 +706,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         if matches!(report.outcome, Outcome::Failed | Outcome::Skipped) {
             broken.insert(id.clone());
         }
+        done.insert(id.clone());
         // A dry run creates and removes nothing: it notes what it would
         // have done by now, so later steps judge the host as a real run would.
         if opts.noop && report.created {

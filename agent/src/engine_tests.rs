@@ -715,3 +715,34 @@ mod template_limits {
         assert!(grown_mib < 64, "peak memory grew by {grown_mib} MiB");
     }
 }
+
+/// Implicit dependencies (Puppet's autorequire), written once in the model.
+mod implicit_dependencies {
+    use super::*;
+
+    #[test]
+    fn what_a_failed_user_owns_or_runs_is_skipped_not_failed() {
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.path("/etc/cron.d")).unwrap();
+        std::fs::write(sb.path("/etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(sb.path("/etc/group"), "root:x:0:\n").unwrap();
+        std::fs::write(sb.path("/etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+        std::fs::write(sb.path("/etc/gshadow"), "root:*::\n").unwrap();
+        // uid 0 is taken: useradd refuses, so user[ghost] fails.
+        let yaml = wrap(
+            "    users: [{name: ghost, uid: 0}]\n    files: [{path: /etc/ghost.conf, content: x, owner: ghost}, {path: /etc/other.conf, content: x}]\n    cron: [{name: job, schedule: \"@daily\", user: ghost, command: \"true\"}]\n",
+        );
+        let r = sb.run(&yaml, false);
+        let lines = summary(&r);
+        assert!(lines[0].starts_with("Failed user[ghost]"), "{lines:?}");
+        assert_eq!(
+            lines[1..],
+            [
+                "Skipped file[/etc/ghost.conf]  !skipped: user[ghost] failed",
+                "Changed file[/etc/other.conf] create file (1 bytes)",
+                "Skipped cron[job]  !skipped: user[ghost] failed",
+            ],
+            "{lines:?}"
+        );
+    }
+}

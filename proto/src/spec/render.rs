@@ -183,10 +183,18 @@ pub(super) fn check(spec: &Spec) -> Vec<SpecError> {
     errors
 }
 
+/// A cycle through `requires` and the implicit dependencies
+/// ([`super::dependencies`]) among `ids`, if any, as the ids along it.
 fn find_cycle(ids: &BTreeMap<String, &Resource>) -> Option<Vec<String>> {
+    let all: Vec<&Resource> = ids.values().copied().collect();
+    let edges: BTreeMap<String, Vec<String>> = all
+        .iter()
+        .zip(super::dependencies(&all))
+        .map(|(r, ds)| (r.id(), ds.into_iter().map(|d| d.on).collect()))
+        .collect();
     fn visit(
         id: &str,
-        ids: &BTreeMap<String, &Resource>,
+        edges: &BTreeMap<String, Vec<String>>,
         state: &mut BTreeMap<String, u8>,
         path: &mut Vec<String>,
     ) -> Option<Vec<String>> {
@@ -202,14 +210,11 @@ fn find_cycle(ids: &BTreeMap<String, &Resource>) -> Option<Vec<String>> {
         }
         state.insert(id.to_owned(), 1);
         path.push(id.to_owned());
-        if let Some(r) = ids.get(id) {
-            for req in r.requires() {
-                let t = format!("{}[{}]", req.kind, req.name);
-                if ids.contains_key(&t)
-                    && let Some(c) = visit(&t, ids, state, path)
-                {
-                    return Some(c);
-                }
+        for t in edges.get(id).into_iter().flatten() {
+            if edges.contains_key(t)
+                && let Some(c) = visit(t, edges, state, path)
+            {
+                return Some(c);
             }
         }
         path.pop();
@@ -217,8 +222,8 @@ fn find_cycle(ids: &BTreeMap<String, &Resource>) -> Option<Vec<String>> {
         None
     }
     let mut state = BTreeMap::new();
-    for id in ids.keys() {
-        if let Some(c) = visit(id, ids, &mut state, &mut Vec::new()) {
+    for id in edges.keys() {
+        if let Some(c) = visit(id, &edges, &mut state, &mut Vec::new()) {
             return Some(c);
         }
     }
