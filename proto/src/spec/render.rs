@@ -23,6 +23,13 @@ struct Decl<'a> {
     group: &'a str,
 }
 
+/// A node group's declarations by slot.
+type GroupDecls<'a> = (
+    &'a String,
+    &'a super::NodeGroup,
+    BTreeMap<String, Vec<Decl<'a>>>,
+);
+
 /// The message for two clashing declarations: which two, why they clash,
 /// and through which node group(s) both reach one node.
 fn conflict(a: &Decl<'_>, b: &Decl<'_>) -> String {
@@ -139,7 +146,7 @@ pub(super) fn check(spec: &Spec) -> Vec<SpecError> {
     // groups that can select one node. Each clash is named once, by exactly
     // its two declarations.
     let mut reported = BTreeSet::new();
-    let decls: Vec<(&String, &super::NodeGroup, BTreeMap<String, Vec<Decl>>)> = spec
+    let decls: Vec<GroupDecls<'_>> = spec
         .groups
         .iter()
         .map(|(gname, g)| {
