@@ -309,6 +309,7 @@ fn run_one(
         ),
         Spec::User(u) => run(&crate::user::UserRes { spec: u }, host, noop),
         Spec::Cron(c) => run(&crate::cron::CronRes { spec: c }, host, noop),
+        Spec::Sysctl(k) => run(&crate::sysctl::SysctlRes { spec: k }, host, noop),
         Spec::Service(s) => run(
             &crate::service::ServiceRes {
                 spec: s,

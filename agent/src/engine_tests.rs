@@ -746,3 +746,56 @@ mod implicit_dependencies {
         );
     }
 }
+
+/// `sysctl` under a temp root: only the persisted file is managed there.
+mod sysctl {
+    use super::*;
+
+    const CONF: &str = "/etc/sysctl.d/90-ballast.conf";
+
+    #[test]
+    fn sysctl_persists_in_one_file_and_removal_deletes_only_its_line() {
+        let live_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").ok();
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.path("/etc/sysctl.d")).unwrap();
+        let both = wrap(
+            "    sysctl: [{key: net.ipv4.ip_forward, value: \"1\"}, {key: vm.swappiness, value: 10}]\n",
+        );
+        let r = sb.run(&both, false);
+        assert_eq!(
+            summary(&r),
+            [
+                "Changed sysctl[net.ipv4.ip_forward] persist 1 in /etc/sysctl.d/90-ballast.conf",
+                "Changed sysctl[vm.swappiness] persist 10 in /etc/sysctl.d/90-ballast.conf",
+            ]
+        );
+        expect_test::expect![[r#"
+            # Managed by Ballast: one line per sysctl resource; local changes are overwritten.
+            net.ipv4.ip_forward = 1
+            vm.swappiness = 10
+        "#]]
+        .assert_eq(&sb.read(CONF).unwrap());
+        let meta = std::fs::metadata(sb.path(CONF)).unwrap();
+        assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o644, 0));
+        assert_eq!(sb.run(&both, false).changed(), 0);
+        // One leaves the desired state: its line goes, the other stays.
+        let one = wrap("    sysctl: [{key: vm.swappiness, value: 10}]\n");
+        let r = sb.run(&one, false);
+        assert_eq!(
+            summary(&r),
+            [
+                "Unchanged sysctl[vm.swappiness] ",
+                "Changed sysctl[net.ipv4.ip_forward] remove from /etc/sysctl.d/90-ballast.conf (live value kept) (no longer in desired state)"
+            ]
+        );
+        assert!(!sb.read(CONF).unwrap().contains("ip_forward"));
+        // The last one goes: so does the file.
+        sb.run(&wrap("    files: []\n"), false);
+        assert!(sb.read(CONF).is_none());
+        // A sandboxed run never touches the real kernel's values.
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").ok(),
+            live_before
+        );
+    }
+}

@@ -82,13 +82,15 @@ pub enum Resource {
     Group(Group),
     Package(Package),
     Cron(Cron),
+    Sysctl(Sysctl),
     Service(Service),
 }
 
 /// The closed set of resource kinds, declared in apply order: groups before
 /// users (a user's primary group must exist), users before packages (packages
 /// may ship files owned by them), directories before files and symlinks (they
-/// live inside), cron and services last (they run what the rest installed).
+/// live inside), cron, kernel parameters and services last (they run what
+/// the rest installed).
 /// Removal runs in the reverse order (see [`Kind::REMOVE_ORDER`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,12 +102,13 @@ pub enum Kind {
     File,
     Symlink,
     Cron,
+    Sysctl,
     Service,
 }
 
 impl Kind {
     /// Every kind, in apply order.
-    pub const ORDER: [Kind; 8] = [
+    pub const ORDER: [Kind; 9] = [
         Kind::Group,
         Kind::User,
         Kind::Package,
@@ -113,13 +116,15 @@ impl Kind {
         Kind::File,
         Kind::Symlink,
         Kind::Cron,
+        Kind::Sysctl,
         Kind::Service,
     ];
 
     /// Every kind, in removal order: the reverse of [`Kind::ORDER`], so a
     /// user goes before its primary group and a file before its directory.
-    pub const REMOVE_ORDER: [Kind; 8] = [
+    pub const REMOVE_ORDER: [Kind; 9] = [
         Kind::Service,
+        Kind::Sysctl,
         Kind::Cron,
         Kind::Symlink,
         Kind::File,
@@ -139,6 +144,7 @@ impl Kind {
             Kind::File => "file",
             Kind::Symlink => "symlink",
             Kind::Cron => "cron",
+            Kind::Sysctl => "sysctl",
             Kind::Service => "service",
         }
     }
@@ -317,6 +323,22 @@ fn default_cron_user() -> String {
     "root".to_owned()
 }
 
+/// A kernel parameter (`net.ipv4.ip_forward`): persisted in
+/// `/etc/sysctl.d/90-ballast.conf` and applied live. Removal deletes the
+/// persisted entry and leaves the live value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sysctl {
+    /// Dotted, as `sysctl` names it.
+    pub key: String,
+    /// Required when present; fields separated by single spaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub ensure: Ensure,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<ResourceRef>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceEnsure {
@@ -351,6 +373,7 @@ impl Resource {
             Resource::Group(_) => Kind::Group,
             Resource::Package(_) => Kind::Package,
             Resource::Cron(_) => Kind::Cron,
+            Resource::Sysctl(_) => Kind::Sysctl,
             Resource::Service(_) => Kind::Service,
         }
     }
@@ -365,6 +388,7 @@ impl Resource {
             Resource::Group(r) => &r.name,
             Resource::Package(r) => &r.name,
             Resource::Cron(r) => &r.name,
+            Resource::Sysctl(r) => &r.key,
             Resource::Service(r) => &r.name,
         }
     }
@@ -383,6 +407,7 @@ impl Resource {
             Resource::Group(r) => &r.requires,
             Resource::Package(r) => &r.requires,
             Resource::Cron(r) => &r.requires,
+            Resource::Sysctl(r) => &r.requires,
             Resource::Service(r) => &r.requires,
         }
     }
@@ -402,6 +427,7 @@ impl Resource {
             Resource::Group(r) => r.ensure == Ensure::Absent,
             Resource::Package(r) => r.ensure == PackageEnsure::Absent,
             Resource::Cron(r) => r.ensure == Ensure::Absent,
+            Resource::Sysctl(r) => r.ensure == Ensure::Absent,
             Resource::Service(r) => r.ensure == Some(ServiceEnsure::Absent),
         }
     }
@@ -470,6 +496,12 @@ impl Resource {
                 user: default_cron_user(),
                 command: None,
                 env: Labels::new(),
+                ensure: Ensure::Absent,
+                requires: Vec::new(),
+            }),
+            Kind::Sysctl => Resource::Sysctl(Sysctl {
+                key,
+                value: None,
                 ensure: Ensure::Absent,
                 requires: Vec::new(),
             }),

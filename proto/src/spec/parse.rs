@@ -471,7 +471,7 @@ fn join(field: &str, key: &str) -> String {
 }
 
 /// Role keys (resource lists) and the kind each holds.
-const ROLE_KEYS: [(&str, &str); 8] = [
+const ROLE_KEYS: [(&str, &str); 9] = [
     ("files", "file"),
     ("directories", "directory"),
     ("symlinks", "symlink"),
@@ -479,6 +479,7 @@ const ROLE_KEYS: [(&str, &str); 8] = [
     ("groups", "group"),
     ("packages", "package"),
     ("cron", "cron"),
+    ("sysctl", "sysctl"),
     ("services", "service"),
 ];
 
@@ -507,6 +508,7 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
         "cron" => &[
             "name", "schedule", "user", "command", "env", "ensure", "requires",
         ],
+        "sysctl" => &["key", "value", "ensure", "requires"],
         "service" => &["name", "ensure", "enabled", "unit", "requires"],
         _ => &[],
     }
@@ -514,10 +516,10 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
 
 fn decode_resource(cx: &mut Cx<'_>, kind: &str, node: &Node, path: &str) -> Option<Resource> {
     let f = cx.fields(node, path, allowed_keys(kind))?;
-    let key_field = if matches!(kind, "file" | "directory" | "symlink") {
-        "path"
-    } else {
-        "name"
+    let key_field = match kind {
+        "file" | "directory" | "symlink" => "path",
+        "sysctl" => "key",
+        _ => "name",
     };
     let Some(key_node) = f.get(key_field) else {
         cx.err(
@@ -627,6 +629,12 @@ fn decode_resource(cx: &mut Cx<'_>, kind: &str, node: &Node, path: &str) -> Opti
                 .get("env")
                 .map(|n| cx.string_map(n, &join(path, "env")))
                 .unwrap_or_default(),
+            ensure: ensure(cx),
+            requires: requires(cx),
+        }),
+        "sysctl" => Resource::Sysctl(Sysctl {
+            key,
+            value: s(cx, "value"),
             ensure: ensure(cx),
             requires: requires(cx),
         }),

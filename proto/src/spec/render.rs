@@ -609,7 +609,7 @@ mod tests {
             {"kind":"file","path":"/etc/b","requires":[{"kind":"file","name":"/etc/a"}]},
             {"kind":"user","name":"u"}]}"#;
         expect_test::expect![[r#"
-            resources[2]: user[u] comes after file[/etc/b]: resources must be in kind order (group, user, package, directory, file, symlink, cron, service), then by key
+            resources[2]: user[u] comes after file[/etc/b]: resources must be in kind order (group, user, package, directory, file, symlink, cron, sysctl, service), then by key
             resources: requires form a cycle: file[/etc/a] -> file[/etc/b] -> file[/etc/a]"#]]
         .assert_eq(&NodeState::from_document(doc).unwrap_err().to_string());
         let ok = br#"{"node":{"name":"n1","labels":{}},"resources":[{"kind":"user","name":"u"},{"kind":"file","path":"/etc/a"},{"kind":"file","path":"/etc/b","requires":[{"kind":"file","name":"/etc/a"}]}]}"#;

@@ -87,3 +87,64 @@ fn a_service_that_leaves_the_desired_state_is_stopped_disabled_and_its_unit_remo
     let out = apply(&node, WITHOUT_SERVICE);
     assert!(out.contains(" 0 changed, 0 failed"), "{out}");
 }
+
+const WITH_SYSCTL: &str = r#"roles:
+  net:
+    sysctl: [{key: net.ipv4.ip_forward, value: "1"}]
+groups:
+  all: {roles: [net]}
+"#;
+
+const WITHOUT_SYSCTL: &str = r#"roles:
+  net:
+    files: [{path: /etc/motd, content: "hi\n"}]
+groups:
+  all: {roles: [net]}
+"#;
+
+/// Runs only inside a node with its own network namespace: `net.*` keys
+/// there are the node's, and the host's value is checked to stay as it was.
+#[test]
+fn sysctl_applies_live_and_persists_across_a_reboot() {
+    if !node::enabled() {
+        return;
+    }
+    let host_value = || std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").unwrap();
+    let on_host = host_value();
+    let mut node = TestNode::boot_private_network("ballast-sysctl").expect("node boots");
+    let live = |node: &TestNode| node.sh("cat /proc/sys/net/ipv4/ip_forward").unwrap();
+    assert_eq!(live(&node), "0\n", "a new network namespace starts at 0");
+
+    let out = apply(&node, WITH_SYSCTL);
+    assert!(out.contains(" 0 failed"), "{out}");
+    assert!(
+        out.contains("sysctl[net.ipv4.ip_forward]: persist 1 in /etc/sysctl.d/90-ballast.conf")
+            && out.contains("sysctl[net.ipv4.ip_forward]: live value 0 -> 1"),
+        "{out}"
+    );
+    assert_eq!(live(&node), "1\n");
+    assert_eq!(
+        node.sh("cat /etc/sysctl.d/90-ballast.conf").unwrap(),
+        "# Managed by Ballast: one line per sysctl resource; local changes are overwritten.\nnet.ipv4.ip_forward = 1\n"
+    );
+    let out = apply(&node, WITH_SYSCTL);
+    assert!(out.contains(" 0 changed, 0 failed"), "{out}");
+
+    // Persisted: after a reboot systemd-sysctl sets it again, and the agent
+    // finds nothing to do.
+    node.reboot().expect("node reboots");
+    assert_eq!(live(&node), "1\n", "the value survives a reboot");
+    let out = apply(&node, WITH_SYSCTL);
+    assert!(out.contains(" 0 changed, 0 failed"), "{out}");
+
+    // Removal deletes the persisted entry (the file, its last one) and
+    // leaves the live value.
+    let out = apply(&node, WITHOUT_SYSCTL);
+    assert!(
+        out.contains("remove from /etc/sysctl.d/90-ballast.conf (live value kept)"),
+        "{out}"
+    );
+    assert!(!node.path("/etc/sysctl.d/90-ballast.conf").exists());
+    assert_eq!(live(&node), "1\n");
+    assert_eq!(host_value(), on_host, "the host's own value is untouched");
+}
