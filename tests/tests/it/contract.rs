@@ -148,3 +148,58 @@ fn sysctl_applies_live_and_persists_across_a_reboot() {
     assert_eq!(live(&node), "1\n");
     assert_eq!(host_value(), on_host, "the host's own value is untouched");
 }
+
+fn packages(a: &str, b: &str) -> String {
+    format!(
+        "roles:\n  p:\n    packages: [{{name: ballast-a, ensure: {a}}}, {{name: ballast-b, ensure: {b}}}]\ngroups:\n  all: {{roles: [p]}}\n"
+    )
+}
+
+/// A package that leaves (or is declared absent) is removed in the same
+/// apt transaction as the installs of the run: one entry in apt's history.
+#[test]
+fn a_package_removal_joins_the_run_s_one_apt_transaction() {
+    if !node::enabled() {
+        return;
+    }
+    let node = TestNode::boot("ballast-apt").expect("node boots");
+    let repo = tempfile::tempdir().unwrap();
+    let deb = |name: &str| node::TinyDeb {
+        name: name.into(),
+        version: "1.0".into(),
+        files: vec![(format!("/usr/share/{name}/x"), "x\n".into())],
+    };
+    node::build_apt_repo(repo.path(), &[deb("ballast-a"), deb("ballast-b")]).unwrap();
+    node.install_apt_repo(repo.path()).unwrap();
+    let transactions = || {
+        std::fs::read_to_string(node.path("/var/log/apt/history.log"))
+            .unwrap_or_default()
+            .split("Start-Date:")
+            .skip(1)
+            .map(str::to_owned)
+            .collect::<Vec<String>>()
+    };
+    let out = apply(&node, &packages("present", "absent"));
+    assert!(out.contains("package[ballast-a]: install"), "{out}");
+    let before = transactions().len();
+
+    let out = apply(&node, &packages("absent", "present"));
+    assert!(
+        out.contains("package[ballast-a]: remove") && out.contains("package[ballast-b]: install"),
+        "{out}"
+    );
+    let after = transactions();
+    assert_eq!(after.len(), before + 1, "one apt transaction: {after:?}");
+    let last = after.last().unwrap();
+    assert!(
+        last.contains("Install: ballast-b:") && last.contains("Remove: ballast-a:"),
+        "{last}"
+    );
+    let installed = node
+        .sh("dpkg-query -W -f '${Package} ${db:Status-Status}\\n' ballast-a ballast-b; true")
+        .unwrap();
+    assert!(
+        installed.contains("ballast-b installed") && !installed.contains("ballast-a installed"),
+        "{installed}"
+    );
+}
