@@ -656,72 +656,52 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
                     _ => None,
                 }
             });
-        let mut report = match (blocked, spec) {
+        // Ready: everything it depends on has run this run, and none failed.
+        let ready = |id: &str| {
+            deps_of[id]
+                .iter()
+                .all(|d| done.contains(&d.on) && !broken.contains(&d.on))
+        };
+        // The first package (file) starts every ready package (independent
+        // file) at once: packages in one apt transaction, files staged and
+        // committed together (see run_packages, run_files). One left out
+        // runs alone in its turn.
+        let batched = match spec {
+            _ if blocked.is_some() => None,
+            Spec::Package(_) => package_reports
+                .get_or_insert_with(|| {
+                    let ready: Vec<&ballast_proto::spec::Package> = packages
+                        .iter()
+                        .copied()
+                        .filter(|p| ready(&format!("package[{}]", p.name)))
+                        .collect();
+                    run_packages(&ready, host, opts.facts, opts.noop)
+                        .into_iter()
+                        .map(|r| (r.id.clone(), r))
+                        .collect()
+                })
+                .remove(&id),
+            Spec::File(_) if spec.requires().is_empty() && !spec.is_absent() => file_reports
+                .get_or_insert_with(|| {
+                    let ready = |f: &ballast_proto::spec::File| ready(&format!("file[{}]", f.path));
+                    run_files(&all, host, &cx, opts.noop, &broken, &ready)
+                })
+                .remove(&id),
+            _ => None,
+        };
+        let mut report = match (blocked, batched) {
             (Some(dep), _) => ResourceReport::new(
                 id.clone(),
                 Outcome::Skipped,
                 Vec::new(),
                 Some(format!("skipped: {dep} failed")),
             ),
+            (None, Some(report)) => report,
             // Something else is there now: not ours to remove.
-            (None, _) if is_departed && replaced_by_other(spec, host) => {
+            (None, None) if is_departed && replaced_by_other(spec, host) => {
                 ResourceReport::new(id.clone(), Outcome::Unchanged, Vec::new(), None)
             }
-            (None, Spec::Package(_)) => {
-                // The first package runs every ready package in one apt
-                // transaction; one that was not ready then (what it depends
-                // on had not run) is its own transaction when its turn comes.
-                let batch = package_reports.get_or_insert_with(|| {
-                    let ready: Vec<&ballast_proto::spec::Package> = packages
-                        .iter()
-                        .copied()
-                        .filter(|p| {
-                            deps_of[&format!("package[{}]", p.name)]
-                                .iter()
-                                .all(|d| done.contains(&d.on) && !broken.contains(&d.on))
-                        })
-                        .collect();
-                    run_packages(&ready, host, opts.facts, opts.noop)
-                        .into_iter()
-                        .map(|r| (r.id.clone(), r))
-                        .collect()
-                });
-                batch.remove(&id).unwrap_or_else(|| {
-                    run_one(
-                        spec,
-                        host,
-                        &cx,
-                        opts.noop,
-                        &pending,
-                        &gone_users,
-                        &managed.units,
-                    )
-                })
-            }
-            (None, Spec::File(_)) if spec.requires().is_empty() && !spec.is_absent() => {
-                // The first file starts every independent file at once (see run_files).
-                let batch = file_reports.get_or_insert_with(|| {
-                    // Ready: everything it depends on has run and none failed.
-                    let ready = |f: &ballast_proto::spec::File| {
-                        deps_of[&format!("file[{}]", f.path)]
-                            .iter()
-                            .all(|d| done.contains(&d.on) && !broken.contains(&d.on))
-                    };
-                    run_files(&all, host, &cx, opts.noop, &broken, &ready)
-                });
-                batch.remove(&id).unwrap_or_else(|| {
-                    run_one(
-                        spec,
-                        host,
-                        &cx,
-                        opts.noop,
-                        &pending,
-                        &gone_users,
-                        &managed.units,
-                    )
-                })
-            }
-            (None, _) => run_one(
+            (None, None) => run_one(
                 spec,
                 host,
                 &cx,
