@@ -945,6 +945,21 @@ groups:
         .assert_eq(&out);
     }
 
+    /// The fields added with issue 8 (sysctl, service absent, remove_home)
+    /// are checked with file, line and field.
+    #[test]
+    fn sysctl_absent_services_and_remove_home_are_checked() {
+        let out = errs(
+            "roles:\n  r:\n    sysctl:\n      - {key: net/ipv4/ip_forward, value: \"1\"}\n      - {key: vm.swappiness}\n      - {key: net.ipv4.ip_forward, value: 1}\n    services: [{name: app, ensure: absent, unit: x, enabled: true}]\n    users: [{name: u, remove_home: true}]\ngroups:\n  all: {roles: [r]}\n",
+        );
+        expect![[r#"
+            site.yaml:8: roles.r.users[0].remove_home: remove_home applies only to a user with ensure: absent
+            site.yaml:4: roles.r.sysctl[0].key: invalid sysctl key "net/ipv4/ip_forward": '/' is not allowed; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
+            site.yaml:5: roles.r.sysctl[1].value: a sysctl needs a value
+            site.yaml:7: roles.r.services[0].unit: a service with ensure: absent takes no unit (its unit file is removed if the agent wrote it)
+            site.yaml:7: roles.r.services[0].enabled: a service with ensure: absent is disabled; enabled: true contradicts it"#]].assert_eq(&out);
+    }
+
     #[test]
     fn conflicting_declarations_name_both_places() {
         expect![[r#"site.yaml:7: groups.all: file[/etc/x] is declared differently by role a (site.yaml:3) and role b (site.yaml:5), and both reach nodes of node group all"#]]

@@ -269,6 +269,12 @@ pub fn sysctl_key(k: &str) -> Result<(), String> {
     if k.len() > SYSCTL_KEY_MAX {
         return bad("it is too long");
     }
+    if let Some(c) = k
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return bad(&format!("{c:?} is not allowed"));
+    }
     let segments: Vec<&str> = k.split('.').collect();
     if segments.len() < 2 {
         return bad("it has fewer than two segments");
@@ -279,12 +285,6 @@ pub fn sysctl_key(k: &str) -> Result<(), String> {
         }
         if seg.starts_with('-') {
             return bad(&format!("segment {seg:?} starts with '-'"));
-        }
-        if let Some(c) = seg
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-')))
-        {
-            return bad(&format!("{c:?} is not allowed"));
         }
     }
     if !SYSCTL_TOP.contains(&segments[0]) {
@@ -588,7 +588,7 @@ mod tests {
         expect_test::expect![[r#"
             invalid sysctl key "ip_forward": it has fewer than two segments; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
             invalid sysctl key "net..ipv4": it has an empty segment; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
-            invalid sysctl key "net/ipv4/ip_forward": it has fewer than two segments; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
+            invalid sysctl key "net/ipv4/ip_forward": '/' is not allowed; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
             invalid sysctl key "net.ipv4.*": '*' is not allowed; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
             invalid sysctl key "proc.x": "proc" is not a top-level directory of /proc/sys; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
             invalid sysctl key "net.-x": segment "-x" starts with '-'; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
