@@ -392,7 +392,7 @@ fn run_files(
     cx: &Context<'_>,
     noop: bool,
     broken: &BTreeSet<String>,
-    ready: &dyn Fn(&ballast_proto::spec::File) -> bool,
+    ready: &dyn Fn(usize) -> bool,
 ) -> BTreeMap<String, ResourceReport> {
     let below_broken = |key: &str| {
         broken.iter().any(|b| {
@@ -403,12 +403,13 @@ fn run_files(
     };
     let files: Vec<&ballast_proto::spec::File> = resources
         .iter()
-        .filter_map(|r| match r {
+        .enumerate()
+        .filter_map(|(i, r)| match r {
             Spec::File(f)
                 if f.requires.is_empty()
                     && f.ensure == Ensure::Present
                     && !below_broken(&f.path)
-                    && ready(f) =>
+                    && ready(i) =>
             {
                 Some(f)
             }
@@ -538,51 +539,42 @@ fn phase(r: &Spec) -> (u8, usize, std::cmp::Reverse<String>) {
 /// key order), except that a resource runs after everything it depends on,
 /// declared or implicit (`spec::dependencies`; a stable topological sort;
 /// validation refused cycles).
-fn order<'a>(
-    mut resources: Vec<&'a Spec>,
-    deps_of: &BTreeMap<String, Vec<Dependency>>,
-) -> Vec<&'a Spec> {
-    resources.sort_by_cached_key(|r| phase(r));
+fn order(resources: &[&Spec], deps: &[Vec<Dependency>]) -> (Vec<usize>, Vec<Vec<usize>>) {
     let index: BTreeMap<String, usize> = resources
         .iter()
         .enumerate()
         .map(|(i, r)| (r.id(), i))
         .collect();
-    let deps: Vec<Vec<usize>> = resources
+    // What each resource needs, as indices (a `requires` of something not
+    // in the run names nothing to wait for).
+    let needs: Vec<Vec<usize>> = deps
         .iter()
-        .map(|r| {
-            deps_of
-                .get(&r.id())
-                .into_iter()
-                .flatten()
+        .map(|ds| {
+            ds.iter()
                 .filter_map(|d| index.get(&d.on).copied())
                 .collect()
         })
         .collect();
+    let mut sorted: Vec<usize> = (0..resources.len()).collect();
+    sorted.sort_by_cached_key(|&i| phase(resources[i]));
     let mut state = vec![0u8; resources.len()];
     let mut out = Vec::with_capacity(resources.len());
     // 0 = new, 1 = in progress (a cycle here is ignored: validation refuses them), 2 = placed.
-    fn visit<'a>(
-        i: usize,
-        resources: &[&'a Spec],
-        deps: &[Vec<usize>],
-        state: &mut [u8],
-        out: &mut Vec<&'a Spec>,
-    ) {
+    fn visit(i: usize, needs: &[Vec<usize>], state: &mut [u8], out: &mut Vec<usize>) {
         if state[i] != 0 {
             return;
         }
         state[i] = 1;
-        for &d in &deps[i] {
-            visit(d, resources, deps, state, out);
+        for &d in &needs[i] {
+            visit(d, needs, state, out);
         }
         state[i] = 2;
-        out.push(resources[i]);
+        out.push(i);
     }
-    for i in 0..resources.len() {
-        visit(i, &resources, &deps, &mut state, &mut out);
+    for i in sorted {
+        visit(i, &needs, &mut state, &mut out);
     }
-    out
+    (out, needs)
 }
 
 /// Brings the host to `state` in the run order (see [`order`]), and removes
@@ -613,32 +605,21 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
     let mut pending = load_pending(opts.state_dir);
     // Users this run removed (or, in a dry run, would have removed by now).
     let mut gone_users: BTreeSet<String> = BTreeSet::new();
-    let packages: Vec<&ballast_proto::spec::Package> = all
-        .iter()
-        .filter_map(|r| {
-            if let Spec::Package(p) = r {
-                Some(p)
-            } else {
-                None
-            }
-        })
-        .collect();
     let mut package_reports: Option<BTreeMap<String, ResourceReport>> = None;
     let mut file_reports: Option<BTreeMap<String, ResourceReport>> = None;
-    let deps_of: BTreeMap<String, Vec<Dependency>> = all
-        .iter()
-        .map(|r| r.id())
-        .zip(ballast_proto::spec::dependencies(&all))
-        .collect();
-    // What has run so far this run (the file batch starts only what is ready).
-    let mut done: BTreeSet<String> = BTreeSet::new();
-    for spec in order(all.clone(), &deps_of) {
+    let (run_order, needs) = order(&all, &ballast_proto::spec::dependencies(&all));
+    // By index into `all`: what has run so far this run, and what of it
+    // failed or was skipped.
+    let mut done = vec![false; all.len()];
+    let mut failed = vec![false; all.len()];
+    for i in run_order {
+        let spec = all[i];
         let id = spec.id();
         let is_departed = departed_ids.contains(&id);
-        let blocked = deps_of[&id]
+        let blocked = needs[i]
             .iter()
-            .map(|d| d.on.clone())
-            .find(|dep| broken.contains(dep))
+            .find(|&&j| failed[j])
+            .map(|&j| all[j].id())
             .or_else(|| {
                 // A path below a directory that failed cannot be right either.
                 match spec {
@@ -657,11 +638,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
                 }
             });
         // Ready: everything it depends on has run this run, and none failed.
-        let ready = |id: &str| {
-            deps_of[id]
-                .iter()
-                .all(|d| done.contains(&d.on) && !broken.contains(&d.on))
-        };
+        let ready = |i: usize| needs[i].iter().all(|&j| done[j] && !failed[j]);
         // The first package (file) starts every ready package (independent
         // file) at once: packages in one apt transaction, files staged and
         // committed together (see run_packages, run_files). One left out
@@ -670,10 +647,13 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
             _ if blocked.is_some() => None,
             Spec::Package(_) => package_reports
                 .get_or_insert_with(|| {
-                    let ready: Vec<&ballast_proto::spec::Package> = packages
+                    let ready: Vec<&ballast_proto::spec::Package> = all
                         .iter()
-                        .copied()
-                        .filter(|p| ready(&format!("package[{}]", p.name)))
+                        .enumerate()
+                        .filter_map(|(i, r)| match r {
+                            Spec::Package(p) if ready(i) => Some(p),
+                            _ => None,
+                        })
                         .collect();
                     run_packages(&ready, host, opts.facts, opts.noop)
                         .into_iter()
@@ -682,10 +662,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
                 })
                 .remove(&id),
             Spec::File(_) if spec.requires().is_empty() && !spec.is_absent() => file_reports
-                .get_or_insert_with(|| {
-                    let ready = |f: &ballast_proto::spec::File| ready(&format!("file[{}]", f.path));
-                    run_files(&all, host, &cx, opts.noop, &broken, &ready)
-                })
+                .get_or_insert_with(|| run_files(&all, host, &cx, opts.noop, &broken, &ready))
                 .remove(&id),
             _ => None,
         };
@@ -713,8 +690,9 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         };
         if matches!(report.outcome, Outcome::Failed | Outcome::Skipped) {
             broken.insert(id.clone());
+            failed[i] = true;
         }
-        done.insert(id.clone());
+        done[i] = true;
         // A dry run creates and removes nothing: it notes what it would
         // have done by now, so later steps judge the host as a real run would.
         if opts.noop && report.created {

@@ -12,8 +12,8 @@
 //! below a managed directory requires the nearest one; a service requires
 //! the package of the same name.
 
-use super::{Ensure, Resource};
-use std::collections::BTreeMap;
+use super::{Kind, Resource};
+use std::collections::HashSet;
 use std::fmt;
 
 /// Why one resource runs after another.
@@ -64,12 +64,13 @@ impl Dependency {
 /// `resources`; callers decide); implicit ones only between resources of
 /// `resources` that are both present.
 pub fn dependencies(resources: &[&Resource]) -> Vec<Vec<Dependency>> {
-    let present = |r: &Resource| !r.is_absent();
-    let mut declared: BTreeMap<String, &Resource> = BTreeMap::new();
-    for r in resources.iter().copied().filter(|r| present(r)) {
-        declared.insert(r.id(), r);
-    }
-    let has = |id: &str| declared.contains_key(id);
+    // Looked up by (kind, key) without building ids: this runs over every
+    // resource of every run.
+    let declared: HashSet<(Kind, &str)> = resources
+        .iter()
+        .filter(|r| !r.is_absent())
+        .map(|r| (r.kind(), r.key()))
+        .collect();
     resources
         .iter()
         .map(|r| {
@@ -81,46 +82,50 @@ pub fn dependencies(resources: &[&Resource]) -> Vec<Vec<Dependency>> {
                     why: Why::Declared,
                 })
                 .collect();
-            if present(r) {
-                let mut implied = |on: String, why: Why| {
-                    if has(&on) && on != r.id() && !out.iter().any(|d| d.on == on) {
+            if r.is_absent() {
+                return out;
+            }
+            let mut implied = |kind: Kind, key: &str, why: Why| {
+                if (kind, key) != (r.kind(), r.key()) && declared.contains(&(kind, key)) {
+                    let on = format!("{kind}[{key}]");
+                    if !out.iter().any(|d| d.on == on) {
                         out.push(Dependency { on, why });
                     }
-                };
-                let (owner, group) = match r {
-                    Resource::File(f) => (f.owner.as_deref(), f.group.as_deref()),
-                    Resource::Directory(d) => (d.owner.as_deref(), d.group.as_deref()),
-                    _ => (None, None),
-                };
-                if let Some(u) = owner {
-                    implied(format!("user[{u}]"), Why::Owner);
                 }
-                if let Some(g) = group {
-                    implied(format!("group[{g}]"), Why::Group);
+            };
+            let (owner, group) = match r {
+                Resource::File(f) => (f.owner.as_deref(), f.group.as_deref()),
+                Resource::Directory(d) => (d.owner.as_deref(), d.group.as_deref()),
+                _ => (None, None),
+            };
+            if let Some(u) = owner {
+                implied(Kind::User, u, Why::Owner);
+            }
+            if let Some(g) = group {
+                implied(Kind::Group, g, Why::Group);
+            }
+            if let Resource::User(u) = r {
+                for g in u.group.iter().chain(u.groups.iter().flatten()) {
+                    implied(Kind::Group, g, Why::Group);
                 }
-                if let Resource::User(u) = r {
-                    for g in u.group.iter().chain(u.groups.iter().flatten()) {
-                        implied(format!("group[{g}]"), Why::Group);
-                    }
+            }
+            if let Resource::Cron(c) = r {
+                implied(Kind::User, &c.user, Why::RunAs);
+            }
+            if r.kind().is_path() {
+                // The nearest managed directory above the path.
+                let key = r.key();
+                let parent = key
+                    .match_indices('/')
+                    .rev()
+                    .map(|(i, _)| if i == 0 { "/" } else { &key[..i] })
+                    .find(|dir| declared.contains(&(Kind::Directory, *dir)));
+                if let Some(dir) = parent {
+                    implied(Kind::Directory, dir, Why::Below);
                 }
-                if let Resource::Cron(c) = r
-                    && c.ensure == Ensure::Present
-                {
-                    implied(format!("user[{}]", c.user), Why::RunAs);
-                }
-                if r.kind().is_path() {
-                    let parent = std::path::Path::new(r.key())
-                        .ancestors()
-                        .skip(1)
-                        .map(|p| format!("directory[{}]", p.display()))
-                        .find(|id| has(id));
-                    if let Some(id) = parent {
-                        implied(id, Why::Below);
-                    }
-                }
-                if let Resource::Service(s) = r {
-                    implied(format!("package[{}]", s.name), Why::Package);
-                }
+            }
+            if let Resource::Service(s) = r {
+                implied(Kind::Package, &s.name, Why::Package);
             }
             out
         })
