@@ -163,13 +163,15 @@ impl Report {
     }
 }
 
-/// Observes and diffs one resource: the report a dry run gives, and what a
-/// real run must still apply (the observed state and the changes), if anything.
+/// A resource's report so far, and what a real run must still apply (the
+/// observed state and the changes), if anything.
 type Plan<R> = (
     ResourceReport,
     Option<(<R as Resource>::State, Vec<<R as Resource>::Change>)>,
 );
 
+/// Observes and diffs one resource: the report a dry run gives. Every kind
+/// goes through here, alone ([`run`]) or batched (files, packages).
 fn plan<R: Resource>(r: &R, host: &Host) -> Plan<R> {
     let id = r.id();
     let actual = match r.observe(host) {
@@ -538,7 +540,8 @@ fn phase(r: &Spec) -> (u8, usize, std::cmp::Reverse<String>) {
 /// The run order: [`phase`] order (stable, so present resources keep their
 /// key order), except that a resource runs after everything it depends on,
 /// declared or implicit (`spec::dependencies`; a stable topological sort;
-/// validation refused cycles).
+/// validation refused cycles). Returns indices into `resources`: the run
+/// order, and what each resource needs.
 fn order(resources: &[&Spec], deps: &[Vec<Dependency>]) -> (Vec<usize>, Vec<Vec<usize>>) {
     let index: BTreeMap<String, usize> = resources
         .iter()
