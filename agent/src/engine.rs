@@ -13,7 +13,7 @@
 use crate::cache::write_atomic;
 use crate::host::Host;
 use ballast_proto::pb;
-use ballast_proto::spec::{Dependency, Ensure, Kind, NodeState, Resource as Spec};
+use ballast_proto::spec::{Ensure, Kind, NodeState, Resource as Spec};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -540,24 +540,9 @@ fn phase(r: &Spec) -> (u8, usize, std::cmp::Reverse<String>) {
 /// The run order: [`phase`] order (stable, so present resources keep their
 /// key order), except that a resource runs after everything it depends on,
 /// declared or implicit (`spec::dependencies`; a stable topological sort;
-/// validation refused cycles). Returns indices into `resources`: the run
-/// order, and what each resource needs.
-fn order(resources: &[&Spec], deps: &[Vec<Dependency>]) -> (Vec<usize>, Vec<Vec<usize>>) {
-    let index: BTreeMap<String, usize> = resources
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.id(), i))
-        .collect();
-    // What each resource needs, as indices (a `requires` of something not
-    // in the run names nothing to wait for).
-    let needs: Vec<Vec<usize>> = deps
-        .iter()
-        .map(|ds| {
-            ds.iter()
-                .filter_map(|d| index.get(&d.on).copied())
-                .collect()
-        })
-        .collect();
+/// validation refused cycles). `needs` and the result are indices into
+/// `resources` (see `spec::dependency_indices`).
+fn order(resources: &[&Spec], needs: &[Vec<usize>]) -> Vec<usize> {
     let mut sorted: Vec<usize> = (0..resources.len()).collect();
     sorted.sort_by_cached_key(|&i| phase(resources[i]));
     let mut state = vec![0u8; resources.len()];
@@ -575,9 +560,9 @@ fn order(resources: &[&Spec], deps: &[Vec<Dependency>]) -> (Vec<usize>, Vec<Vec<
         out.push(i);
     }
     for i in sorted {
-        visit(i, &needs, &mut state, &mut out);
+        visit(i, needs, &mut state, &mut out);
     }
-    (out, needs)
+    out
 }
 
 /// Brings the host to `state` in the run order (see [`order`]), and removes
@@ -610,12 +595,12 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
     let mut gone_users: BTreeSet<String> = BTreeSet::new();
     let mut package_reports: Option<BTreeMap<String, ResourceReport>> = None;
     let mut file_reports: Option<BTreeMap<String, ResourceReport>> = None;
-    let (run_order, needs) = order(&all, &ballast_proto::spec::dependencies(&all));
+    let needs = ballast_proto::spec::dependency_indices(&all);
     // By index into `all`: what has run so far this run, and what of it
     // failed or was skipped.
     let mut done = vec![false; all.len()];
     let mut failed = vec![false; all.len()];
-    for i in run_order {
+    for i in order(&all, &needs) {
         let spec = all[i];
         let id = spec.id();
         let is_departed = departed_ids.contains(&id);

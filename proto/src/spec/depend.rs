@@ -13,7 +13,7 @@
 //! the package of the same name.
 
 use super::{Kind, Resource};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 
 /// Why one resource runs after another.
@@ -59,11 +59,9 @@ impl Dependency {
     }
 }
 
-/// The dependencies of every resource, in the order given. Declared
-/// `requires` are listed as written (even when they name nothing in
-/// `resources`; callers decide); implicit ones only between resources of
-/// `resources` that are both present.
-pub fn dependencies(resources: &[&Resource]) -> Vec<Vec<Dependency>> {
+/// Calls `f(i, kind, key, why)` for every dependency of `resources[i]`:
+/// the one walk behind [`dependencies`] and [`dependency_indices`].
+fn each<'a>(resources: &[&'a Resource], mut f: impl FnMut(usize, Kind, &'a str, Why)) {
     // Looked up by (kind, key) without building ids: this runs over every
     // resource of every run.
     let declared: HashSet<(Kind, &str)> = resources
@@ -71,65 +69,85 @@ pub fn dependencies(resources: &[&Resource]) -> Vec<Vec<Dependency>> {
         .filter(|r| !r.is_absent())
         .map(|r| (r.kind(), r.key()))
         .collect();
-    resources
-        .iter()
-        .map(|r| {
-            let mut out: Vec<Dependency> = r
-                .requires()
-                .iter()
-                .map(|q| Dependency {
-                    on: format!("{}[{}]", q.kind, q.name),
-                    why: Why::Declared,
-                })
-                .collect();
-            if r.is_absent() {
-                return out;
+    for (i, &r) in resources.iter().enumerate() {
+        for q in r.requires() {
+            f(i, q.kind, &q.name, Why::Declared);
+        }
+        if r.is_absent() {
+            continue;
+        }
+        let mut implied = |kind: Kind, key: &'a str, why: Why| {
+            if (kind, key) != (r.kind(), r.key()) && declared.contains(&(kind, key)) {
+                f(i, kind, key, why);
             }
-            let mut implied = |kind: Kind, key: &str, why: Why| {
-                if (kind, key) != (r.kind(), r.key()) && declared.contains(&(kind, key)) {
-                    let on = format!("{kind}[{key}]");
-                    if !out.iter().any(|d| d.on == on) {
-                        out.push(Dependency { on, why });
-                    }
-                }
-            };
-            let (owner, group) = match r {
-                Resource::File(f) => (f.owner.as_deref(), f.group.as_deref()),
-                Resource::Directory(d) => (d.owner.as_deref(), d.group.as_deref()),
-                _ => (None, None),
-            };
-            if let Some(u) = owner {
-                implied(Kind::User, u, Why::Owner);
-            }
-            if let Some(g) = group {
+        };
+        let (owner, group) = match r {
+            Resource::File(f) => (f.owner.as_deref(), f.group.as_deref()),
+            Resource::Directory(d) => (d.owner.as_deref(), d.group.as_deref()),
+            _ => (None, None),
+        };
+        if let Some(u) = owner {
+            implied(Kind::User, u, Why::Owner);
+        }
+        if let Some(g) = group {
+            implied(Kind::Group, g, Why::Group);
+        }
+        if let Resource::User(u) = r {
+            for g in u.group.iter().chain(u.groups.iter().flatten()) {
                 implied(Kind::Group, g, Why::Group);
             }
-            if let Resource::User(u) = r {
-                for g in u.group.iter().chain(u.groups.iter().flatten()) {
-                    implied(Kind::Group, g, Why::Group);
-                }
+        }
+        if let Resource::Cron(c) = r {
+            implied(Kind::User, &c.user, Why::RunAs);
+        }
+        if r.kind().is_path() {
+            // The nearest managed directory above the path.
+            let key = r.key();
+            let parent = key
+                .match_indices('/')
+                .rev()
+                .map(|(i, _)| if i == 0 { "/" } else { &key[..i] })
+                .find(|dir| declared.contains(&(Kind::Directory, *dir)));
+            if let Some(dir) = parent {
+                implied(Kind::Directory, dir, Why::Below);
             }
-            if let Resource::Cron(c) = r {
-                implied(Kind::User, &c.user, Why::RunAs);
-            }
-            if r.kind().is_path() {
-                // The nearest managed directory above the path.
-                let key = r.key();
-                let parent = key
-                    .match_indices('/')
-                    .rev()
-                    .map(|(i, _)| if i == 0 { "/" } else { &key[..i] })
-                    .find(|dir| declared.contains(&(Kind::Directory, *dir)));
-                if let Some(dir) = parent {
-                    implied(Kind::Directory, dir, Why::Below);
-                }
-            }
-            if let Resource::Service(s) = r {
-                implied(Kind::Package, &s.name, Why::Package);
-            }
-            out
-        })
-        .collect()
+        }
+        if let Resource::Service(s) = r {
+            implied(Kind::Package, &s.name, Why::Package);
+        }
+    }
+}
+
+/// The dependencies of every resource, in the order given, as operators
+/// read them. Declared `requires` are listed as written (even when they name
+/// nothing in `resources`; callers decide); implicit ones only between
+/// resources of `resources` that are both present.
+pub fn dependencies(resources: &[&Resource]) -> Vec<Vec<Dependency>> {
+    let mut out: Vec<Vec<Dependency>> = vec![Vec::new(); resources.len()];
+    each(resources, |i, kind, key, why| {
+        let on = format!("{kind}[{key}]");
+        if !out[i].iter().any(|d| d.on == on) {
+            out[i].push(Dependency { on, why });
+        }
+    });
+    out
+}
+
+/// The same dependencies as indices into `resources`, for the engine's run
+/// order: what is not among `resources` is left out.
+pub fn dependency_indices(resources: &[&Resource]) -> Vec<Vec<usize>> {
+    let index: HashMap<(Kind, &str), usize> = resources
+        .iter()
+        .enumerate()
+        .map(|(i, r)| ((r.kind(), r.key()), i))
+        .collect();
+    let mut out: Vec<Vec<usize>> = vec![Vec::new(); resources.len()];
+    each(resources, |i, kind, key, _| {
+        if let Some(&j) = index.get(&(kind, key)) {
+            out[i].push(j);
+        }
+    });
+    out
 }
 
 #[cfg(test)]
@@ -145,6 +163,12 @@ mod tests {
         .unwrap_or_else(|e| panic!("{e}"));
         let state = spec.render(&NodeMeta::default());
         let all: Vec<&Resource> = state.resources.iter().collect();
+        // The engine's indices name the same resources.
+        for (ds, is) in dependencies(&all).iter().zip(dependency_indices(&all)) {
+            let named: Vec<String> = is.iter().map(|&j| all[j].id()).collect();
+            let listed: Vec<String> = ds.iter().map(|d| d.on.clone()).collect();
+            assert_eq!(named, listed);
+        }
         let mut out = String::new();
         for (r, ds) in all.iter().zip(dependencies(&all)) {
             for d in ds {

@@ -14,7 +14,7 @@ mod render;
 pub mod template;
 pub mod validate;
 
-pub use depend::{Dependency, Why, dependencies};
+pub use depend::{Dependency, Why, dependencies, dependency_indices};
 pub use model::*;
 pub use parse::{Source, parse, read_sources};
 pub use render::{StateDiff, diff_states};
