@@ -307,6 +307,23 @@ async fn apply_local(
     } else {
         serde_json::Value::Null
     };
+    // A dry run shows what each change waits for beyond `requires`.
+    let implied: BTreeMap<String, Vec<String>> = if noop {
+        let all: Vec<&spec::Resource> = state.resources.iter().collect();
+        all.iter()
+            .zip(spec::dependencies(&all))
+            .map(|(r, deps)| {
+                let lines = deps
+                    .iter()
+                    .filter(|d| d.is_implicit())
+                    .map(|d| format!("after {} ({}, implied)", d.on, d.why))
+                    .collect();
+                (r.id(), lines)
+            })
+            .collect()
+    } else {
+        BTreeMap::new()
+    };
     let hash = state.hash();
     let cached = Arc::new(Cached {
         revision: 0,
@@ -336,6 +353,11 @@ async fn apply_local(
         }
         for c in &r.changes {
             writeln!(out, "{verb} {}: {c}", r.id)?;
+        }
+        if !r.changes.is_empty() {
+            for line in implied.get(&r.id).into_iter().flatten() {
+                writeln!(out, "    {line}")?;
+            }
         }
         if !r.error.is_empty() {
             let what = if matches!(Outcome::from_pb(r.outcome), Outcome::Skipped) {
@@ -420,6 +442,42 @@ mod tests {
         ])
         .unwrap();
         assert!(matches!(cli.command, Command::Enroll { token: None, .. }));
+    }
+
+    /// `--noop` shows the implicit dependencies of what it would change.
+    #[tokio::test]
+    async fn a_dry_run_shows_implicit_dependencies() {
+        let root = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let site = root.path().join("site.yaml");
+        std::fs::write(
+            &site,
+            "roles:\n  r:\n    directories: [{path: /srv/app}]\n    files: [{path: /srv/app/a.conf, content: x}]\ngroups:\n  all: {roles: [r]}\n",
+        )
+        .unwrap();
+        let cli = Cli::try_parse_from([
+            "ballast-agent",
+            "apply",
+            "--noop",
+            "--root",
+            root.path().to_str().unwrap(),
+            "--state-dir",
+            state.path().to_str().unwrap(),
+            "--name",
+            "n1",
+            "-f",
+            site.to_str().unwrap(),
+        ])
+        .unwrap();
+        let mut out = Vec::new();
+        execute(cli.command, &mut out).await.unwrap();
+        let text = String::from_utf8(out).unwrap();
+        let text: Vec<&str> = text.lines().filter(|l| !l.contains(" ms")).collect();
+        expect_test::expect![[r#"
+            would change directory[/srv/app]: create directory (and missing parents /srv)
+            would change file[/srv/app/a.conf]: create file (1 bytes)
+                after directory[/srv/app] (the directory it is in, implied)"#]]
+        .assert_eq(&text.join("\n"));
     }
 
     #[test]

@@ -5,6 +5,10 @@
 //! run, so it cannot lie; a failed resource is an outcome, never an abort;
 //! resources that depend on a failed one are skipped; the engine only removes
 //! what it once created (the managed record).
+//!
+//! Longer than 600 lines for now: the run order, the two batches (files,
+//! packages) and the managed record are one reconcile loop; the record and
+//! pending restarts move out with the state-dir module (issue 8).
 
 use crate::cache::write_atomic;
 use crate::host::Host;
@@ -159,46 +163,83 @@ impl Report {
     }
 }
 
-/// Runs one resource: observe, diff, and (unless noop) apply.
-fn run<R: Resource>(r: &R, host: &Host, noop: bool) -> ResourceReport {
+/// A resource's report so far, and what a real run must still apply (the
+/// observed state and the changes), if anything.
+type Plan<R> = (
+    ResourceReport,
+    Option<(<R as Resource>::State, Vec<<R as Resource>::Change>)>,
+);
+
+/// Observes and diffs one resource: the report a dry run gives. Every kind
+/// goes through here, alone ([`run`]) or batched (files, packages).
+fn plan<R: Resource>(r: &R, host: &Host) -> Plan<R> {
     let id = r.id();
     let actual = match r.observe(host) {
         Ok(a) => a,
-        Err(e) => return ResourceReport::failed(id, &e),
+        Err(e) => return (ResourceReport::failed(id, &e), None),
     };
     let changes = r.diff(&actual);
+    if changes.is_empty() {
+        return (
+            ResourceReport::new(id, Outcome::Unchanged, Vec::new(), None),
+            None,
+        );
+    }
     let text: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
     let created = changes.iter().any(R::creates);
-    if changes.is_empty() {
-        return ResourceReport::new(id, Outcome::Unchanged, text, None);
-    }
-    if noop {
-        return ResourceReport {
+    (
+        ResourceReport {
             created,
             ..ResourceReport::new(id, Outcome::Changed, text, None)
-        };
+        },
+        Some((actual, changes)),
+    )
+}
+
+impl ResourceReport {
+    /// The planned changes were made: log them.
+    fn applied(&self) {
+        for c in &self.changes {
+            tracing::info!(id = %self.id, change = %c, "applied");
+        }
     }
+
+    /// Applying the planned changes failed.
+    fn fail(&mut self, e: &anyhow::Error) {
+        self.outcome = Outcome::Failed;
+        self.error = Some(format!("{e:#}"));
+        self.backup = None;
+    }
+}
+
+/// Runs one resource: observe, diff, and (unless noop) apply.
+fn run<R: Resource>(r: &R, host: &Host, noop: bool) -> ResourceReport {
+    let (mut report, todo) = plan(r, host);
+    let Some((actual, changes)) = todo.filter(|_| !noop) else {
+        return report;
+    };
     match r.apply(host, &actual, &changes) {
         Ok(backup) => {
-            for c in &text {
-                tracing::info!(id = %id, change = %c, "applied");
-            }
-            ResourceReport {
-                backup,
-                created,
-                ..ResourceReport::new(id, Outcome::Changed, text, None)
-            }
+            report.applied();
+            report.backup = backup;
         }
-        Err(e) => ResourceReport::new(id, Outcome::Failed, text, Some(format!("{e:#}"))),
+        Err(e) => report.fail(&e),
     }
+    report
 }
 
 /// What the engine created and may therefore remove, kept in the state dir.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct Managed {
     format: u32,
-    /// id → (kind, key)
+    /// id → (kind, key). Services are recorded once the agent has run them,
+    /// created or not: one that leaves the desired state is stopped and
+    /// disabled.
     resources: BTreeMap<String, (Kind, String)>,
+    /// Services whose unit file the agent wrote where none was: removed
+    /// with the service.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    units: BTreeSet<String>,
 }
 
 const MANAGED_FILE: &str = "managed.json";
@@ -216,6 +257,31 @@ fn load_managed(state_dir: &Path) -> (Managed, Vec<u8>) {
     }
 }
 
+/// Notes in the managed record what a run did: what it created (and, for
+/// services, every service it ran), and forgets what it removed.
+fn record(managed: &mut Managed, spec: &Spec, report: &ResourceReport) {
+    let id = report.id.clone();
+    if spec.is_absent() {
+        managed.resources.remove(&id);
+        if let Spec::Service(s) = spec {
+            managed.units.remove(&s.name);
+        }
+        return;
+    }
+    if let Spec::Service(s) = spec {
+        managed
+            .resources
+            .insert(id, (Kind::Service, s.name.clone()));
+        if report.created {
+            managed.units.insert(s.name.clone());
+        }
+    } else if report.created && report.outcome == Outcome::Changed {
+        managed
+            .resources
+            .insert(id, (spec.kind(), spec.key().to_owned()));
+    }
+}
+
 /// Context the kinds need beyond the host.
 pub struct Context<'a> {
     pub state_dir: &'a Path,
@@ -230,6 +296,7 @@ fn run_one(
     noop: bool,
     pending: &BTreeSet<String>,
     gone_users: &BTreeSet<String>,
+    owned_units: &BTreeSet<String>,
 ) -> ResourceReport {
     match spec {
         Spec::File(f) => match crate::file::FileRes::new(f, cx) {
@@ -248,90 +315,70 @@ fn run_one(
         ),
         Spec::User(u) => run(&crate::user::UserRes { spec: u }, host, noop),
         Spec::Cron(c) => run(&crate::cron::CronRes { spec: c }, host, noop),
+        Spec::Sysctl(k) => run(&crate::sysctl::SysctlRes { spec: k }, host, noop),
         Spec::Service(s) => run(
             &crate::service::ServiceRes {
                 spec: s,
                 restart_pending: pending.contains(&s.name),
+                owns_unit: owned_units.contains(&s.name),
             },
             host,
             noop,
         ),
-        Spec::Package(_) => unreachable!("packages run as one batch"),
+        // The engine runs packages as one batch (see run_packages); alone,
+        // a package is its own transaction.
+        Spec::Package(p) => run(
+            &crate::package::PackageRes {
+                spec: p,
+                facts: cx.facts,
+            },
+            host,
+            noop,
+        ),
     }
 }
 
-/// Observes every package, then makes all their changes in one apt transaction.
+/// Plans every package through its [`Resource`] implementation, then
+/// applies all their changes (installs, upgrades and removals alike) in one
+/// apt transaction: batching is how their `apply` is called. Each package is
+/// then judged by observing it again, not by apt's exit code alone.
 fn run_packages(
     specs: &[&ballast_proto::spec::Package],
     host: &Host,
     facts: &serde_json::Value,
     noop: bool,
 ) -> Vec<ResourceReport> {
-    use crate::package;
-    let id = |p: &ballast_proto::spec::Package| format!("package[{}]", p.name);
-    if let Err(e) = package::check_supported(host, facts) {
-        return specs
-            .iter()
-            .map(|p| ResourceReport::failed(id(p), &e))
-            .collect();
-    }
-    let mut reports: Vec<ResourceReport> = Vec::new();
+    use crate::package::{self, PackageRes};
+    let resources: Vec<PackageRes> = specs
+        .iter()
+        .map(|spec| PackageRes { spec, facts })
+        .collect();
+    let mut reports = Vec::with_capacity(resources.len());
     let mut batch = Vec::new();
-    for p in specs {
-        match package::observe(host, &p.name)
-            .and_then(|installed| package::diff(host, p, &installed))
-        {
-            Err(e) => reports.push(ResourceReport::failed(id(p), &e)),
-            Ok(changes) if changes.is_empty() => reports.push(ResourceReport::new(
-                id(p),
-                Outcome::Unchanged,
-                Vec::new(),
-                None,
-            )),
-            Ok(changes) => {
-                let created = changes
-                    .iter()
-                    .any(|c| matches!(c, package::Change::Install { .. }));
-                let text = changes.iter().map(|c| c.to_string()).collect();
-                reports.push(ResourceReport {
-                    created,
-                    ..ResourceReport::new(id(p), Outcome::Changed, text, None)
-                });
-                batch.push((*p, changes));
-            }
+    for (i, r) in resources.iter().enumerate() {
+        let (report, todo) = plan(r, host);
+        if let Some((_, changes)) = todo {
+            batch.push((i, changes));
         }
+        reports.push(report);
     }
     if noop || batch.is_empty() {
         return reports;
     }
-    let result = package::apply_batch(host, &batch);
-    // Judge each package by what is installed now, not by apt's exit code alone.
-    for (p, _) in &batch {
-        let r = reports
-            .iter_mut()
-            .find(|r| r.id == id(p))
-            .expect("reported above");
-        let settled = package::observe(host, &p.name)
-            .and_then(|installed| package::diff(host, p, &installed))
-            .map(|c| c.is_empty());
-        match (&result, settled) {
-            (_, Ok(true)) => {
-                for c in &r.changes {
-                    tracing::info!(id = %r.id, change = %c, "applied");
-                }
-            }
-            (Err(e), _) => {
-                r.outcome = Outcome::Failed;
-                r.error = Some(format!("{e:#}"));
-            }
-            (Ok(()), Ok(false)) => {
-                r.outcome = Outcome::Failed;
-                r.error = Some("apt finished but the package is still not as desired".into());
-            }
-            (Ok(()), Err(e)) => {
-                r.outcome = Outcome::Failed;
-                r.error = Some(format!("{e:#}"));
-            }
+    let transaction: Vec<_> = batch
+        .iter()
+        .map(|(i, changes)| (resources[*i].spec, changes.clone()))
+        .collect();
+    let result = package::apply_batch(host, &transaction);
+    for (i, _) in &batch {
+        let (r, report) = (&resources[*i], &mut reports[*i]);
+        match (&result, r.observe(host).map(|a| r.diff(&a).is_empty())) {
+            (_, Ok(true)) => report.applied(),
+            (Err(e), _) => report.fail(e),
+            (Ok(()), Err(e)) => report.fail(&e),
+            (Ok(()), Ok(false)) => report.fail(&anyhow::anyhow!(
+                "apt finished but the package is still not as desired"
+            )),
         }
     }
     reports
@@ -347,6 +394,7 @@ fn run_files(
     cx: &Context<'_>,
     noop: bool,
     broken: &BTreeSet<String>,
+    ready: &dyn Fn(usize) -> bool,
 ) -> BTreeMap<String, ResourceReport> {
     let below_broken = |key: &str| {
         broken.iter().any(|b| {
@@ -357,11 +405,13 @@ fn run_files(
     };
     let files: Vec<&ballast_proto::spec::File> = resources
         .iter()
-        .filter_map(|r| match r {
+        .enumerate()
+        .filter_map(|(i, r)| match r {
             Spec::File(f)
                 if f.requires.is_empty()
                     && f.ensure == Ensure::Present
-                    && !below_broken(&f.path) =>
+                    && !below_broken(&f.path)
+                    && ready(i) =>
             {
                 Some(f)
             }
@@ -403,16 +453,8 @@ fn run_files(
     for (i, result) in idx.into_iter().zip(host.commit_all(staged)) {
         let r = &mut reports[i];
         match result {
-            Ok(()) => {
-                for c in &r.changes {
-                    tracing::info!(id = %r.id, change = %c, "applied");
-                }
-            }
-            Err(e) => {
-                r.outcome = Outcome::Failed;
-                r.error = Some(format!("{e:#}"));
-                r.backup = None;
-            }
+            Ok(()) => r.applied(),
+            Err(e) => r.fail(&e),
         }
     }
     reports.into_iter().map(|r| (r.id.clone(), r)).collect()
@@ -425,46 +467,28 @@ fn stage_file(
     cx: &Context<'_>,
     noop: bool,
 ) -> (ResourceReport, Option<crate::host::Staged>) {
-    let id = format!("file[{}]", spec.path);
     let res = match crate::file::FileRes::new(spec, cx) {
         Ok(r) => r,
-        Err(e) => return (ResourceReport::failed(id, &e), None),
+        Err(e) => {
+            return (
+                ResourceReport::failed(format!("file[{}]", spec.path), &e),
+                None,
+            );
+        }
     };
-    let actual = match res.observe(host) {
-        Ok(a) => a,
-        Err(e) => return (ResourceReport::failed(id, &e), None),
+    let (mut report, todo) = plan(&res, host);
+    let Some((actual, changes)) = todo.filter(|_| !noop) else {
+        return (report, None);
     };
-    let changes = res.diff(&actual);
-    let text: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
-    let created = changes.iter().any(crate::file::FileRes::creates);
-    if changes.is_empty() {
-        return (
-            ResourceReport::new(id, Outcome::Unchanged, text, None),
-            None,
-        );
-    }
-    if noop {
-        return (
-            ResourceReport {
-                created,
-                ..ResourceReport::new(id, Outcome::Changed, text, None)
-            },
-            None,
-        );
-    }
     match res.apply_staged(host, &actual, &changes) {
-        Ok((backup, staged)) => (
-            ResourceReport {
-                backup,
-                created,
-                ..ResourceReport::new(id, Outcome::Changed, text, None)
-            },
-            staged,
-        ),
-        Err(e) => (
-            ResourceReport::new(id, Outcome::Failed, text, Some(format!("{e:#}"))),
-            None,
-        ),
+        Ok((backup, staged)) => {
+            report.backup = backup;
+            (report, staged)
+        }
+        Err(e) => {
+            report.fail(&e);
+            (report, None)
+        }
     }
 }
 
@@ -507,53 +531,36 @@ fn replaced_by_other(spec: &Spec, host: &Host) -> bool {
 fn phase(r: &Spec) -> (u8, usize, std::cmp::Reverse<String>) {
     use std::cmp::Reverse;
     match r {
-        Spec::Service(_) => (2, 0, Reverse(String::new())),
         r if r.is_absent() => (1, r.kind().remove_rank(), Reverse(r.key().to_owned())),
+        Spec::Service(_) => (2, 0, Reverse(String::new())),
         r => (0, r.order(), Reverse(String::new())),
     }
 }
 
 /// The run order: [`phase`] order (stable, so present resources keep their
-/// key order), except that a resource runs after everything it `requires`
-/// (a stable topological sort; validation refused cycles).
-fn order(mut resources: Vec<&Spec>) -> Vec<&Spec> {
-    resources.sort_by_cached_key(|r| phase(r));
-    let index: BTreeMap<String, usize> = resources
-        .iter()
-        .enumerate()
-        .map(|(i, r)| (r.id(), i))
-        .collect();
-    let deps: Vec<Vec<usize>> = resources
-        .iter()
-        .map(|r| {
-            r.requires()
-                .iter()
-                .filter_map(|q| index.get(&format!("{}[{}]", q.kind, q.name)).copied())
-                .collect()
-        })
-        .collect();
+/// key order), except that a resource runs after everything it depends on,
+/// declared or implicit (`spec::dependencies`; a stable topological sort;
+/// validation refused cycles). `needs` and the result are indices into
+/// `resources` (see `spec::dependency_indices`).
+fn order(resources: &[&Spec], needs: &[Vec<usize>]) -> Vec<usize> {
+    let mut sorted: Vec<usize> = (0..resources.len()).collect();
+    sorted.sort_by_cached_key(|&i| phase(resources[i]));
     let mut state = vec![0u8; resources.len()];
     let mut out = Vec::with_capacity(resources.len());
     // 0 = new, 1 = in progress (a cycle here is ignored: validation refuses them), 2 = placed.
-    fn visit<'a>(
-        i: usize,
-        resources: &[&'a Spec],
-        deps: &[Vec<usize>],
-        state: &mut [u8],
-        out: &mut Vec<&'a Spec>,
-    ) {
+    fn visit(i: usize, needs: &[Vec<usize>], state: &mut [u8], out: &mut Vec<usize>) {
         if state[i] != 0 {
             return;
         }
         state[i] = 1;
-        for &d in &deps[i] {
-            visit(d, resources, deps, state, out);
+        for &d in &needs[i] {
+            visit(d, needs, state, out);
         }
         state[i] = 2;
-        out.push(resources[i]);
+        out.push(i);
     }
-    for i in 0..resources.len() {
-        visit(i, &resources, &deps, &mut state, &mut out);
+    for i in sorted {
+        visit(i, needs, &mut state, &mut out);
     }
     out
 }
@@ -578,7 +585,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         .resources
         .iter()
         .filter(|(id, _)| !desired.contains(*id))
-        .filter_map(|(_, (kind, key))| Spec::absent(*kind, key))
+        .map(|(_, (kind, key))| Spec::absent(*kind, key))
         .collect();
     let departed_ids: BTreeSet<String> = departed.iter().map(|r| r.id()).collect();
     let all: Vec<&Spec> = state.resources.iter().chain(&departed).collect();
@@ -587,26 +594,21 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
     let mut pending = load_pending(opts.state_dir);
     // Users this run removed (or, in a dry run, would have removed by now).
     let mut gone_users: BTreeSet<String> = BTreeSet::new();
-    let packages: Vec<&ballast_proto::spec::Package> = all
-        .iter()
-        .filter_map(|r| {
-            if let Spec::Package(p) = r {
-                Some(p)
-            } else {
-                None
-            }
-        })
-        .collect();
-    let mut package_reports: Option<std::vec::IntoIter<ResourceReport>> = None;
+    let mut package_reports: Option<BTreeMap<String, ResourceReport>> = None;
     let mut file_reports: Option<BTreeMap<String, ResourceReport>> = None;
-    for spec in order(all.clone()) {
+    let needs = ballast_proto::spec::dependency_indices(&all);
+    // By index into `all`: what has run so far this run, and what of it
+    // failed or was skipped.
+    let mut done = vec![false; all.len()];
+    let mut failed = vec![false; all.len()];
+    for i in order(&all, &needs) {
+        let spec = all[i];
         let id = spec.id();
         let is_departed = departed_ids.contains(&id);
-        let blocked = spec
-            .requires()
+        let blocked = needs[i]
             .iter()
-            .map(|r| format!("{}[{}]", r.kind, r.name))
-            .find(|dep| broken.contains(dep))
+            .find(|&&j| failed[j])
+            .map(|&j| all[j].id())
             .or_else(|| {
                 // A path below a directory that failed cannot be right either.
                 match spec {
@@ -624,38 +626,62 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
                     _ => None,
                 }
             });
-        let mut report = match (blocked, spec) {
+        // Ready: everything it depends on has run this run, and none failed.
+        let ready = |i: usize| needs[i].iter().all(|&j| done[j] && !failed[j]);
+        // The first package (file) starts every ready package (independent
+        // file) at once: packages in one apt transaction, files staged and
+        // committed together (see run_packages, run_files). One left out
+        // runs alone in its turn.
+        let batched = match spec {
+            _ if blocked.is_some() => None,
+            Spec::Package(_) => package_reports
+                .get_or_insert_with(|| {
+                    let ready: Vec<&ballast_proto::spec::Package> = all
+                        .iter()
+                        .enumerate()
+                        .filter_map(|(i, r)| match r {
+                            Spec::Package(p) if ready(i) => Some(p),
+                            _ => None,
+                        })
+                        .collect();
+                    run_packages(&ready, host, opts.facts, opts.noop)
+                        .into_iter()
+                        .map(|r| (r.id.clone(), r))
+                        .collect()
+                })
+                .remove(&id),
+            Spec::File(_) if spec.requires().is_empty() && !spec.is_absent() => file_reports
+                .get_or_insert_with(|| run_files(&all, host, &cx, opts.noop, &broken, &ready))
+                .remove(&id),
+            _ => None,
+        };
+        let mut report = match (blocked, batched) {
             (Some(dep), _) => ResourceReport::new(
                 id.clone(),
                 Outcome::Skipped,
                 Vec::new(),
                 Some(format!("skipped: {dep} failed")),
             ),
+            (None, Some(report)) => report,
             // Something else is there now: not ours to remove.
-            (None, _) if is_departed && replaced_by_other(spec, host) => {
+            (None, None) if is_departed && replaced_by_other(spec, host) => {
                 ResourceReport::new(id.clone(), Outcome::Unchanged, Vec::new(), None)
             }
-            (None, Spec::Package(_)) => {
-                let batch = package_reports.get_or_insert_with(|| {
-                    run_packages(&packages, host, opts.facts, opts.noop).into_iter()
-                });
-                batch.find(|r| r.id == id).unwrap_or_else(|| {
-                    ResourceReport::new(id.clone(), Outcome::Unchanged, Vec::new(), None)
-                })
-            }
-            (None, Spec::File(_)) if spec.requires().is_empty() && !spec.is_absent() => {
-                // The first file starts every independent file at once (see run_files).
-                let batch = file_reports
-                    .get_or_insert_with(|| run_files(&all, host, &cx, opts.noop, &broken));
-                batch
-                    .remove(&id)
-                    .unwrap_or_else(|| run_one(spec, host, &cx, opts.noop, &pending, &gone_users))
-            }
-            (None, _) => run_one(spec, host, &cx, opts.noop, &pending, &gone_users),
+            (None, None) => run_one(
+                spec,
+                host,
+                &cx,
+                opts.noop,
+                &pending,
+                &gone_users,
+                &managed.units,
+            ),
         };
         if matches!(report.outcome, Outcome::Failed | Outcome::Skipped) {
             broken.insert(id.clone());
+            failed[i] = true;
         }
+        done[i] = true;
         // A dry run creates and removes nothing: it notes what it would
         // have done by now, so later steps judge the host as a real run would.
         if opts.noop && report.created {
@@ -688,13 +714,9 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         {
             save_pending(opts.state_dir, &pending);
         }
-        let present = !spec.is_absent() && !matches!(spec, Spec::Service(_));
-        if present && report.created && report.outcome == Outcome::Changed {
-            managed
-                .resources
-                .insert(id, (spec.kind(), spec.key().to_owned()));
-        } else if !present && !matches!(report.outcome, Outcome::Failed | Outcome::Skipped) {
-            managed.resources.remove(&id);
+        let done = !matches!(report.outcome, Outcome::Failed | Outcome::Skipped);
+        if !opts.noop && done {
+            record(&mut managed, spec, &report);
         }
         if is_departed {
             if report.outcome == Outcome::Unchanged {

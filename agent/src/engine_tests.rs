@@ -589,6 +589,7 @@ mod argv {
             shell: Some("/bin/sh".into()),
             system: true,
             authorized_keys: None,
+            remove_home: false,
             ensure: Default::default(),
             requires: vec![],
         };
@@ -709,5 +710,89 @@ mod template_limits {
         assert_eq!(s[0], "Changed file[/etc/fine] create file (2 bytes)");
         assert!(took < Duration::from_secs(10), "took {took:?}");
         assert!(grown_mib < 64, "peak memory grew by {grown_mib} MiB");
+    }
+}
+
+/// Implicit dependencies (Puppet's autorequire), written once in the model.
+mod implicit_dependencies {
+    use super::*;
+
+    #[test]
+    fn what_a_failed_user_owns_or_runs_is_skipped_not_failed() {
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.path("/etc/cron.d")).unwrap();
+        std::fs::write(sb.path("/etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n").unwrap();
+        std::fs::write(sb.path("/etc/group"), "root:x:0:\n").unwrap();
+        std::fs::write(sb.path("/etc/shadow"), "root:*:19000:0:99999:7:::\n").unwrap();
+        std::fs::write(sb.path("/etc/gshadow"), "root:*::\n").unwrap();
+        // uid 0 is taken: useradd refuses, so user[ghost] fails.
+        let yaml = wrap(
+            "    users: [{name: ghost, uid: 0}]\n    files: [{path: /etc/ghost.conf, content: x, owner: ghost}, {path: /etc/other.conf, content: x}]\n    cron: [{name: job, schedule: \"@daily\", user: ghost, command: \"true\"}]\n",
+        );
+        let r = sb.run(&yaml, false);
+        let lines = summary(&r);
+        assert!(lines[0].starts_with("Failed user[ghost]"), "{lines:?}");
+        assert_eq!(
+            lines[1..],
+            [
+                "Skipped file[/etc/ghost.conf]  !skipped: user[ghost] failed",
+                "Changed file[/etc/other.conf] create file (1 bytes)",
+                "Skipped cron[job]  !skipped: user[ghost] failed",
+            ],
+            "{lines:?}"
+        );
+    }
+}
+
+/// `sysctl` under a temp root: only the persisted file is managed there.
+mod sysctl {
+    use super::*;
+
+    const CONF: &str = "/etc/sysctl.d/90-ballast.conf";
+
+    #[test]
+    fn sysctl_persists_in_one_file_and_removal_deletes_only_its_line() {
+        let live_before = std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").ok();
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.path("/etc/sysctl.d")).unwrap();
+        let both = wrap(
+            "    sysctl: [{key: net.ipv4.ip_forward, value: \"1\"}, {key: vm.swappiness, value: 10}]\n",
+        );
+        let r = sb.run(&both, false);
+        assert_eq!(
+            summary(&r),
+            [
+                "Changed sysctl[net.ipv4.ip_forward] persist 1 in /etc/sysctl.d/90-ballast.conf",
+                "Changed sysctl[vm.swappiness] persist 10 in /etc/sysctl.d/90-ballast.conf",
+            ]
+        );
+        expect_test::expect![[r#"
+            # Managed by Ballast: one line per sysctl resource; local changes are overwritten.
+            net.ipv4.ip_forward = 1
+            vm.swappiness = 10
+        "#]]
+        .assert_eq(&sb.read(CONF).unwrap());
+        let meta = std::fs::metadata(sb.path(CONF)).unwrap();
+        assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o644, 0));
+        assert_eq!(sb.run(&both, false).changed(), 0);
+        // One leaves the desired state: its line goes, the other stays.
+        let one = wrap("    sysctl: [{key: vm.swappiness, value: 10}]\n");
+        let r = sb.run(&one, false);
+        assert_eq!(
+            summary(&r),
+            [
+                "Unchanged sysctl[vm.swappiness] ",
+                "Changed sysctl[net.ipv4.ip_forward] remove from /etc/sysctl.d/90-ballast.conf (live value kept) (no longer in desired state)"
+            ]
+        );
+        assert!(!sb.read(CONF).unwrap().contains("ip_forward"));
+        // The last one goes: so does the file.
+        sb.run(&wrap("    files: []\n"), false);
+        assert!(sb.read(CONF).is_none());
+        // A sandboxed run never touches the real kernel's values.
+        assert_eq!(
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_forward").ok(),
+            live_before
+        );
     }
 }

@@ -18,6 +18,7 @@ mod group;
 mod package;
 mod service;
 mod symlink;
+mod sysctl;
 mod user;
 
 /// The agent's version, reported with heartbeats and facts.

@@ -1,14 +1,30 @@
 //! `package` resources, with apt and dpkg on Debian and Ubuntu. Each package
-//! is observed on its own; all package changes of a run are made in one apt
-//! transaction (see [`apply_batch`]), not one per package.
+//! is a [`Resource`] (observe, pure diff, apply) like every other kind; the
+//! engine calls the apply of all packages of a run, removals included, as one
+//! apt transaction ([`apply_batch`]), and `PackageRes::apply` alone is that
+//! transaction with one package in it.
 
+use crate::engine::Resource;
 use crate::host::Host;
 use anyhow::bail;
 use ballast_proto::spec::{Package, PackageEnsure};
 use std::fmt;
 
-/// The installed version, if installed.
-pub type Observed = Option<String>;
+pub struct PackageRes<'a> {
+    pub spec: &'a Package,
+    /// System facts, to tell apt systems from others.
+    pub facts: &'a serde_json::Value,
+}
+
+/// What dpkg and apt say about one package.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Observed {
+    /// The installed version, if installed.
+    pub installed: Option<String>,
+    /// apt's candidate version; asked for only with `ensure: latest` when
+    /// the package is installed.
+    pub candidate: Option<String>,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
@@ -85,7 +101,7 @@ pub fn apt_cache_args(name: &str) -> [&str; 3] {
 }
 
 /// The installed version of a package, or `None`.
-pub fn observe(host: &Host, name: &str) -> anyhow::Result<Observed> {
+fn installed(host: &Host, name: &str) -> anyhow::Result<Option<String>> {
     let (code, out) = host.query("dpkg-query", &dpkg_query_args(name))?;
     if code != 0 {
         return Ok(None);
@@ -105,18 +121,60 @@ fn candidate(host: &Host, name: &str) -> anyhow::Result<Option<String>> {
         .map(str::to_owned))
 }
 
-/// What must change for one package (reads the apt cache only for `latest`).
-pub fn diff(host: &Host, spec: &Package, installed: &Observed) -> anyhow::Result<Vec<Change>> {
-    Ok(match (&spec.ensure, installed) {
+impl Resource for PackageRes<'_> {
+    type State = Observed;
+    type Change = Change;
+
+    fn id(&self) -> String {
+        format!("package[{}]", self.spec.name)
+    }
+
+    fn creates(change: &Change) -> bool {
+        matches!(change, Change::Install { .. })
+    }
+
+    fn observe(&self, host: &Host) -> anyhow::Result<Observed> {
+        check_supported(host, self.facts)?;
+        let installed = installed(host, &self.spec.name)?;
+        let candidate = match (&self.spec.ensure, &installed) {
+            (PackageEnsure::Latest, Some(_)) => candidate(host, &self.spec.name)?,
+            _ => None,
+        };
+        Ok(Observed {
+            installed,
+            candidate,
+        })
+    }
+
+    fn diff(&self, a: &Observed) -> Vec<Change> {
+        diff(self.spec, a)
+    }
+
+    /// A transaction of one; the engine batches every package of a run
+    /// into one [`apply_batch`] instead.
+    fn apply(
+        &self,
+        host: &Host,
+        _actual: &Observed,
+        changes: &[Change],
+    ) -> anyhow::Result<Option<String>> {
+        apply_batch(host, &[(self.spec, changes.to_vec())])?;
+        Ok(None)
+    }
+}
+
+/// Pure: what must change for one package.
+pub fn diff(spec: &Package, a: &Observed) -> Vec<Change> {
+    match (&spec.ensure, &a.installed) {
         (PackageEnsure::Absent, Some(_)) => vec![Change::Remove],
         (PackageEnsure::Absent, None) => vec![],
         (PackageEnsure::Present, None) => vec![Change::Install { version: None }],
         (PackageEnsure::Present, Some(_)) => vec![],
         (PackageEnsure::Latest, None) => vec![Change::Install { version: None }],
-        (PackageEnsure::Latest, Some(v)) => match candidate(host, &spec.name)? {
-            Some(c) if c != *v => vec![Change::Upgrade {
+        (PackageEnsure::Latest, Some(v)) => match &a.candidate {
+            Some(c) if c != v => vec![Change::Upgrade {
                 from: v.clone(),
-                to: c,
+                to: c.clone(),
             }],
             _ => vec![],
         },
@@ -128,7 +186,7 @@ pub fn diff(host: &Host, spec: &Package, installed: &Observed) -> anyhow::Result
             to: want.clone(),
         }],
         (PackageEnsure::Version(_), Some(_)) => vec![],
-    })
+    }
 }
 
 /// One apt transaction for every package change of the run.
@@ -177,4 +235,64 @@ pub fn apt_get_args(changes: &[(&Package, Vec<Change>)]) -> Option<Vec<String>> 
         }
     }
     any.then_some(args)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every (ensure, installed, candidate) case and the changes it gives.
+    #[test]
+    fn diff_table() {
+        let ensures = [
+            PackageEnsure::Present,
+            PackageEnsure::Absent,
+            PackageEnsure::Latest,
+            PackageEnsure::Version("1.2-1".into()),
+        ];
+        let states = [
+            (None, None),
+            (Some("1.2-1"), None),
+            (Some("1.0-1"), Some("1.2-1")),
+            (Some("1.2-1"), Some("1.2-1")),
+        ];
+        let mut out = String::new();
+        for e in &ensures {
+            for (installed, candidate) in &states {
+                let spec = Package {
+                    name: "jq".into(),
+                    ensure: e.clone(),
+                    notify: vec![],
+                    requires: vec![],
+                };
+                let a = Observed {
+                    installed: installed.map(str::to_owned),
+                    candidate: candidate.map(str::to_owned),
+                };
+                let changes: Vec<String> = diff(&spec, &a).iter().map(|c| c.to_string()).collect();
+                out.push_str(&format!(
+                    "{e:?} installed={installed:?} candidate={candidate:?} => [{}]\n",
+                    changes.join("; ")
+                ));
+            }
+        }
+        expect_test::expect![[r#"
+            Present installed=None candidate=None => [install]
+            Present installed=Some("1.2-1") candidate=None => []
+            Present installed=Some("1.0-1") candidate=Some("1.2-1") => []
+            Present installed=Some("1.2-1") candidate=Some("1.2-1") => []
+            Absent installed=None candidate=None => []
+            Absent installed=Some("1.2-1") candidate=None => [remove]
+            Absent installed=Some("1.0-1") candidate=Some("1.2-1") => [remove]
+            Absent installed=Some("1.2-1") candidate=Some("1.2-1") => [remove]
+            Latest installed=None candidate=None => [install]
+            Latest installed=Some("1.2-1") candidate=None => []
+            Latest installed=Some("1.0-1") candidate=Some("1.2-1") => [upgrade 1.0-1 -> 1.2-1]
+            Latest installed=Some("1.2-1") candidate=Some("1.2-1") => []
+            Version("1.2-1") installed=None candidate=None => [install version 1.2-1]
+            Version("1.2-1") installed=Some("1.2-1") candidate=None => []
+            Version("1.2-1") installed=Some("1.0-1") candidate=Some("1.2-1") => [change version 1.0-1 -> 1.2-1]
+            Version("1.2-1") installed=Some("1.2-1") candidate=Some("1.2-1") => []
+        "#]].assert_eq(&out);
+    }
 }

@@ -1,7 +1,7 @@
 //! `user` resources: a local account with uid, primary and supplementary
 //! groups, home, shell, and the SSH keys in `~/.ssh/authorized_keys`; or absent.
-//! Changed with useradd, usermod and userdel (`--root` in a sandbox); the
-//! home directory is never deleted.
+//! Changed with useradd, usermod and userdel (`--root` in a sandbox). A
+//! removed user's home directory is kept unless it says `remove_home: true`.
 
 use crate::engine::Resource;
 use crate::host::{Host, Kind, PasswdEntry};
@@ -26,13 +26,33 @@ pub struct Observed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
     Create,
-    Uid { from: u32, to: u32 },
-    Primary { from: String, to: String },
-    Groups { from: Vec<String>, to: Vec<String> },
-    Home { from: String, to: String },
-    Shell { from: String, to: String },
-    Keys { count: usize },
+    Uid {
+        from: u32,
+        to: u32,
+    },
+    Primary {
+        from: String,
+        to: String,
+    },
+    Groups {
+        from: Vec<String>,
+        to: Vec<String>,
+    },
+    Home {
+        from: String,
+        to: String,
+    },
+    Shell {
+        from: String,
+        to: String,
+    },
+    Keys {
+        count: usize,
+    },
+    /// userdel, keeping the home directory.
     Remove,
+    /// userdel --remove: the home directory and mail spool go too.
+    RemoveWithHome,
 }
 
 impl fmt::Display for Change {
@@ -48,6 +68,7 @@ impl fmt::Display for Change {
             Change::Shell { from, to } => write!(f, "shell {from} -> {to}"),
             Change::Keys { count } => write!(f, "write ~/.ssh/authorized_keys ({count} keys)"),
             Change::Remove => write!(f, "remove user (home directory kept)"),
+            Change::RemoveWithHome => write!(f, "remove user and its home directory"),
         }
     }
 }
@@ -132,7 +153,11 @@ impl Resource for UserRes<'_> {
             };
         };
         if s.ensure == Ensure::Absent {
-            return vec![Change::Remove];
+            return vec![if s.remove_home {
+                Change::RemoveWithHome
+            } else {
+                Change::Remove
+            }];
         }
         let mut out = Vec::new();
         if let Some(uid) = s.uid.filter(|u| *u != e.uid) {
@@ -263,6 +288,10 @@ pub fn commands(s: &User, changes: &[Change]) -> Vec<(&'static str, Vec<String>)
             Change::Shell { to, .. } => usermod.extend(["--shell".into(), to.clone()]),
             Change::Keys { .. } => {}
             Change::Remove => out.push(("userdel", vec!["--".into(), s.name.clone()])),
+            Change::RemoveWithHome => out.push((
+                "userdel",
+                vec!["--remove".into(), "--".into(), s.name.clone()],
+            )),
         }
     }
     if !usermod.is_empty() {
@@ -270,4 +299,65 @@ pub fn commands(s: &User, changes: &[Change]) -> Vec<(&'static str, Vec<String>)
         out.push(("usermod", usermod));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(ensure: Ensure, remove_home: bool) -> User {
+        User {
+            name: "deploy".into(),
+            uid: None,
+            group: None,
+            groups: None,
+            home: None,
+            shell: None,
+            system: false,
+            authorized_keys: None,
+            remove_home,
+            ensure,
+            requires: vec![],
+        }
+    }
+
+    /// Removal keeps the home unless `remove_home: true` says otherwise.
+    #[test]
+    fn removal_keeps_the_home_unless_told() {
+        let entry = PasswdEntry {
+            name: "deploy".into(),
+            uid: 3001,
+            gid: 3001,
+            home: "/home/deploy".into(),
+            shell: "/bin/sh".into(),
+        };
+        let observed = || Observed {
+            entry: Some(entry.clone()),
+            primary: None,
+            groups: vec![],
+            keys: None,
+        };
+        let mut out = String::new();
+        for remove_home in [false, true] {
+            let u = user(Ensure::Absent, remove_home);
+            let changes = UserRes { spec: &u }.diff(&observed());
+            for (program, args) in commands(&u, &changes) {
+                out.push_str(&format!(
+                    "remove_home={remove_home}: {} => {program} {}\n",
+                    changes[0],
+                    args.join(" ")
+                ));
+            }
+            let gone = Observed {
+                entry: None,
+                ..observed()
+            };
+            assert!(UserRes { spec: &u }.diff(&gone).is_empty());
+        }
+        expect_test::expect![[r#"
+            remove_home=false: remove user (home directory kept) => userdel -- deploy
+            remove_home=true: remove user and its home directory => userdel --remove -- deploy
+        "#]]
+        .assert_eq(&out);
+    }
 }

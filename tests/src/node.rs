@@ -1,7 +1,9 @@
 //! Real Debian nodes for tests: a copy of the cached bookworm root
 //! (`scripts/node-root.sh`) booted with `systemd-nspawn --boot`, so systemd is
 //! PID 1 and systemctl, cron, useradd and apt are the real ones. The node
-//! shares the host's network (a controller on 127.0.0.1 is reachable).
+//! shares the host's network (a controller on 127.0.0.1 is reachable), or
+//! has a network namespace of its own ([`TestNode::boot_private_network`]:
+//! `net.*` sysctls are then the node's, never the host's).
 
 use anyhow::{Context, bail};
 use std::path::{Path, PathBuf};
@@ -56,6 +58,8 @@ pub struct TestNode {
     child: Child,
     leader: u32,
     log: PathBuf,
+    /// Booted with `--private-network`.
+    private_network: bool,
 }
 
 fn children(pid: u32) -> Vec<u32> {
@@ -83,6 +87,20 @@ impl TestNode {
         name: &str,
         prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
     ) -> anyhow::Result<TestNode> {
+        Self::boot_opts(name, prepare, false)
+    }
+
+    /// Like [`TestNode::boot`], in a network namespace of its own
+    /// (`systemd-nspawn --private-network`: only a loopback interface).
+    pub fn boot_private_network(name: &str) -> anyhow::Result<TestNode> {
+        Self::boot_opts(name, |_| Ok(()), true)
+    }
+
+    fn boot_opts(
+        name: &str,
+        prepare: impl FnOnce(&Path) -> anyhow::Result<()>,
+        private_network: bool,
+    ) -> anyhow::Result<TestNode> {
         let base = PathBuf::from("/var/tmp/ballast-nodes");
         std::fs::create_dir_all(&base)?;
         let mut rnd = [0u8; 4];
@@ -109,42 +127,59 @@ impl TestNode {
         std::fs::write(root.join("etc/hostname"), format!("{name}\n"))?;
         prepare(&root)?;
         let log = root.with_extension("log");
-        let out = std::fs::File::create(&log)?;
-        let child = Command::new("systemd-nspawn")
-            .arg("-D")
-            .arg(&root)
-            .args([
-                "--boot",
-                "--machine",
-                name,
-                "--register=no",
-                "--keep-unit",
-                "--quiet",
-            ])
-            .stdin(Stdio::null())
-            .stdout(out.try_clone()?)
-            .stderr(out)
-            .spawn()
-            .context("start systemd-nspawn")?;
+        let child = spawn(&root, name, &log, private_network)?;
         let mut node = TestNode {
             name: name.into(),
             root,
             leader: 0,
             child,
             log,
+            private_network,
         };
+        node.wait_booted()?;
+        Ok(node)
+    }
+
+    /// Halts the node cleanly and boots the same root again (what a reboot
+    /// keeps, the root filesystem, is kept; its /tmp and kernel state are not).
+    pub fn reboot(&mut self) -> anyhow::Result<()> {
+        self.halt();
+        self.child = spawn(&self.root, &self.name, &self.log, self.private_network)?;
+        self.leader = 0;
+        self.wait_booted()
+    }
+
+    /// SIGTERM to systemd-nspawn is a clean halt of the node; waits up to 20 s.
+    fn halt(&mut self) {
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    fn wait_booted(&mut self) -> anyhow::Result<()> {
+        let name = self.name.clone();
         let started = Instant::now();
         let deadline = started + Duration::from_secs(90);
         loop {
-            if let Some(status) = node.child.try_wait()? {
+            if let Some(status) = self.child.try_wait()? {
                 bail!(
                     "systemd-nspawn exited ({status}) while booting {name}: {}",
-                    node.log_tail()
+                    self.log_tail()
                 );
             }
-            if node.leader == 0 {
+            if self.leader == 0 {
                 // nspawn's child is the container's PID 1 (systemd).
-                node.leader = children(node.child.id())
+                self.leader = children(self.child.id())
                     .into_iter()
                     .find(|p| {
                         std::fs::read_to_string(format!("/proc/{p}/comm"))
@@ -152,8 +187,8 @@ impl TestNode {
                     })
                     .unwrap_or(0);
             }
-            if node.leader != 0
-                && let Ok(out) = node.exec(&["systemctl", "is-system-running"])
+            if self.leader != 0
+                && let Ok(out) = self.exec(&["systemctl", "is-system-running"])
             {
                 let state = String::from_utf8_lossy(&out.stdout).trim().to_owned();
                 if state == "running" || state == "degraded" {
@@ -161,13 +196,13 @@ impl TestNode {
                         "node {name} booted in {:.1}s ({state})",
                         started.elapsed().as_secs_f64()
                     );
-                    return Ok(node);
+                    return Ok(());
                 }
             }
             if Instant::now() > deadline {
                 bail!(
                     "node {name} did not finish booting in 90 s: {}",
-                    node.log_tail()
+                    self.log_tail()
                 );
             }
             std::thread::sleep(Duration::from_millis(200));
@@ -238,23 +273,36 @@ impl TestNode {
 
 impl Drop for TestNode {
     fn drop(&mut self) {
-        // SIGTERM to systemd-nspawn is a clean halt of the node.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
+        self.halt();
         let _ = std::fs::remove_dir_all(&self.root);
         let _ = std::fs::remove_file(&self.log);
     }
+}
+
+/// Starts systemd-nspawn booting `root`; its output goes to `log` (appended,
+/// so a reboot keeps the first boot's lines).
+fn spawn(root: &Path, name: &str, log: &Path, private_network: bool) -> anyhow::Result<Child> {
+    let out = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)?;
+    let mut cmd = Command::new("systemd-nspawn");
+    cmd.arg("-D").arg(root).args([
+        "--boot",
+        "--machine",
+        name,
+        "--register=no",
+        "--keep-unit",
+        "--quiet",
+    ]);
+    if private_network {
+        cmd.arg("--private-network");
+    }
+    cmd.stdin(Stdio::null())
+        .stdout(out.try_clone()?)
+        .stderr(out)
+        .spawn()
+        .context("start systemd-nspawn")
 }
 
 /// A tiny Debian package for a local repository.

@@ -7,12 +7,14 @@
 //! and both run the same validators.
 
 mod cron;
+mod depend;
 mod model;
 mod parse;
 mod render;
 pub mod template;
 pub mod validate;
 
+pub use depend::{Dependency, Why, dependencies, dependency_indices};
 pub use model::*;
 pub use parse::{Source, parse, read_sources};
 pub use render::{StateDiff, diff_states};

@@ -82,13 +82,15 @@ pub enum Resource {
     Group(Group),
     Package(Package),
     Cron(Cron),
+    Sysctl(Sysctl),
     Service(Service),
 }
 
 /// The closed set of resource kinds, declared in apply order: groups before
 /// users (a user's primary group must exist), users before packages (packages
 /// may ship files owned by them), directories before files and symlinks (they
-/// live inside), cron and services last (they run what the rest installed).
+/// live inside), cron, kernel parameters and services last (they run what
+/// the rest installed).
 /// Removal runs in the reverse order (see [`Kind::REMOVE_ORDER`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -100,12 +102,13 @@ pub enum Kind {
     File,
     Symlink,
     Cron,
+    Sysctl,
     Service,
 }
 
 impl Kind {
     /// Every kind, in apply order.
-    pub const ORDER: [Kind; 8] = [
+    pub const ORDER: [Kind; 9] = [
         Kind::Group,
         Kind::User,
         Kind::Package,
@@ -113,13 +116,15 @@ impl Kind {
         Kind::File,
         Kind::Symlink,
         Kind::Cron,
+        Kind::Sysctl,
         Kind::Service,
     ];
 
     /// Every kind, in removal order: the reverse of [`Kind::ORDER`], so a
     /// user goes before its primary group and a file before its directory.
-    pub const REMOVE_ORDER: [Kind; 8] = [
+    pub const REMOVE_ORDER: [Kind; 9] = [
         Kind::Service,
+        Kind::Sysctl,
         Kind::Cron,
         Kind::Symlink,
         Kind::File,
@@ -139,6 +144,7 @@ impl Kind {
             Kind::File => "file",
             Kind::Symlink => "symlink",
             Kind::Cron => "cron",
+            Kind::Sysctl => "sysctl",
             Kind::Service => "service",
         }
     }
@@ -251,6 +257,10 @@ pub struct User {
     /// Written to `~/.ssh/authorized_keys` (exactly these, when given).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorized_keys: Option<Vec<String>>,
+    /// With `ensure: absent`: delete the home directory (and mail spool)
+    /// too. Default false: the home is kept.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub remove_home: bool,
     #[serde(default)]
     pub ensure: Ensure,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -313,11 +323,29 @@ fn default_cron_user() -> String {
     "root".to_owned()
 }
 
+/// A kernel parameter (`net.ipv4.ip_forward`): persisted in
+/// `/etc/sysctl.d/90-ballast.conf` and applied live. Removal deletes the
+/// persisted entry and leaves the live value.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Sysctl {
+    /// Dotted, as `sysctl` names it.
+    pub key: String,
+    /// Required when present; fields separated by single spaces.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default)]
+    pub ensure: Ensure,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub requires: Vec<ResourceRef>,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum ServiceEnsure {
     Running,
     Stopped,
+    /// Stopped, disabled, and the unit file removed if the agent wrote it.
+    Absent,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -345,6 +373,7 @@ impl Resource {
             Resource::Group(_) => Kind::Group,
             Resource::Package(_) => Kind::Package,
             Resource::Cron(_) => Kind::Cron,
+            Resource::Sysctl(_) => Kind::Sysctl,
             Resource::Service(_) => Kind::Service,
         }
     }
@@ -359,6 +388,7 @@ impl Resource {
             Resource::Group(r) => &r.name,
             Resource::Package(r) => &r.name,
             Resource::Cron(r) => &r.name,
+            Resource::Sysctl(r) => &r.key,
             Resource::Service(r) => &r.name,
         }
     }
@@ -377,6 +407,7 @@ impl Resource {
             Resource::Group(r) => &r.requires,
             Resource::Package(r) => &r.requires,
             Resource::Cron(r) => &r.requires,
+            Resource::Sysctl(r) => &r.requires,
             Resource::Service(r) => &r.requires,
         }
     }
@@ -387,7 +418,6 @@ impl Resource {
     }
 
     /// Whether this resource asks for its thing to be gone (`ensure: absent`).
-    /// Services have no absent state.
     pub fn is_absent(&self) -> bool {
         match self {
             Resource::File(r) => r.ensure == Ensure::Absent,
@@ -397,15 +427,17 @@ impl Resource {
             Resource::Group(r) => r.ensure == Ensure::Absent,
             Resource::Package(r) => r.ensure == PackageEnsure::Absent,
             Resource::Cron(r) => r.ensure == Ensure::Absent,
-            Resource::Service(_) => false,
+            Resource::Sysctl(r) => r.ensure == Ensure::Absent,
+            Resource::Service(r) => r.ensure == Some(ServiceEnsure::Absent),
         }
     }
 
     /// The resource that removes the thing `kind[key]` names: the same kind
-    /// with `ensure: absent` (services have no absent state: `None`).
-    pub fn absent(kind: Kind, key: &str) -> Option<Resource> {
+    /// with `ensure: absent` (a user keeps its home; a service is stopped
+    /// and disabled).
+    pub fn absent(kind: Kind, key: &str) -> Resource {
         let key = key.to_owned();
-        Some(match kind {
+        match kind {
             Kind::File => Resource::File(File {
                 path: key,
                 content: None,
@@ -441,6 +473,7 @@ impl Resource {
                 shell: None,
                 system: false,
                 authorized_keys: None,
+                remove_home: false,
                 ensure: Ensure::Absent,
                 requires: Vec::new(),
             }),
@@ -466,8 +499,20 @@ impl Resource {
                 ensure: Ensure::Absent,
                 requires: Vec::new(),
             }),
-            Kind::Service => return None,
-        })
+            Kind::Sysctl => Resource::Sysctl(Sysctl {
+                key,
+                value: None,
+                ensure: Ensure::Absent,
+                requires: Vec::new(),
+            }),
+            Kind::Service => Resource::Service(Service {
+                name: key,
+                ensure: Some(ServiceEnsure::Absent),
+                enabled: None,
+                unit: None,
+                requires: Vec::new(),
+            }),
+        }
     }
 
     /// Services this resource asks to restart when it changes.

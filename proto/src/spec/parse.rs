@@ -471,7 +471,7 @@ fn join(field: &str, key: &str) -> String {
 }
 
 /// Role keys (resource lists) and the kind each holds.
-const ROLE_KEYS: [(&str, &str); 8] = [
+const ROLE_KEYS: [(&str, &str); 9] = [
     ("files", "file"),
     ("directories", "directory"),
     ("symlinks", "symlink"),
@@ -479,6 +479,7 @@ const ROLE_KEYS: [(&str, &str); 8] = [
     ("groups", "group"),
     ("packages", "package"),
     ("cron", "cron"),
+    ("sysctl", "sysctl"),
     ("services", "service"),
 ];
 
@@ -498,6 +499,7 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
             "shell",
             "system",
             "authorized_keys",
+            "remove_home",
             "ensure",
             "requires",
         ],
@@ -506,6 +508,7 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
         "cron" => &[
             "name", "schedule", "user", "command", "env", "ensure", "requires",
         ],
+        "sysctl" => &["key", "value", "ensure", "requires"],
         "service" => &["name", "ensure", "enabled", "unit", "requires"],
         _ => &[],
     }
@@ -513,10 +516,10 @@ fn allowed_keys(kind: &str) -> &'static [&'static str] {
 
 fn decode_resource(cx: &mut Cx<'_>, kind: &str, node: &Node, path: &str) -> Option<Resource> {
     let f = cx.fields(node, path, allowed_keys(kind))?;
-    let key_field = if matches!(kind, "file" | "directory" | "symlink") {
-        "path"
-    } else {
-        "name"
+    let key_field = match kind {
+        "file" | "directory" | "symlink" => "path",
+        "sysctl" => "key",
+        _ => "name",
     };
     let Some(key_node) = f.get(key_field) else {
         cx.err(
@@ -589,6 +592,7 @@ fn decode_resource(cx: &mut Cx<'_>, kind: &str, node: &Node, path: &str) -> Opti
             authorized_keys: f
                 .get("authorized_keys")
                 .map(|n| cx.strings(n, &join(path, "authorized_keys"))),
+            remove_home: b(cx, "remove_home"),
             ensure: ensure(cx),
             requires: requires(cx),
         }),
@@ -628,16 +632,25 @@ fn decode_resource(cx: &mut Cx<'_>, kind: &str, node: &Node, path: &str) -> Opti
             ensure: ensure(cx),
             requires: requires(cx),
         }),
+        "sysctl" => Resource::Sysctl(Sysctl {
+            key,
+            value: s(cx, "value"),
+            ensure: ensure(cx),
+            requires: requires(cx),
+        }),
         "service" => {
             let ensure = f.get("ensure").and_then(|n| {
                 match cx.string(n, &join(path, "ensure")).as_deref() {
                     Some("running") => Some(ServiceEnsure::Running),
                     Some("stopped") => Some(ServiceEnsure::Stopped),
+                    Some("absent") => Some(ServiceEnsure::Absent),
                     Some(other) => {
                         cx.err(
                             n.line,
                             &join(path, "ensure"),
-                            format!("invalid ensure {other:?}: allowed are running, stopped"),
+                            format!(
+                                "invalid ensure {other:?}: allowed are running, stopped, absent"
+                            ),
                         );
                         None
                     }
@@ -930,6 +943,21 @@ groups:
             site.yaml:6: roles.r.users[0].name: invalid user or group name "-bad": allowed are up to 32 characters of a-z, 0-9, '_' and '-', starting with a letter or '_' (optionally ending in '$')
             site.yaml:7: roles.r.cron[0].command: invalid cron command "date +%s": cron turns a bare '%' into a newline; write it as '\%'"#]]
         .assert_eq(&out);
+    }
+
+    /// The fields added with issue 8 (sysctl, service absent, remove_home)
+    /// are checked with file, line and field.
+    #[test]
+    fn sysctl_absent_services_and_remove_home_are_checked() {
+        let out = errs(
+            "roles:\n  r:\n    sysctl:\n      - {key: net/ipv4/ip_forward, value: \"1\"}\n      - {key: vm.swappiness}\n      - {key: net.ipv4.ip_forward, value: 1}\n    services: [{name: app, ensure: absent, unit: x, enabled: true}]\n    users: [{name: u, remove_home: true}]\ngroups:\n  all: {roles: [r]}\n",
+        );
+        expect![[r#"
+            site.yaml:8: roles.r.users[0].remove_home: remove_home applies only to a user with ensure: absent
+            site.yaml:4: roles.r.sysctl[0].key: invalid sysctl key "net/ipv4/ip_forward": '/' is not allowed; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
+            site.yaml:5: roles.r.sysctl[1].value: a sysctl needs a value
+            site.yaml:7: roles.r.services[0].unit: a service with ensure: absent takes no unit (its unit file is removed if the agent wrote it)
+            site.yaml:7: roles.r.services[0].enabled: a service with ensure: absent is disabled; enabled: true contradicts it"#]].assert_eq(&out);
     }
 
     #[test]

@@ -15,6 +15,77 @@ fn slot(r: &Resource) -> String {
     }
 }
 
+/// One declaration of a resource as a node group gives it.
+struct Decl<'a> {
+    eff: Resource,
+    role: &'a str,
+    origin: &'a Origin,
+    group: &'a str,
+}
+
+/// A node group's declarations by slot.
+type GroupDecls<'a> = (
+    &'a String,
+    &'a super::NodeGroup,
+    BTreeMap<String, Vec<Decl<'a>>>,
+);
+
+/// The message for two clashing declarations: which two, why they clash,
+/// and through which node group(s) both reach one node.
+fn conflict(a: &Decl<'_>, b: &Decl<'_>) -> String {
+    let reach = if a.group == b.group {
+        format!("nodes of node group {}", a.group)
+    } else {
+        format!("nodes matching node groups {} and {}", a.group, b.group)
+    };
+    if a.origin == b.origin {
+        // One declaration, rendered with two groups' vars.
+        return format!(
+            "{} of role {} ({}) renders differently with the vars of node groups {} and {}, and both reach {reach}",
+            b.eff.id(),
+            b.role,
+            b.origin,
+            a.group,
+            b.group
+        );
+    }
+    if a.eff.id() == b.eff.id() {
+        let by = if a.role == b.role {
+            format!("role {} ({} and {})", a.role, a.origin, b.origin)
+        } else {
+            format!(
+                "role {} ({}) and role {} ({})",
+                a.role, a.origin, b.role, b.origin
+            )
+        };
+        return format!(
+            "{} is declared differently by {by}, and both reach {reach}",
+            b.eff.id()
+        );
+    }
+    let both = if a.role == b.role {
+        format!(
+            "{} ({}) and {} ({}), both of role {},",
+            a.eff.id(),
+            a.origin,
+            b.eff.id(),
+            b.origin,
+            a.role
+        )
+    } else {
+        format!(
+            "{} (role {}, {}) and {} (role {}, {})",
+            a.eff.id(),
+            a.role,
+            a.origin,
+            b.eff.id(),
+            b.role,
+            b.origin
+        )
+    };
+    format!("{both} are two resources at one path (a path holds one thing), and both reach {reach}")
+}
+
 /// A resource as a node of this group gets it: templates carry the group's vars.
 fn effective(r: &Resource, vars: &Vars) -> Resource {
     match r {
@@ -70,54 +141,68 @@ pub(super) fn check(spec: &Spec) -> Vec<SpecError> {
     if !errors.is_empty() {
         return errors;
     }
-    // Conflicts: every pair of node groups that can select one node.
-    let groups: Vec<(&String, &super::NodeGroup)> = spec.groups.iter().collect();
+    // Conflicts: two declarations that reach one node and differ on one
+    // slot; first within each node group, then across every pair of node
+    // groups that can select one node. Each clash is named once, by exactly
+    // its two declarations.
     let mut reported = BTreeSet::new();
-    for (i, (gname_a, ga)) in groups.iter().enumerate() {
-        for (gname_b, gb) in groups.iter().skip(i) {
-            if !compatible(&ga.selector, &gb.selector) {
-                continue;
+    let decls: Vec<GroupDecls<'_>> = spec
+        .groups
+        .iter()
+        .map(|(gname, g)| {
+            let mut by_slot: BTreeMap<String, Vec<Decl>> = BTreeMap::new();
+            for role in &g.roles {
+                let r = &spec.roles[role];
+                for (res, origin) in r.resources.iter().zip(&r.origins) {
+                    by_slot.entry(slot(res)).or_default().push(Decl {
+                        eff: effective(res, &g.vars),
+                        role,
+                        origin,
+                        group: gname,
+                    });
+                }
             }
-            let mut seen: BTreeMap<String, (Resource, &str, &Origin)> = BTreeMap::new();
-            for g in [ga, gb] {
-                for role in &g.roles {
-                    let r = &spec.roles[role];
-                    for (res, origin) in r.resources.iter().zip(&r.origins) {
-                        let eff = effective(res, &g.vars);
-                        match seen.get(&slot(res)) {
-                            None => {
-                                seen.insert(slot(res), (eff, role, origin));
-                            }
-                            Some((prev, prole, porigin)) if *prev != eff => {
-                                let key = (prev.id(), res.id(), prole.to_string(), role.clone());
-                                if reported.insert(key) {
-                                    let reach = if gname_a == gname_b {
-                                        format!("nodes of node group {gname_a}")
-                                    } else {
-                                        format!(
-                                            "nodes matching node groups {gname_a} and {gname_b}"
-                                        )
-                                    };
-                                    let what = if prev.id() == res.id() {
-                                        format!("{} is declared differently by", res.id())
-                                    } else {
-                                        format!("{} and {} share a path in", prev.id(), res.id())
-                                    };
-                                    let same_role = if *prole == role.as_str() {
-                                        " (with different vars)".to_string()
-                                    } else {
-                                        String::new()
-                                    };
-                                    errors.push(err(
-                                        &gb.origin,
-                                        format!("groups.{gname_b}"),
-                                        format!("{what} role {prole} ({porigin}) and role {role} ({origin}){same_role}, and both reach {reach}"),
-                                    ));
-                                }
-                            }
-                            Some(_) => {}
-                        }
-                    }
+            (gname, g, by_slot)
+        })
+        .collect();
+    let mut pairs: Vec<(usize, usize)> = (0..decls.len()).map(|i| (i, i)).collect();
+    for i in 0..decls.len() {
+        for j in i + 1..decls.len() {
+            if compatible(&decls[i].1.selector, &decls[j].1.selector) {
+                pairs.push((i, j));
+            }
+        }
+    }
+    for (i, j) in pairs {
+        let (_, _, a_slots) = &decls[i];
+        let (gname_b, gb, b_slots) = &decls[j];
+        for (slot, a_list) in a_slots {
+            let Some(b_list) = b_slots.get(slot) else {
+                continue;
+            };
+            let clash = a_list.iter().enumerate().find_map(|(ai, a)| {
+                let from = if i == j { ai + 1 } else { 0 };
+                b_list[from.min(b_list.len())..]
+                    .iter()
+                    .find(|b| b.eff != a.eff)
+                    .map(|b| (a, b))
+            });
+            if let Some((a, b)) = clash {
+                let key = {
+                    let mut k = [
+                        (a.origin.to_string(), a.eff.id(), a.group.to_string()),
+                        (b.origin.to_string(), b.eff.id(), b.group.to_string()),
+                    ];
+                    k.sort();
+                    (
+                        k[0].0.clone() + &k[0].1,
+                        k[1].0.clone() + &k[1].1,
+                        slot.clone(),
+                        String::new(),
+                    )
+                };
+                if reported.insert(key) {
+                    errors.push(err(&gb.origin, format!("groups.{gname_b}"), conflict(a, b)));
                 }
             }
         }
@@ -183,10 +268,18 @@ pub(super) fn check(spec: &Spec) -> Vec<SpecError> {
     errors
 }
 
+/// A cycle through `requires` and the implicit dependencies
+/// ([`super::dependencies`]) among `ids`, if any, as the ids along it.
 fn find_cycle(ids: &BTreeMap<String, &Resource>) -> Option<Vec<String>> {
+    let all: Vec<&Resource> = ids.values().copied().collect();
+    let edges: BTreeMap<String, Vec<String>> = all
+        .iter()
+        .zip(super::dependencies(&all))
+        .map(|(r, ds)| (r.id(), ds.into_iter().map(|d| d.on).collect()))
+        .collect();
     fn visit(
         id: &str,
-        ids: &BTreeMap<String, &Resource>,
+        edges: &BTreeMap<String, Vec<String>>,
         state: &mut BTreeMap<String, u8>,
         path: &mut Vec<String>,
     ) -> Option<Vec<String>> {
@@ -202,14 +295,11 @@ fn find_cycle(ids: &BTreeMap<String, &Resource>) -> Option<Vec<String>> {
         }
         state.insert(id.to_owned(), 1);
         path.push(id.to_owned());
-        if let Some(r) = ids.get(id) {
-            for req in r.requires() {
-                let t = format!("{}[{}]", req.kind, req.name);
-                if ids.contains_key(&t)
-                    && let Some(c) = visit(&t, ids, state, path)
-                {
-                    return Some(c);
-                }
+        for t in edges.get(id).into_iter().flatten() {
+            if edges.contains_key(t)
+                && let Some(c) = visit(t, edges, state, path)
+            {
+                return Some(c);
             }
         }
         path.pop();
@@ -217,8 +307,8 @@ fn find_cycle(ids: &BTreeMap<String, &Resource>) -> Option<Vec<String>> {
         None
     }
     let mut state = BTreeMap::new();
-    for id in ids.keys() {
-        if let Some(c) = visit(id, ids, &mut state, &mut Vec::new()) {
+    for id in edges.keys() {
+        if let Some(c) = visit(id, &edges, &mut state, &mut Vec::new()) {
             return Some(c);
         }
     }
@@ -324,6 +414,22 @@ impl NodeState {
                 ));
             }
         }
+        // In kind order, then key, as `render` sends them: the agent does not
+        // trust the controller's sort.
+        for (i, pair) in state.resources.windows(2).enumerate() {
+            let (a, b) = (&pair[0], &pair[1]);
+            if (a.order(), a.key()) > (b.order(), b.key()) {
+                errors.push(one(
+                    format!("resources[{}]", i + 1),
+                    format!(
+                        "{} comes after {}: resources must be in kind order ({}), then by key",
+                        b.id(),
+                        a.id(),
+                        super::Kind::ORDER.map(|k| k.as_str()).join(", ")
+                    ),
+                ));
+            }
+        }
         // What `requires` and `notify` name must be in the document too.
         let all: BTreeSet<String> = state.resources.iter().map(Resource::id).collect();
         for (i, r) in state.resources.iter().enumerate() {
@@ -351,6 +457,14 @@ impl NodeState {
                     ));
                 }
             }
+        }
+        let by_id: BTreeMap<String, &Resource> =
+            state.resources.iter().map(|r| (r.id(), r)).collect();
+        if let Some(cycle) = find_cycle(&by_id) {
+            errors.push(one(
+                "resources".into(),
+                format!("requires form a cycle: {}", cycle.join(" -> ")),
+            ));
         }
         if errors.is_empty() {
             Ok(state)
@@ -484,6 +598,48 @@ mod tests {
         .assert_eq(&NodeState::from_document(doc).unwrap_err().to_string());
         let ok = br#"{"node":{"name":"n1","labels":{}},"resources":[{"kind":"package","name":"nginx","ensure":"present"},{"kind":"file","path":"/etc/a","notify":["nginx"],"requires":[{"kind":"package","name":"nginx"}]},{"kind":"service","name":"nginx"}]}"#;
         assert!(NodeState::from_document(ok).is_ok());
+    }
+
+    /// The agent validates what it receives fully, not trusting the
+    /// controller's sort or its cycle check.
+    #[test]
+    fn from_document_refuses_kind_order_violations_and_requires_cycles() {
+        let doc = br#"{"node":{"name":"n1","labels":{}},"resources":[
+            {"kind":"file","path":"/etc/a","requires":[{"kind":"file","name":"/etc/b"}]},
+            {"kind":"file","path":"/etc/b","requires":[{"kind":"file","name":"/etc/a"}]},
+            {"kind":"user","name":"u"}]}"#;
+        expect_test::expect![[r#"
+            resources[2]: user[u] comes after file[/etc/b]: resources must be in kind order (group, user, package, directory, file, symlink, cron, sysctl, service), then by key
+            resources: requires form a cycle: file[/etc/a] -> file[/etc/b] -> file[/etc/a]"#]]
+        .assert_eq(&NodeState::from_document(doc).unwrap_err().to_string());
+        let ok = br#"{"node":{"name":"n1","labels":{}},"resources":[{"kind":"user","name":"u"},{"kind":"file","path":"/etc/a"},{"kind":"file","path":"/etc/b","requires":[{"kind":"file","name":"/etc/a"}]}]}"#;
+        assert!(NodeState::from_document(ok).is_ok());
+    }
+
+    fn errs(yaml: &str) -> String {
+        parse(&[Source {
+            name: "s.yaml".into(),
+            text: yaml.into(),
+        }])
+        .map(|_| "ok".into())
+        .unwrap_or_else(|e| e.to_string())
+    }
+
+    /// A clash inside one role of one node group names that role and that
+    /// group only (issue 8: it named "role web and role web (with different
+    /// vars)" and a second, uninvolved group).
+    #[test]
+    fn conflicts_name_exactly_the_two_declarations_and_why() {
+        let web = "  web:\n    symlinks: [{path: /etc/nginx/sites-enabled/default, ensure: absent}]\n    files: [{path: /etc/nginx/sites-enabled/default, content: x}]\n";
+        let out = errs(&format!(
+            "roles:\n  base:\n    files: [{{path: /etc/motd, content: hi}}]\n{web}groups:\n  all: {{roles: [base]}}\n  web: {{match: {{role: web}}, roles: [web]}}\n"
+        ));
+        expect_test::expect!["s.yaml:9: groups.web: file[/etc/nginx/sites-enabled/default] (s.yaml:6) and symlink[/etc/nginx/sites-enabled/default] (s.yaml:5), both of role web, are two resources at one path (a path holds one thing), and both reach nodes of node group web"].assert_eq(&out);
+        // One template in a role given by two groups with different vars.
+        let out = errs(
+            "roles:\n  t:\n    files: [{path: /etc/t, content: \"{{ vars.x }}\", template: true}]\ngroups:\n  a: {roles: [t], vars: {x: 1}}\n  b: {roles: [t], vars: {x: 2}}\n",
+        );
+        expect_test::expect!["s.yaml:6: groups.b: file[/etc/t] of role t (s.yaml:3) renders differently with the vars of node groups a and b, and both reach nodes matching node groups a and b"].assert_eq(&out);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Validators shared by the controller (at apply time) and the agent (again,
 //! on every document it receives). Each returns what is wrong and what is allowed.
 
-use super::{Ensure, PackageEnsure, Resource};
+use super::{Ensure, PackageEnsure, Resource, ServiceEnsure};
 
 /// The agent's own state lives here; desired state may not manage it.
 pub const AGENT_STATE_DIR: &str = "/var/lib/ballast-agent";
@@ -247,6 +247,81 @@ const UNIT_TYPES: [&str; 11] = [
     "scope",
 ];
 
+/// Top-level directories of `/proc/sys`: the first segment of every key.
+const SYSCTL_TOP: [&str; 8] = ["abi", "debug", "dev", "fs", "kernel", "net", "user", "vm"];
+
+/// Longest sysctl key accepted.
+pub const SYSCTL_KEY_MAX: usize = 255;
+/// Longest sysctl value accepted.
+pub const SYSCTL_VALUE_MAX: usize = 1024;
+
+/// Sysctl keys, strictly: dotted segments of `[A-Za-z0-9_-]` (none empty,
+/// none starting with '-'), at least two, the first a top-level directory
+/// of `/proc/sys`, at most 255 characters. No '/', '*' or '..': the key maps
+/// to one file below `/proc/sys` and nothing else. (An interface name with
+/// a dot, as in `net.ipv4.conf.eth0/100.rp_filter`, is not accepted.)
+pub fn sysctl_key(k: &str) -> Result<(), String> {
+    let allowed = format!(
+        "allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most {SYSCTL_KEY_MAX} characters, the first one of {}",
+        SYSCTL_TOP.join(", ")
+    );
+    let bad = |why: &str| Err(format!("invalid sysctl key {k:?}: {why}; {allowed}"));
+    if k.len() > SYSCTL_KEY_MAX {
+        return bad("it is too long");
+    }
+    if let Some(c) = k
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.')))
+    {
+        return bad(&format!("{c:?} is not allowed"));
+    }
+    let segments: Vec<&str> = k.split('.').collect();
+    if segments.len() < 2 {
+        return bad("it has fewer than two segments");
+    }
+    for seg in &segments {
+        if seg.is_empty() {
+            return bad("it has an empty segment");
+        }
+        if seg.starts_with('-') {
+            return bad(&format!("segment {seg:?} starts with '-'"));
+        }
+    }
+    if !SYSCTL_TOP.contains(&segments[0]) {
+        return bad(&format!(
+            "{:?} is not a top-level directory of /proc/sys",
+            segments[0]
+        ));
+    }
+    Ok(())
+}
+
+/// Sysctl values: 1 to 1024 printable ASCII characters, fields separated
+/// by single spaces (as `/proc/sys` prints them with tabs), not starting
+/// with '-' unless a number (`-1`), no '#' or ';' (comments in sysctl.d).
+pub fn sysctl_value(v: &str) -> Result<(), String> {
+    let allowed = format!(
+        "allowed are 1 to {SYSCTL_VALUE_MAX} printable ASCII characters without '#' or ';', fields separated by single spaces"
+    );
+    let bad = |why: &str| Err(format!("invalid sysctl value {v:?}: {why}; {allowed}"));
+    if v.is_empty() || v.len() > SYSCTL_VALUE_MAX {
+        return bad("its length is out of range");
+    }
+    if let Some(c) = v
+        .chars()
+        .find(|c| !(c.is_ascii_graphic() || *c == ' ') || matches!(c, '#' | ';'))
+    {
+        return bad(&format!("{c:?} is not allowed"));
+    }
+    if v.starts_with(' ') || v.ends_with(' ') || v.contains("  ") {
+        return bad("fields must be separated by single spaces");
+    }
+    if v.starts_with('-') && v[1..].parse::<i64>().is_err() {
+        return bad("only a number may start with '-'");
+    }
+    Ok(())
+}
+
 /// Longest unit name systemd accepts (`UNIT_NAME_MAX` less its NUL).
 const UNIT_NAME_MAX: usize = 255;
 
@@ -363,6 +438,12 @@ pub fn resource(r: &Resource) -> Vec<(String, String)> {
             if let Some(s) = &u.shell {
                 check("shell", abs_path(s));
             }
+            if u.remove_home && u.ensure != Ensure::Absent {
+                check(
+                    "remove_home",
+                    Err("remove_home applies only to a user with ensure: absent".into()),
+                );
+            }
             for k in u.authorized_keys.iter().flatten() {
                 check(
                     "authorized_keys",
@@ -402,7 +483,31 @@ pub fn resource(r: &Resource) -> Vec<(String, String)> {
                 check("env", one_line("environment value", v));
             }
         }
-        Resource::Service(s) => check("name", service_name(&s.name)),
+        Resource::Sysctl(k) => {
+            check("key", sysctl_key(&k.key));
+            match (&k.value, k.ensure) {
+                (Some(v), _) => check("value", sysctl_value(v)),
+                (None, Ensure::Present) => check("value", Err("a sysctl needs a value".into())),
+                (None, Ensure::Absent) => {}
+            }
+        }
+        Resource::Service(s) => {
+            check("name", service_name(&s.name));
+            if s.ensure == Some(ServiceEnsure::Absent) {
+                if s.unit.is_some() {
+                    check(
+                        "unit",
+                        Err("a service with ensure: absent takes no unit (its unit file is removed if the agent wrote it)".into()),
+                    );
+                }
+                if s.enabled == Some(true) {
+                    check(
+                        "enabled",
+                        Err("a service with ensure: absent is disabled; enabled: true contradicts it".into()),
+                    );
+                }
+            }
+        }
     }
     out
 }
@@ -445,6 +550,59 @@ mod tests {
         assert_eq!(parse_mode("755"), Ok(0o755));
         assert!(parse_mode("0849").is_err());
         assert!(parse_mode("64").is_err());
+    }
+
+    #[test]
+    fn sysctl_keys_and_values_are_strict() {
+        for good in [
+            "net.ipv4.ip_forward",
+            "vm.swappiness",
+            "net.ipv4.conf.all.rp_filter",
+            "kernel.core_pattern",
+            "net.ipv4.conf.eth-0.forwarding",
+        ] {
+            assert_eq!(sysctl_key(good), Ok(()), "{good}");
+        }
+        let mut out = String::new();
+        for bad in [
+            "ip_forward",
+            "net..ipv4",
+            "net/ipv4/ip_forward",
+            "net.ipv4.*",
+            "proc.x",
+            "net.-x",
+            "net.ipv4.conf.eth0/100.rp_filter",
+            ".net.x",
+            "net.x.",
+        ] {
+            out.push_str(&sysctl_key(bad).unwrap_err());
+            out.push('\n');
+        }
+        for good in ["1", "0", "-1", "32768 60999", "|/usr/bin/x %p"] {
+            assert_eq!(sysctl_value(good), Ok(()), "{good}");
+        }
+        for bad in ["", "1\n2", "1 # x", "--x", "1  2", " 1", "1\t2"] {
+            out.push_str(&sysctl_value(bad).unwrap_err());
+            out.push('\n');
+        }
+        expect_test::expect![[r#"
+            invalid sysctl key "ip_forward": it has fewer than two segments; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
+            invalid sysctl key "net..ipv4": it has an empty segment; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
+            invalid sysctl key "net/ipv4/ip_forward": '/' is not allowed; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
+            invalid sysctl key "net.ipv4.*": '*' is not allowed; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
+            invalid sysctl key "proc.x": "proc" is not a top-level directory of /proc/sys; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
+            invalid sysctl key "net.-x": segment "-x" starts with '-'; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
+            invalid sysctl key "net.ipv4.conf.eth0/100.rp_filter": '/' is not allowed; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
+            invalid sysctl key ".net.x": it has an empty segment; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
+            invalid sysctl key "net.x.": it has an empty segment; allowed are 2 or more dot-separated segments of A-Z, a-z, 0-9, '_' and '-' (not starting with '-'), at most 255 characters, the first one of abi, debug, dev, fs, kernel, net, user, vm
+            invalid sysctl value "": its length is out of range; allowed are 1 to 1024 printable ASCII characters without '#' or ';', fields separated by single spaces
+            invalid sysctl value "1\n2": '\n' is not allowed; allowed are 1 to 1024 printable ASCII characters without '#' or ';', fields separated by single spaces
+            invalid sysctl value "1 # x": '#' is not allowed; allowed are 1 to 1024 printable ASCII characters without '#' or ';', fields separated by single spaces
+            invalid sysctl value "--x": only a number may start with '-'; allowed are 1 to 1024 printable ASCII characters without '#' or ';', fields separated by single spaces
+            invalid sysctl value "1  2": fields must be separated by single spaces; allowed are 1 to 1024 printable ASCII characters without '#' or ';', fields separated by single spaces
+            invalid sysctl value " 1": fields must be separated by single spaces; allowed are 1 to 1024 printable ASCII characters without '#' or ';', fields separated by single spaces
+            invalid sysctl value "1\t2": '\t' is not allowed; allowed are 1 to 1024 printable ASCII characters without '#' or ';', fields separated by single spaces
+        "#]].assert_eq(&out);
     }
 
     #[test]

@@ -8,6 +8,7 @@ mod bootstrap;
 mod cli;
 mod code_map;
 mod connections;
+mod contract;
 mod controller_faults;
 mod e2e;
 mod nodes;
