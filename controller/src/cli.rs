@@ -400,6 +400,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
                     labels: labels.into_iter().collect(),
                     ttl_seconds: ttl.as_secs().max(1),
                     name: name.unwrap_or_default(),
+                    replace_revoked: false,
                 })
                 .await
                 .map_err(status_error)?

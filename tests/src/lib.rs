@@ -128,6 +128,7 @@ impl TestController {
                     .collect(),
                 ttl_seconds: 600,
                 name: String::new(),
+                replace_revoked: false,
             })
             .await
             .expect("token created")
