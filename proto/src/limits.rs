@@ -63,10 +63,6 @@ impl TryFrom<pb::RunReport> for CheckedReport {
 
     fn try_from(r: pb::RunReport) -> Result<Self, String> {
         use prost::Message;
-        let len = r.encoded_len();
-        if len > MAX_REPORT_BYTES {
-            return Err(over("the whole report", len, MAX_REPORT_BYTES));
-        }
         if r.resources.len() > MAX_REPORT_RESOURCES {
             return Err(format!(
                 "report: {} resources; the limit is {MAX_REPORT_RESOURCES}",
@@ -116,6 +112,11 @@ impl TryFrom<pb::RunReport> for CheckedReport {
                     ));
                 }
             }
+        }
+        // Fields first, so the error names the field that is too large.
+        let len = r.encoded_len();
+        if len > MAX_REPORT_BYTES {
+            return Err(over("the whole report", len, MAX_REPORT_BYTES));
         }
         Ok(CheckedReport(r))
     }

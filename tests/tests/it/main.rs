@@ -4,6 +4,7 @@
 mod bad_input;
 mod bootstrap;
 mod e2e;
+mod fleet_hardening;
 mod nodes;
 mod packaging;
 mod security;
