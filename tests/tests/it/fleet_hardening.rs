@@ -78,26 +78,31 @@ async fn revocation_and_labels_survive_concurrent_reports() {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     // Each operator call succeeds on its first try while the node reports.
+    let mut labels = Vec::new();
     for round in 0..10 {
-        admin
+        let r = admin
             .label_node(pb::LabelNodeRequest {
                 name: "busy-1".into(),
                 labels: [("round".to_string(), round.to_string())].into(),
             })
-            .await
-            .unwrap_or_else(|e| panic!("label round {round} on the first call: {e:?}"));
+            .await;
+        labels.push(r.map(|_| ()));
     }
-    admin
+    let revoked = admin
         .revoke_node(pb::NodeName {
             name: "busy-1".into(),
         })
-        .await
-        .expect("revoke on the first call");
+        .await;
     tokio::time::sleep(Duration::from_millis(200)).await;
+    // Stop the senders before any assertion, so a failure ends the test.
     stop.store(true, Ordering::Relaxed);
     for s in senders {
         s.await.unwrap();
     }
+    for (round, r) in labels.into_iter().enumerate() {
+        r.unwrap_or_else(|e| panic!("label round {round} on the first call: {e:?}"));
+    }
+    revoked.expect("revoke on the first call");
     assert!(sent.load(Ordering::Relaxed) >= 50);
 
     ctl.restart().await;
