@@ -276,13 +276,9 @@ impl Link {
             (s.facts.clone(), s.facts_hash.clone())
         };
         if !facts_hash.is_empty() && self.facts_sent.as_deref() != Some(facts_hash.as_str()) {
-            deadline(
-                "facts",
-                client.put_facts(pb::Facts {
-                    json: facts.to_string(),
-                }),
-            )
-            .await?;
+            if let Some(json) = bounded_facts(&facts) {
+                deadline("facts", client.put_facts(pb::Facts { json })).await?;
+            }
             self.facts_sent = Some(facts_hash);
         }
         loop {
@@ -414,4 +410,27 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> anyho
         _ = link.run(enrolled) => Ok(()),
         _ = shutdown => Ok(()),
     }
+}
+
+/// The facts document as the controller will accept it (`limits::CheckedFacts`).
+/// Custom facts past the bounds are left out with the reason in
+/// `custom_error`, so that oversized custom facts never block the reports
+/// queued behind them; `None` when even the rest is too large.
+fn bounded_facts(facts: &serde_json::Value) -> Option<String> {
+    use ballast_proto::limits::CheckedFacts;
+    let json = facts.to_string();
+    let refusal = match CheckedFacts::try_from(pb::Facts { json: json.clone() }) {
+        Ok(_) => return Some(json),
+        Err(e) => e,
+    };
+    tracing::warn!(error = %refusal, "facts exceed the controller's bounds; sending them without custom facts");
+    let mut reduced = facts.clone();
+    if let Some(map) = reduced.as_object_mut() {
+        map.remove("custom");
+        map.insert("custom_error".into(), serde_json::Value::String(refusal));
+    }
+    let json = reduced.to_string();
+    CheckedFacts::try_from(pb::Facts { json: json.clone() })
+        .ok()
+        .map(|_| json)
 }

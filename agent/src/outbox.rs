@@ -95,9 +95,14 @@ impl Outbox {
         self.dir.join(format!("{seq:020}{SUFFIX}"))
     }
 
-    /// Queues a report durably. A quiet run right after a quiet run of the
-    /// same revision replaces it: it tells the controller nothing more.
+    /// Queues a report durably, fitted first to the bounds the controller
+    /// enforces (`limits::fit_report`: visible truncation marks), so that no
+    /// queued report is ever refused. A quiet run right after a quiet run of
+    /// the same revision replaces it: it tells the controller nothing more.
     pub fn push(&self, report: &pb::RunReport) -> anyhow::Result<()> {
+        let mut fitted = report.clone();
+        ballast_proto::limits::fit_report(&mut fitted);
+        let report = &fitted;
         let bytes = report.encode_to_vec();
         let mut queue = self.lock();
         let seq = queue.back().map(|q| q.seq + 1).unwrap_or(1);

@@ -6,6 +6,7 @@
 
 use crate::ca::{Ca, Identity};
 use crate::fleet::{Feed, Fleet, FleetError};
+use ballast_proto::limits::{CheckedFacts, CheckedReport};
 use ballast_proto::pb;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -155,7 +156,7 @@ impl pb::agent_server::Agent for Api {
 
     async fn report(&self, req: Request<pb::RunReport>) -> Result<Response<pb::Ack>, Status> {
         let name = node_of(&req)?;
-        let report = req.into_inner();
+        let report = CheckedReport::try_from(req.into_inner()).map_err(Status::invalid_argument)?;
         let fleet = self.fleet.clone();
         blocking(move || fleet.report(&name, report)).await?;
         Ok(Response::new(pb::Ack {}))
@@ -163,9 +164,9 @@ impl pb::agent_server::Agent for Api {
 
     async fn put_facts(&self, req: Request<pb::Facts>) -> Result<Response<pb::Ack>, Status> {
         let name = node_of(&req)?;
-        let facts = req.into_inner();
+        let facts = CheckedFacts::try_from(req.into_inner()).map_err(Status::invalid_argument)?;
         let fleet = self.fleet.clone();
-        blocking(move || fleet.put_facts(&name, &facts.json)).await?;
+        blocking(move || fleet.put_facts(&name, facts)).await?;
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -246,10 +247,11 @@ impl pb::admin_server::Admin for Api {
             s => Duration::from_secs(s),
         };
         let name = Some(req.name).filter(|n| !n.is_empty());
+        let replace = req.replace_revoked;
         let fleet = self.fleet.clone();
+        let labels = req.labels.into_iter().collect();
         let (token, expires_at_ms) =
-            blocking(move || fleet.create_token(req.labels.into_iter().collect(), ttl, name))
-                .await?;
+            blocking(move || fleet.create_token(labels, ttl, name, replace)).await?;
         Ok(Response::new(pb::CreateTokenResponse {
             token,
             expires_at_ms,
@@ -260,9 +262,12 @@ impl pb::admin_server::Admin for Api {
         &self,
         req: Request<pb::ListNodesRequest>,
     ) -> Result<Response<pb::ListNodesResponse>, Status> {
-        Ok(Response::new(
-            self.fleet.list_nodes(&req.into_inner().r#where)?,
-        ))
+        let req = req.into_inner();
+        Ok(Response::new(self.fleet.list_nodes(
+            &req.r#where,
+            req.page_size,
+            &req.page_token,
+        )?))
     }
 
     async fn get_node(

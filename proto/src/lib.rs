@@ -4,6 +4,7 @@
 //! Invariant: wire types are turned into validated `spec` types once, at the
 //! boundary (`spec::NodeState::from_document`); nothing else trusts raw bytes.
 
+pub mod limits;
 pub mod spec;
 
 /// Generated gRPC types and services.

@@ -128,6 +128,7 @@ impl TestController {
                     .collect(),
                 ttl_seconds: 600,
                 name: String::new(),
+                replace_revoked: false,
             })
             .await
             .expect("token created")
@@ -472,6 +473,7 @@ impl ControllerProcess {
                 labels: Default::default(),
                 ttl_seconds: 600,
                 name: String::new(),
+                replace_revoked: false,
             })
             .await
             .expect("token created")

@@ -18,6 +18,7 @@ pub async fn create_token(
     labels: &[String],
     ttl: Duration,
     name: Option<String>,
+    replace_revoked: bool,
     format: Format,
     conn: &Conn,
     out: &mut dyn Write,
@@ -29,6 +30,7 @@ pub async fn create_token(
             labels: labels.clone().into_iter().collect(),
             ttl_seconds: ttl.as_secs().max(1),
             name: name.clone().unwrap_or_default(),
+            replace_revoked,
         })
         .await
         .map_err(status_error)?

@@ -192,6 +192,9 @@ pub enum TokenCommand {
         /// Bind the token to this node name.
         #[arg(long)]
         name: Option<String>,
+        /// Let the token re-enroll the revoked node of that name (its timeline is kept).
+        #[arg(long, requires = "name")]
+        replace: bool,
         #[command(flatten)]
         output: OutputArg,
         #[command(flatten)]
@@ -369,10 +372,11 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
                     labels,
                     ttl,
                     name,
+                    replace,
                     output,
                     conn,
                 },
-        } => admin::create_token(&labels, ttl, name, output.output, &conn, out).await,
+        } => admin::create_token(&labels, ttl, name, replace, output.output, &conn, out).await,
         Command::Nodes {
             filters,
             output,

@@ -127,6 +127,7 @@ pub fn write_health(
                 "name": n.name,
                 "status": n.status,
                 "failed_resources": n.failed_resources,
+                "failed_count": n.failed_count,
                 "last_seen": time_json(n.last_seen_ms),
             })).collect::<Vec<_>>(),
         })
@@ -149,7 +150,7 @@ pub fn write_health(
         )?;
         for n in &bad {
             let what = match n.status.as_str() {
-                "failed" => format!("failing: {}", esc_join(&n.failed_resources, ", ")),
+                "failed" => format!("failing: {}", failing(n, ", ")),
                 "stale" => format!("last seen {}", time(n.last_seen_ms)),
                 _ => format!("see ballast node show {}", esc(&n.name)),
             };
@@ -174,7 +175,20 @@ fn node_doc(n: &pb::NodeSummary) -> serde_json::Value {
         "applied_revision": n.applied_revision,
         "last_seen": time_json(n.last_seen_ms),
         "failed_resources": n.failed_resources,
+        "failed_count": n.failed_count,
     })
+}
+
+/// The failing ids a summary carries, and how many more it left out (a
+/// summary lists at most `limits::MAX_SUMMARY_FAILED` of them).
+fn failing(n: &pb::NodeSummary, sep: &str) -> String {
+    let listed = esc_join(&n.failed_resources, sep);
+    let more = (n.failed_count as usize).saturating_sub(n.failed_resources.len());
+    if more > 0 {
+        format!("{listed}{sep}and {more} more")
+    } else {
+        listed
+    }
 }
 
 fn write_node_table(out: &mut dyn Write, nodes: &[pb::NodeSummary]) -> anyhow::Result<()> {
@@ -193,7 +207,7 @@ fn write_node_table(out: &mut dyn Write, nodes: &[pb::NodeSummary]) -> anyhow::R
             n.applied_revision,
             time(n.last_seen_ms),
             labels_text(&n.labels),
-            esc_join(&n.failed_resources, ",")
+            failing(n, ",")
         )?;
     }
     Ok(())

@@ -56,6 +56,7 @@ async fn token(ctl: &TestController, name: &str, role: &str, ttl: u64) -> String
             labels,
             ttl_seconds: ttl,
             name: name.into(),
+            replace_revoked: false,
         })
         .await
         .unwrap()

@@ -11,6 +11,7 @@ mod connections;
 mod contract;
 mod controller_faults;
 mod e2e;
+mod fleet_hardening;
 mod nodes;
 mod packaging;
 mod security;

@@ -1,0 +1,48 @@
+//! Every store key the fleet uses, in one place. Each key has one writer:
+//!
+//! | key | value | written by |
+//! |---|---|---|
+//! | `meta/current` | number of the current revision (JSON) | apply |
+//! | `revisions/{n:020}` | `RevisionRecord` | apply |
+//! | `tokens/{sha256 hex}` | `TokenRecord` | create_token, enroll |
+//! | `pending/{name}` | `PendingRecord`: a name reserved by a token, not enrolled | create_token, enroll (failures of that token) |
+//! | `nodes/{name}` | `NodeRecord`: what operators decide (labels, revoked, certificate serial, enrollment) | enroll, revoke, label |
+//! | `status/{name}` | `NodeStatus`: what the node says (last seen, its timeline) | report |
+//! | `reports/{name}` | the last `RunReport` (protobuf) | report |
+//! | `facts/{name}` | the node's facts (JSON text) | put_facts |
+//!
+//! Enrollment deletes a name's `status/`, `reports/` and `facts/` when it
+//! (re-)creates `nodes/{name}`. The layout maps one to one onto etcd keys.
+
+pub const CURRENT: &str = "meta/current";
+pub const REVISIONS: &str = "revisions/";
+pub const PENDING: &str = "pending/";
+pub const NODES: &str = "nodes/";
+
+pub fn revision(n: u64) -> String {
+    format!("{REVISIONS}{n:020}")
+}
+
+pub fn token(hash: &str) -> String {
+    format!("tokens/{hash}")
+}
+
+pub fn pending(name: &str) -> String {
+    format!("{PENDING}{name}")
+}
+
+pub fn node(name: &str) -> String {
+    format!("{NODES}{name}")
+}
+
+pub fn status(name: &str) -> String {
+    format!("status/{name}")
+}
+
+pub fn report(name: &str) -> String {
+    format!("reports/{name}")
+}
+
+pub fn facts(name: &str) -> String {
+    format!("facts/{name}")
+}

@@ -1,0 +1,301 @@
+//! The fleet: revisions, tokens, nodes and their rendered desired state.
+//!
+//! Invariants:
+//! - the store is the truth; memory holds a cache of it plus what is cheap to
+//!   lose (heartbeat times), and every write goes to the store before memory;
+//! - nothing invalid is stored: sources are parsed and validated, names and
+//!   labels checked, reports and facts bounded, before any transaction;
+//! - what operators decide about a node (`nodes/`) and what the node reports
+//!   (`status/`, `reports/`, `facts/`) are separate keys with separate
+//!   writers: no node call ever rewrites an operator's record (see `keys`);
+//! - a node's watch channel only ever carries that node's state.
+//!
+//! Jobs: `keys` (every store key), `records` (stored types, bounded
+//! timelines), `enroll` (tokens, reserved names, enrollment), `revisions`
+//! (apply, diff, history, rollback), `nodes` (reports, facts, revoke, label,
+//! list, show), `view` (pure status, filters, paging).
+
+mod enroll;
+mod keys;
+mod nodes;
+mod records;
+mod revisions;
+mod view;
+
+use crate::store::{Compare, Op, Store};
+use ballast_proto::pb;
+use ballast_proto::spec::{self, Labels, Spec};
+use records::{NodeRecord, NodeStatus, PendingRecord, ReportSummary};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+/// Errors a caller can act on; `api` maps each variant to one gRPC code.
+#[derive(Debug, thiserror::Error)]
+pub enum FleetError {
+    #[error("{0}")]
+    Invalid(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0}")]
+    Denied(String),
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<crate::store::StoreError> for FleetError {
+    fn from(e: crate::store::StoreError) -> Self {
+        FleetError::Internal(anyhow::Error::new(e).context("store"))
+    }
+}
+
+type Result<T> = std::result::Result<T, FleetError>;
+
+/// Longest token lifetime an operator can ask for.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 86400);
+/// Default token lifetime.
+pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
+/// How long node certificates are valid.
+pub const NODE_CERT_VALIDITY: Duration = Duration::from_secs(365 * 86400);
+/// How long a reserved name stays listed after its last token expired, so a
+/// failed bootstrap stays visible for a while, then goes away by itself.
+pub const PENDING_GRACE: Duration = Duration::from_secs(86400);
+/// Tries of an operator write whose store compare failed: only another
+/// controller writing the same record at once can make one fail.
+const OPERATOR_TRIES: usize = 5;
+
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// What a node's watch stream carries.
+#[derive(Debug, Clone)]
+pub enum Feed {
+    State(Arc<pb::DesiredState>),
+    /// The node was revoked: end the stream.
+    Revoked,
+}
+
+struct Node {
+    record: NodeRecord,
+    status: NodeStatus,
+    desired: Arc<pb::DesiredState>,
+    feed: watch::Sender<Feed>,
+    report: Option<ReportSummary>,
+    facts: serde_json::Value,
+    /// Serialises this node's own status writes (concurrent reports).
+    status_lock: Arc<Mutex<()>>,
+}
+
+impl Node {
+    fn new(record: NodeRecord, desired: Arc<pb::DesiredState>) -> Node {
+        let feed = if record.revoked {
+            Feed::Revoked
+        } else {
+            Feed::State(desired.clone())
+        };
+        let (tx, _) = watch::channel(feed);
+        Node {
+            status: NodeStatus {
+                cert_serial: record.cert_serial.clone(),
+                ..Default::default()
+            },
+            record,
+            desired,
+            feed: tx,
+            report: None,
+            facts: serde_json::Value::Null,
+            status_lock: Arc::new(Mutex::new(())),
+        }
+    }
+
+    fn view(&self) -> view::NodeView<'_> {
+        view::NodeView {
+            record: &self.record,
+            last_seen_ms: self.status.last_seen_ms,
+            report: self.report.as_ref(),
+            desired: &self.desired,
+        }
+    }
+}
+
+struct Current {
+    number: u64,
+    spec: Arc<Spec>,
+    hash: String,
+}
+
+struct Inner {
+    nodes: BTreeMap<String, Node>,
+    pending: BTreeMap<String, PendingRecord>,
+    current: Current,
+    /// Token hash → when its last refused enrollment was logged.
+    refusals: HashMap<String, u64>,
+}
+
+/// The controller's fleet state over a [`Store`].
+pub struct Fleet {
+    store: Arc<dyn Store>,
+    inner: Mutex<Inner>,
+    /// Serialises applies so revision numbers are dense; the store's compare
+    /// on `meta/current` still guards against another controller.
+    apply_lock: Mutex<()>,
+    /// Serialises this controller's writes of operator records (`nodes/`,
+    /// `pending/`, `tokens/`), so memory takes them in store order; the
+    /// store's version compares still guard against another controller.
+    operator_lock: Mutex<()>,
+    stale_after: Duration,
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("records serialize")
+}
+
+fn from_json<T: for<'de> Deserialize<'de>>(key: &str, bytes: &[u8]) -> Result<T> {
+    serde_json::from_slice(bytes)
+        .map_err(|e| FleetError::Internal(anyhow::anyhow!("decode stored {key}: {e}")))
+}
+
+fn validate_labels(labels: &Labels) -> Result<()> {
+    for (k, v) in labels {
+        spec::validate::label_key(k).map_err(FleetError::Invalid)?;
+        spec::validate::label_value(v).map_err(FleetError::Invalid)?;
+    }
+    Ok(())
+}
+
+fn decode_report(key: &str, bytes: &[u8]) -> Result<pb::RunReport> {
+    <pb::RunReport as prost::Message>::decode(bytes)
+        .map_err(|e| FleetError::Internal(anyhow::anyhow!("decode stored {key}: {e}")))
+}
+
+impl Fleet {
+    /// Loads the fleet from the store and renders every node's desired state.
+    pub fn open(store: Arc<dyn Store>, stale_after: Duration) -> anyhow::Result<Arc<Fleet>> {
+        let current = revisions::load_current(store.as_ref())?;
+        let now = now_ms();
+        let mut nodes = BTreeMap::new();
+        for (key, entry) in store.list(keys::NODES)? {
+            let record: NodeRecord = from_json(&key, &entry.value)?;
+            let name = record.name.clone();
+            let report = match store.get(&keys::report(&name))? {
+                Some(e) => Some(decode_report(&key, &e.value)?),
+                None => None,
+            };
+            let status = match store.get(&keys::status(&name))? {
+                Some(e) => Some(from_json::<NodeStatus>(&keys::status(&name), &e.value)?),
+                None => None,
+            }
+            .filter(|s| s.cert_serial == record.cert_serial)
+            // Stored before `status/` existed: last seen and stages were in the record.
+            .unwrap_or_else(|| NodeStatus {
+                cert_serial: record.cert_serial.clone(),
+                last_seen_ms: record.last_seen_ms,
+                reported: record.timeline.iter().any(|e| e.stage == "first-report"),
+                timeline: Vec::new(),
+            });
+            let facts = match store.get(&keys::facts(&name))? {
+                Some(e) => serde_json::from_slice(&e.value).unwrap_or(serde_json::Value::Null),
+                None => serde_json::Value::Null,
+            };
+            let mut desired =
+                revisions::desired_for(&current.spec, &name, &record.labels, current.number);
+            let summary = report.as_ref().map(records::summarize);
+            // A node that already runs this exact state keeps the revision it applied.
+            if let Some(s) = &summary
+                && s.hash == desired.hash
+            {
+                desired.revision = s.revision;
+            }
+            let mut node = Node::new(record, Arc::new(desired));
+            node.status = status;
+            node.report = summary;
+            node.facts = facts;
+            nodes.insert(name, node);
+        }
+        let mut pending = BTreeMap::new();
+        let mut expired = Vec::new();
+        for (key, entry) in store.list(keys::PENDING)? {
+            let mut rec: PendingRecord = from_json(&key, &entry.value)?;
+            if rec.expires_at_ms == 0 {
+                // Stored before expiry existed: give it one grace period from now.
+                rec.expires_at_ms = now + PENDING_GRACE.as_millis() as u64;
+            }
+            if rec.expires_at_ms <= now || nodes.contains_key(&rec.name) {
+                expired.push((key, entry.version));
+            } else {
+                pending.insert(rec.name.clone(), rec);
+            }
+        }
+        if !expired.is_empty() {
+            let compares: Vec<Compare> = expired
+                .iter()
+                .map(|(k, v)| Compare::Version(k.clone(), *v))
+                .collect();
+            let ops: Vec<Op> = expired.into_iter().map(|(k, _)| Op::Delete(k)).collect();
+            if !store.txn(&compares, &ops)? {
+                tracing::warn!("expired reservations changed while loading; kept for now");
+            }
+        }
+        Ok(Arc::new(Fleet {
+            store,
+            inner: Mutex::new(Inner {
+                nodes,
+                pending,
+                current,
+                refusals: HashMap::new(),
+            }),
+            apply_lock: Mutex::new(()),
+            operator_lock: Mutex::new(()),
+            stale_after,
+        }))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Taken before `lock`, never while holding it.
+    fn operator_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.operator_lock.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether a node certificate is still good: the node exists, is not
+    /// revoked, and the certificate is the one issued at its enrollment.
+    pub fn check_node(&self, name: &str, serial: &str) -> std::result::Result<(), String> {
+        let inner = self.lock();
+        match inner.nodes.get(name) {
+            None => Err(format!("node {name} is not enrolled")),
+            Some(n) if n.record.revoked => Err(format!("node {name} is revoked")),
+            Some(n) if n.record.cert_serial != serial => {
+                Err(format!("certificate of node {name} was superseded"))
+            }
+            Some(_) => Ok(()),
+        }
+    }
+
+    /// The node's feed: its current desired state now and on every change.
+    pub fn subscribe(&self, name: &str) -> Result<watch::Receiver<Feed>> {
+        let mut inner = self.lock();
+        let node = inner
+            .nodes
+            .get_mut(name)
+            .ok_or_else(|| FleetError::NotFound(format!("node {name} is not enrolled")))?;
+        node.status.last_seen_ms = now_ms();
+        Ok(node.feed.subscribe())
+    }
+
+    /// Cheap: memory only. `last_seen` reaches the store with the next report.
+    pub fn heartbeat(&self, name: &str) {
+        if let Some(node) = self.lock().nodes.get_mut(name) {
+            node.status.last_seen_ms = now_ms();
+        }
+    }
+}

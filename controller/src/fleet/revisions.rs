@@ -1,0 +1,220 @@
+//! Revisions: validated sources stored as immutable numbered revisions, the
+//! current one rendered per node and pushed to the nodes it changes.
+
+use super::records::RevisionRecord;
+use super::{Current, Feed, Fleet, FleetError, Result, from_json, keys, now_ms, to_json};
+use crate::store::{Compare, Op, Store};
+use ballast_proto::pb;
+use ballast_proto::spec::{self, Labels, NodeMeta, Spec};
+use std::sync::Arc;
+
+pub(super) fn parse_sources(sources: &[(String, String)]) -> Result<Spec> {
+    let sources: Vec<spec::Source> = sources
+        .iter()
+        .map(|(name, text)| spec::Source {
+            name: name.clone(),
+            text: text.clone(),
+        })
+        .collect();
+    spec::parse(&sources).map_err(|e| FleetError::Invalid(e.to_string()))
+}
+
+pub(super) fn desired_for(
+    spec: &Spec,
+    name: &str,
+    labels: &Labels,
+    revision: u64,
+) -> pb::DesiredState {
+    let state = spec.render(&NodeMeta {
+        name: name.to_owned(),
+        labels: labels.clone(),
+    });
+    let document = state.to_document();
+    pb::DesiredState {
+        revision,
+        hash: ballast_proto::sha256_tag(&document),
+        document,
+    }
+}
+
+/// The current revision as stored (the empty spec before the first apply).
+pub(super) fn load_current(store: &dyn Store) -> anyhow::Result<Current> {
+    Ok(match store.get(keys::CURRENT)? {
+        None => Current {
+            number: 0,
+            spec: Arc::new(Spec::default()),
+            hash: Spec::default().content_hash(),
+        },
+        Some(entry) => {
+            let number: u64 = from_json(keys::CURRENT, &entry.value)?;
+            let key = keys::revision(number);
+            let rec: RevisionRecord =
+                from_json(&key, &store.get(&key)?.map(|e| e.value).unwrap_or_default())?;
+            let spec = parse_sources(&rec.sources)
+                .map_err(|e| anyhow::anyhow!("stored revision {number} no longer parses: {e}"))?;
+            Current {
+                number,
+                spec: Arc::new(spec),
+                hash: rec.hash,
+            }
+        }
+    })
+}
+
+impl Fleet {
+    // ---- revisions ----
+
+    /// Validates sources and stores them as a new revision, then pushes each
+    /// node whose rendered state changed. Content equal to the current
+    /// revision's stores nothing (`created: false`).
+    pub fn apply(
+        &self,
+        sources: Vec<(String, String)>,
+        author: &str,
+        message: &str,
+        restored_from: u64,
+    ) -> Result<pb::ApplyResponse> {
+        if sources.is_empty() {
+            return Err(FleetError::Invalid(
+                "no sources given: pass YAML files with -f FILE or -f DIR".into(),
+            ));
+        }
+        let spec = parse_sources(&sources)?;
+        let hash = spec.content_hash();
+        let _apply = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let (current_number, current_hash) = {
+            let inner = self.lock();
+            (inner.current.number, inner.current.hash.clone())
+        };
+        if current_number > 0 && hash == current_hash {
+            return Ok(pb::ApplyResponse {
+                revision: current_number,
+                hash,
+                created: false,
+                affected_nodes: Vec::new(),
+            });
+        }
+        let number = current_number + 1;
+        let rec = RevisionRecord {
+            number,
+            author: author.to_owned(),
+            created_at_ms: now_ms(),
+            hash: hash.clone(),
+            message: message.to_owned(),
+            restored_from,
+            sources,
+        };
+        let compare = match self.store.get(keys::CURRENT)? {
+            None => Compare::Absent(keys::CURRENT.into()),
+            Some(e) => Compare::Version(keys::CURRENT.into(), e.version),
+        };
+        let ok = self.store.txn(
+            &[compare, Compare::Absent(keys::revision(number))],
+            &[
+                Op::Put(keys::revision(number), to_json(&rec)),
+                Op::Put(keys::CURRENT.into(), to_json(&number)),
+            ],
+        )?;
+        if !ok {
+            return Err(FleetError::Conflict(
+                "another apply stored a revision at the same time; retry".into(),
+            ));
+        }
+        let spec = Arc::new(spec);
+        let mut inner = self.lock();
+        inner.current = Current {
+            number,
+            spec: spec.clone(),
+            hash: hash.clone(),
+        };
+        let mut affected = Vec::new();
+        for node in inner.nodes.values_mut() {
+            let desired = desired_for(&spec, &node.record.name, &node.record.labels, number);
+            if desired.hash != node.desired.hash {
+                affected.push(node.record.name.clone());
+                node.desired = Arc::new(desired);
+                if !node.record.revoked {
+                    node.feed.send_replace(Feed::State(node.desired.clone()));
+                }
+            }
+        }
+        affected.sort();
+        Ok(pb::ApplyResponse {
+            revision: number,
+            hash,
+            created: true,
+            affected_nodes: affected,
+        })
+    }
+
+    /// Per node, the resource ids an apply of these sources would add, change or remove.
+    pub fn diff(&self, sources: Vec<(String, String)>) -> Result<pb::DiffResponse> {
+        let spec = parse_sources(&sources)?;
+        let inner = self.lock();
+        let mut nodes = Vec::new();
+        let mut names: Vec<&String> = inner.nodes.keys().collect();
+        names.sort();
+        for name in names {
+            let node = &inner.nodes[name];
+            if node.record.revoked {
+                continue;
+            }
+            let meta = NodeMeta {
+                name: name.clone(),
+                labels: node.record.labels.clone(),
+            };
+            let d = spec::diff_states(&inner.current.spec.render(&meta), &spec.render(&meta));
+            if !d.is_empty() {
+                nodes.push(pb::NodeChange {
+                    node: name.clone(),
+                    added: d.added,
+                    changed: d.changed,
+                    removed: d.removed,
+                });
+            }
+        }
+        Ok(pb::DiffResponse {
+            current_revision: inner.current.number,
+            nodes,
+        })
+    }
+
+    pub fn history(&self, limit: usize) -> Result<Vec<pb::Revision>> {
+        let mut out = Vec::new();
+        for (key, entry) in self
+            .store
+            .list(keys::REVISIONS)?
+            .into_iter()
+            .rev()
+            .take(limit.max(1))
+        {
+            let r: RevisionRecord = from_json(&key, &entry.value)?;
+            out.push(pb::Revision {
+                number: r.number,
+                author: r.author,
+                created_at_ms: r.created_at_ms,
+                hash: r.hash,
+                message: r.message,
+                restored_from: r.restored_from,
+            });
+        }
+        Ok(out)
+    }
+
+    /// A new revision with the content of revision `number`.
+    pub fn rollback(&self, number: u64, author: &str) -> Result<pb::ApplyResponse> {
+        let key = keys::revision(number);
+        let entry = self.store.get(&key)?.ok_or_else(|| {
+            FleetError::NotFound(format!(
+                "revision {number} does not exist (see ballast history)"
+            ))
+        })?;
+        let rec: RevisionRecord = from_json(&key, &entry.value)?;
+        self.apply(
+            rec.sources,
+            author,
+            &format!("rollback to revision {number}"),
+            number,
+        )
+    }
+}

@@ -1,0 +1,231 @@
+//! Pure views of the fleet: node status, summaries, `--where` filters and
+//! `ListNodes` paging. Time comes in as `now`, so nothing here reads a clock.
+
+use super::records::{Event, NodeRecord, PendingRecord, ReportSummary};
+use ballast_proto::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
+use ballast_proto::pb;
+use ballast_proto::spec::{self, Labels};
+
+/// What status and summary read of one enrolled node.
+pub struct NodeView<'a> {
+    pub record: &'a NodeRecord,
+    pub last_seen_ms: u64,
+    pub report: Option<&'a ReportSummary>,
+    pub desired: &'a pb::DesiredState,
+}
+
+pub fn status(n: &NodeView<'_>, now: u64, stale_after_ms: u64) -> &'static str {
+    if n.record.revoked {
+        return "revoked";
+    }
+    if now.saturating_sub(n.last_seen_ms) > stale_after_ms {
+        return "stale";
+    }
+    match n.report {
+        Some(r) if r.hash == n.desired.hash => {
+            if r.failed_count > 0 {
+                "failed"
+            } else if r.drifted {
+                "drifted"
+            } else {
+                "converged"
+            }
+        }
+        _ => "converging",
+    }
+}
+
+pub fn summary(n: &NodeView<'_>, now: u64, stale_after_ms: u64) -> pb::NodeSummary {
+    pb::NodeSummary {
+        name: n.record.name.clone(),
+        labels: n.record.labels.clone().into_iter().collect(),
+        status: status(n, now, stale_after_ms).to_owned(),
+        desired_revision: n.desired.revision,
+        applied_revision: n.report.map(|r| r.revision).unwrap_or(0),
+        last_seen_ms: n.last_seen_ms,
+        failed_resources: n.report.map(|r| r.failed.clone()).unwrap_or_default(),
+        failed_count: n.report.map(|r| r.failed_count as u32).unwrap_or(0),
+    }
+}
+
+/// A reserved name: `pending` until it enrolls, `bootstrap-failed` when its
+/// last attempt was refused.
+pub fn pending_summary(p: &PendingRecord) -> pb::NodeSummary {
+    let failed = p
+        .timeline
+        .last()
+        .is_some_and(|e| e.stage == "enroll-failed");
+    pb::NodeSummary {
+        name: p.name.clone(),
+        labels: p.labels.clone().into_iter().collect(),
+        status: if failed {
+            "bootstrap-failed"
+        } else {
+            "pending"
+        }
+        .to_owned(),
+        ..Default::default()
+    }
+}
+
+/// Operator and node timelines as one, in time order (operator events first
+/// on equal times: enrollment comes before the first report).
+pub fn merge_timelines(operator: &[Event], node: &[Event]) -> Vec<Event> {
+    let mut all: Vec<Event> = operator.iter().chain(node).cloned().collect();
+    all.sort_by_key(|e| e.at_ms);
+    all
+}
+
+/// `key=value` filters, checked once.
+pub fn parse_filters(filters: &[String]) -> Result<Vec<(&str, &str)>, String> {
+    filters
+        .iter()
+        .map(|f| {
+            f.split_once('=').ok_or_else(|| {
+                format!("filter {f:?}: expected key=value, such as role=web or os.id=debian")
+            })
+        })
+        .collect()
+}
+
+/// Whether a node matches `key=value`: a label, `name`, or a fact by dotted path.
+pub fn matches_filter(
+    name: &str,
+    labels: &Labels,
+    facts: &serde_json::Value,
+    key: &str,
+    want: &str,
+) -> bool {
+    if let Some(v) = labels.get(key) {
+        return v == want;
+    }
+    if key == "name" {
+        return name == want;
+    }
+    let mut cur = facts;
+    for part in key.split('.') {
+        cur = match cur {
+            serde_json::Value::Object(m) => match m.get(part) {
+                Some(v) => v,
+                None => return false,
+            },
+            serde_json::Value::Array(a) => {
+                match part.parse::<usize>().ok().and_then(|i| a.get(i)) {
+                    Some(v) => v,
+                    None => return false,
+                }
+            }
+            _ => return false,
+        };
+    }
+    match cur {
+        serde_json::Value::String(s) => s == want,
+        serde_json::Value::Number(n) => n.to_string() == want,
+        serde_json::Value::Bool(b) => b.to_string() == want,
+        _ => false,
+    }
+}
+
+/// The page size a request gets: the default for 0, at most the cap.
+pub fn page_size(asked: u32) -> usize {
+    match asked {
+        0 => DEFAULT_PAGE_SIZE as usize,
+        n => n.min(MAX_PAGE_SIZE) as usize,
+    }
+}
+
+const PAGE_TOKEN_PREFIX: &str = "after:";
+
+/// The token that continues after node `last`. Clients treat it as opaque.
+pub fn page_token(last: &str) -> String {
+    format!("{PAGE_TOKEN_PREFIX}{last}")
+}
+
+/// The name a page token continues after; `None` for the first page.
+pub fn parse_page_token(token: &str) -> Result<Option<&str>, String> {
+    if token.is_empty() {
+        return Ok(None);
+    }
+    match token.strip_prefix(PAGE_TOKEN_PREFIX) {
+        Some(name) if spec::validate::node_name(name).is_ok() => Ok(Some(name)),
+        _ => Err(format!(
+            "page_token {token:?} is not one this controller issued: pass the previous \
+             page's next_page_token, or nothing for the first page"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn record(revoked: bool) -> NodeRecord {
+        NodeRecord {
+            name: "web-1".into(),
+            labels: BTreeMap::new(),
+            cert_serial: "01".into(),
+            enrolled_at_ms: 0,
+            revoked,
+            timeline: Vec::new(),
+            last_seen_ms: 0,
+        }
+    }
+
+    #[test]
+    fn status_follows_revocation_staleness_and_the_report() {
+        let desired = pb::DesiredState {
+            revision: 3,
+            hash: "sha256:a".into(),
+            document: Vec::new(),
+        };
+        let ok = ReportSummary {
+            revision: 3,
+            hash: "sha256:a".into(),
+            ..Default::default()
+        };
+        let failed = ReportSummary {
+            failed: vec!["file[/x]".into()],
+            failed_count: 40,
+            ..ok.clone()
+        };
+        let rec = record(false);
+        let view = |report, last_seen_ms| NodeView {
+            record: &rec,
+            last_seen_ms,
+            report,
+            desired: &desired,
+        };
+        let now = 100_000;
+        assert_eq!(status(&view(Some(&ok), now), now, 1000), "converged");
+        assert_eq!(status(&view(Some(&ok), now - 1001), now, 1000), "stale");
+        assert_eq!(status(&view(None, now), now, 1000), "converging");
+        let s = summary(&view(Some(&failed), now), now, 1000);
+        assert_eq!((s.status.as_str(), s.failed_count), ("failed", 40));
+        let revoked = record(true);
+        let v = NodeView {
+            record: &revoked,
+            last_seen_ms: now,
+            report: Some(&ok),
+            desired: &desired,
+        };
+        assert_eq!(status(&v, now, 1000), "revoked");
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_foreign_ones_are_refused() {
+        assert_eq!(parse_page_token("").unwrap(), None);
+        assert_eq!(
+            parse_page_token(&page_token("web-7")).unwrap(),
+            Some("web-7")
+        );
+        let e = parse_page_token("after:../x").unwrap_err();
+        assert!(
+            e.contains("page_token") && e.contains("next_page_token"),
+            "{e}"
+        );
+        assert_eq!(page_size(0), 500);
+        assert_eq!(page_size(7), 7);
+        assert_eq!(page_size(1_000_000), 1000);
+    }
+}

@@ -1,0 +1,306 @@
+//! Bounds on what a node may send and on what fleet-wide answers may hold.
+//!
+//! Each bound sits far above what a real node produces, so only a broken or
+//! hostile node meets one. The controller refuses a message over a bound at
+//! the boundary (`CheckedReport`, `CheckedFacts`), naming the field and the
+//! limit, and stores nothing of it; the agent fits its own reports to the same
+//! bounds (`fit_report`) so that it is never refused.
+
+use crate::pb;
+
+/// Largest encoded `RunReport` the controller accepts. Below
+/// [`crate::MAX_MESSAGE_BYTES`] so that a node's detail (report, facts,
+/// timeline, summary) always fits in one message.
+pub const MAX_REPORT_BYTES: usize = 3 * 1024 * 1024;
+/// Resources per report.
+pub const MAX_REPORT_RESOURCES: usize = 100_000;
+/// A resource id, `kind[name]` (a path is at most 4096 bytes).
+pub const MAX_RESOURCE_ID_BYTES: usize = 4608;
+/// Changes per resource.
+pub const MAX_CHANGES_PER_RESOURCE: usize = 256;
+/// One change as an operator reads it.
+pub const MAX_CHANGE_BYTES: usize = 8192;
+/// A resource's error text.
+pub const MAX_ERROR_BYTES: usize = 16 * 1024;
+/// A run's trigger (`change`, `resync`, `startup`, `local`).
+pub const MAX_TRIGGER_BYTES: usize = 32;
+/// A hash or backup tag (`sha256:` and 64 hex digits).
+pub const MAX_TAG_BYTES: usize = 128;
+/// The facts document, as JSON text.
+pub const MAX_FACTS_BYTES: usize = 128 * 1024;
+/// Nesting depth of the facts document (arrays and objects).
+pub const MAX_FACTS_DEPTH: usize = 32;
+
+/// `ListNodes` page size when the request says 0.
+pub const DEFAULT_PAGE_SIZE: u32 = 500;
+/// Largest `ListNodes` page size; larger requests get this many.
+pub const MAX_PAGE_SIZE: u32 = 1000;
+/// A `ListNodes` page also ends before its encoded nodes pass this many bytes.
+pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
+/// Failed resource ids listed in a node summary (`failed_count` has them all).
+pub const MAX_SUMMARY_FAILED: usize = 16;
+
+/// A report whose every field is within the bounds above.
+#[derive(Debug, Clone)]
+pub struct CheckedReport(pb::RunReport);
+
+impl CheckedReport {
+    pub fn get(&self) -> &pb::RunReport {
+        &self.0
+    }
+
+    pub fn into_inner(self) -> pb::RunReport {
+        self.0
+    }
+}
+
+fn over(field: &str, len: usize, max: usize) -> String {
+    format!("report: {field} is {len} bytes; the limit is {max}")
+}
+
+impl TryFrom<pb::RunReport> for CheckedReport {
+    type Error = String;
+
+    fn try_from(r: pb::RunReport) -> Result<Self, String> {
+        use prost::Message;
+        if r.resources.len() > MAX_REPORT_RESOURCES {
+            return Err(format!(
+                "report: {} resources; the limit is {MAX_REPORT_RESOURCES}",
+                r.resources.len()
+            ));
+        }
+        if r.trigger.len() > MAX_TRIGGER_BYTES {
+            return Err(over("trigger", r.trigger.len(), MAX_TRIGGER_BYTES));
+        }
+        if r.state_hash.len() > MAX_TAG_BYTES {
+            return Err(over("state_hash", r.state_hash.len(), MAX_TAG_BYTES));
+        }
+        for (i, res) in r.resources.iter().enumerate() {
+            if res.id.len() > MAX_RESOURCE_ID_BYTES {
+                return Err(over(
+                    &format!("resources[{i}].id"),
+                    res.id.len(),
+                    MAX_RESOURCE_ID_BYTES,
+                ));
+            }
+            if res.error.len() > MAX_ERROR_BYTES {
+                return Err(over(
+                    &format!("resources[{i}].error"),
+                    res.error.len(),
+                    MAX_ERROR_BYTES,
+                ));
+            }
+            if res.backup.len() > MAX_TAG_BYTES {
+                return Err(over(
+                    &format!("resources[{i}].backup"),
+                    res.backup.len(),
+                    MAX_TAG_BYTES,
+                ));
+            }
+            if res.changes.len() > MAX_CHANGES_PER_RESOURCE {
+                return Err(format!(
+                    "report: resources[{i}] has {} changes; the limit is {MAX_CHANGES_PER_RESOURCE}",
+                    res.changes.len()
+                ));
+            }
+            for (j, c) in res.changes.iter().enumerate() {
+                if c.len() > MAX_CHANGE_BYTES {
+                    return Err(over(
+                        &format!("resources[{i}].changes[{j}]"),
+                        c.len(),
+                        MAX_CHANGE_BYTES,
+                    ));
+                }
+            }
+        }
+        // Fields first, so the error names the field that is too large.
+        let len = r.encoded_len();
+        if len > MAX_REPORT_BYTES {
+            return Err(over("the whole report", len, MAX_REPORT_BYTES));
+        }
+        Ok(CheckedReport(r))
+    }
+}
+
+/// A facts document: a JSON object within the size and depth bounds.
+#[derive(Debug, Clone)]
+pub struct CheckedFacts {
+    pub json: String,
+    pub value: serde_json::Value,
+}
+
+impl TryFrom<pb::Facts> for CheckedFacts {
+    type Error = String;
+
+    fn try_from(f: pb::Facts) -> Result<Self, String> {
+        if f.json.len() > MAX_FACTS_BYTES {
+            return Err(format!(
+                "facts: {} bytes of JSON; the limit is {MAX_FACTS_BYTES}",
+                f.json.len()
+            ));
+        }
+        // serde_json stops at 128 levels by itself; the depth bound is lower.
+        let value: serde_json::Value =
+            serde_json::from_str(&f.json).map_err(|e| format!("facts: not valid JSON: {e}"))?;
+        if !value.is_object() {
+            return Err("facts: expected a JSON object".into());
+        }
+        let depth = json_depth(&value);
+        if depth > MAX_FACTS_DEPTH {
+            return Err(format!(
+                "facts: nested {depth} levels deep; the limit is {MAX_FACTS_DEPTH}"
+            ));
+        }
+        Ok(CheckedFacts {
+            json: f.json,
+            value,
+        })
+    }
+}
+
+fn json_depth(v: &serde_json::Value) -> usize {
+    match v {
+        serde_json::Value::Array(a) => 1 + a.iter().map(json_depth).max().unwrap_or(0),
+        serde_json::Value::Object(m) => 1 + m.values().map(json_depth).max().unwrap_or(0),
+        _ => 0,
+    }
+}
+
+/// Cuts `s` to at most `max` bytes (on a character boundary), ending it with
+/// a visible `…[truncated N bytes]` mark that fits within `max`.
+pub fn truncate(s: &mut String, max: usize) {
+    if s.len() <= max {
+        return;
+    }
+    let total = s.len();
+    // The number cut has at most as many digits as the whole length.
+    let mark_len = "…[truncated  bytes]".len() + total.to_string().len();
+    let mut keep = max.saturating_sub(mark_len);
+    while !s.is_char_boundary(keep) {
+        keep -= 1;
+    }
+    let mark = format!("…[truncated {} bytes]", total - keep);
+    s.truncate(keep);
+    if keep + mark.len() <= max {
+        s.push_str(&mark);
+    }
+}
+
+/// Fits a report the agent built to the bounds the controller checks:
+/// long texts are truncated visibly, extra changes summarised, and when the
+/// whole report is still too large the unchanged resources' entries are
+/// dropped (then everything past the limit), with a note in the last entry.
+pub fn fit_report(r: &mut pb::RunReport) {
+    use prost::Message;
+    truncate(&mut r.trigger, MAX_TRIGGER_BYTES);
+    for res in &mut r.resources {
+        truncate(&mut res.id, MAX_RESOURCE_ID_BYTES);
+        truncate(&mut res.error, MAX_ERROR_BYTES);
+        truncate(&mut res.backup, MAX_TAG_BYTES);
+        if res.changes.len() > MAX_CHANGES_PER_RESOURCE {
+            let extra = res.changes.len() - (MAX_CHANGES_PER_RESOURCE - 1);
+            res.changes.truncate(MAX_CHANGES_PER_RESOURCE - 1);
+            res.changes.push(format!("…and {extra} more changes"));
+        }
+        for c in &mut res.changes {
+            truncate(c, MAX_CHANGE_BYTES);
+        }
+    }
+    if r.resources.len() > MAX_REPORT_RESOURCES || r.encoded_len() > MAX_REPORT_BYTES {
+        r.resources
+            .retain(|res| res.outcome != pb::Outcome::Unchanged as i32);
+    }
+    let mut dropped = 0usize;
+    while r.resources.len() > MAX_REPORT_RESOURCES
+        || (r.encoded_len() > MAX_REPORT_BYTES && !r.resources.is_empty())
+    {
+        r.resources.pop();
+        dropped += 1;
+    }
+    if dropped > 0
+        && let Some(last) = r.resources.last_mut()
+    {
+        last.changes.truncate(MAX_CHANGES_PER_RESOURCE - 1);
+        last.changes.push(format!(
+            "…report truncated: {dropped} more resources left out"
+        ));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn truncation_is_visible_and_within_the_bound() {
+        let mut s = "x".repeat(10_000);
+        truncate(&mut s, 100);
+        assert!(s.len() <= 100, "{}", s.len());
+        assert!(s.ends_with("bytes]") && s.contains("…[truncated "), "{s}");
+        let mut short = "ok".to_owned();
+        truncate(&mut short, 100);
+        assert_eq!(short, "ok");
+        let mut multi = "é".repeat(1000);
+        truncate(&mut multi, 51);
+        assert!(multi.len() <= 51 && multi.contains("truncated"), "{multi}");
+    }
+
+    #[test]
+    fn oversized_report_fields_are_refused_by_name() {
+        let mut r = pb::RunReport::default();
+        r.resources.push(pb::ResourceOutcome {
+            id: "x".repeat(MAX_RESOURCE_ID_BYTES + 1),
+            ..Default::default()
+        });
+        let e = CheckedReport::try_from(r.clone()).unwrap_err();
+        assert!(e.contains("resources[0].id") && e.contains("4608"), "{e}");
+        fit_report(&mut r);
+        assert!(CheckedReport::try_from(r).is_ok());
+    }
+
+    #[test]
+    fn fitted_reports_pass_the_check() {
+        let mut r = pb::RunReport {
+            trigger: "t".repeat(100),
+            ..Default::default()
+        };
+        for i in 0..2000 {
+            r.resources.push(pb::ResourceOutcome {
+                id: format!("file[/srv/{i}]"),
+                outcome: pb::Outcome::Failed as i32,
+                error: "e".repeat(MAX_ERROR_BYTES * 2),
+                changes: vec!["c".repeat(100); 300],
+                ..Default::default()
+            });
+        }
+        fit_report(&mut r);
+        let checked = CheckedReport::try_from(r).unwrap();
+        let last = checked.get().resources.last().unwrap();
+        assert!(
+            last.changes.last().unwrap().contains("report truncated"),
+            "{:?}",
+            last.changes.last()
+        );
+    }
+
+    #[test]
+    fn deep_or_large_facts_are_refused() {
+        let deep = format!(
+            "{}{}",
+            "{\"a\":".repeat(40),
+            "1".to_owned() + &"}".repeat(40)
+        );
+        let e = CheckedFacts::try_from(pb::Facts { json: deep }).unwrap_err();
+        assert!(e.contains("nested 40 levels") && e.contains("32"), "{e}");
+        let big = format!("{{\"a\":\"{}\"}}", "x".repeat(MAX_FACTS_BYTES));
+        let e = CheckedFacts::try_from(pb::Facts { json: big }).unwrap_err();
+        assert!(e.contains("facts:") && e.contains("131072"), "{e}");
+        assert!(CheckedFacts::try_from(pb::Facts { json: "[]".into() }).is_err());
+        assert!(
+            CheckedFacts::try_from(pb::Facts {
+                json: "{\"a\":[1]}".into()
+            })
+            .is_ok()
+        );
+    }
+}
