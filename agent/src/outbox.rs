@@ -252,18 +252,49 @@ mod tests {
         }
         assert_eq!(o.len(), MAX_UNSENT_REPORTS);
         assert_eq!(o.front().unwrap().unwrap().1.revision, 10);
+        // Near the controller's report bound (3 MiB), so fitting leaves it whole.
         let big = pb::RunReport {
-            trigger: "x".repeat((MAX_UNSENT_BYTES / 2) as usize),
-            ..report(999, "", true)
+            resources: (0..180)
+                .map(|i| pb::ResourceOutcome {
+                    id: format!("file[/big/{i}]"),
+                    outcome: pb::Outcome::Failed as i32,
+                    error: "e".repeat(16_000),
+                    ..Default::default()
+                })
+                .collect(),
+            ..report(999, "big", true)
         };
-        o.push(&big).unwrap();
-        o.push(&big).unwrap();
-        o.push(&big).unwrap();
-        assert!(o.len() <= 2, "byte cap holds: {} kept", o.len());
+        for _ in 0..8 {
+            o.push(&big).unwrap();
+        }
+        assert!(o.len() < 8, "byte cap holds: {} kept", o.len());
         let kept: u64 = std::fs::read_dir(dir.path().join("outbox"))
             .unwrap()
             .map(|e| e.unwrap().metadata().unwrap().len())
             .sum();
         assert!(kept <= MAX_UNSENT_BYTES + 1024, "{kept} bytes on disk");
+    }
+
+    #[test]
+    fn queued_reports_fit_the_controllers_bounds() {
+        use ballast_proto::limits;
+        let dir = tempfile::tempdir().unwrap();
+        let o = Outbox::open(dir.path()).unwrap();
+        let mut hostile = report(1, &"t".repeat(4096), true);
+        hostile.resources[0].id = format!("file[/{}]", "x".repeat(4 << 20));
+        hostile.resources[0].error = "e".repeat(1 << 20);
+        o.push(&hostile).unwrap();
+        let (_, queued) = o.front().unwrap().unwrap();
+        let res = &queued.resources[0];
+        assert!(queued.trigger.len() <= limits::MAX_TRIGGER_BYTES);
+        assert!(res.id.len() <= limits::MAX_RESOURCE_ID_BYTES);
+        assert!(res.error.len() <= limits::MAX_ERROR_BYTES);
+        assert!(
+            res.id.contains("truncated"),
+            "the cut is visible: {}",
+            &res.id[res.id.len() - 40..]
+        );
+        limits::CheckedReport::try_from(queued.clone())
+            .expect("the controller accepts what the agent queued");
     }
 }
