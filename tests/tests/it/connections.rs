@@ -100,26 +100,34 @@ async fn half_open_handshakes_cannot_exhaust_the_controller() {
     })
     .await;
 
-    // The flood: stalled handshakes from two other loopback addresses.
+    // The flood: stalled handshakes from two other loopback addresses. Each
+    // connection is watched from the moment it opens, so a close is timed
+    // when it happens, not when the test gets round to looking.
     let started = Instant::now();
-    let mut opening = tokio::task::JoinSet::new();
+    let (opened_tx, mut opened_rx) = tokio::sync::mpsc::unbounded_channel();
+    let mut watching = tokio::task::JoinSet::new();
     for source in ["127.0.0.2", "127.0.0.3"] {
         for _ in 0..PER_SOURCE {
             let addr = ctl.addr;
-            opening.spawn(async move {
+            let opened_tx = opened_tx.clone();
+            watching.spawn(async move {
                 let opened = Instant::now();
                 let s = stalled(source, addr)
                     .await
                     .unwrap_or_else(|e| panic!("flood connection from {source}: {e}"));
-                (s, opened)
+                let _ = opened_tx.send(());
+                closed_after(s, opened).await
             });
         }
     }
-    let flood = opening.join_all().await;
+    drop(opened_tx);
+    let mut open = 0;
+    while open < 2 * PER_SOURCE && opened_rx.recv().await.is_some() {
+        open += 1;
+    }
     let flooded = Instant::now();
     eprintln!(
-        "{} stalled connections open after {:?}",
-        flood.len(),
+        "{open} stalled connections open after {:?}",
         started.elapsed()
     );
 
@@ -155,14 +163,7 @@ async fn half_open_handshakes_cannot_exhaust_the_controller() {
 
     // Every stalled connection is closed: over the cap at once, the rest
     // when the handshake timeout passes.
-    let waits: Vec<_> = flood
-        .into_iter()
-        .map(|(s, opened)| tokio::spawn(closed_after(s, opened)))
-        .collect();
-    let mut closed = Vec::new();
-    for w in waits {
-        closed.push(w.await.unwrap());
-    }
+    let closed = watching.join_all().await;
     let still_open = closed.iter().filter(|c| c.is_none()).count();
     assert_eq!(still_open, 0, "stalled connections still open after 60 s");
     let closed: Vec<Duration> = closed.into_iter().flatten().collect();
