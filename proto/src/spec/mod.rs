@@ -7,12 +7,15 @@
 //! and both run the same validators.
 
 mod cron;
+mod decode;
 mod depend;
 mod model;
 mod parse;
 mod render;
+mod schema;
 pub mod template;
 pub mod validate;
+mod yaml;
 
 pub use depend::{Dependency, Why, dependencies, dependency_indices};
 pub use model::*;
