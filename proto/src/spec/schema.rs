@@ -85,11 +85,9 @@ fn decode_resource(cx: &mut Cx<'_>, kind: &str, node: &Node, path: &str) -> Opti
             .unwrap_or_default()
     };
     let mode = |cx: &mut Cx<'_>| f.get("mode").and_then(|n| cx.mode(n, &join(path, "mode")));
-    let strings = |cx: &mut Cx<'_>, k: &str| {
-        f.get(k)
-            .map(|n| cx.strings(n, &join(path, k)))
-            .unwrap_or_default()
-    };
+    let list = |cx: &mut Cx<'_>, k: &str| f.get(k).map(|n| cx.strings(n, &join(path, k)));
+    let strings = |cx: &mut Cx<'_>, k: &str| list(cx, k).unwrap_or_default();
+    let number = |cx: &mut Cx<'_>, k: &str| f.get(k).and_then(|n| cx.u32(n, &join(path, k)));
     let r = match kind {
         "file" => Resource::File(File {
             path: key,
@@ -119,24 +117,20 @@ fn decode_resource(cx: &mut Cx<'_>, kind: &str, node: &Node, path: &str) -> Opti
         }),
         "user" => Resource::User(User {
             name: key,
-            uid: f.get("uid").and_then(|n| cx.u32(n, &join(path, "uid"))),
+            uid: number(cx, "uid"),
             group: s(cx, "group"),
-            groups: f
-                .get("groups")
-                .map(|n| cx.strings(n, &join(path, "groups"))),
+            groups: list(cx, "groups"),
             home: s(cx, "home"),
             shell: s(cx, "shell"),
             system: b(cx, "system"),
-            authorized_keys: f
-                .get("authorized_keys")
-                .map(|n| cx.strings(n, &join(path, "authorized_keys"))),
+            authorized_keys: list(cx, "authorized_keys"),
             remove_home: b(cx, "remove_home"),
             ensure: ensure(cx),
             requires: requires(cx),
         }),
         "group" => Resource::Group(Group {
             name: key,
-            gid: f.get("gid").and_then(|n| cx.u32(n, &join(path, "gid"))),
+            gid: number(cx, "gid"),
             system: b(cx, "system"),
             ensure: ensure(cx),
             requires: requires(cx),
