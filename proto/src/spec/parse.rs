@@ -225,4 +225,50 @@ mod tests {
         );
         assert!(out.contains("cycle"), "{out}");
     }
+
+    /// Directories give their `*.yaml` and `*.yml` files sorted (no others,
+    /// no recursion); files are taken as given; errors name the path.
+    #[test]
+    fn read_sources_picks_sorted_yaml_of_directories_and_files_as_given() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("site");
+        std::fs::create_dir_all(dir.join("sub")).unwrap();
+        for (name, text) in [("b.yaml", "b"), ("a.yml", "a"), ("c.txt", "c")] {
+            std::fs::write(dir.join(name), text).unwrap();
+        }
+        std::fs::write(dir.join("sub/d.yaml"), "d").unwrap();
+        let extra = tmp.path().join("extra.conf");
+        std::fs::write(&extra, "e").unwrap();
+        let got: Vec<(String, String)> = read_sources(&[dir.clone(), extra.clone()])
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.name, s.text))
+            .collect();
+        let name = |p: std::path::PathBuf| p.display().to_string();
+        assert_eq!(
+            got,
+            [
+                (name(dir.join("a.yml")), "a".to_owned()),
+                (name(dir.join("b.yaml")), "b".to_owned()),
+                (name(extra), "e".to_owned()),
+            ]
+        );
+        let empty = dir.join("sub/empty");
+        std::fs::create_dir(&empty).unwrap();
+        assert_eq!(
+            read_sources(std::slice::from_ref(&empty)).unwrap_err(),
+            format!(
+                "{}: no *.yaml or *.yml files in this directory",
+                empty.display()
+            )
+        );
+        let missing = tmp.path().join("missing.yaml");
+        assert_eq!(
+            read_sources(std::slice::from_ref(&missing)).unwrap_err(),
+            format!(
+                "read {}: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+    }
 }
