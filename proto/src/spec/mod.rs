@@ -7,17 +7,22 @@
 //! and both run the same validators.
 
 mod cron;
+mod decode;
 mod depend;
 mod model;
 mod parse;
 mod render;
+mod schema;
+mod sources;
 pub mod template;
 pub mod validate;
+mod yaml;
 
 pub use depend::{Dependency, Why, dependencies, dependency_indices};
 pub use model::*;
-pub use parse::{Source, parse, read_sources};
+pub use parse::{Source, parse};
 pub use render::{StateDiff, diff_states};
+pub use sources::read_sources;
 
 use std::fmt;
 

@@ -316,15 +316,6 @@ fn find_cycle(ids: &BTreeMap<String, &Resource>) -> Option<Vec<String>> {
 }
 
 impl Spec {
-    /// Names of the node groups whose selector matches these labels, sorted.
-    pub fn matching_groups(&self, labels: &super::Labels) -> Vec<String> {
-        self.groups
-            .iter()
-            .filter(|(_, g)| matches(&g.selector, labels))
-            .map(|(n, _)| n.clone())
-            .collect()
-    }
-
     /// The node's effective desired state: the resources of every role of
     /// every node group whose selector matches the node's labels. Infallible:
     /// `parse` already refused every conflict that could reach a node.
