@@ -6,6 +6,7 @@ use crate::client;
 use crate::daemon::{self, DaemonConfig};
 use crate::engine::Outcome;
 use crate::host::Host;
+use crate::state::StateDir;
 use anyhow::Context;
 use ballast_proto::spec::{self, NodeMeta};
 use clap::{Parser, Subcommand};
@@ -188,7 +189,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             state_dir,
         } => {
             let token = read_token(token, token_file.as_deref(), &mut std::io::stdin())?;
-            let state_dir = state_dir.unwrap_or_else(client::default_state_dir);
+            let state_dir = state_dir.unwrap_or_else(StateDir::default_path);
             let name = name.unwrap_or_else(hostname);
             let resp =
                 client::enroll(&state_dir, &controller, &token, &ca_fingerprint, &name).await?;
@@ -215,7 +216,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             controller,
         } => {
             let cfg = DaemonConfig {
-                state_dir: state_dir.unwrap_or_else(client::default_state_dir),
+                state_dir: StateDir::new(state_dir.unwrap_or_else(StateDir::default_path)),
                 root,
                 interval,
                 heartbeat,
@@ -243,8 +244,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
                         .with_context(|| format!("--label {l:?}: expected key=value"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let state_dir = state_dir.unwrap_or_else(client::default_state_dir);
-            client::create_private_dir(&state_dir)?;
+            let state_dir = StateDir::create(state_dir.unwrap_or_else(StateDir::default_path))?;
             let node = NodeMeta {
                 name: name.unwrap_or_else(hostname),
                 labels,
@@ -268,7 +268,7 @@ async fn apply_local(
     root: Option<PathBuf>,
     noop: bool,
     node: NodeMeta,
-    state_dir: &Path,
+    state_dir: &StateDir,
     facts_dir: &Path,
     quiet: bool,
     out: &mut dyn Write,
