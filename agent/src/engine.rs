@@ -14,6 +14,10 @@ use ballast_proto::spec::{Kind, NodeState, Resource as Spec};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
+#[path = "engine_batch.rs"]
+mod batch;
+use batch::{run_files, run_packages};
+
 /// The contract every kind implements (see STYLE.md).
 pub trait Resource {
     /// What the host has now, absence included.
@@ -540,10 +544,6 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         duration: started.elapsed(),
     }
 }
-
-#[path = "engine_batch.rs"]
-mod batch;
-use batch::{run_files, run_packages};
 
 #[cfg(test)]
 #[path = "engine_tests.rs"]
