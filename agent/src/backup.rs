@@ -10,6 +10,7 @@
 //! content of a path again only makes that backup the newest.
 
 use crate::host::Host;
+use crate::state::{StateDir, create_private_dir, write_atomic};
 use anyhow::Context;
 use sha2::Digest;
 use std::path::{Path, PathBuf};
@@ -24,7 +25,6 @@ pub const MAX_TOTAL_BYTES: u64 = 128 * 1024 * 1024;
 /// Backups kept in all.
 pub const MAX_TOTAL_COUNT: usize = 10_000;
 
-const DIR: &str = "backups";
 const PATH_FILE: &str = "path";
 
 #[derive(Debug, Clone)]
@@ -171,11 +171,11 @@ fn lock(host: &Host) -> std::sync::MutexGuard<'_, Option<Index>> {
 
 /// Keeps `content`, the content of `path` about to be replaced or removed,
 /// and prunes older backups to stay within the limits. Returns its tag.
-pub fn save(host: &Host, state_dir: &Path, path: &str, content: &[u8]) -> anyhow::Result<String> {
+pub fn save(host: &Host, state: &StateDir, path: &str, content: &[u8]) -> anyhow::Result<String> {
     let tag = ballast_proto::sha256_tag(content);
     let hex = tag.trim_start_matches("sha256:").to_owned();
     let dir = hex::encode(sha2::Sha256::digest(path.as_bytes()))[..32].to_owned();
-    let root = state_dir.join(DIR);
+    let root = state.backups();
     let stamp = {
         let mut guard = lock(host);
         let index = guard.get_or_insert_with(|| Index::load(&root));
@@ -200,13 +200,13 @@ pub fn save(host: &Host, state_dir: &Path, path: &str, content: &[u8]) -> anyhow
         stamp
     };
     let path_dir = root.join(&dir);
-    crate::client::create_private_dir(&path_dir)?;
+    create_private_dir(&path_dir)?;
     if !path_dir.join(PATH_FILE).exists() {
-        crate::cache::write_atomic(&path_dir.join(PATH_FILE), path.as_bytes(), 0o600)
+        write_atomic(&path_dir.join(PATH_FILE), path.as_bytes(), 0o600)
             .with_context(|| format!("back up {path}"))?;
     }
     let name = format!("{stamp:020}-{hex}");
-    crate::cache::write_atomic(&path_dir.join(&name), content, 0o600)
+    write_atomic(&path_dir.join(&name), content, 0o600)
         .with_context(|| format!("back up {path}"))?;
     let mut guard = lock(host);
     let index = guard.get_or_insert_with(|| Index::load(&root));
@@ -223,9 +223,9 @@ pub fn save(host: &Host, state_dir: &Path, path: &str, content: &[u8]) -> anyhow
 /// On a full disk: drops the oldest backups until `bytes` (and 1 MiB more)
 /// are freed or none is left, so that putting back desired content comes
 /// before keeping old content. Returns the bytes freed.
-pub fn make_room(host: &Host, state_dir: &Path, bytes: u64) -> u64 {
+pub fn make_room(host: &Host, state: &StateDir, bytes: u64) -> u64 {
     let mut guard = lock(host);
-    let index = guard.get_or_insert_with(|| Index::load(&state_dir.join(DIR)));
+    let index = guard.get_or_insert_with(|| Index::load(&state.backups()));
     let before = index.total;
     while !index.entries.is_empty() && before - index.total < bytes + (1 << 20) {
         index.remove(0);
@@ -234,10 +234,10 @@ pub fn make_room(host: &Host, state_dir: &Path, bytes: u64) -> u64 {
 }
 
 /// Where the backup with `tag` (`sha256:HEX`) of `path` is, if it is kept.
-pub fn find(state_dir: &Path, path: &str, tag: &str) -> Option<PathBuf> {
+pub fn find(state: &StateDir, path: &str, tag: &str) -> Option<PathBuf> {
     let hex = tag.strip_prefix("sha256:")?;
-    let dir = state_dir
-        .join(DIR)
+    let dir = state
+        .backups()
         .join(&hex::encode(sha2::Sha256::digest(path.as_bytes()))[..32]);
     std::fs::read_dir(&dir)
         .ok()?
@@ -248,8 +248,8 @@ pub fn find(state_dir: &Path, path: &str, tag: &str) -> Option<PathBuf> {
 }
 
 /// Every backup kept: (file, size).
-pub fn list(state_dir: &Path) -> Vec<(PathBuf, u64)> {
-    let index = Index::load(&state_dir.join(DIR));
+pub fn list(state: &StateDir) -> Vec<(PathBuf, u64)> {
+    let index = Index::load(&state.backups());
     index
         .entries
         .iter()
@@ -264,7 +264,7 @@ mod tests {
     #[test]
     fn the_oldest_backups_go_first_to_stay_within_the_totals() {
         let state = tempfile::tempdir().unwrap();
-        let root = state.path().join(DIR);
+        let root = StateDir::new(state.path()).backups();
         // Ten paths with one 100-byte backup each, oldest first.
         for i in 0..10u128 {
             let dir = root.join(format!("{i:032x}"));

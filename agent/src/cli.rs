@@ -6,11 +6,12 @@ use crate::client;
 use crate::daemon::{self, DaemonConfig};
 use crate::engine::Outcome;
 use crate::host::Host;
+use crate::state::StateDir;
 use anyhow::Context;
 use ballast_proto::spec::{self, NodeMeta};
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
-use std::io::{IsTerminal, Read, Write};
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -114,14 +115,11 @@ fn hostname() -> String {
 /// Entry point of the binary.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    let default = if matches!(cli.command, Command::Run { .. }) {
+    ballast_proto::log::init(if matches!(cli.command, Command::Run { .. }) {
         "info"
     } else {
         "warn"
-    };
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BALLAST_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
-    let _ = tracing::subscriber::set_global_default(log_subscriber(filter, std::io::stderr()));
+    });
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -139,24 +137,6 @@ pub fn run() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-/// The log subscriber: `filter` on `stream`, coloured only when `stream` is a
-/// terminal and `NO_COLOR` is unset, so the journal or a log file never
-/// carries escapes. (The controller's `cli::log_subscriber` is the same.)
-pub fn log_subscriber<W>(
-    filter: tracing_subscriber::EnvFilter,
-    stream: W,
-) -> impl tracing::Subscriber + Send + Sync
-where
-    W: Write + IsTerminal + Send + 'static,
-{
-    let ansi = stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::sync::Mutex::new(stream))
-        .finish()
 }
 
 /// The enrollment token from `--token`/BALLAST_TOKEN or `--token-file`
@@ -209,7 +189,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             state_dir,
         } => {
             let token = read_token(token, token_file.as_deref(), &mut std::io::stdin())?;
-            let state_dir = state_dir.unwrap_or_else(client::default_state_dir);
+            let state_dir = state_dir.unwrap_or_else(StateDir::default_path);
             let name = name.unwrap_or_else(hostname);
             let resp =
                 client::enroll(&state_dir, &controller, &token, &ca_fingerprint, &name).await?;
@@ -236,7 +216,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             controller,
         } => {
             let cfg = DaemonConfig {
-                state_dir: state_dir.unwrap_or_else(client::default_state_dir),
+                state_dir: StateDir::new(state_dir.unwrap_or_else(StateDir::default_path)),
                 root,
                 interval,
                 heartbeat,
@@ -264,8 +244,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
                         .with_context(|| format!("--label {l:?}: expected key=value"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let state_dir = state_dir.unwrap_or_else(client::default_state_dir);
-            client::create_private_dir(&state_dir)?;
+            let state_dir = StateDir::create(state_dir.unwrap_or_else(StateDir::default_path))?;
             let node = NodeMeta {
                 name: name.unwrap_or_else(hostname),
                 labels,
@@ -289,7 +268,7 @@ async fn apply_local(
     root: Option<PathBuf>,
     noop: bool,
     node: NodeMeta,
-    state_dir: &Path,
+    state_dir: &StateDir,
     facts_dir: &Path,
     quiet: bool,
     out: &mut dyn Write,
@@ -478,23 +457,5 @@ mod tests {
             would change file[/srv/app/a.conf]: create file (1 bytes)
                 after directory[/srv/app] (the directory it is in, implied)"#]]
         .assert_eq(&text.join("\n"));
-    }
-
-    #[test]
-    fn logs_to_a_file_carry_no_colour() {
-        let file = tempfile::NamedTempFile::new().unwrap();
-        let sub = log_subscriber(
-            tracing_subscriber::EnvFilter::new("info"),
-            file.reopen().unwrap(),
-        );
-        tracing::subscriber::with_default(sub, || {
-            tracing::warn!(resource = "file[/etc/motd]", "applied");
-        });
-        let text = std::fs::read_to_string(file.path()).unwrap();
-        assert!(text.contains("applied"), "{text:?}");
-        assert!(
-            !text.contains('\x1b'),
-            "no ANSI escapes in a file: {text:?}"
-        );
     }
 }

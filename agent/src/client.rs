@@ -3,10 +3,10 @@
 //!
 //! Invariants: the node's private key is generated here and never sent; the
 //! controller is always verified, first against the pinned CA fingerprint,
-//! then against the CA certificate kept in the state dir. There is no
-//! unverified mode.
+//! then against the CA certificate kept in the state dir (`state` keeps the
+//! files). There is no unverified mode.
 
-use crate::cache::write_atomic;
+use crate::state::{AgentConfig, Enrollment, StateDir};
 use anyhow::{Context, bail};
 use ballast_proto::pb;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -14,8 +14,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
-use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::{Channel, Endpoint};
@@ -37,37 +36,10 @@ pub struct ClientCert {
     pub key_pem: String,
 }
 
-/// What `enroll` leaves in the state dir, beside the key and certificates.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct AgentConfig {
-    pub controller: String,
-    pub name: String,
-    pub ca_fingerprint: String,
-}
-
-pub const CONFIG_FILE: &str = "agent.json";
-pub const KEY_FILE: &str = "node.key";
-pub const CERT_FILE: &str = "node.pem";
-pub const CA_FILE: &str = "ca.pem";
 /// Longest wait for TCP, TLS and HTTP/2 set-up with the controller.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Longest wait for the controller to answer an enrollment.
 pub const ENROLL_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// `/var/lib/ballast-agent` for root, `~/.local/state/ballast-agent` otherwise.
-pub fn default_state_dir() -> PathBuf {
-    if nix::unistd::geteuid().is_root() {
-        return PathBuf::from("/var/lib/ballast-agent");
-    }
-    let base = std::env::var_os("XDG_STATE_HOME")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_else(|| ".".into()))
-                .join(".local/state")
-        });
-    base.join("ballast-agent")
-}
 
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
@@ -263,24 +235,15 @@ pub struct Enrolled {
 }
 
 impl Enrolled {
-    pub fn load(state_dir: &Path) -> anyhow::Result<Enrolled> {
-        let read = |name: &str| {
-            let p = state_dir.join(name);
-            std::fs::read_to_string(&p).with_context(|| {
-                format!(
-                    "read {} (has this node enrolled? run `ballast-agent enroll` first)",
-                    p.display()
-                )
-            })
-        };
-        let config: AgentConfig = serde_json::from_str(&read(CONFIG_FILE)?)
-            .with_context(|| format!("parse {}", state_dir.join(CONFIG_FILE).display()))?;
+    /// The identity `enroll` left in `state_dir` (see [`StateDir::load_enrollment`]).
+    pub fn load(state_dir: impl AsRef<Path>) -> anyhow::Result<Enrolled> {
+        let e = StateDir::new(state_dir.as_ref()).load_enrollment()?;
         Ok(Enrolled {
-            config,
-            ca_pem: read(CA_FILE)?,
+            config: e.config,
+            ca_pem: e.ca_pem,
             cert: ClientCert {
-                cert_pem: read(CERT_FILE)?,
-                key_pem: read(KEY_FILE)?,
+                cert_pem: e.cert_pem,
+                key_pem: e.key_pem,
             },
         })
     }
@@ -307,7 +270,7 @@ pub async fn enroll(
 ) -> anyhow::Result<pb::EnrollResponse> {
     check_fingerprint(fingerprint)?;
     ballast_proto::spec::validate::node_name(name).map_err(|e| anyhow::anyhow!("--name: {e}"))?;
-    create_private_dir(state_dir)?;
+    let state = StateDir::create(state_dir)?;
     let key = rcgen::KeyPair::generate().context("generate node key")?;
     let mut params =
         rcgen::CertificateParams::new(Vec::<String>::new()).context("CSR parameters")?;
@@ -337,37 +300,17 @@ pub async fn enroll(
             "the controller returned a CA certificate that does not match the pinned fingerprint {fingerprint}"
         );
     }
-    write_atomic(
-        &state_dir.join(KEY_FILE),
-        key.serialize_pem().as_bytes(),
-        0o600,
-    )?;
-    write_atomic(
-        &state_dir.join(CERT_FILE),
-        resp.certificate_pem.as_bytes(),
-        0o644,
-    )?;
-    write_atomic(&state_dir.join(CA_FILE), resp.ca_pem.as_bytes(), 0o644)?;
-    let config = AgentConfig {
-        controller: controller.to_owned(),
-        name: resp.name.clone(),
-        ca_fingerprint: fingerprint.to_owned(),
-    };
-    write_atomic(
-        &state_dir.join(CONFIG_FILE),
-        &serde_json::to_vec_pretty(&config)?,
-        0o644,
-    )?;
+    state.store_enrollment(&Enrollment {
+        config: AgentConfig {
+            controller: controller.to_owned(),
+            name: resp.name.clone(),
+            ca_fingerprint: fingerprint.to_owned(),
+        },
+        ca_pem: resp.ca_pem.clone(),
+        cert_pem: resp.certificate_pem.clone(),
+        key_pem: key.serialize_pem(),
+    })?;
     Ok(resp)
-}
-
-pub fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
-    use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)
-        .with_context(|| format!("create directory {}", dir.display()))
 }
 
 #[cfg(test)]

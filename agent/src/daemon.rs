@@ -11,13 +11,12 @@ use crate::client::{self, Enrolled};
 use crate::engine::{self, RunOptions};
 use crate::host::Host;
 use crate::outbox::Outbox;
+use crate::state::{Lock, StateDir};
 use anyhow::Context;
 use ballast_proto::pb;
 use ballast_proto::spec::NodeState;
-use nix::fcntl::{Flock, FlockArg};
-use std::fs::File;
 use std::future::Future;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use tokio_stream::StreamExt;
@@ -26,7 +25,7 @@ use tonic::transport::Channel;
 /// Settings of `ballast-agent run`.
 #[derive(Debug, Clone)]
 pub struct DaemonConfig {
-    pub state_dir: PathBuf,
+    pub state_dir: StateDir,
     /// Manage paths under this directory instead of `/`.
     pub root: Option<PathBuf>,
     /// Resync (drift repair) interval; each wait is jittered by ±10%.
@@ -45,28 +44,6 @@ const BACKOFF_MAX: Duration = Duration::from_secs(60);
 /// Longest wait for any one call to the controller (connecting has its own, in `client`).
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(15);
 
-/// Takes an exclusive, non-blocking lock on `state_dir/NAME`.
-pub fn lock(state_dir: &Path, name: &str, blocking: bool) -> anyhow::Result<Flock<File>> {
-    let path = state_dir.join(name);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .write(true)
-        .open(&path)
-        .with_context(|| format!("open lock {}", path.display()))?;
-    let arg = if blocking {
-        FlockArg::LockExclusive
-    } else {
-        FlockArg::LockExclusiveNonblock
-    };
-    Flock::lock(file, arg).map_err(|(_, e)| {
-        anyhow::anyhow!(
-            "lock {}: {e} (is another ballast-agent running with this state dir?)",
-            path.display()
-        )
-    })
-}
-
 fn now_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
@@ -83,7 +60,7 @@ fn jitter(lo: f64, hi: f64) -> f64 {
 
 /// Runs one reconcile of `state` under the run lock, off the async threads.
 pub async fn reconcile(
-    state_dir: &Path,
+    state_dir: &StateDir,
     host: Arc<Host>,
     cached: Arc<Cached>,
     facts: Arc<serde_json::Value>,
@@ -93,7 +70,7 @@ pub async fn reconcile(
     let state_dir = state_dir.to_owned();
     let trigger = trigger.to_owned();
     tokio::task::spawn_blocking(move || {
-        let _run = lock(&state_dir, "run.lock", true)?;
+        let _run = state_dir.lock(Lock::Run)?;
         let started = now_ms();
         let report = engine::reconcile(&cached.state, &host, &RunOptions { noop, state_dir: &state_dir, facts: &facts });
         tracing::info!(revision = cached.revision, trigger = %trigger, changed = report.changed(), failed = report.failed(), ms = report.duration.as_millis() as u64, "reconciled");
@@ -372,7 +349,7 @@ impl Link {
 /// Runs the daemon until `shutdown` completes: the enforcer and the link run
 /// side by side, so nothing the controller does (or fails to do) delays drift repair.
 pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> anyhow::Result<()> {
-    let _daemon = lock(&cfg.state_dir, "agent.lock", false)?;
+    let _daemon = cfg.state_dir.lock(Lock::Agent)?;
     let enrolled = Enrolled::load(&cfg.state_dir)?;
     let host = Arc::new(Host::new(cfg.root.clone()));
     let current = match cache::load(&cfg.state_dir) {

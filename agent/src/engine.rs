@@ -4,20 +4,19 @@
 //! Invariants: a dry run (`noop`) is observe + diff, the same code as a real
 //! run, so it cannot lie; a failed resource is an outcome, never an abort;
 //! resources that depend on a failed one are skipped; the engine only removes
-//! what it once created (the managed record).
-//!
-//! Longer than 600 lines for now: the run order, the two batches (files,
-//! packages) and the managed record are one reconcile loop; the record and
-//! pending restarts move out with the state-dir module (issue 8).
+//! what it once created (the managed record, kept by `state`). The two
+//! batches (packages, files) are in `engine_batch.rs`.
 
-use crate::cache::write_atomic;
 use crate::host::Host;
+use crate::state::{Managed, StateDir};
 use ballast_proto::pb;
-use ballast_proto::spec::{Ensure, Kind, NodeState, Resource as Spec};
-use serde::{Deserialize, Serialize};
+use ballast_proto::spec::{Kind, NodeState, Resource as Spec};
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::Path;
 use std::time::{Duration, Instant};
+
+#[path = "engine_batch.rs"]
+mod batch;
+use batch::{run_files, run_packages};
 
 /// The contract every kind implements (see STYLE.md).
 pub trait Resource {
@@ -47,7 +46,7 @@ pub trait Resource {
 
 pub struct RunOptions<'a> {
     pub noop: bool,
-    pub state_dir: &'a Path,
+    pub state_dir: &'a StateDir,
     pub facts: &'a serde_json::Value,
 }
 
@@ -228,35 +227,6 @@ fn run<R: Resource>(r: &R, host: &Host, noop: bool) -> ResourceReport {
     report
 }
 
-/// What the engine created and may therefore remove, kept in the state dir.
-#[derive(Debug, Default, Serialize, Deserialize)]
-struct Managed {
-    format: u32,
-    /// id → (kind, key). Services are recorded once the agent has run them,
-    /// created or not: one that leaves the desired state is stopped and
-    /// disabled.
-    resources: BTreeMap<String, (Kind, String)>,
-    /// Services whose unit file the agent wrote where none was: removed
-    /// with the service.
-    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
-    units: BTreeSet<String>,
-}
-
-const MANAGED_FILE: &str = "managed.json";
-
-fn load_managed(state_dir: &Path) -> (Managed, Vec<u8>) {
-    match std::fs::read(state_dir.join(MANAGED_FILE)) {
-        Ok(bytes) => {
-            let managed = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
-                tracing::warn!(error = %e, "ignoring an unreadable managed record; nothing will be removed this run");
-                Managed::default()
-            });
-            (managed, bytes)
-        }
-        Err(_) => (Managed::default(), Vec::new()),
-    }
-}
-
 /// Notes in the managed record what a run did: what it created (and, for
 /// services, every service it ran), and forgets what it removed.
 fn record(managed: &mut Managed, spec: &Spec, report: &ResourceReport) {
@@ -284,7 +254,7 @@ fn record(managed: &mut Managed, spec: &Spec, report: &ResourceReport) {
 
 /// Context the kinds need beyond the host.
 pub struct Context<'a> {
-    pub state_dir: &'a Path,
+    pub state_dir: &'a StateDir,
     pub facts: &'a serde_json::Value,
     pub node: &'a ballast_proto::spec::NodeMeta,
 }
@@ -335,178 +305,6 @@ fn run_one(
             host,
             noop,
         ),
-    }
-}
-
-/// Plans every package through its [`Resource`] implementation, then
-/// applies all their changes (installs, upgrades and removals alike) in one
-/// apt transaction: batching is how their `apply` is called. Each package is
-/// then judged by observing it again, not by apt's exit code alone.
-fn run_packages(
-    specs: &[&ballast_proto::spec::Package],
-    host: &Host,
-    facts: &serde_json::Value,
-    noop: bool,
-) -> Vec<ResourceReport> {
-    use crate::package::{self, PackageRes};
-    let resources: Vec<PackageRes> = specs
-        .iter()
-        .map(|spec| PackageRes { spec, facts })
-        .collect();
-    let mut reports = Vec::with_capacity(resources.len());
-    let mut batch = Vec::new();
-    for (i, r) in resources.iter().enumerate() {
-        let (report, todo) = plan(r, host);
-        if let Some((_, changes)) = todo {
-            batch.push((i, changes));
-        }
-        reports.push(report);
-    }
-    if noop || batch.is_empty() {
-        return reports;
-    }
-    let transaction: Vec<_> = batch
-        .iter()
-        .map(|(i, changes)| (resources[*i].spec, changes.clone()))
-        .collect();
-    let result = package::apply_batch(host, &transaction);
-    for (i, _) in &batch {
-        let (r, report) = (&resources[*i], &mut reports[*i]);
-        match (&result, r.observe(host).map(|a| r.diff(&a).is_empty())) {
-            (_, Ok(true)) => report.applied(),
-            (Err(e), _) => report.fail(e),
-            (Ok(()), Err(e)) => report.fail(&e),
-            (Ok(()), Ok(false)) => report.fail(&anyhow::anyhow!(
-                "apt finished but the package is still not as desired"
-            )),
-        }
-    }
-    reports
-}
-
-/// Runs every file that requires nothing and is not below a failed directory.
-/// Observing, diffing and staging new content run on a few threads; then all
-/// staged files are made durable at once and renamed into place (see
-/// [`Host::commit_all`]): the same guarantee as one fsync per file, paid once.
-fn run_files(
-    resources: &[&Spec],
-    host: &Host,
-    cx: &Context<'_>,
-    noop: bool,
-    broken: &BTreeSet<String>,
-    ready: &dyn Fn(usize) -> bool,
-) -> BTreeMap<String, ResourceReport> {
-    let below_broken = |key: &str| {
-        broken.iter().any(|b| {
-            b.strip_prefix("directory[")
-                .and_then(|p| p.strip_suffix(']'))
-                .is_some_and(|dir| key.starts_with(&format!("{dir}/")))
-        })
-    };
-    let files: Vec<&ballast_proto::spec::File> = resources
-        .iter()
-        .enumerate()
-        .filter_map(|(i, r)| match r {
-            Spec::File(f)
-                if f.requires.is_empty()
-                    && f.ensure == Ensure::Present
-                    && !below_broken(&f.path)
-                    && ready(i) =>
-            {
-                Some(f)
-            }
-            _ => None,
-        })
-        .collect();
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let workers = files.len().div_ceil(64).clamp(1, 8);
-    let results: Vec<(ResourceReport, Option<crate::host::Staged>)> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..workers)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                        let Some(spec) = files.get(i) else { break };
-                        out.push((i, stage_file(spec, host, cx, noop)));
-                    }
-                    out
-                })
-            })
-            .collect();
-        let mut all: Vec<(usize, (ResourceReport, Option<crate::host::Staged>))> = handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("file worker panicked"))
-            .collect();
-        all.sort_by_key(|(i, _)| *i);
-        all.into_iter().map(|(_, r)| r).collect()
-    });
-    tracing::debug!(files = files.len(), "files observed and staged");
-    let (mut reports, staged): (Vec<ResourceReport>, Vec<Option<crate::host::Staged>>) =
-        results.into_iter().unzip();
-    let pending: Vec<(usize, crate::host::Staged)> = staged
-        .into_iter()
-        .enumerate()
-        .filter_map(|(i, s)| s.map(|s| (i, s)))
-        .collect();
-    let (idx, staged): (Vec<usize>, Vec<crate::host::Staged>) = pending.into_iter().unzip();
-    for (i, result) in idx.into_iter().zip(host.commit_all(staged)) {
-        let r = &mut reports[i];
-        match result {
-            Ok(()) => r.applied(),
-            Err(e) => r.fail(&e),
-        }
-    }
-    reports.into_iter().map(|r| (r.id.clone(), r)).collect()
-}
-
-/// Observe, diff and apply one file, staging new content instead of committing it.
-fn stage_file(
-    spec: &ballast_proto::spec::File,
-    host: &Host,
-    cx: &Context<'_>,
-    noop: bool,
-) -> (ResourceReport, Option<crate::host::Staged>) {
-    let res = match crate::file::FileRes::new(spec, cx) {
-        Ok(r) => r,
-        Err(e) => {
-            return (
-                ResourceReport::failed(format!("file[{}]", spec.path), &e),
-                None,
-            );
-        }
-    };
-    let (mut report, todo) = plan(&res, host);
-    let Some((actual, changes)) = todo.filter(|_| !noop) else {
-        return (report, None);
-    };
-    match res.apply_staged(host, &actual, &changes) {
-        Ok((backup, staged)) => {
-            report.backup = backup;
-            (report, staged)
-        }
-        Err(e) => {
-            report.fail(&e);
-            (report, None)
-        }
-    }
-}
-
-/// Services with a restart owed: a notifier changed and the restart has not
-/// happened yet (kept on disk so a failed run does not lose it).
-const PENDING_FILE: &str = "pending-restarts.json";
-
-fn load_pending(state_dir: &Path) -> BTreeSet<String> {
-    std::fs::read(state_dir.join(PENDING_FILE))
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .unwrap_or_default()
-}
-
-fn save_pending(state_dir: &Path, pending: &BTreeSet<String>) {
-    let bytes = serde_json::to_vec(pending).expect("pending restarts serialize");
-    if let Err(e) = write_atomic(&state_dir.join(PENDING_FILE), &bytes, 0o600) {
-        tracing::error!(error = %format!("{e:#}"), "could not save pending restarts");
     }
 }
 
@@ -577,8 +375,8 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         node: &state.node,
     };
     host.begin_run();
-    crate::cache::remove_orphans(opts.state_dir);
-    let (mut managed, stored) = load_managed(opts.state_dir);
+    opts.state_dir.remove_orphans();
+    let (mut managed, stored) = opts.state_dir.load_managed();
     let desired: BTreeSet<String> = state.resources.iter().map(|r| r.id()).collect();
     // What left the desired state and the agent created: removed by its kind.
     let departed: Vec<Spec> = managed
@@ -591,7 +389,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
     let all: Vec<&Spec> = state.resources.iter().chain(&departed).collect();
     let mut reports = Vec::with_capacity(all.len());
     let mut broken: BTreeSet<String> = BTreeSet::new();
-    let mut pending = load_pending(opts.state_dir);
+    let mut pending = opts.state_dir.load_pending();
     // Users this run removed (or, in a dry run, would have removed by now).
     let mut gone_users: BTreeSet<String> = BTreeSet::new();
     let mut package_reports: Option<BTreeMap<String, ResourceReport>> = None;
@@ -704,7 +502,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         if report.outcome == Outcome::Changed && !notify.is_empty() {
             pending.extend(notify.iter().cloned());
             if !opts.noop {
-                save_pending(opts.state_dir, &pending);
+                opts.state_dir.store_pending(&pending);
             }
         }
         if let Spec::Service(s) = spec
@@ -712,7 +510,7 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
             && pending.remove(&s.name)
             && !opts.noop
         {
-            save_pending(opts.state_dir, &pending);
+            opts.state_dir.store_pending(&pending);
         }
         let done = !matches!(report.outcome, Outcome::Failed | Outcome::Skipped);
         if !opts.noop && done {
@@ -733,20 +531,13 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
     let before = pending.len();
     pending.retain(|s| desired.contains(&format!("service[{s}]")));
     if pending.len() != before && !opts.noop {
-        save_pending(opts.state_dir, &pending);
+        opts.state_dir.store_pending(&pending);
     }
     if let Err(e) = host.sync_dirs() {
         tracing::error!(error = %format!("{e:#}"), "could not make this run's changes durable");
     }
     if !opts.noop {
-        managed.format = 1;
-        let bytes = serde_json::to_vec(&managed).expect("managed record serializes");
-        // Written only when it changed: a no-change run does no disk writes.
-        if bytes != stored
-            && let Err(e) = write_atomic(&opts.state_dir.join(MANAGED_FILE), &bytes, 0o600)
-        {
-            tracing::error!(error = %format!("{e:#}"), "could not save the managed record");
-        }
+        opts.state_dir.store_managed(&mut managed, &stored);
     }
     Report {
         resources: reports,

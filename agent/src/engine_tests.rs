@@ -1,6 +1,7 @@
 //! Temp-root tests of the engine: every run happens under a `--root` sandbox.
 
 use super::*;
+use crate::state::StateFile;
 use ballast_proto::spec::{NodeMeta, Source, parse};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use tempfile::TempDir;
@@ -38,7 +39,7 @@ impl Sandbox {
             &self.host,
             &RunOptions {
                 noop,
-                state_dir: self.state.path(),
+                state_dir: &StateDir::new(self.state.path()),
                 facts: &facts,
             },
         )
@@ -154,7 +155,8 @@ fn drift_is_repaired_and_noop_reports_the_same_changes_without_making_them() {
     // The replaced content was backed up by hash.
     let backup = real.resources[1].backup.clone().expect("a backup");
     let saved = std::fs::read_to_string(
-        crate::backup::find(sb.state.path(), "/etc/app/a.conf", &backup).expect("kept"),
+        crate::backup::find(&StateDir::new(sb.state.path()), "/etc/app/a.conf", &backup)
+            .expect("kept"),
     )
     .unwrap();
     assert_eq!(saved, "tampered\n");
@@ -369,9 +371,10 @@ fn a_pending_restart_survives_a_run_that_fails_before_it() {
         "{:?}",
         summary(&r)
     );
-    let pending: BTreeSet<String> =
-        serde_json::from_slice(&std::fs::read(sb.state.path().join(PENDING_FILE)).unwrap())
-            .unwrap();
+    let pending: BTreeSet<String> = serde_json::from_slice(
+        &std::fs::read(sb.state.path().join(StateFile::PendingRestarts.name())).unwrap(),
+    )
+    .unwrap();
     assert!(
         pending.contains("app"),
         "the owed restart is kept for the next run"
@@ -656,12 +659,18 @@ mod pending_restarts {
         let sb = Sandbox::new();
         std::fs::create_dir_all(sb.path("/etc")).unwrap();
         // Owed by an earlier state (or an older agent) to services since dropped.
-        std::fs::write(sb.state.path().join(PENDING_FILE), br#"["ghost","app"]"#).unwrap();
+        std::fs::write(
+            sb.state.path().join(StateFile::PendingRestarts.name()),
+            br#"["ghost","app"]"#,
+        )
+        .unwrap();
         let yaml = wrap("    files: [{path: /etc/x, content: x}]\n");
         sb.run(&yaml, true);
         let read = || -> BTreeSet<String> {
-            serde_json::from_slice(&std::fs::read(sb.state.path().join(PENDING_FILE)).unwrap())
-                .unwrap()
+            serde_json::from_slice(
+                &std::fs::read(sb.state.path().join(StateFile::PendingRestarts.name())).unwrap(),
+            )
+            .unwrap()
         };
         assert_eq!(read().len(), 2, "a dry run writes nothing");
         sb.run(&yaml, false);

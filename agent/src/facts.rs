@@ -205,15 +205,6 @@ pub fn stable_hash(facts: &Value) -> String {
     ballast_proto::sha256_tag(f.to_string().as_bytes())
 }
 
-/// Looks up a dotted path such as `os.id` or `custom.rack.row`.
-pub fn lookup<'a>(facts: &'a Value, dotted: &str) -> Option<&'a Value> {
-    dotted.split('.').try_fold(facts, |cur, part| match cur {
-        Value::Object(m) => m.get(part),
-        Value::Array(a) => part.parse::<usize>().ok().and_then(|i| a.get(i)),
-        _ => None,
-    })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -270,7 +261,6 @@ mod tests {
                 .contains("not valid JSON")
         );
         assert!(f["custom"].get(".hidden").is_none() && f["custom"].get("").is_none());
-        assert_eq!(lookup(&f, "custom.rack.row"), Some(&json!(3)));
     }
 
     #[test]

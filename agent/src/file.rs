@@ -11,16 +11,16 @@
 
 use crate::engine::{Context, Resource};
 use crate::host::{Host, Kind, Meta, PENDING_ID, Staged};
+use crate::state::StateDir;
 use anyhow::bail;
 use ballast_proto::spec::{Ensure, File};
 use std::fmt;
-use std::path::Path;
 
 pub struct FileRes<'a> {
     spec: &'a File,
     /// The content to write, rendered when `template: true`.
     content: Option<Vec<u8>>,
-    state_dir: &'a Path,
+    state_dir: &'a StateDir,
 }
 
 pub struct Observed {
@@ -106,7 +106,7 @@ pub fn ids(
 /// the agent from putting back known-good content or removing a file.
 pub fn backup(
     host: &Host,
-    state_dir: &Path,
+    state_dir: &StateDir,
     path: &str,
     size: u64,
 ) -> anyhow::Result<Option<String>> {

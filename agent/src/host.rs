@@ -261,10 +261,6 @@ impl Host {
         }
     }
 
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// Whether the host is the real system (root `/`), not a sandbox.
     pub fn is_system(&self) -> bool {
         self.root == Path::new("/")

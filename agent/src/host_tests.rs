@@ -23,7 +23,7 @@ fn run(host: &Host, state_dir: &Path, yaml: &str) -> Report {
         host,
         &RunOptions {
             noop: false,
-            state_dir,
+            state_dir: &crate::state::StateDir::new(state_dir),
             facts: &serde_json::Value::Null,
         },
     )
@@ -65,7 +65,7 @@ fn backups_of_a_rewritten_file_stay_within_the_per_path_cap() {
     }
     std::fs::write(root.path().join("etc/other.conf"), "changed once").unwrap();
     run(&host, state.path(), yaml);
-    let kept = crate::backup::list(state.path());
+    let kept = crate::backup::list(&crate::state::StateDir::new(state.path()));
     let total: u64 = kept.iter().map(|(_, size)| size).sum();
     assert_eq!(
         kept.len(),

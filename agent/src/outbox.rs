@@ -7,19 +7,18 @@
 //! once the controller acknowledged it (or refused it as invalid); the queue
 //! is bounded by count and bytes, and overflow drops the oldest.
 
-use crate::cache::write_atomic;
+use crate::state::{StateDir, create_private_dir, write_atomic};
 use anyhow::Context;
 use ballast_proto::pb;
 use prost::Message;
 use std::collections::VecDeque;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Mutex;
 
 /// Reports kept at most; the oldest go first.
 pub const MAX_UNSENT_REPORTS: usize = 64;
 /// Bytes of reports kept at most (the newest report is always kept).
 pub const MAX_UNSENT_BYTES: u64 = 16 << 20;
-const DIR: &str = "outbox";
 const SUFFIX: &str = ".report";
 
 #[derive(Debug, Clone, Copy)]
@@ -45,11 +44,11 @@ fn is_quiet(report: &pb::RunReport) -> bool {
 }
 
 impl Outbox {
-    /// Opens (or creates) the queue in `state_dir`, dropping anything that is
+    /// Opens (or creates) the queue in the state dir, dropping anything that is
     /// not a queued report (temp files of an interrupted write).
-    pub fn open(state_dir: &Path) -> anyhow::Result<Outbox> {
-        let dir = state_dir.join(DIR);
-        crate::client::create_private_dir(&dir)?;
+    pub fn open(state: &StateDir) -> anyhow::Result<Outbox> {
+        let dir = state.outbox();
+        create_private_dir(&dir)?;
         let mut queue = Vec::new();
         for entry in std::fs::read_dir(&dir).with_context(|| format!("read {}", dir.display()))? {
             let entry = entry.with_context(|| format!("read {}", dir.display()))?;
@@ -224,16 +223,16 @@ mod tests {
     fn unsent_reports_survive_a_restart_in_order() {
         let dir = tempfile::tempdir().unwrap();
         {
-            let o = Outbox::open(dir.path()).unwrap();
+            let o = Outbox::open(&StateDir::new(dir.path())).unwrap();
             o.push(&report(1, "a", true)).unwrap();
             o.push(&report(1, "b", false)).unwrap();
             o.push(&report(1, "c", false)).unwrap(); // replaces "b": says nothing new
             o.push(&report(2, "d", true)).unwrap();
         }
         std::fs::write(dir.path().join("outbox/.x.tmp"), b"partial").unwrap();
-        let o = Outbox::open(dir.path()).unwrap();
+        let o = Outbox::open(&StateDir::new(dir.path())).unwrap();
         assert_eq!(drain(&o), ["1:a", "1:c", "2:d"]);
-        let o = Outbox::open(dir.path()).unwrap();
+        let o = Outbox::open(&StateDir::new(dir.path())).unwrap();
         assert!(o.is_empty(), "delivered reports are gone for good");
         assert_eq!(
             std::fs::read_dir(dir.path().join("outbox"))
@@ -246,7 +245,7 @@ mod tests {
     #[test]
     fn unsent_reports_are_bounded_dropping_the_oldest() {
         let dir = tempfile::tempdir().unwrap();
-        let o = Outbox::open(dir.path()).unwrap();
+        let o = Outbox::open(&StateDir::new(dir.path())).unwrap();
         for i in 0..(MAX_UNSENT_REPORTS as u64 + 10) {
             o.push(&report(i, "r", true)).unwrap();
         }
@@ -279,7 +278,7 @@ mod tests {
     fn queued_reports_fit_the_controllers_bounds() {
         use ballast_proto::limits;
         let dir = tempfile::tempdir().unwrap();
-        let o = Outbox::open(dir.path()).unwrap();
+        let o = Outbox::open(&StateDir::new(dir.path())).unwrap();
         let mut hostile = report(1, &"t".repeat(4096), true);
         hostile.resources[0].id = format!("file[/{}]", "x".repeat(4 << 20));
         hostile.resources[0].error = "e".repeat(1 << 20);

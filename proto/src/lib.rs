@@ -5,6 +5,8 @@
 //! boundary (`spec::NodeState::from_document`); nothing else trusts raw bytes.
 
 pub mod limits;
+#[cfg(feature = "log")]
+pub mod log;
 pub mod spec;
 
 /// Generated gRPC types and services.

@@ -71,7 +71,7 @@ fn agent(state_dir: &str, root: &str) {
         .unwrap();
     rt.block_on(async {
         let cfg = ballast_agent::daemon::DaemonConfig {
-            state_dir: state_dir.into(),
+            state_dir: ballast_agent::state::StateDir::new(state_dir),
             root: Some(root.into()),
             interval: Duration::from_secs(300),
             heartbeat: Duration::from_secs(30),

@@ -267,7 +267,7 @@ impl TestAgent {
     /// Starts the daemon in this process.
     pub fn start(&mut self, interval: Duration) {
         let cfg = DaemonConfig {
-            state_dir: self.state.path().to_owned(),
+            state_dir: ballast_agent::state::StateDir::new(self.state.path()),
             root: Some(self.root.path().to_owned()),
             interval,
             heartbeat: Duration::from_millis(500),

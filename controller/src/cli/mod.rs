@@ -19,7 +19,7 @@ pub use output::{Format, OutputArg};
 pub use revisions::read_sources;
 
 use clap::{Args, Parser, Subcommand};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -258,35 +258,14 @@ pub enum AdminCommand {
     },
 }
 
-/// The log subscriber: `filter` on `stream`, coloured only when `stream` is a
-/// terminal and `NO_COLOR` is unset, so a log file never carries escapes.
-pub fn log_subscriber<W>(
-    filter: tracing_subscriber::EnvFilter,
-    stream: W,
-) -> impl tracing::Subscriber + Send + Sync
-where
-    W: Write + IsTerminal + Send + 'static,
-{
-    let ansi = stream.is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(ansi)
-        .with_writer(std::sync::Mutex::new(stream))
-        .finish()
-}
-
 /// Entry point of the binary.
 pub fn run() -> ExitCode {
     let cli = Cli::parse();
-    let filter = tracing_subscriber::EnvFilter::try_from_env("BALLAST_LOG").unwrap_or_else(|_| {
-        let level = if matches!(cli.command, Command::Serve(_)) {
-            "info"
-        } else {
-            "warn"
-        };
-        tracing_subscriber::EnvFilter::new(level)
+    ballast_proto::log::init(if matches!(cli.command, Command::Serve(_)) {
+        "info"
+    } else {
+        "warn"
     });
-    let _ = tracing::subscriber::set_global_default(log_subscriber(filter, std::io::stderr()));
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

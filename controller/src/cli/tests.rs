@@ -134,25 +134,3 @@ async fn a_refused_connection_names_the_address_and_the_fix() {
     );
     assert!(!text.contains("tcp connect error"), "{text}");
 }
-
-#[test]
-fn logs_to_a_file_carry_no_colour() {
-    let file = tempfile::NamedTempFile::new().unwrap();
-    let sub = log_subscriber(
-        tracing_subscriber::EnvFilter::new("info"),
-        file.reopen().unwrap(),
-    );
-    tracing::subscriber::with_default(sub, || {
-        tracing::warn!(node = "web-1", count = 3, "something happened");
-    });
-    let text = std::fs::read_to_string(file.path()).unwrap();
-    assert!(text.contains("something happened"), "{text:?}");
-    assert!(
-        text.contains("node=\"web-1\"") || text.contains("node=web-1"),
-        "{text:?}"
-    );
-    assert!(
-        !text.contains('\x1b'),
-        "no ANSI escapes in a file: {text:?}"
-    );
-}
