@@ -1,53 +1,20 @@
-//! The only module that knows the storage engine: a small etcd-shaped `Store`
-//! trait (get, list by prefix, compare-and-swap transactions) and its redb backend.
+//! The redb backend of [`Store`]: one file in the data dir, one controller.
+//! Watches are served from memory: a broadcast of each commit, and the last
+//! few commits for watchers that start a little behind.
 
+use super::{Change, Compare, Entry, Listing, Op, Store, StoreError, Watch, WatchEvent};
 use redb::{
     Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
 };
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
-
-/// A stored value and the store revision of its last modification (> 0).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub value: Vec<u8>,
-    pub version: u64,
-}
-
-/// A precondition of a transaction.
-#[derive(Debug, Clone)]
-pub enum Compare {
-    Absent(String),
-    Version(String, u64),
-}
-
-#[derive(Debug, Clone)]
-pub enum Op {
-    Put(String, Vec<u8>),
-    Delete(String),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store engine: {0}")]
-    Engine(String),
-    /// The data dir's filesystem is full: writes fail until space is freed;
-    /// reads are still served.
-    #[error(
-        "no space left on the controller's data dir ({0}); free space there, writes resume by themselves"
-    )]
-    NoSpace(String),
-}
-
-pub trait Store: Send + Sync + 'static {
-    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
-    /// Every key starting with `prefix`, sorted by key.
-    fn list(&self, prefix: &str) -> Result<Vec<(String, Entry)>, StoreError>;
-    /// Applies `ops` atomically iff every compare holds; `Ok(false)` when one
-    /// does not (nothing written). `Ok(true)` only once the commit is durable.
-    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<bool, StoreError>;
-}
+use tokio::sync::broadcast;
+use tokio_stream::Stream;
+use tokio_stream::wrappers::BroadcastStream;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 
 /// key → (version, value)
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
@@ -104,6 +71,29 @@ pub const RESERVE_BYTES: u64 = 8 << 20;
 /// Free space, beyond the reserve, needed before writes resume.
 const RESUME_MARGIN: u64 = 4 << 20;
 
+/// Commits kept in memory for watchers that start behind the newest one.
+pub const WATCH_HISTORY_COMMITS: usize = 1024;
+/// ... and at most this many bytes of their keys and values.
+pub const WATCH_HISTORY_BYTES: usize = 16 << 20;
+
+/// One committed transaction, as watchers see it.
+#[derive(Debug)]
+struct Commit {
+    revision: u64,
+    changes: Vec<Change>,
+    bytes: usize,
+}
+
+/// What watchers need: the newest revision, recent commits, live commits.
+struct History {
+    /// The newest committed revision.
+    revision: u64,
+    /// Consecutive recent commits, oldest first, ending at `revision`.
+    recent: VecDeque<Arc<Commit>>,
+    bytes: usize,
+    live: broadcast::Sender<Arc<Commit>>,
+}
+
 /// The redb store. When the disk fills it gives up its reserve, reopens,
 /// serves reads and refuses writes (`StoreError::NoSpace`) until space is
 /// back, then writes again by itself. Other I/O errors reopen it too.
@@ -111,6 +101,19 @@ pub struct RedbStore {
     path: PathBuf,
     reserve: PathBuf,
     state: RwLock<State>,
+    /// Held across each write and its publication, so that watchers see
+    /// commits in revision order (redb serialises writers anyway).
+    history: Mutex<History>,
+}
+
+fn revision_of(db: &Database) -> Result<u64, Failure> {
+    let tx = db.begin_read().map_err(classify)?;
+    let meta = tx.open_table(META).map_err(classify)?;
+    Ok(meta
+        .get("revision")
+        .map_err(classify)?
+        .map(|v| v.value())
+        .unwrap_or(0))
 }
 
 fn open_writable(path: &Path) -> Result<Database, Failure> {
@@ -171,6 +174,10 @@ impl RedbStore {
                 true
             }
         };
+        let revision = revision_of(&db).map_err(|f| match f {
+            Failure::Io { message, .. } | Failure::Other(message) => StoreError::Engine(message),
+            Failure::ReadOnly => StoreError::Engine("read-only".into()),
+        })?;
         Ok(RedbStore {
             path: path.to_owned(),
             reserve,
@@ -179,6 +186,12 @@ impl RedbStore {
                 generation: 0,
                 no_space,
                 last_reopen: None,
+            }),
+            history: Mutex::new(History {
+                revision,
+                recent: VecDeque::new(),
+                bytes: 0,
+                live: broadcast::channel(WATCH_HISTORY_COMMITS).0,
             }),
         })
     }
@@ -323,10 +336,16 @@ impl Store for RedbStore {
         })
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<(String, Entry)>, StoreError> {
+    fn list_at(&self, prefix: &str) -> Result<Listing, StoreError> {
         self.read(|tx| {
+            let meta = tx.open_table(META).map_err(classify)?;
+            let revision = meta
+                .get("revision")
+                .map_err(classify)?
+                .map(|v| v.value())
+                .unwrap_or(0);
             let table = tx.open_table(KV).map_err(classify)?;
-            let mut out = Vec::new();
+            let mut entries = Vec::new();
             for item in table.range(prefix..).map_err(classify)? {
                 let (k, v) = item.map_err(classify)?;
                 let key = k.value();
@@ -334,7 +353,7 @@ impl Store for RedbStore {
                     break;
                 }
                 let (version, value) = v.value();
-                out.push((
+                entries.push((
                     key.to_owned(),
                     Entry {
                         value: value.to_vec(),
@@ -342,7 +361,7 @@ impl Store for RedbStore {
                     },
                 ));
             }
-            Ok(out)
+            Ok(Listing { revision, entries })
         })
     }
 
@@ -372,19 +391,144 @@ impl Store for RedbStore {
             self.reopen(seen, None);
         }
         // A failed write is not retried: the caller hears of it.
-        self.with_handle(false, |h| match h {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let commit = self.with_handle(false, |h| match h {
             Handle::Writable(db) => write(db, compares, ops),
             Handle::ReadOnly(_) => Err(Failure::ReadOnly),
-        })
+        })?;
+        let Some(commit) = commit else {
+            return Ok(false);
+        };
+        history.publish(commit);
+        Ok(true)
+    }
+
+    fn watch(&self, prefix: &str, from_revision: u64) -> Result<Watch, StoreError> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let from = if from_revision == 0 {
+            history.revision + 1
+        } else {
+            from_revision
+        };
+        let oldest = history
+            .recent
+            .front()
+            .map_or(history.revision + 1, |c| c.revision);
+        let mut replay = VecDeque::new();
+        if from < oldest {
+            replay.push_back(WatchEvent::Relist);
+        } else {
+            replay.extend(
+                history
+                    .recent
+                    .iter()
+                    .filter(|c| c.revision >= from)
+                    .filter_map(|c| event(c, prefix)),
+            );
+        }
+        let done = from < oldest;
+        Ok(Box::pin(LocalWatch {
+            prefix: prefix.to_owned(),
+            from,
+            replay,
+            live: BroadcastStream::new(history.live.subscribe()),
+            done,
+        }))
+    }
+}
+
+impl History {
+    /// Makes a commit known to watchers, live and later ones.
+    fn publish(&mut self, commit: Commit) {
+        let commit = Arc::new(commit);
+        if self
+            .recent
+            .back()
+            .is_some_and(|c| c.revision + 1 != commit.revision)
+        {
+            // Not consecutive (cannot happen under the lock): start afresh.
+            self.recent.clear();
+            self.bytes = 0;
+        }
+        self.revision = commit.revision;
+        self.bytes += commit.bytes;
+        self.recent.push_back(commit.clone());
+        while self.recent.len() > WATCH_HISTORY_COMMITS || self.bytes > WATCH_HISTORY_BYTES {
+            if let Some(old) = self.recent.pop_front() {
+                self.bytes -= old.bytes;
+            }
+        }
+        // No receivers is fine: nobody watches.
+        let _ = self.live.send(commit);
+    }
+}
+
+/// The changes of `commit` under `prefix`, if any.
+fn event(commit: &Commit, prefix: &str) -> Option<WatchEvent> {
+    let changes: Vec<Change> = commit
+        .changes
+        .iter()
+        .filter(|c| c.key.starts_with(prefix))
+        .cloned()
+        .collect();
+    (!changes.is_empty()).then_some(WatchEvent::Changes {
+        revision: commit.revision,
+        changes,
+    })
+}
+
+/// A watch of the redb store: recent commits first, then live ones; a
+/// watcher that falls more than the broadcast's capacity behind is told to
+/// relist.
+struct LocalWatch {
+    prefix: String,
+    from: u64,
+    replay: VecDeque<WatchEvent>,
+    live: BroadcastStream<Arc<Commit>>,
+    done: bool,
+}
+
+impl Stream for LocalWatch {
+    type Item = WatchEvent;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<WatchEvent>> {
+        let this = &mut *self;
+        if let Some(e) = this.replay.pop_front() {
+            return Poll::Ready(Some(e));
+        }
+        if this.done {
+            return Poll::Ready(None);
+        }
+        loop {
+            match std::pin::Pin::new(&mut this.live).poll_next(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => return Poll::Ready(None),
+                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(WatchEvent::Relist));
+                }
+                Poll::Ready(Some(Ok(c))) if c.revision >= this.from => {
+                    if let Some(e) = event(&c, &this.prefix) {
+                        return Poll::Ready(Some(e));
+                    }
+                }
+                Poll::Ready(Some(Ok(_))) => {}
+            }
+        }
     }
 }
 
 /// One compare-and-swap write transaction; commits with Durability::Immediate
 /// (the default) and quick repair, so a crash needs no long repair and the
 /// file can be opened read-only after one.
-fn write(db: &Database, compares: &[Compare], ops: &[Op]) -> Result<bool, Failure> {
+/// Returns the commit, or `None` when a compare failed (nothing written).
+fn write(db: &Database, compares: &[Compare], ops: &[Op]) -> Result<Option<Commit>, Failure> {
     let mut tx = db.begin_write().map_err(classify)?;
     tx.set_quick_repair(true);
+    let commit;
     {
         let mut table = tx.open_table(KV).map_err(classify)?;
         for c in compares {
@@ -399,7 +543,7 @@ fn write(db: &Database, compares: &[Compare], ops: &[Op]) -> Result<bool, Failur
                 }
             };
             if !holds {
-                return Ok(false);
+                return Ok(None);
             }
         }
         let mut meta = tx.open_table(META).map_err(classify)?;
@@ -410,21 +554,40 @@ fn write(db: &Database, compares: &[Compare], ops: &[Op]) -> Result<bool, Failur
             .unwrap_or(0)
             + 1;
         meta.insert("revision", revision).map_err(classify)?;
+        let mut changes = Vec::with_capacity(ops.len());
+        let mut bytes = 0;
         for op in ops {
             match op {
                 Op::Put(k, v) => {
                     table
                         .insert(k.as_str(), (revision, v.as_slice()))
                         .map_err(classify)?;
+                    bytes += k.len() + v.len();
+                    changes.push(Change {
+                        key: k.clone(),
+                        value: Some(v.clone()),
+                    });
                 }
                 Op::Delete(k) => {
-                    table.remove(k.as_str()).map_err(classify)?;
+                    // Deleting an absent key changes nothing (as in etcd).
+                    if table.remove(k.as_str()).map_err(classify)?.is_some() {
+                        bytes += k.len();
+                        changes.push(Change {
+                            key: k.clone(),
+                            value: None,
+                        });
+                    }
                 }
             }
         }
+        commit = Commit {
+            revision,
+            changes,
+            bytes,
+        };
     }
     tx.commit().map_err(classify)?;
-    Ok(true)
+    Ok(Some(commit))
 }
 
 #[cfg(test)]

@@ -1,0 +1,606 @@
+//! The etcd backend of [`Store`]: several controllers share one etcd cluster,
+//! each fleet under its own key prefix.
+//!
+//! The trait is synchronous and its callers run on blocking threads or at
+//! startup, possibly inside an async task; so this backend owns a small tokio
+//! runtime of its own, runs each request there and waits for it on a plain
+//! channel, which works from any thread. Watches are tasks on that runtime
+//! that reconnect with jittered backoff and resume from the last revision
+//! they delivered.
+
+use super::{Change, Compare, Entry, Listing, Op, Store, StoreError, Watch, WatchEvent};
+use etcd_client::{
+    Certificate, Client, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KvClient,
+    TlsOptions, Txn, TxnOp, WatchClient, WatchOptions,
+};
+use std::future::Future;
+use std::path::PathBuf;
+use std::time::Duration;
+use tokio::sync::mpsc;
+
+/// Keys per page when listing a prefix; halved while a page is too large.
+pub const LIST_PAGE_KEYS: i64 = 512;
+/// The largest response this client accepts (one page, one watch message).
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
+/// How long a request may take before it fails (and the caller hears of it).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// Watch reconnects back off between these, with full jitter.
+const BACKOFF_MIN: Duration = Duration::from_millis(50);
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+/// Events a watcher may hold undelivered before the etcd stream waits.
+const WATCH_BUFFER: usize = 64;
+
+/// Client certificates to etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EtcdTls {
+    /// The CA that signed the etcd members' certificates.
+    pub ca: Option<PathBuf>,
+    pub cert: Option<PathBuf>,
+    pub key: Option<PathBuf>,
+}
+
+/// Where the store lives in etcd.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EtcdOptions {
+    /// `HOST:PORT` of each member.
+    pub endpoints: Vec<String>,
+    /// Put before every key, so that several fleets share one cluster.
+    pub prefix: String,
+    pub tls: Option<EtcdTls>,
+}
+
+/// The default `--store-prefix`.
+pub const DEFAULT_PREFIX: &str = "/ballast/";
+
+impl EtcdOptions {
+    /// Parses `etcd://HOST:PORT[,HOST:PORT...]`.
+    pub fn from_url(url: &str) -> Result<EtcdOptions, String> {
+        let Some(rest) = url.strip_prefix("etcd://") else {
+            return Err(format!(
+                "store {url:?}: expected etcd://HOST:PORT[,HOST:PORT...] (or no --store for the local redb file)"
+            ));
+        };
+        let mut endpoints = Vec::new();
+        for e in rest.split(',').map(str::trim) {
+            let ok = e
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok || e.contains('/') {
+                return Err(format!(
+                    "store {url:?}: endpoint {e:?} is not HOST:PORT (such as 127.0.0.1:2379)"
+                ));
+            }
+            endpoints.push(e.to_owned());
+        }
+        Ok(EtcdOptions {
+            endpoints,
+            prefix: DEFAULT_PREFIX.to_owned(),
+            tls: None,
+        })
+    }
+}
+
+/// The etcd store.
+pub struct EtcdStore {
+    runtime: Option<tokio::runtime::Runtime>,
+    /// Holds the balanced channel's endpoint list open.
+    _client: Client,
+    kv: KvClient,
+    watch: WatchClient,
+    prefix: String,
+    /// The endpoints, for error messages.
+    endpoints: String,
+}
+
+impl Drop for EtcdStore {
+    fn drop(&mut self) {
+        // Dropping a runtime blocks, which is not allowed inside another one.
+        if let Some(rt) = self.runtime.take() {
+            rt.shutdown_background();
+        }
+    }
+}
+
+fn read_pem(path: &PathBuf, what: &str) -> Result<Vec<u8>, StoreError> {
+    std::fs::read(path)
+        .map_err(|e| StoreError::Engine(format!("read {what} {}: {e}", path.display())))
+}
+
+fn tls_options(tls: &EtcdTls) -> Result<TlsOptions, StoreError> {
+    let mut opts = TlsOptions::new();
+    if let Some(ca) = &tls.ca {
+        opts = opts.ca_certificate(Certificate::from_pem(read_pem(ca, "etcd CA")?));
+    }
+    match (&tls.cert, &tls.key) {
+        (Some(cert), Some(key)) => {
+            opts = opts.identity(Identity::from_pem(
+                read_pem(cert, "etcd client certificate")?,
+                read_pem(key, "etcd client key")?,
+            ));
+        }
+        (None, None) => {}
+        _ => {
+            return Err(StoreError::Engine(
+                "--etcd-cert and --etcd-key go together: give both or neither".into(),
+            ));
+        }
+    }
+    Ok(opts)
+}
+
+impl EtcdStore {
+    /// Connects and checks that the cluster answers (a linearizable read).
+    pub fn connect(opts: &EtcdOptions) -> Result<EtcdStore, StoreError> {
+        if opts.endpoints.is_empty() {
+            return Err(StoreError::Engine("no etcd endpoints given".into()));
+        }
+        let endpoints = opts.endpoints.join(",");
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .thread_name("etcd-store")
+            .enable_all()
+            .build()
+            .map_err(|e| StoreError::Engine(format!("start the etcd client runtime: {e}")))?;
+        let mut connect = ConnectOptions::new()
+            .with_connect_timeout(CONNECT_TIMEOUT)
+            .with_timeout(REQUEST_TIMEOUT)
+            .with_keep_alive(Duration::from_secs(5), Duration::from_secs(3))
+            // A member cut off from the leader refuses, rather than serving
+            // stale reads or holding watches that never fire.
+            .with_require_leader(true);
+        if let Some(tls) = &opts.tls {
+            connect = connect.with_tls(tls_options(tls)?);
+        }
+        let eps = opts.endpoints.clone();
+        let client = runtime
+            .block_on_detached(async move { Client::connect(eps, Some(connect)).await })
+            .map_err(|e| StoreError::Engine(format!("connect to etcd at {endpoints}: {e}")))?;
+        let store = EtcdStore {
+            kv: client
+                .kv_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            watch: client
+                .watch_client()
+                .max_decoding_message_size(MAX_RESPONSE_BYTES),
+            _client: client,
+            runtime: Some(runtime),
+            prefix: opts.prefix.clone(),
+            endpoints,
+        };
+        store.current_revision()?;
+        Ok(store)
+    }
+
+    fn runtime(&self) -> &tokio::runtime::Runtime {
+        self.runtime
+            .as_ref()
+            .expect("the runtime lives as long as the store")
+    }
+
+    /// Runs `fut` on the store's runtime and waits for it on this thread.
+    fn run<T: Send + 'static>(&self, fut: impl Future<Output = T> + Send + 'static) -> T {
+        self.runtime().block_on_detached(fut)
+    }
+
+    fn full(&self, key: &str) -> Vec<u8> {
+        format!("{}{key}", self.prefix).into_bytes()
+    }
+
+    fn error(&self, op: &str, e: etcd_client::Error) -> StoreError {
+        classify(&self.endpoints, op, e)
+    }
+
+    /// The cluster's newest revision.
+    fn current_revision(&self) -> Result<u64, StoreError> {
+        let mut kv = self.kv.clone();
+        let key = self.full("");
+        let resp = self
+            .run(async move {
+                kv.get(key, Some(GetOptions::new().with_count_only().with_prefix()))
+                    .await
+            })
+            .map_err(|e| self.error("read", e))?;
+        Ok(resp.header().map_or(0, |h| h.revision()) as u64)
+    }
+
+    /// Runs a read, again while the member it reached is unreachable (the
+    /// client spreads requests over the endpoints).
+    fn read<T: Send + 'static, F>(&self, f: impl Fn(KvClient) -> F) -> Result<T, etcd_client::Error>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let mut delay = BACKOFF_MIN;
+        let mut attempt = 0;
+        loop {
+            match self.run(f(self.kv.clone())) {
+                Err(e) if attempt < 4 && retryable(&e) => {
+                    tracing::debug!(error = %e, attempt, "etcd read failed; trying again");
+                    std::thread::sleep(delay);
+                    delay *= 2;
+                    attempt += 1;
+                }
+                other => return other,
+            }
+        }
+    }
+}
+
+/// Runs a future on a runtime from any thread, async or not, and waits.
+trait BlockOnDetached {
+    fn block_on_detached<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> T;
+}
+
+impl BlockOnDetached for tokio::runtime::Runtime {
+    fn block_on_detached<T: Send + 'static>(
+        &self,
+        fut: impl Future<Output = T> + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        self.spawn(async move {
+            let _ = tx.send(fut.await);
+        });
+        rx.recv()
+            .expect("the etcd client runtime runs while the store lives")
+    }
+}
+
+/// An error worth trying again on another member: the request never got an
+/// answer because the member could not be reached.
+fn retryable(e: &etcd_client::Error) -> bool {
+    match e {
+        etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => {
+            s.code() == tonic::Code::Unavailable && !s.message().contains("etcdserver:")
+        }
+        _ => false,
+    }
+}
+
+/// Maps etcd's answers to what callers branch on.
+fn classify(endpoints: &str, op: &str, e: etcd_client::Error) -> StoreError {
+    if let etcd_client::Error::GRpcStatus(s) = &e {
+        let m = s.message();
+        if m.contains("request is too large") || m.contains("too many operations in txn") {
+            return StoreError::TooLarge(format!("etcd at {endpoints}: {m}"));
+        }
+        if m.contains("database space exceeded") || m.contains("NOSPACE") {
+            return StoreError::Full(format!(
+                "etcd at {endpoints}: {m}; compact and defragment etcd, then disarm the alarm (etcdctl alarm disarm)"
+            ));
+        }
+        if matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ) {
+            return StoreError::Engine(format!("{op}: etcd at {endpoints} is unreachable: {m}"));
+        }
+    }
+    if let etcd_client::Error::TransportError(_) = &e {
+        return StoreError::Engine(format!("{op}: etcd at {endpoints} is unreachable: {e}"));
+    }
+    StoreError::Engine(format!("{op}: etcd at {endpoints}: {e}"))
+}
+
+/// The first key after every key starting with `prefix`.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    // Every byte is 0xff: the range runs to the end of the keyspace.
+    vec![0]
+}
+
+fn key_str(prefix_len: usize, key: &[u8]) -> Result<String, StoreError> {
+    std::str::from_utf8(&key[prefix_len..])
+        .map(str::to_owned)
+        .map_err(|e| StoreError::Engine(format!("a stored key is not UTF-8: {e}")))
+}
+
+impl Store for EtcdStore {
+    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
+        let full = self.full(key);
+        let mut resp = self
+            .read(|mut kv| {
+                let full = full.clone();
+                async move { kv.get(full, None).await }
+            })
+            .map_err(|e| self.error("read", e))?;
+        Ok(resp.take_kvs().into_iter().next().map(|kv| Entry {
+            version: kv.mod_revision() as u64,
+            value: kv.value().to_vec(),
+        }))
+    }
+
+    fn list_at(&self, prefix: &str) -> Result<Listing, StoreError> {
+        let start = self.full(prefix);
+        let end = prefix_end(&start);
+        let strip = self.prefix.len();
+        // Pages are read at the first page's revision: one consistent view.
+        'again: for _ in 0..3 {
+            let mut listing = Listing::default();
+            let mut from = start.clone();
+            let mut limit = LIST_PAGE_KEYS;
+            loop {
+                let (f, e, rev) = (from.clone(), end.clone(), listing.revision as i64);
+                let page = self.read(move |mut kv| {
+                    let (f, e) = (f.clone(), e.clone());
+                    async move {
+                        let mut o = GetOptions::new().with_range(e).with_limit(limit);
+                        if rev > 0 {
+                            o = o.with_revision(rev);
+                        }
+                        kv.get(f, Some(o)).await
+                    }
+                });
+                let mut page = match page {
+                    Ok(p) => p,
+                    // A page over MAX_RESPONSE_BYTES: ask for fewer keys.
+                    Err(etcd_client::Error::GRpcStatus(s))
+                        if s.code() == tonic::Code::OutOfRange && limit > 1 =>
+                    {
+                        limit /= 2;
+                        continue;
+                    }
+                    // Compacted between two pages: read it all again.
+                    Err(etcd_client::Error::GRpcStatus(s))
+                        if s.message().contains("required revision has been compacted") =>
+                    {
+                        continue 'again;
+                    }
+                    Err(e) => return Err(self.error("list", e)),
+                };
+                if listing.revision == 0 {
+                    listing.revision = page.header().map_or(0, |h| h.revision()) as u64;
+                }
+                let more = page.more();
+                let kvs = page.take_kvs();
+                if let Some(last) = kvs.last() {
+                    from = last.key().to_vec();
+                    from.push(0);
+                }
+                for kv in kvs {
+                    listing.entries.push((
+                        key_str(strip, kv.key())?,
+                        Entry {
+                            version: kv.mod_revision() as u64,
+                            value: kv.value().to_vec(),
+                        },
+                    ));
+                }
+                if !more {
+                    return Ok(listing);
+                }
+            }
+        }
+        Err(StoreError::Engine(format!(
+            "list {prefix}: etcd at {} compacted the revision being read three times in a row",
+            self.endpoints
+        )))
+    }
+
+    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<bool, StoreError> {
+        let when: Vec<etcd_client::Compare> = compares
+            .iter()
+            .map(|c| match c {
+                // Never created, or deleted since: create_revision is 0.
+                Compare::Absent(k) => {
+                    etcd_client::Compare::create_revision(self.full(k), CompareOp::Equal, 0)
+                }
+                Compare::Version(k, v) => {
+                    etcd_client::Compare::mod_revision(self.full(k), CompareOp::Equal, *v as i64)
+                }
+            })
+            .collect();
+        let then: Vec<TxnOp> = ops
+            .iter()
+            .map(|o| match o {
+                Op::Put(k, v) => TxnOp::put(self.full(k), v.clone(), None),
+                Op::Delete(k) => TxnOp::delete(self.full(k), None),
+            })
+            .collect();
+        let txn = Txn::new().when(when).and_then(then);
+        let mut kv = self.kv.clone();
+        // Not retried: it may have been applied. The caller hears of it.
+        let resp = self
+            .run(async move { kv.txn(txn).await })
+            .map_err(|e| self.error("write", e))?;
+        Ok(resp.succeeded())
+    }
+
+    fn watch(&self, prefix: &str, from_revision: u64) -> Result<Watch, StoreError> {
+        let from = if from_revision == 0 {
+            self.current_revision()? + 1
+        } else {
+            from_revision
+        };
+        let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let task = WatchTask {
+            client: self.watch.clone(),
+            key: self.full(prefix),
+            strip: self.prefix.len(),
+            next: from,
+            endpoints: self.endpoints.clone(),
+        };
+        self.runtime().spawn(task.run(tx));
+        Ok(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
+    }
+}
+
+/// One watch: reconnects until the watcher is dropped or history is gone.
+struct WatchTask {
+    client: WatchClient,
+    key: Vec<u8>,
+    strip: usize,
+    /// The next revision to deliver.
+    next: u64,
+    endpoints: String,
+}
+
+/// Jittered exponential backoff.
+struct Backoff(Duration);
+
+impl Backoff {
+    async fn wait(&mut self) {
+        let mut b = [0u8; 4];
+        let _ = getrandom::fill(&mut b);
+        let frac = f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX);
+        tokio::time::sleep(self.0.mul_f64(0.5 + frac / 2.0)).await;
+        self.0 = (self.0 * 2).min(BACKOFF_MAX);
+    }
+}
+
+enum Outcome {
+    /// The watcher is gone, or told to relist: stop.
+    Stop,
+    /// The stream broke: connect again from `next`.
+    Reconnect,
+}
+
+impl WatchTask {
+    async fn run(mut self, tx: mpsc::Sender<WatchEvent>) {
+        let mut backoff = Backoff(BACKOFF_MIN);
+        loop {
+            match self.stream(&tx, &mut backoff).await {
+                Outcome::Stop => return,
+                Outcome::Reconnect => {}
+            }
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = backoff.wait() => {}
+            }
+        }
+    }
+
+    /// One etcd watch stream, from `self.next` until it breaks.
+    async fn stream(&mut self, tx: &mpsc::Sender<WatchEvent>, backoff: &mut Backoff) -> Outcome {
+        let opts = WatchOptions::new()
+            .with_range(prefix_end(&self.key))
+            .with_start_revision(self.next as i64);
+        let mut stream = match self.client.watch(self.key.clone(), Some(opts)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(endpoints = %self.endpoints, error = %e, next = self.next, "etcd watch failed; reconnecting");
+                return Outcome::Reconnect;
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = tx.closed() => return Outcome::Stop,
+                m = stream.message() => m,
+            };
+            let resp = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    tracing::warn!(endpoints = %self.endpoints, next = self.next, "etcd watch ended; reconnecting");
+                    return Outcome::Reconnect;
+                }
+                Err(e) => {
+                    tracing::warn!(endpoints = %self.endpoints, error = %e, next = self.next, "etcd watch broke; reconnecting");
+                    return Outcome::Reconnect;
+                }
+            };
+            if resp.compact_revision() > 0 {
+                tracing::info!(
+                    next = self.next,
+                    compacted = resp.compact_revision(),
+                    "etcd compacted the watched history; relist"
+                );
+                let _ = tx.send(WatchEvent::Relist).await;
+                return Outcome::Stop;
+            }
+            if resp.canceled() {
+                tracing::warn!(endpoints = %self.endpoints, reason = resp.cancel_reason(), "etcd canceled the watch; reconnecting");
+                return Outcome::Reconnect;
+            }
+            if resp.created() {
+                *backoff = Backoff(BACKOFF_MIN);
+            }
+            // Group the events by revision: one transaction, one event.
+            let mut current: Option<(u64, Vec<Change>)> = None;
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let rev = kv.mod_revision() as u64;
+                if rev < self.next {
+                    continue;
+                }
+                let key = match key_str(self.strip, kv.key()) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping a watched key");
+                        continue;
+                    }
+                };
+                let change = Change {
+                    key,
+                    value: match ev.event_type() {
+                        EventType::Put => Some(kv.value().to_vec()),
+                        EventType::Delete => None,
+                    },
+                };
+                match &mut current {
+                    Some((r, changes)) if *r == rev => changes.push(change),
+                    _ => {
+                        if let Some((revision, changes)) = current.take()
+                            && !self.deliver(tx, revision, changes).await
+                        {
+                            return Outcome::Stop;
+                        }
+                        current = Some((rev, vec![change]));
+                    }
+                }
+            }
+            if let Some((revision, changes)) = current
+                && !self.deliver(tx, revision, changes).await
+            {
+                return Outcome::Stop;
+            }
+        }
+    }
+
+    async fn deliver(
+        &mut self,
+        tx: &mpsc::Sender<WatchEvent>,
+        revision: u64,
+        changes: Vec<Change>,
+    ) -> bool {
+        self.next = revision + 1;
+        tx.send(WatchEvent::Changes { revision, changes })
+            .await
+            .is_ok()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn store_urls_name_every_member_or_say_what_is_wrong() {
+        let o = EtcdOptions::from_url("etcd://127.0.0.1:2379,db2:2379").unwrap();
+        assert_eq!(o.endpoints, ["127.0.0.1:2379", "db2:2379"]);
+        assert_eq!(o.prefix, "/ballast/");
+        assert_eq!(
+            EtcdOptions::from_url("http://x:1").unwrap_err(),
+            "store \"http://x:1\": expected etcd://HOST:PORT[,HOST:PORT...] (or no --store for the local redb file)"
+        );
+        assert_eq!(
+            EtcdOptions::from_url("etcd://a:1,b").unwrap_err(),
+            "store \"etcd://a:1,b\": endpoint \"b\" is not HOST:PORT (such as 127.0.0.1:2379)"
+        );
+    }
+
+    #[test]
+    fn prefix_end_is_the_first_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"/ballast/"), b"/ballast0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+        assert_eq!(prefix_end(b"\xff"), b"\0");
+    }
+}
