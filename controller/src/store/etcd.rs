@@ -264,7 +264,12 @@ fn retryable(e: &etcd_client::Error) -> bool {
 fn classify(endpoints: &str, op: &str, e: etcd_client::Error) -> StoreError {
     if let etcd_client::Error::GRpcStatus(s) = &e {
         let m = s.message();
-        if m.contains("request is too large") || m.contains("too many operations in txn") {
+        // etcd's own bound (--max-request-bytes, --max-txn-ops), or gRPC's
+        // just above it.
+        if m.contains("request is too large")
+            || m.contains("too many operations in txn")
+            || (s.code() == tonic::Code::ResourceExhausted && m.contains("larger than max"))
+        {
             return StoreError::TooLarge(format!("etcd at {endpoints}: {m}"));
         }
         if m.contains("database space exceeded") || m.contains("NOSPACE") {

@@ -593,73 +593,11 @@ fn write(db: &Database, compares: &[Compare], ops: &[Op]) -> Result<Option<Commi
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
 
     fn store() -> (tempfile::TempDir, RedbStore) {
         let dir = tempfile::tempdir().unwrap();
         let s = RedbStore::open(&dir.path().join("s.redb")).unwrap();
         (dir, s)
-    }
-
-    #[test]
-    fn compare_and_swap_writes_only_when_every_compare_holds() {
-        let (_d, s) = store();
-        assert!(
-            s.txn(
-                &[Compare::Absent("a".into())],
-                &[Op::Put("a".into(), b"1".to_vec())]
-            )
-            .unwrap()
-        );
-        let v1 = s.get("a").unwrap().unwrap();
-        assert_eq!(v1.value, b"1");
-        assert!(
-            !s.txn(
-                &[Compare::Absent("a".into())],
-                &[Op::Put("a".into(), b"2".to_vec())]
-            )
-            .unwrap(),
-            "absent fails"
-        );
-        assert!(
-            !s.txn(
-                &[Compare::Version("a".into(), v1.version + 7)],
-                &[Op::Put("b".into(), b"x".to_vec())]
-            )
-            .unwrap(),
-            "wrong version fails"
-        );
-        assert!(
-            s.get("b").unwrap().is_none(),
-            "a failed compare writes nothing"
-        );
-        assert!(
-            s.txn(
-                &[Compare::Version("a".into(), v1.version)],
-                &[Op::Put("a".into(), b"2".to_vec()), Op::Delete("zz".into())]
-            )
-            .unwrap()
-        );
-        let v2 = s.get("a").unwrap().unwrap();
-        assert!(v2.version > v1.version);
-        assert!(s.txn(&[], &[Op::Delete("a".into())]).unwrap());
-        assert!(s.get("a").unwrap().is_none());
-    }
-
-    #[test]
-    fn list_returns_one_prefix_sorted() {
-        let (_d, s) = store();
-        for k in ["nodes/b", "nodes/a", "nodesx", "node", "revisions/1"] {
-            s.txn(&[], &[Op::Put(k.into(), k.as_bytes().to_vec())])
-                .unwrap();
-        }
-        let keys: Vec<String> = s
-            .list("nodes/")
-            .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(keys, ["nodes/a", "nodes/b"]);
     }
 
     #[test]
@@ -771,27 +709,5 @@ mod tests {
         for k in &acked {
             assert_eq!(s.get(k).unwrap().unwrap().value, value, "{k} survives");
         }
-    }
-
-    #[test]
-    fn exactly_one_of_many_racing_creators_wins() {
-        let (_d, s) = store();
-        let s = Arc::new(s);
-        let winners: usize = (0..8)
-            .map(|i| {
-                let s = s.clone();
-                std::thread::spawn(move || {
-                    s.txn(
-                        &[Compare::Absent("token".into())],
-                        &[Op::Put("token".into(), vec![i])],
-                    )
-                    .unwrap()
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| usize::from(h.join().unwrap()))
-            .sum();
-        assert_eq!(winners, 1);
     }
 }
