@@ -600,6 +600,52 @@ mod tests {
         (dir, s)
     }
 
+    fn put(s: &RedbStore, k: &str, v: Vec<u8>) {
+        assert!(s.txn(&[], &[Op::Put(k.into(), v)]).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_watch_from_before_the_kept_history_is_told_to_relist() {
+        use tokio_stream::StreamExt;
+        let (_d, s) = store();
+        put(&s, "w/first", b"1".to_vec());
+        let first = s.get("w/first").unwrap().unwrap().version;
+        // Push the first commit out of the kept history by its byte bound.
+        let big = vec![0u8; 1 << 20];
+        for i in 0..WATCH_HISTORY_BYTES / big.len() + 1 {
+            put(&s, &format!("big/{i}"), big.clone());
+        }
+        let mut w = s.watch("w/", first).unwrap();
+        assert_eq!(w.next().await, Some(WatchEvent::Relist));
+        assert_eq!(w.next().await, None, "the watch ends after relist");
+        // From a revision still kept: replayed, then live.
+        let now = s.list_at("w/").unwrap().revision;
+        let mut w = s.watch("w/", now).unwrap();
+        put(&s, "w/second", b"2".to_vec());
+        assert_eq!(
+            w.next().await,
+            Some(WatchEvent::Changes {
+                revision: now + 1,
+                changes: vec![Change {
+                    key: "w/second".into(),
+                    value: Some(b"2".to_vec())
+                }]
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_told_to_relist() {
+        use tokio_stream::StreamExt;
+        let (_d, s) = store();
+        let mut w = s.watch("", 0).unwrap();
+        for i in 0..WATCH_HISTORY_COMMITS + 2 {
+            put(&s, &format!("k/{i}"), vec![]);
+        }
+        assert_eq!(w.next().await, Some(WatchEvent::Relist));
+        assert_eq!(w.next().await, None);
+    }
+
     #[test]
     fn data_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
