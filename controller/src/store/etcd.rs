@@ -4,9 +4,10 @@
 //! The trait is synchronous and its callers run on blocking threads or at
 //! startup, possibly inside an async task; so this backend owns a small tokio
 //! runtime of its own, runs each request there and waits for it on a plain
-//! channel, which works from any thread. Watches are tasks on that runtime
-//! that reconnect with jittered backoff and resume from the last revision
-//! they delivered.
+//! channel, which works from any thread. Requests go to one member until it
+//! cannot be reached, then to the next. Watches are tasks on that runtime
+//! that reconnect with jittered backoff and resume from the revision after
+//! the last one they delivered.
 
 use super::{Change, Compare, Entry, Listing, Op, Store, StoreError, Watch, WatchEvent};
 use etcd_client::{
@@ -15,6 +16,8 @@ use etcd_client::{
 };
 use std::future::Future;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -81,13 +84,38 @@ impl EtcdOptions {
     }
 }
 
+/// One client per member, and the one requests go to: it stays until a
+/// request cannot reach it, then the next member takes over (a balancer
+/// would keep sending a share of requests to a dead member).
+struct Members {
+    clients: Vec<(Client, KvClient, WatchClient)>,
+    current: AtomicUsize,
+}
+
+impl Members {
+    fn kv(&self) -> (usize, KvClient) {
+        let i = self.current.load(Ordering::SeqCst) % self.clients.len();
+        (i, self.clients[i].1.clone())
+    }
+
+    fn watch(&self) -> (usize, WatchClient) {
+        let i = self.current.load(Ordering::SeqCst) % self.clients.len();
+        (i, self.clients[i].2.clone())
+    }
+
+    /// Member `i` could not be reached: move on, unless another caller did.
+    fn failed(&self, i: usize) {
+        let next = (i + 1) % self.clients.len();
+        let _ = self
+            .current
+            .compare_exchange(i, next, Ordering::SeqCst, Ordering::SeqCst);
+    }
+}
+
 /// The etcd store.
 pub struct EtcdStore {
     runtime: Option<tokio::runtime::Runtime>,
-    /// Holds the balanced channel's endpoint list open.
-    _client: Client,
-    kv: KvClient,
-    watch: WatchClient,
+    members: Arc<Members>,
     prefix: String,
     /// The endpoints, for error messages.
     endpoints: String,
@@ -152,18 +180,26 @@ impl EtcdStore {
         if let Some(tls) = &opts.tls {
             connect = connect.with_tls(tls_options(tls)?);
         }
-        let eps = opts.endpoints.clone();
-        let client = runtime
-            .block_on_detached(async move { Client::connect(eps, Some(connect)).await })
-            .map_err(|e| StoreError::Engine(format!("connect to etcd at {endpoints}: {e}")))?;
-        let store = EtcdStore {
-            kv: client
+        let mut clients = Vec::new();
+        for e in &opts.endpoints {
+            let (e, connect) = (e.clone(), connect.clone());
+            // Connections are made on first use: a member down now is fine.
+            let client = runtime
+                .block_on_detached(async move { Client::connect([e], Some(connect)).await })
+                .map_err(|e| StoreError::Engine(format!("connect to etcd at {endpoints}: {e}")))?;
+            let kv = client
                 .kv_client()
-                .max_decoding_message_size(MAX_RESPONSE_BYTES),
-            watch: client
+                .max_decoding_message_size(MAX_RESPONSE_BYTES);
+            let watch = client
                 .watch_client()
-                .max_decoding_message_size(MAX_RESPONSE_BYTES),
-            _client: client,
+                .max_decoding_message_size(MAX_RESPONSE_BYTES);
+            clients.push((client, kv, watch));
+        }
+        let store = EtcdStore {
+            members: Arc::new(Members {
+                clients,
+                current: AtomicUsize::new(0),
+            }),
             runtime: Some(runtime),
             prefix: opts.prefix.clone(),
             endpoints,
@@ -193,32 +229,51 @@ impl EtcdStore {
 
     /// The cluster's newest revision.
     fn current_revision(&self) -> Result<u64, StoreError> {
-        let mut kv = self.kv.clone();
         let key = self.full("");
         let resp = self
-            .run(async move {
-                kv.get(key, Some(GetOptions::new().with_count_only().with_prefix()))
-                    .await
+            .read(|mut kv| {
+                let key = key.clone();
+                async move {
+                    kv.get(key, Some(GetOptions::new().with_count_only().with_prefix()))
+                        .await
+                }
             })
             .map_err(|e| self.error("read", e))?;
         Ok(resp.header().map_or(0, |h| h.revision()) as u64)
     }
 
-    /// Runs a read, again while the member it reached is unreachable (the
-    /// client spreads requests over the endpoints).
+    /// Runs a read on the current member, and on the next ones while it
+    /// cannot be reached or has no leader.
     fn read<T: Send + 'static, F>(&self, f: impl Fn(KvClient) -> F) -> Result<T, etcd_client::Error>
     where
         F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
-        let mut delay = BACKOFF_MIN;
+        self.on_members(f, unavailable)
+    }
+
+    /// Runs `f` on the current member; while `again` says the error came
+    /// from that member alone, moves to the next and tries there: each
+    /// member twice at most, with a pause after each round.
+    fn on_members<T: Send + 'static, F>(
+        &self,
+        f: impl Fn(KvClient) -> F,
+        again: fn(&etcd_client::Error) -> bool,
+    ) -> Result<T, etcd_client::Error>
+    where
+        F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let n = self.members.clients.len();
         let mut attempt = 0;
         loop {
-            match self.run(f(self.kv.clone())) {
-                Err(e) if attempt < 4 && retryable(&e) => {
-                    tracing::debug!(error = %e, attempt, "etcd read failed; trying again");
-                    std::thread::sleep(delay);
-                    delay *= 2;
+            let (i, kv) = self.members.kv();
+            match self.run(f(kv)) {
+                Err(e) if attempt + 1 < 2 * n && again(&e) => {
+                    tracing::debug!(error = %e, member = i, attempt, "etcd member unavailable; trying the next");
+                    self.members.failed(i);
                     attempt += 1;
+                    if attempt % n == 0 {
+                        std::thread::sleep(BACKOFF_MIN * attempt as u32);
+                    }
                 }
                 other => return other,
             }
@@ -248,13 +303,28 @@ impl BlockOnDetached for tokio::runtime::Runtime {
     }
 }
 
-/// An error worth trying again on another member: the request never got an
-/// answer because the member could not be reached.
-fn retryable(e: &etcd_client::Error) -> bool {
+/// A read worth trying on another member: this one could not be reached,
+/// or has no leader.
+fn unavailable(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
+        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
+        _ => false,
+    }
+}
+
+/// A write worth trying on another member: it was certainly not applied,
+/// because no connection was made, or the member refused it before
+/// proposing it (no leader). A write that may have been sent is not retried.
+fn never_sent(e: &etcd_client::Error) -> bool {
+    match e {
         etcd_client::Error::GRpcStatus(s) => {
-            s.code() == tonic::Code::Unavailable && !s.message().contains("etcdserver:")
+            let m = s.message();
+            s.code() == tonic::Code::Unavailable
+                && (m.contains("connect error")
+                    || m.contains("error trying to connect")
+                    || m.contains("Connection refused")
+                    || m.contains("etcdserver: no leader"))
         }
         _ => false,
     }
@@ -412,10 +482,16 @@ impl Store for EtcdStore {
             })
             .collect();
         let txn = Txn::new().when(when).and_then(then);
-        let mut kv = self.kv.clone();
-        // Not retried: it may have been applied. The caller hears of it.
+        // Tried on another member only when it was certainly not applied;
+        // otherwise the caller hears of the error.
         let resp = self
-            .run(async move { kv.txn(txn).await })
+            .on_members(
+                |mut kv| {
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                },
+                never_sent,
+            )
             .map_err(|e| self.error("write", e))?;
         Ok(resp.succeeded())
     }
@@ -428,7 +504,7 @@ impl Store for EtcdStore {
         };
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
         let task = WatchTask {
-            client: self.watch.clone(),
+            members: self.members.clone(),
             key: self.full(prefix),
             strip: self.prefix.len(),
             next: from,
@@ -441,7 +517,7 @@ impl Store for EtcdStore {
 
 /// One watch: reconnects until the watcher is dropped or history is gone.
 struct WatchTask {
-    client: WatchClient,
+    members: Arc<Members>,
     key: Vec<u8>,
     strip: usize,
     /// The next revision to deliver.
@@ -489,10 +565,12 @@ impl WatchTask {
         let opts = WatchOptions::new()
             .with_range(prefix_end(&self.key))
             .with_start_revision(self.next as i64);
-        let mut stream = match self.client.watch(self.key.clone(), Some(opts)).await {
+        let (member, mut client) = self.members.watch();
+        let mut stream = match client.watch(self.key.clone(), Some(opts)).await {
             Ok(s) => s,
             Err(e) => {
-                tracing::warn!(endpoints = %self.endpoints, error = %e, next = self.next, "etcd watch failed; reconnecting");
+                tracing::warn!(endpoints = %self.endpoints, member, error = %e, next = self.next, "etcd watch failed; reconnecting");
+                self.members.failed(member);
                 return Outcome::Reconnect;
             }
         };
@@ -504,11 +582,13 @@ impl WatchTask {
             let resp = match msg {
                 Ok(Some(r)) => r,
                 Ok(None) => {
-                    tracing::warn!(endpoints = %self.endpoints, next = self.next, "etcd watch ended; reconnecting");
+                    tracing::warn!(endpoints = %self.endpoints, member, next = self.next, "etcd watch ended; reconnecting");
+                    self.members.failed(member);
                     return Outcome::Reconnect;
                 }
                 Err(e) => {
-                    tracing::warn!(endpoints = %self.endpoints, error = %e, next = self.next, "etcd watch broke; reconnecting");
+                    tracing::warn!(endpoints = %self.endpoints, member, error = %e, next = self.next, "etcd watch broke; reconnecting");
+                    self.members.failed(member);
                     return Outcome::Reconnect;
                 }
             };
@@ -522,7 +602,8 @@ impl WatchTask {
                 return Outcome::Stop;
             }
             if resp.canceled() {
-                tracing::warn!(endpoints = %self.endpoints, reason = resp.cancel_reason(), "etcd canceled the watch; reconnecting");
+                tracing::warn!(endpoints = %self.endpoints, member, reason = resp.cancel_reason(), "etcd canceled the watch; reconnecting");
+                self.members.failed(member);
                 return Outcome::Reconnect;
             }
             if resp.created() {

@@ -389,6 +389,33 @@ async fn etcd_watch_resumes_after_its_member_is_killed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_reads_and_writes_go_on_while_one_member_is_down() {
+    let Some(mut cluster) = EtcdCluster::start(3) else {
+        return;
+    };
+    let s = cluster.store("/fleet/");
+    s.txn(&[], &[put("a", "1")]).unwrap();
+    cluster.kill(0);
+    // The client spreads requests over all three endpoints; none may fail
+    // for reaching the dead one.
+    for i in 0..60 {
+        let key = format!("k/{i}");
+        assert!(
+            s.txn(&[Compare::Absent(key.clone())], &[put(&key, "v")])
+                .unwrap_or_else(|e| panic!("write {i} with one member down: {e}"))
+        );
+        assert_eq!(
+            s.get("a")
+                .unwrap_or_else(|e| panic!("read {i} with one member down: {e}"))
+                .unwrap()
+                .value,
+            b"1"
+        );
+    }
+    assert_eq!(s.list("k/").unwrap().len(), 60);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_compaction_makes_a_watch_relist() {
     let Some(cluster) = EtcdCluster::start(1) else {
         return;
