@@ -303,6 +303,13 @@ impl EtcdCluster {
         self.members[i].kill();
     }
 
+    /// Sends `signal` (SIGSTOP, SIGCONT) to member `i`.
+    pub fn signal(&self, i: usize, signal: nix::sys::signal::Signal) {
+        let child = self.members[i].child.as_ref().expect("member runs");
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal)
+            .expect("signal etcd");
+    }
+
     /// Starts member `i` again on its data dir, and waits for health.
     pub fn restart(&mut self, i: usize) {
         self.members[i].kill();
@@ -340,6 +347,7 @@ impl EtcdCluster {
 impl Drop for EtcdCluster {
     fn drop(&mut self) {
         for m in &mut self.members {
+            // SIGKILL ends a stopped process too.
             m.kill();
         }
     }

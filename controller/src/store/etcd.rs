@@ -267,9 +267,13 @@ impl EtcdStore {
         loop {
             let (i, kv) = self.members.kv();
             match self.run(f(kv)) {
-                Err(e) if attempt + 1 < 2 * n && again(&e) => {
-                    tracing::debug!(error = %e, member = i, attempt, "etcd member unavailable; trying the next");
+                Err(e) if member_fault(&e) => {
+                    // The next request goes elsewhere, retried or not.
                     self.members.failed(i);
+                    if attempt + 1 >= 2 * n || !again(&e) {
+                        return Err(e);
+                    }
+                    tracing::debug!(error = %e, member = i, attempt, "etcd member unavailable; trying the next");
                     attempt += 1;
                     if attempt % n == 0 {
                         std::thread::sleep(BACKOFF_MIN * attempt as u32);
@@ -303,14 +307,22 @@ impl BlockOnDetached for tokio::runtime::Runtime {
     }
 }
 
-/// A read worth trying on another member: this one could not be reached,
-/// or has no leader.
-fn unavailable(e: &etcd_client::Error) -> bool {
+/// An error of the member asked, not of the request: it could not be
+/// reached, has no leader, or did not answer in time.
+fn member_fault(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => s.code() == tonic::Code::Unavailable,
+        etcd_client::Error::GRpcStatus(s) => matches!(
+            s.code(),
+            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+        ),
         _ => false,
     }
+}
+
+/// A read may be tried again on another member after any member fault.
+fn unavailable(e: &etcd_client::Error) -> bool {
+    member_fault(e)
 }
 
 /// A write worth trying on another member: it was certainly not applied,
