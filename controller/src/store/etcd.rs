@@ -312,10 +312,12 @@ impl BlockOnDetached for tokio::runtime::Runtime {
 fn member_fault(e: &etcd_client::Error) -> bool {
     match e {
         etcd_client::Error::TransportError(_) => true,
-        etcd_client::Error::GRpcStatus(s) => matches!(
-            s.code(),
-            tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
-        ),
+        etcd_client::Error::GRpcStatus(s) => {
+            matches!(
+                s.code(),
+                tonic::Code::Unavailable | tonic::Code::DeadlineExceeded
+            ) || std::error::Error::source(s).is_some_and(|src| src.is::<tonic::transport::Error>())
+        }
         _ => false,
     }
 }

@@ -5,7 +5,8 @@
 //!
 //! Invariant: a key's version is the store revision of its last modification,
 //! and revisions only grow; a watch delivers every committed change under its
-//! prefix once, in revision order, or says `Relist`.
+//! prefix once, in revision order, or says `Relist`. [`follow`] turns list,
+//! watch and relist into one stream for consumers.
 
 mod etcd;
 mod redb;
@@ -107,4 +108,72 @@ pub trait Store: Send + Sync + 'static {
     /// Every change under `prefix` committed at `from_revision` or later.
     /// Yields `Relist` at once when that history is no longer kept.
     fn watch(&self, prefix: &str, from_revision: u64) -> Result<Watch, StoreError>;
+}
+
+/// What [`follow`] yields: the whole prefix, then each change after it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Followed {
+    /// Everything under the prefix at one revision: replace what you hold.
+    /// Comes first, and again whenever the watch had to relist.
+    Reset(Listing),
+    /// The changes of one committed revision after the last `Reset`.
+    Changes { revision: u64, changes: Vec<Change> },
+}
+
+/// Follows a prefix for as long as the stream is held: lists it, watches
+/// from the listing's revision + 1, and lists again whenever the watch says
+/// `Relist` (or ends), so the consumer never misses a change; it only sees a
+/// fresh `Reset`. Failed reads are tried again with backoff (and logged).
+/// Runs on the current tokio runtime.
+pub fn follow(store: std::sync::Arc<dyn Store>, prefix: String) -> impl Stream<Item = Followed> {
+    use tokio_stream::StreamExt;
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        let mut delay = std::time::Duration::from_millis(50);
+        loop {
+            let (s, p) = (store.clone(), prefix.clone());
+            let listed = tokio::task::spawn_blocking(move || {
+                let listing = s.list_at(&p)?;
+                let watch = s.watch(&p, listing.revision + 1)?;
+                Ok::<_, StoreError>((listing, watch))
+            })
+            .await;
+            let (listing, mut watch) = match listed {
+                Ok(Ok(v)) => v,
+                Ok(Err(e)) => {
+                    tracing::warn!(%prefix, error = %e, "follow: list failed; trying again");
+                    tokio::select! {
+                        _ = tx.closed() => return,
+                        _ = tokio::time::sleep(delay) => {}
+                    }
+                    delay = (delay * 2).min(std::time::Duration::from_secs(5));
+                    continue;
+                }
+                Err(_) => return,
+            };
+            delay = std::time::Duration::from_millis(50);
+            if tx.send(Followed::Reset(listing)).await.is_err() {
+                return;
+            }
+            loop {
+                let event = tokio::select! {
+                    _ = tx.closed() => return,
+                    e = watch.next() => e,
+                };
+                match event {
+                    Some(WatchEvent::Changes { revision, changes }) => {
+                        if tx
+                            .send(Followed::Changes { revision, changes })
+                            .await
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Some(WatchEvent::Relist) | None => break,
+                }
+            }
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
 }

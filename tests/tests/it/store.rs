@@ -4,7 +4,8 @@
 //! `ballast serve --store etcd://...` serving an agent.
 
 use ballast_controller::store::{
-    Change, Compare, EtcdOptions, EtcdStore, Op, RedbStore, Store, StoreError, Watch, WatchEvent,
+    Change, Compare, EtcdOptions, EtcdStore, Followed, Op, RedbStore, Store, StoreError, Watch,
+    WatchEvent,
 };
 use ballast_proto::pb;
 use ballast_tests::etcd::EtcdCluster;
@@ -304,6 +305,94 @@ async fn watch_body(s: Arc<dyn Store>) {
     assert_eq!(take(&mut late, 2, Duration::from_secs(10)).await, got[1..]);
 }
 
+/// Applies what a follower yields to a map; returns how many resets came.
+fn apply_followed(
+    state: &mut std::collections::BTreeMap<String, Vec<u8>>,
+    item: Followed,
+) -> usize {
+    match item {
+        Followed::Reset(listing) => {
+            *state = listing
+                .entries
+                .into_iter()
+                .map(|(k, e)| (k, e.value))
+                .collect();
+            1
+        }
+        Followed::Changes { changes, .. } => {
+            for c in changes {
+                match c.value {
+                    Some(v) => state.insert(c.key, v),
+                    None => state.remove(&c.key),
+                };
+            }
+            0
+        }
+    }
+}
+
+/// A follower that stops reading while `commits` writes happen, then reads
+/// until its state is the store's; returns how many resets it saw.
+async fn slow_follower_body(s: Arc<dyn Store>, commits: usize) -> usize {
+    s.txn(&[], &[put("f/first", "1")]).unwrap();
+    let mut f = Box::pin(ballast_controller::store::follow(s.clone(), "f/".into()));
+    let mut state = Default::default();
+    let mut resets = apply_followed(&mut state, f.next().await.unwrap());
+    assert_eq!(resets, 1, "a reset comes first");
+    let writer = s.clone();
+    tokio::task::spawn_blocking(move || {
+        for i in 0..commits {
+            let k = format!("f/{i:05}");
+            writer.txn(&[], &[put(&k, "v")]).unwrap();
+            if i % 3 == 0 {
+                writer.txn(&[], &[Op::Delete(k)]).unwrap();
+            }
+        }
+    })
+    .await
+    .unwrap();
+    let want: std::collections::BTreeMap<String, Vec<u8>> = s
+        .list("f/")
+        .unwrap()
+        .into_iter()
+        .map(|(k, e)| (k, e.value))
+        .collect();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while state != want {
+        let item = tokio::time::timeout_at(deadline, f.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the follower did not catch up: {} of {} keys",
+                    state.len(),
+                    want.len()
+                )
+            })
+            .expect("the follower goes on");
+        resets += apply_followed(&mut state, item);
+    }
+    resets
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_follower_that_fell_behind_relists_and_ends_with_the_stores_state_redb() {
+    let f = redb().unwrap();
+    // More commits than the redb broadcast holds: the follower must relist.
+    let resets = slow_follower_body(f.store.clone(), 1100).await;
+    assert!(
+        resets >= 2,
+        "the lagging follower relisted: {resets} resets"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_follower_ends_with_the_stores_state_etcd() {
+    let Some(f) = etcd() else {
+        return;
+    };
+    slow_follower_body(f.store.clone(), 300).await;
+}
+
 // ---- etcd only ----
 
 /// Writes `key` until the store says it is there, through member failures.
@@ -396,14 +485,16 @@ async fn etcd_reads_and_writes_go_on_while_one_member_is_down() {
     let s = cluster.store("/fleet/");
     s.txn(&[], &[put("a", "1")]).unwrap();
     cluster.kill(0);
-    // The client spreads requests over all three endpoints; none may fail
-    // for reaching the dead one.
+    // The client starts on the first member. A write in flight on its open
+    // connection may fail (it might have been applied: not retried); after
+    // that every request goes to a live member.
+    let mut failed = Vec::new();
     for i in 0..60 {
         let key = format!("k/{i}");
-        assert!(
-            s.txn(&[Compare::Absent(key.clone())], &[put(&key, "v")])
-                .unwrap_or_else(|e| panic!("write {i} with one member down: {e}"))
-        );
+        match s.txn(&[Compare::Absent(key.clone())], &[put(&key, "v")]) {
+            Ok(done) => assert!(done, "{key} was absent"),
+            Err(e) => failed.push(format!("write {i}: {e}")),
+        }
         assert_eq!(
             s.get("a")
                 .unwrap_or_else(|e| panic!("read {i} with one member down: {e}"))
@@ -412,7 +503,8 @@ async fn etcd_reads_and_writes_go_on_while_one_member_is_down() {
             b"1"
         );
     }
-    assert_eq!(s.list("k/").unwrap().len(), 60);
+    assert!(failed.len() <= 1, "{failed:#?}");
+    assert!(s.list("k/").unwrap().len() >= 59);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
