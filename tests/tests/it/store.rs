@@ -669,6 +669,38 @@ async fn etcd_size_bounds_are_refused_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_etcd_refuses_writes_clearly_and_keeps_reads() {
+    // A 4 MiB quota: etcd raises its NOSPACE alarm after a few writes.
+    let Some(cluster) = EtcdCluster::start_with(1, false, &["--quota-backend-bytes", "4194304"])
+    else {
+        return;
+    };
+    let s = cluster.store("/fleet/");
+    let value = vec![b'v'; 1 << 20];
+    let mut acked = Vec::new();
+    let mut refused = None;
+    for i in 0..64 {
+        let key = format!("k/{i:02}");
+        match s.txn(&[], &[Op::Put(key.clone(), value.clone())]) {
+            Ok(_) => acked.push(key),
+            Err(e) => {
+                refused = Some(e);
+                break;
+            }
+        }
+    }
+    let refused = refused.expect("a full etcd refuses writes");
+    assert!(matches!(refused, StoreError::Full(_)), "{refused}");
+    assert!(
+        refused.to_string().contains("etcdctl alarm disarm"),
+        "says what to do: {refused}"
+    );
+    // Reads go on and see every acknowledged write.
+    let keys: Vec<String> = s.list("k/").unwrap().into_iter().map(|(k, _)| k).collect();
+    assert_eq!(keys, acked);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn etcd_unreachable_is_an_error_naming_the_endpoints() {
     let port = ballast_tests::free_port();
     let opts = EtcdOptions::from_url(&format!("etcd://127.0.0.1:{port}")).unwrap();
