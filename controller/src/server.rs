@@ -84,7 +84,8 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
             // Connecting waits on the network: off the async threads.
             let store = tokio::task::spawn_blocking(move || EtcdStore::connect(&opts))
                 .await
-                .context("connect to etcd")??;
+                .context("connect to the etcd store")?
+                .context("connect to the etcd store")?;
             Arc::new(store)
         }
     };

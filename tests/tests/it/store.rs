@@ -774,3 +774,55 @@ async fn a_controller_on_etcd_serves_an_agent_end_to_end() {
     agent.stop().await;
     ctl.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_reaches_etcd_with_client_certificates_from_its_config_file() {
+    let Some(cluster) = EtcdCluster::start_tls(1) else {
+        return;
+    };
+    let pki = cluster.pki();
+    let config = format!(
+        "store: {}\nstore_prefix: /tls-fleet/\netcd_ca: {}\netcd_cert: {}\netcd_key: {}\n",
+        cluster.url(),
+        pki.ca.display(),
+        pki.client_cert.display(),
+        pki.client_key.display()
+    );
+    let mut ctl = ControllerProcess::start(&config).await;
+    let _token = ctl.token().await;
+    let out = cluster.etcdctl(&["get", "--prefix", "/tls-fleet/", "--keys-only"]);
+    let keys = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(keys.contains("/tls-fleet/tokens/"), "{keys}");
+    ctl.kill();
+}
+
+#[test]
+fn serve_names_the_etcd_endpoints_it_cannot_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = ballast_tests::free_port();
+    let started = Instant::now();
+    let out = std::process::Command::new(ballast_tests::controller_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--store", &format!("etcd://127.0.0.1:{port}")])
+        .env("RUST_LOG", "off")
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!("etcd at 127.0.0.1:{port} is unreachable")),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(20));
+    // TLS flags without an etcd store are refused before anything starts.
+    let out = std::process::Command::new(ballast_tests::controller_binary())
+        .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        .arg(dir.path())
+        .args(["--etcd-ca", "/nonexistent/ca.pem"])
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("add --store etcd://"), "{stderr}");
+}
