@@ -13,6 +13,7 @@ mod redb;
 
 pub use etcd::{
     DEFAULT_PREFIX, EtcdOptions, EtcdStore, EtcdTls, LIST_PAGE_KEYS, MAX_RESPONSE_BYTES,
+    MIN_LEADER_TTL,
 };
 pub use redb::{RESERVE_BYTES, RedbStore, WATCH_HISTORY_BYTES, WATCH_HISTORY_COMMITS};
 
@@ -105,9 +106,65 @@ pub trait Store: Send + Sync + 'static {
     /// Applies `ops` atomically iff every compare holds; `Ok(false)` when one
     /// does not (nothing written). `Ok(true)` only once the commit is durable.
     fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<bool, StoreError>;
-    /// Every change under `prefix` committed at `from_revision` or later.
-    /// Yields `Relist` at once when that history is no longer kept.
+    /// Every change under `prefix` committed at `from_revision` or later
+    /// (0: from the next commit on). Yields `Relist` at once when that
+    /// history is no longer kept.
     fn watch(&self, prefix: &str, from_revision: u64) -> Result<Watch, StoreError>;
+    /// Becomes the leader named by `key` (writing `holder` there) unless
+    /// another holder has it: `Ok(None)`. On etcd the key lives on a lease of
+    /// `ttl`, kept alive (across member failures) while the `Leadership`
+    /// lives; it is lost when the lease cannot be renewed within `ttl`.
+    fn try_lead(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: std::time::Duration,
+    ) -> Result<Option<Leadership>, StoreError>;
+}
+
+/// Leadership of a single-owner job (compaction, token expiry). Every write
+/// the job makes carries [`Leadership::fence`]: once another holder has
+/// taken the key, those writes are refused, so a deposed leader that has not
+/// noticed yet still cannot write.
+pub struct Leadership {
+    pub key: String,
+    /// The key's version when this leadership began.
+    pub version: u64,
+    held: tokio::sync::watch::Receiver<bool>,
+    /// What keeps it: dropping it ends the keep-alive and resigns.
+    _guard: Box<dyn std::any::Any + Send + Sync>,
+}
+
+impl Leadership {
+    fn new(
+        key: String,
+        version: u64,
+        held: tokio::sync::watch::Receiver<bool>,
+        guard: Box<dyn std::any::Any + Send + Sync>,
+    ) -> Leadership {
+        Leadership {
+            key,
+            version,
+            held,
+            _guard: guard,
+        }
+    }
+
+    /// The compare that fences a write to this leadership.
+    pub fn fence(&self) -> Compare {
+        Compare::Version(self.key.clone(), self.version)
+    }
+
+    /// False once the store said (or could not confirm in time) that the
+    /// lease is gone. A write is only safe with [`Leadership::fence`].
+    pub fn is_held(&self) -> bool {
+        *self.held.borrow()
+    }
+
+    /// Resolves when leadership is lost.
+    pub async fn lost(&mut self) {
+        let _ = self.held.wait_for(|held| !held).await;
+    }
 }
 
 /// What [`follow`] yields: the whole prefix, then each change after it.

@@ -2,7 +2,9 @@
 //! Watches are served from memory: a broadcast of each commit, and the last
 //! few commits for watchers that start a little behind.
 
-use super::{Change, Compare, Entry, Listing, Op, Store, StoreError, Watch, WatchEvent};
+use super::{
+    Change, Compare, Entry, Leadership, Listing, Op, Store, StoreError, Watch, WatchEvent,
+};
 use redb::{
     Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
 };
@@ -403,6 +405,15 @@ impl Store for RedbStore {
         Ok(true)
     }
 
+    fn try_lead(
+        &self,
+        key: &str,
+        holder: &str,
+        _ttl: Duration,
+    ) -> Result<Option<Leadership>, StoreError> {
+        self.lead(key, holder)
+    }
+
     fn watch(&self, prefix: &str, from_revision: u64) -> Result<Watch, StoreError> {
         let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
         let from = if from_revision == 0 {
@@ -434,6 +445,26 @@ impl Store for RedbStore {
             live: BroadcastStream::new(history.live.subscribe()),
             done,
         }))
+    }
+}
+
+impl RedbStore {
+    /// One process owns the file, so leadership is always granted: the key
+    /// is overwritten, which fences any earlier holder in this process.
+    fn lead(&self, key: &str, holder: &str) -> Result<Option<Leadership>, StoreError> {
+        self.txn(&[], &[Op::Put(key.to_owned(), holder.as_bytes().to_vec())])?;
+        let version = self
+            .get(key)?
+            .map(|e| e.version)
+            .ok_or_else(|| StoreError::Engine(format!("leader key {key} vanished")))?;
+        // Held for as long as the value lives: nothing expires in one process.
+        let (tx, held) = tokio::sync::watch::channel(true);
+        Ok(Some(Leadership::new(
+            key.to_owned(),
+            version,
+            held,
+            Box::new(tx),
+        )))
     }
 }
 
@@ -631,6 +662,32 @@ mod tests {
                     value: Some(b"2".to_vec())
                 }]
             })
+        );
+    }
+
+    #[test]
+    fn a_second_leader_fences_the_first() {
+        let (_d, s) = store();
+        let first = s
+            .try_lead("leader", "a", Duration::from_secs(2))
+            .unwrap()
+            .unwrap();
+        assert!(first.is_held());
+        assert!(
+            s.txn(&[first.fence()], &[Op::Put("job".into(), vec![1])])
+                .unwrap()
+        );
+        let second = s
+            .try_lead("leader", "b", Duration::from_secs(2))
+            .unwrap()
+            .unwrap();
+        assert!(
+            !s.txn(&[first.fence()], &[Op::Put("job".into(), vec![2])])
+                .unwrap()
+        );
+        assert!(
+            s.txn(&[second.fence()], &[Op::Put("job".into(), vec![3])])
+                .unwrap()
         );
     }
 

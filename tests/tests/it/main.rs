@@ -16,3 +16,4 @@ mod nodes;
 mod packaging;
 mod security;
 mod store;
+mod store_etcd;

@@ -9,10 +9,15 @@
 //! that reconnect with jittered backoff and resume from the revision after
 //! the last one they delivered.
 
-use super::{Change, Compare, Entry, Listing, Op, Store, StoreError, Watch, WatchEvent};
+mod lease;
+mod watch;
+
+pub use lease::MIN_LEADER_TTL;
+
+use super::{Compare, Entry, Leadership, Listing, Op, Store, StoreError, Watch};
 use etcd_client::{
-    Certificate, Client, CompareOp, ConnectOptions, EventType, GetOptions, Identity, KvClient,
-    TlsOptions, Txn, TxnOp, WatchClient, WatchOptions,
+    Certificate, Client, CompareOp, ConnectOptions, GetOptions, Identity, KvClient, LeaseClient,
+    TlsOptions, Txn, TxnOp, WatchClient,
 };
 use std::future::Future;
 use std::path::PathBuf;
@@ -20,6 +25,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
+use watch::WatchTask;
 
 /// Keys per page when listing a prefix; halved while a page is too large.
 pub const LIST_PAGE_KEYS: i64 = 512;
@@ -88,11 +94,16 @@ impl EtcdOptions {
 /// request cannot reach it, then the next member takes over (a balancer
 /// would keep sending a share of requests to a dead member).
 struct Members {
-    clients: Vec<(Client, KvClient, WatchClient)>,
+    clients: Vec<(Client, KvClient, WatchClient, LeaseClient)>,
     current: AtomicUsize,
 }
 
 impl Members {
+    fn lease(&self) -> (usize, LeaseClient) {
+        let i = self.current.load(Ordering::SeqCst) % self.clients.len();
+        (i, self.clients[i].3.clone())
+    }
+
     fn kv(&self) -> (usize, KvClient) {
         let i = self.current.load(Ordering::SeqCst) % self.clients.len();
         (i, self.clients[i].1.clone())
@@ -193,7 +204,8 @@ impl EtcdStore {
             let watch = client
                 .watch_client()
                 .max_decoding_message_size(MAX_RESPONSE_BYTES);
-            clients.push((client, kv, watch));
+            let lease = client.lease_client();
+            clients.push((client, kv, watch, lease));
         }
         let store = EtcdStore {
             members: Arc::new(Members {
@@ -248,15 +260,16 @@ impl EtcdStore {
     where
         F: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
-        self.on_members(f, unavailable)
+        self.on_members(Members::kv, f, unavailable)
     }
 
-    /// Runs `f` on the current member; while `again` says the error came
-    /// from that member alone, moves to the next and tries there: each
-    /// member twice at most, with a pause after each round.
-    fn on_members<T: Send + 'static, F>(
+    /// Runs `f` with the current member's client (`pick`); while `again`
+    /// says the error came from that member alone, moves to the next and
+    /// tries there: each member twice at most, with a pause after each round.
+    fn on_members<C, T: Send + 'static, F>(
         &self,
-        f: impl Fn(KvClient) -> F,
+        pick: fn(&Members) -> (usize, C),
+        f: impl Fn(C) -> F,
         again: fn(&etcd_client::Error) -> bool,
     ) -> Result<T, etcd_client::Error>
     where
@@ -265,8 +278,8 @@ impl EtcdStore {
         let n = self.members.clients.len();
         let mut attempt = 0;
         loop {
-            let (i, kv) = self.members.kv();
-            match self.run(f(kv)) {
+            let (i, client) = pick(&self.members);
+            match self.run(f(client)) {
                 Err(e) if member_fault(&e) => {
                     // The next request goes elsewhere, retried or not.
                     self.members.failed(i);
@@ -500,6 +513,7 @@ impl Store for EtcdStore {
         // otherwise the caller hears of the error.
         let resp = self
             .on_members(
+                Members::kv,
                 |mut kv| {
                     let txn = txn.clone();
                     async move { kv.txn(txn).await }
@@ -508,6 +522,15 @@ impl Store for EtcdStore {
             )
             .map_err(|e| self.error("write", e))?;
         Ok(resp.succeeded())
+    }
+
+    fn try_lead(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Leadership>, StoreError> {
+        self.lead(key, holder, ttl)
     }
 
     fn watch(&self, prefix: &str, from_revision: u64) -> Result<Watch, StoreError> {
@@ -529,152 +552,16 @@ impl Store for EtcdStore {
     }
 }
 
-/// One watch: reconnects until the watcher is dropped or history is gone.
-struct WatchTask {
-    members: Arc<Members>,
-    key: Vec<u8>,
-    strip: usize,
-    /// The next revision to deliver.
-    next: u64,
-    endpoints: String,
-}
-
 /// Jittered exponential backoff.
-struct Backoff(Duration);
+pub(super) struct Backoff(pub(super) Duration);
 
 impl Backoff {
-    async fn wait(&mut self) {
+    pub(super) async fn wait(&mut self) {
         let mut b = [0u8; 4];
         let _ = getrandom::fill(&mut b);
         let frac = f64::from(u32::from_le_bytes(b)) / f64::from(u32::MAX);
         tokio::time::sleep(self.0.mul_f64(0.5 + frac / 2.0)).await;
         self.0 = (self.0 * 2).min(BACKOFF_MAX);
-    }
-}
-
-enum Outcome {
-    /// The watcher is gone, or told to relist: stop.
-    Stop,
-    /// The stream broke: connect again from `next`.
-    Reconnect,
-}
-
-impl WatchTask {
-    async fn run(mut self, tx: mpsc::Sender<WatchEvent>) {
-        let mut backoff = Backoff(BACKOFF_MIN);
-        loop {
-            match self.stream(&tx, &mut backoff).await {
-                Outcome::Stop => return,
-                Outcome::Reconnect => {}
-            }
-            tokio::select! {
-                _ = tx.closed() => return,
-                _ = backoff.wait() => {}
-            }
-        }
-    }
-
-    /// One etcd watch stream, from `self.next` until it breaks.
-    async fn stream(&mut self, tx: &mpsc::Sender<WatchEvent>, backoff: &mut Backoff) -> Outcome {
-        let opts = WatchOptions::new()
-            .with_range(prefix_end(&self.key))
-            .with_start_revision(self.next as i64);
-        let (member, mut client) = self.members.watch();
-        let mut stream = match client.watch(self.key.clone(), Some(opts)).await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(endpoints = %self.endpoints, member, error = %e, next = self.next, "etcd watch failed; reconnecting");
-                self.members.failed(member);
-                return Outcome::Reconnect;
-            }
-        };
-        loop {
-            let msg = tokio::select! {
-                _ = tx.closed() => return Outcome::Stop,
-                m = stream.message() => m,
-            };
-            let resp = match msg {
-                Ok(Some(r)) => r,
-                Ok(None) => {
-                    tracing::warn!(endpoints = %self.endpoints, member, next = self.next, "etcd watch ended; reconnecting");
-                    self.members.failed(member);
-                    return Outcome::Reconnect;
-                }
-                Err(e) => {
-                    tracing::warn!(endpoints = %self.endpoints, member, error = %e, next = self.next, "etcd watch broke; reconnecting");
-                    self.members.failed(member);
-                    return Outcome::Reconnect;
-                }
-            };
-            if resp.compact_revision() > 0 {
-                tracing::info!(
-                    next = self.next,
-                    compacted = resp.compact_revision(),
-                    "etcd compacted the watched history; relist"
-                );
-                let _ = tx.send(WatchEvent::Relist).await;
-                return Outcome::Stop;
-            }
-            if resp.canceled() {
-                tracing::warn!(endpoints = %self.endpoints, member, reason = resp.cancel_reason(), "etcd canceled the watch; reconnecting");
-                self.members.failed(member);
-                return Outcome::Reconnect;
-            }
-            if resp.created() {
-                *backoff = Backoff(BACKOFF_MIN);
-            }
-            // Group the events by revision: one transaction, one event.
-            let mut current: Option<(u64, Vec<Change>)> = None;
-            for ev in resp.events() {
-                let Some(kv) = ev.kv() else { continue };
-                let rev = kv.mod_revision() as u64;
-                if rev < self.next {
-                    continue;
-                }
-                let key = match key_str(self.strip, kv.key()) {
-                    Ok(k) => k,
-                    Err(e) => {
-                        tracing::warn!(error = %e, "skipping a watched key");
-                        continue;
-                    }
-                };
-                let change = Change {
-                    key,
-                    value: match ev.event_type() {
-                        EventType::Put => Some(kv.value().to_vec()),
-                        EventType::Delete => None,
-                    },
-                };
-                match &mut current {
-                    Some((r, changes)) if *r == rev => changes.push(change),
-                    _ => {
-                        if let Some((revision, changes)) = current.take()
-                            && !self.deliver(tx, revision, changes).await
-                        {
-                            return Outcome::Stop;
-                        }
-                        current = Some((rev, vec![change]));
-                    }
-                }
-            }
-            if let Some((revision, changes)) = current
-                && !self.deliver(tx, revision, changes).await
-            {
-                return Outcome::Stop;
-            }
-        }
-    }
-
-    async fn deliver(
-        &mut self,
-        tx: &mpsc::Sender<WatchEvent>,
-        revision: u64,
-        changes: Vec<Change>,
-    ) -> bool {
-        self.next = revision + 1;
-        tx.send(WatchEvent::Changes { revision, changes })
-            .await
-            .is_ok()
     }
 }
 
