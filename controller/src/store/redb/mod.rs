@@ -2,21 +2,18 @@
 //! Watches are served from memory: a broadcast of each commit, and the last
 //! few commits for watchers that start a little behind.
 
-use super::{
-    Change, Compare, Entry, Leadership, Listing, Op, Store, StoreError, Watch, WatchEvent,
-};
+mod watch;
+
+pub use watch::{WATCH_HISTORY_BYTES, WATCH_HISTORY_COMMITS};
+
+use super::{Change, Compare, Entry, Leadership, Listing, Op, Store, StoreError, Watch};
 use redb::{
     Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
 };
-use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
-use std::task::{Context, Poll};
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
-use tokio::sync::broadcast;
-use tokio_stream::Stream;
-use tokio_stream::wrappers::BroadcastStream;
-use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use watch::{Commit, History};
 
 /// key → (version, value)
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
@@ -72,29 +69,6 @@ struct State {
 pub const RESERVE_BYTES: u64 = 8 << 20;
 /// Free space, beyond the reserve, needed before writes resume.
 const RESUME_MARGIN: u64 = 4 << 20;
-
-/// Commits kept in memory for watchers that start behind the newest one.
-pub const WATCH_HISTORY_COMMITS: usize = 1024;
-/// ... and at most this many bytes of their keys and values.
-pub const WATCH_HISTORY_BYTES: usize = 16 << 20;
-
-/// One committed transaction, as watchers see it.
-#[derive(Debug)]
-struct Commit {
-    revision: u64,
-    changes: Vec<Change>,
-    bytes: usize,
-}
-
-/// What watchers need: the newest revision, recent commits, live commits.
-struct History {
-    /// The newest committed revision.
-    revision: u64,
-    /// Consecutive recent commits, oldest first, ending at `revision`.
-    recent: VecDeque<Arc<Commit>>,
-    bytes: usize,
-    live: broadcast::Sender<Arc<Commit>>,
-}
 
 /// The redb store. When the disk fills it gives up its reserve, reopens,
 /// serves reads and refuses writes (`StoreError::NoSpace`) until space is
@@ -189,12 +163,7 @@ impl RedbStore {
                 no_space,
                 last_reopen: None,
             }),
-            history: Mutex::new(History {
-                revision,
-                recent: VecDeque::new(),
-                bytes: 0,
-                live: broadcast::channel(WATCH_HISTORY_COMMITS).0,
-            }),
+            history: Mutex::new(History::new(revision)),
         })
     }
 
@@ -325,6 +294,11 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
+    fn watch(&self, prefix: &str, from_revision: u64) -> Result<Watch, StoreError> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(history.watch(prefix, from_revision))
+    }
+
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         self.read(|tx| {
             let table = tx.open_table(KV).map_err(classify)?;
@@ -413,39 +387,6 @@ impl Store for RedbStore {
     ) -> Result<Option<Leadership>, StoreError> {
         self.lead(key, holder)
     }
-
-    fn watch(&self, prefix: &str, from_revision: u64) -> Result<Watch, StoreError> {
-        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
-        let from = if from_revision == 0 {
-            history.revision + 1
-        } else {
-            from_revision
-        };
-        let oldest = history
-            .recent
-            .front()
-            .map_or(history.revision + 1, |c| c.revision);
-        let mut replay = VecDeque::new();
-        if from < oldest {
-            replay.push_back(WatchEvent::Relist);
-        } else {
-            replay.extend(
-                history
-                    .recent
-                    .iter()
-                    .filter(|c| c.revision >= from)
-                    .filter_map(|c| event(c, prefix)),
-            );
-        }
-        let done = from < oldest;
-        Ok(Box::pin(LocalWatch {
-            prefix: prefix.to_owned(),
-            from,
-            replay,
-            live: BroadcastStream::new(history.live.subscribe()),
-            done,
-        }))
-    }
 }
 
 impl RedbStore {
@@ -465,90 +406,6 @@ impl RedbStore {
             held,
             Box::new(tx),
         )))
-    }
-}
-
-impl History {
-    /// Makes a commit known to watchers, live and later ones.
-    fn publish(&mut self, commit: Commit) {
-        let commit = Arc::new(commit);
-        if self
-            .recent
-            .back()
-            .is_some_and(|c| c.revision + 1 != commit.revision)
-        {
-            // Not consecutive (cannot happen under the lock): start afresh.
-            self.recent.clear();
-            self.bytes = 0;
-        }
-        self.revision = commit.revision;
-        self.bytes += commit.bytes;
-        self.recent.push_back(commit.clone());
-        while self.recent.len() > WATCH_HISTORY_COMMITS || self.bytes > WATCH_HISTORY_BYTES {
-            if let Some(old) = self.recent.pop_front() {
-                self.bytes -= old.bytes;
-            }
-        }
-        // No receivers is fine: nobody watches.
-        let _ = self.live.send(commit);
-    }
-}
-
-/// The changes of `commit` under `prefix`, if any.
-fn event(commit: &Commit, prefix: &str) -> Option<WatchEvent> {
-    let changes: Vec<Change> = commit
-        .changes
-        .iter()
-        .filter(|c| c.key.starts_with(prefix))
-        .cloned()
-        .collect();
-    (!changes.is_empty()).then_some(WatchEvent::Changes {
-        revision: commit.revision,
-        changes,
-    })
-}
-
-/// A watch of the redb store: recent commits first, then live ones; a
-/// watcher that falls more than the broadcast's capacity behind is told to
-/// relist.
-struct LocalWatch {
-    prefix: String,
-    from: u64,
-    replay: VecDeque<WatchEvent>,
-    live: BroadcastStream<Arc<Commit>>,
-    done: bool,
-}
-
-impl Stream for LocalWatch {
-    type Item = WatchEvent;
-
-    fn poll_next(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<WatchEvent>> {
-        let this = &mut *self;
-        if let Some(e) = this.replay.pop_front() {
-            return Poll::Ready(Some(e));
-        }
-        if this.done {
-            return Poll::Ready(None);
-        }
-        loop {
-            match std::pin::Pin::new(&mut this.live).poll_next(cx) {
-                Poll::Pending => return Poll::Pending,
-                Poll::Ready(None) => return Poll::Ready(None),
-                Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(_)))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(WatchEvent::Relist));
-                }
-                Poll::Ready(Some(Ok(c))) if c.revision >= this.from => {
-                    if let Some(e) = event(&c, &this.prefix) {
-                        return Poll::Ready(Some(e));
-                    }
-                }
-                Poll::Ready(Some(Ok(_))) => {}
-            }
-        }
     }
 }
 
@@ -624,6 +481,7 @@ fn write(db: &Database, compares: &[Compare], ops: &[Op]) -> Result<Option<Commi
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::WatchEvent;
 
     fn store() -> (tempfile::TempDir, RedbStore) {
         let dir = tempfile::tempdir().unwrap();
