@@ -557,5 +557,7 @@ async fn a_leader_cut_off_from_etcd_steps_down_within_the_ttl() {
     cluster.signal(0, nix::sys::signal::Signal::SIGCONT);
     stepped_down.expect("a leader that cannot renew steps down");
     eprintln!("stepped down {after:?} after etcd froze (TTL {ttl:?})");
-    assert!(after <= ttl + Duration::from_millis(500), "{after:?}");
+    // It counts from the last renewal sent, so never later than etcd would
+    // expire the lease; the slack is for a loaded machine.
+    assert!(after <= ttl + Duration::from_secs(1), "{after:?}");
 }
