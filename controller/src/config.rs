@@ -49,7 +49,7 @@ pub enum StoreConfig {
     /// `ballast.redb` in the data dir: one controller (the default).
     #[default]
     Redb,
-    /// An etcd cluster shared by several controllers.
+    /// An etcd cluster, the fleet's keys under a prefix.
     Etcd(EtcdOptions),
 }
 
@@ -65,7 +65,7 @@ pub struct StoreSettings {
 }
 
 impl StoreSettings {
-    /// These settings where set, else `base`'s.
+    /// Each setting from `self` where given, else from `base`.
     pub fn or(self, base: StoreSettings) -> StoreSettings {
         StoreSettings {
             store: self.store.or(base.store),

@@ -178,7 +178,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Keep the fleet in etcd (`etcd://HOST:PORT[,HOST:PORT...]`) rather than
-    /// in `ballast.redb` in the data dir; several controllers may share it.
+    /// in `ballast.redb` in the data dir (for now one controller per prefix).
     #[arg(long, value_name = "etcd://HOST:PORT,...")]
     pub store: Option<String>,
     /// Key prefix in etcd, so that several fleets share one cluster (default /ballast/).
