@@ -35,6 +35,17 @@ case "${1:-start}" in
     *) echo "usage: $0 [start|stop|clean]" >&2; exit 2 ;;
 esac
 
+# The etcd client crate compiles etcd's protos with protoc at build time.
+if ! command -v protoc >/dev/null 2>&1; then
+    if [ "$(id -u)" -eq 0 ]; then
+        apt-get update -q >/dev/null
+        apt-get install -y -q protobuf-compiler >/dev/null
+    else
+        echo "error: protoc is needed to build; install it with: sudo apt-get install protobuf-compiler" >&2
+        exit 1
+    fi
+fi
+
 echo "== building (release)"
 cargo build --release --locked -p ballast-controller -p ballast-agent
 

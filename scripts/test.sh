@@ -14,15 +14,24 @@ if ! command -v cargo >/dev/null 2>&1; then
 fi
 
 if [ "$(id -u)" -eq 0 ]; then
-    step "tools for real-node tests (debootstrap, systemd-nspawn, dpkg-dev, shellcheck) and the cached node root"
-    if ! command -v shellcheck >/dev/null 2>&1; then
+    step "tools for real-node tests (debootstrap, systemd-nspawn, dpkg-dev, shellcheck), etcd, protoc, and the cached node root"
+    if ! command -v shellcheck >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1 \
+        || ! command -v etcdctl >/dev/null 2>&1 || ! command -v protoc >/dev/null 2>&1; then
         apt-get update -q >/dev/null
-        apt-get install -y -q shellcheck >/dev/null
+        # etcd-server/etcd-client: the real etcd the store tests run against;
+        # protobuf-compiler: the etcd-client crate compiles etcd's protos with protoc.
+        apt-get install -y -q shellcheck etcd-server etcd-client protobuf-compiler >/dev/null
     fi
     scripts/node-root.sh
     export BALLAST_NODE_TESTS=1
 else
     echo "note: not root, so the real-node tests are skipped (they need debootstrap and systemd-nspawn)"
+    if ! command -v protoc >/dev/null 2>&1; then
+        echo "error: protoc is not installed; the etcd client needs it to build: apt-get install protobuf-compiler" >&2
+        exit 1
+    fi
+    command -v etcd >/dev/null 2>&1 \
+        || echo "note: etcd is not installed, so the etcd store tests are skipped (apt-get install etcd-server etcd-client)"
 fi
 
 step "house rules: formatting and lints (cargo fmt --check, clippy -D warnings)"

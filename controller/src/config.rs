@@ -4,6 +4,7 @@
 //! machine; flags beat the config file, which beats these defaults.
 
 use crate::listener::ConnLimits;
+use crate::store::{DEFAULT_PREFIX, EtcdOptions, EtcdTls};
 use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -42,6 +43,76 @@ fn nix_is_root() -> bool {
         .unwrap_or(false)
 }
 
+/// Where the fleet's state lives.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum StoreConfig {
+    /// `ballast.redb` in the data dir: one controller (the default).
+    #[default]
+    Redb,
+    /// An etcd cluster, the fleet's keys under a prefix.
+    Etcd(EtcdOptions),
+}
+
+/// The raw store settings, from flags or the config file.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StoreSettings {
+    /// `etcd://HOST:PORT[,HOST:PORT...]`; none means redb.
+    pub store: Option<String>,
+    pub prefix: Option<String>,
+    pub etcd_ca: Option<PathBuf>,
+    pub etcd_cert: Option<PathBuf>,
+    pub etcd_key: Option<PathBuf>,
+}
+
+impl StoreSettings {
+    /// Each setting from `self` where given, else from `base`.
+    pub fn or(self, base: StoreSettings) -> StoreSettings {
+        StoreSettings {
+            store: self.store.or(base.store),
+            prefix: self.prefix.or(base.prefix),
+            etcd_ca: self.etcd_ca.or(base.etcd_ca),
+            etcd_cert: self.etcd_cert.or(base.etcd_cert),
+            etcd_key: self.etcd_key.or(base.etcd_key),
+        }
+    }
+
+    /// Checks the settings and says which store to open.
+    pub fn resolve(self) -> Result<StoreConfig, String> {
+        let Some(url) = self.store else {
+            if self.prefix.is_some()
+                || self.etcd_ca.is_some()
+                || self.etcd_cert.is_some()
+                || self.etcd_key.is_some()
+            {
+                return Err(
+                    "--store-prefix and --etcd-ca/--etcd-cert/--etcd-key apply to an etcd store; add --store etcd://HOST:PORT"
+                        .into(),
+                );
+            }
+            return Ok(StoreConfig::Redb);
+        };
+        let mut opts = EtcdOptions::from_url(&url)?;
+        let prefix = self.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_owned());
+        if !prefix.starts_with('/') || !prefix.ends_with('/') || prefix.len() > 256 {
+            return Err(format!(
+                "store prefix {prefix:?}: expected a path that starts and ends with `/`, such as /ballast/ or /fleets/eu/ (at most 256 bytes)"
+            ));
+        }
+        opts.prefix = prefix;
+        if self.etcd_cert.is_some() != self.etcd_key.is_some() {
+            return Err("--etcd-cert and --etcd-key go together: give both or neither".into());
+        }
+        if self.etcd_ca.is_some() || self.etcd_cert.is_some() {
+            opts.tls = Some(EtcdTls {
+                ca: self.etcd_ca,
+                cert: self.etcd_cert,
+                key: self.etcd_key,
+            });
+        }
+        Ok(StoreConfig::Etcd(opts))
+    }
+}
+
 /// Settings of `ballast serve` after flags, file and defaults are merged.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
@@ -54,6 +125,8 @@ pub struct ServeConfig {
     pub agent_binary: Option<PathBuf>,
     /// Timeouts and caps at the accept boundary.
     pub connections: ConnLimits,
+    /// redb in the data dir, or etcd.
+    pub store: StoreConfig,
 }
 
 impl ServeConfig {
@@ -67,6 +140,7 @@ impl ServeConfig {
             stale_after: DEFAULT_STALE_AFTER,
             agent_binary: None,
             connections: ConnLimits::default(),
+            store: StoreConfig::Redb,
         }
     }
 }
@@ -82,6 +156,7 @@ pub struct FileConfig {
     pub idle_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
     pub max_connections_per_address: Option<usize>,
+    pub store: StoreSettings,
 }
 
 impl FileConfig {
@@ -102,7 +177,7 @@ impl FileConfig {
     }
 }
 
-const KEYS: &str = "listen, data_dir, advertise, stale_after, handshake_timeout, idle_timeout, max_connections, max_connections_per_address";
+const KEYS: &str = "listen, data_dir, advertise, stale_after, handshake_timeout, idle_timeout, max_connections, max_connections_per_address, store, store_prefix, etcd_ca, etcd_cert, etcd_key";
 
 fn duration(n: usize, key: &str, value: &str) -> Result<Duration, String> {
     ballast_proto::parse_duration(value).map_err(|e| format!("{n}: {key}: {e}"))
@@ -120,7 +195,8 @@ fn count(n: usize, key: &str, value: &str) -> Result<usize, String> {
 /// Reads a config file of flat `key: value` lines (YAML subset):
 /// `listen`, `data_dir`, `advertise` (comma separated), `stale_after`, and the
 /// connection limits `handshake_timeout`, `idle_timeout` (durations),
-/// `max_connections`, `max_connections_per_address` (counts).
+/// `max_connections`, `max_connections_per_address` (counts), and the store:
+/// `store` (`etcd://HOST:PORT,...`), `store_prefix`, `etcd_ca`, `etcd_cert`, `etcd_key`.
 pub fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read config file {}", path.display()))?;
@@ -166,6 +242,14 @@ fn parse_file_config(text: &str) -> Result<FileConfig, String> {
             "max_connections_per_address" => {
                 cfg.max_connections_per_address = Some(count(n, key, value)?)
             }
+            "store" => {
+                EtcdOptions::from_url(value).map_err(|e| format!("{n}: store: {e}"))?;
+                cfg.store.store = Some(value.to_owned())
+            }
+            "store_prefix" => cfg.store.prefix = Some(value.to_owned()),
+            "etcd_ca" => cfg.store.etcd_ca = Some(PathBuf::from(value)),
+            "etcd_cert" => cfg.store.etcd_cert = Some(PathBuf::from(value)),
+            "etcd_key" => cfg.store.etcd_key = Some(PathBuf::from(value)),
             other => {
                 return Err(format!("{n}: unknown key `{other}`; allowed: {KEYS}"));
             }
@@ -191,6 +275,50 @@ mod tests {
         .unwrap();
         assert_eq!(ok.advertise, vec!["ctl.example", "10.0.0.1"]);
         assert_eq!(ok.stale_after, Some(Duration::from_secs(120)));
+    }
+
+    #[test]
+    fn the_store_comes_from_flags_over_the_config_file() {
+        let file = parse_file_config(
+            "store: etcd://10.0.0.1:2379,10.0.0.2:2379\nstore_prefix: /eu/\netcd_ca: /etc/ca.pem\n",
+        )
+        .unwrap();
+        let flags = StoreSettings {
+            prefix: Some("/us/".into()),
+            ..StoreSettings::default()
+        };
+        let StoreConfig::Etcd(o) = flags.or(file.store).resolve().unwrap() else {
+            panic!("etcd expected");
+        };
+        assert_eq!(o.endpoints, ["10.0.0.1:2379", "10.0.0.2:2379"]);
+        assert_eq!(o.prefix, "/us/");
+        assert_eq!(o.tls.unwrap().ca, Some(PathBuf::from("/etc/ca.pem")));
+        assert_eq!(StoreSettings::default().resolve(), Ok(StoreConfig::Redb));
+        assert_eq!(
+            parse_file_config("store: redis://x:1\n").unwrap_err(),
+            "1: store: store \"redis://x:1\": expected etcd://HOST:PORT[,HOST:PORT...] (or no --store for the local redb file)"
+        );
+        let no_store = StoreSettings {
+            etcd_ca: Some("/ca.pem".into()),
+            ..StoreSettings::default()
+        };
+        assert!(
+            no_store
+                .resolve()
+                .unwrap_err()
+                .contains("add --store etcd://")
+        );
+        let bad_prefix = StoreSettings {
+            store: Some("etcd://a:1".into()),
+            prefix: Some("ballast".into()),
+            ..StoreSettings::default()
+        };
+        assert!(
+            bad_prefix
+                .resolve()
+                .unwrap_err()
+                .starts_with("store prefix \"ballast\"")
+        );
     }
 
     #[test]

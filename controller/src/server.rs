@@ -5,10 +5,10 @@ use crate::api::Api;
 use crate::authz::AuthzLayer;
 use crate::bootstrap;
 use crate::ca::Ca;
-use crate::config::ServeConfig;
+use crate::config::{ServeConfig, StoreConfig};
 use crate::fleet::Fleet;
 use crate::listener::Incoming;
-use crate::store::RedbStore;
+use crate::store::{EtcdStore, RedbStore, Store};
 use anyhow::Context;
 use ballast_proto::{MAX_MESSAGE_BYTES, pb};
 use std::net::SocketAddr;
@@ -72,10 +72,24 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         .ensure_server_cert(&pki, &cfg.advertise)
         .context("server certificate")?;
     ca.ensure_admin_cert(&pki).context("admin certificate")?;
-    let store_path = cfg.data_dir.join("ballast.redb");
-    let store = RedbStore::open(&store_path)
-        .with_context(|| format!("open store {}", store_path.display()))?;
-    let fleet = Fleet::open(Arc::new(store), cfg.stale_after).context("load fleet state")?;
+    let store: Arc<dyn Store> = match &cfg.store {
+        StoreConfig::Redb => {
+            let path = cfg.data_dir.join("ballast.redb");
+            Arc::new(
+                RedbStore::open(&path).with_context(|| format!("open store {}", path.display()))?,
+            )
+        }
+        StoreConfig::Etcd(opts) => {
+            let opts = opts.clone();
+            // Connecting waits on the network: off the async threads.
+            let store = tokio::task::spawn_blocking(move || EtcdStore::connect(&opts))
+                .await
+                .context("connect to the etcd store")?
+                .context("connect to the etcd store")?;
+            Arc::new(store)
+        }
+    };
+    let fleet = Fleet::open(store, cfg.stale_after).context("load fleet state")?;
     let fingerprint = ca.fingerprint();
     let ca = Arc::new(ca);
 

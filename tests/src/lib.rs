@@ -341,6 +341,8 @@ pub struct ControllerProcess {
     pub fingerprint: String,
     data: PathBuf,
     config: PathBuf,
+    /// Flags after `serve --config FILE`.
+    args: Vec<String>,
     child: Option<std::process::Child>,
 }
 
@@ -354,6 +356,20 @@ impl ControllerProcess {
     /// Like [`ControllerProcess::start`], with the data dir at `data_dir`
     /// (default: inside the process's temp dir).
     pub async fn start_at(data_dir: Option<&Path>, extra_config: &str) -> ControllerProcess {
+        Self::start_full(data_dir, extra_config, &[]).await
+    }
+
+    /// Like [`ControllerProcess::start`], with `args` after `serve --config FILE`
+    /// (e.g. `--store etcd://...`).
+    pub async fn start_with_args(extra_config: &str, args: &[&str]) -> ControllerProcess {
+        Self::start_full(None, extra_config, args).await
+    }
+
+    async fn start_full(
+        data_dir: Option<&Path>,
+        extra_config: &str,
+        args: &[&str],
+    ) -> ControllerProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let config = dir.path().join("controller.yaml");
@@ -374,6 +390,7 @@ impl ControllerProcess {
             fingerprint: String::new(),
             data,
             config,
+            args: args.iter().map(|a| a.to_string()).collect(),
             child: None,
         };
         c.restart().await;
@@ -418,6 +435,7 @@ impl ControllerProcess {
             .arg("serve")
             .arg("--config")
             .arg(&self.config)
+            .args(&self.args)
             .env("RUST_LOG", "warn")
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -557,4 +575,5 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+pub mod etcd;
 pub mod node;

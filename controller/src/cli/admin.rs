@@ -124,7 +124,16 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
         )?),
         None => None,
     };
+    let flags = config::StoreSettings {
+        store: args.store,
+        prefix: args.store_prefix,
+        etcd_ca: args.etcd_ca,
+        etcd_cert: args.etcd_cert,
+        etcd_key: args.etcd_key,
+    };
+    let mut store = flags;
     if let Some(f) = file {
+        store = store.or(f.store.clone());
         f.merge_connections(&mut cfg.connections);
         cfg.listen = f.listen.unwrap_or(cfg.listen);
         cfg.data_dir = f.data_dir.unwrap_or(cfg.data_dir);
@@ -136,6 +145,7 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
     cfg.advertise.extend(args.advertise);
     cfg.stale_after = args.stale_after.unwrap_or(cfg.stale_after);
     cfg.agent_binary = args.agent_binary;
+    cfg.store = store.resolve().map_err(anyhow::Error::msg)?;
     Ok(cfg)
 }
 

@@ -177,6 +177,22 @@ pub struct ServeArgs {
     /// Config file (`key: value` lines); default /etc/ballast/controller.yaml when present.
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Keep the fleet in etcd (`etcd://HOST:PORT[,HOST:PORT...]`) rather than
+    /// in `ballast.redb` in the data dir (for now one controller per prefix).
+    #[arg(long, value_name = "etcd://HOST:PORT,...")]
+    pub store: Option<String>,
+    /// Key prefix in etcd, so that several fleets share one cluster (default /ballast/).
+    #[arg(long)]
+    pub store_prefix: Option<String>,
+    /// CA certificate (PEM) that signed the etcd members' certificates.
+    #[arg(long)]
+    pub etcd_ca: Option<PathBuf>,
+    /// Client certificate (PEM) to present to etcd; needs --etcd-key.
+    #[arg(long)]
+    pub etcd_cert: Option<PathBuf>,
+    /// Private key (PEM) of --etcd-cert.
+    #[arg(long)]
+    pub etcd_key: Option<PathBuf>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -15,3 +15,5 @@ mod fleet_hardening;
 mod nodes;
 mod packaging;
 mod security;
+mod store;
+mod store_etcd;

@@ -1,53 +1,19 @@
-//! The only module that knows the storage engine: a small etcd-shaped `Store`
-//! trait (get, list by prefix, compare-and-swap transactions) and its redb backend.
+//! The redb backend of [`Store`]: one file in the data dir, one controller.
+//! Watches are served from memory: a broadcast of each commit, and the last
+//! few commits for watchers that start a little behind.
 
+mod watch;
+
+pub use watch::{WATCH_HISTORY_BYTES, WATCH_HISTORY_COMMITS};
+
+use super::{Change, Compare, Entry, Leadership, Listing, Op, Store, StoreError, Watch};
 use redb::{
     Database, ReadOnlyDatabase, ReadTransaction, ReadableDatabase, ReadableTable, TableDefinition,
 };
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Mutex, RwLock};
 use std::time::{Duration, Instant};
-
-/// A stored value and the store revision of its last modification (> 0).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Entry {
-    pub value: Vec<u8>,
-    pub version: u64,
-}
-
-/// A precondition of a transaction.
-#[derive(Debug, Clone)]
-pub enum Compare {
-    Absent(String),
-    Version(String, u64),
-}
-
-#[derive(Debug, Clone)]
-pub enum Op {
-    Put(String, Vec<u8>),
-    Delete(String),
-}
-
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("store engine: {0}")]
-    Engine(String),
-    /// The data dir's filesystem is full: writes fail until space is freed;
-    /// reads are still served.
-    #[error(
-        "no space left on the controller's data dir ({0}); free space there, writes resume by themselves"
-    )]
-    NoSpace(String),
-}
-
-pub trait Store: Send + Sync + 'static {
-    fn get(&self, key: &str) -> Result<Option<Entry>, StoreError>;
-    /// Every key starting with `prefix`, sorted by key.
-    fn list(&self, prefix: &str) -> Result<Vec<(String, Entry)>, StoreError>;
-    /// Applies `ops` atomically iff every compare holds; `Ok(false)` when one
-    /// does not (nothing written). `Ok(true)` only once the commit is durable.
-    fn txn(&self, compares: &[Compare], ops: &[Op]) -> Result<bool, StoreError>;
-}
+use watch::{Commit, History};
 
 /// key → (version, value)
 const KV: TableDefinition<&str, (u64, &[u8])> = TableDefinition::new("kv");
@@ -111,6 +77,19 @@ pub struct RedbStore {
     path: PathBuf,
     reserve: PathBuf,
     state: RwLock<State>,
+    /// Held across each write and its publication, so that watchers see
+    /// commits in revision order (redb serialises writers anyway).
+    history: Mutex<History>,
+}
+
+fn revision_of(db: &Database) -> Result<u64, Failure> {
+    let tx = db.begin_read().map_err(classify)?;
+    let meta = tx.open_table(META).map_err(classify)?;
+    Ok(meta
+        .get("revision")
+        .map_err(classify)?
+        .map(|v| v.value())
+        .unwrap_or(0))
 }
 
 fn open_writable(path: &Path) -> Result<Database, Failure> {
@@ -171,6 +150,10 @@ impl RedbStore {
                 true
             }
         };
+        let revision = revision_of(&db).map_err(|f| match f {
+            Failure::Io { message, .. } | Failure::Other(message) => StoreError::Engine(message),
+            Failure::ReadOnly => StoreError::Engine("read-only".into()),
+        })?;
         Ok(RedbStore {
             path: path.to_owned(),
             reserve,
@@ -180,6 +163,7 @@ impl RedbStore {
                 no_space,
                 last_reopen: None,
             }),
+            history: Mutex::new(History::new(revision)),
         })
     }
 
@@ -310,6 +294,11 @@ impl RedbStore {
 }
 
 impl Store for RedbStore {
+    fn watch(&self, prefix: &str, from_revision: u64) -> Result<Watch, StoreError> {
+        let history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(history.watch(prefix, from_revision))
+    }
+
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         self.read(|tx| {
             let table = tx.open_table(KV).map_err(classify)?;
@@ -323,10 +312,16 @@ impl Store for RedbStore {
         })
     }
 
-    fn list(&self, prefix: &str) -> Result<Vec<(String, Entry)>, StoreError> {
+    fn list_at(&self, prefix: &str) -> Result<Listing, StoreError> {
         self.read(|tx| {
+            let meta = tx.open_table(META).map_err(classify)?;
+            let revision = meta
+                .get("revision")
+                .map_err(classify)?
+                .map(|v| v.value())
+                .unwrap_or(0);
             let table = tx.open_table(KV).map_err(classify)?;
-            let mut out = Vec::new();
+            let mut entries = Vec::new();
             for item in table.range(prefix..).map_err(classify)? {
                 let (k, v) = item.map_err(classify)?;
                 let key = k.value();
@@ -334,7 +329,7 @@ impl Store for RedbStore {
                     break;
                 }
                 let (version, value) = v.value();
-                out.push((
+                entries.push((
                     key.to_owned(),
                     Entry {
                         value: value.to_vec(),
@@ -342,7 +337,7 @@ impl Store for RedbStore {
                     },
                 ));
             }
-            Ok(out)
+            Ok(Listing { revision, entries })
         })
     }
 
@@ -372,19 +367,56 @@ impl Store for RedbStore {
             self.reopen(seen, None);
         }
         // A failed write is not retried: the caller hears of it.
-        self.with_handle(false, |h| match h {
+        let mut history = self.history.lock().unwrap_or_else(|p| p.into_inner());
+        let commit = self.with_handle(false, |h| match h {
             Handle::Writable(db) => write(db, compares, ops),
             Handle::ReadOnly(_) => Err(Failure::ReadOnly),
-        })
+        })?;
+        let Some(commit) = commit else {
+            return Ok(false);
+        };
+        history.publish(commit);
+        Ok(true)
+    }
+
+    fn try_lead(
+        &self,
+        key: &str,
+        holder: &str,
+        _ttl: Duration,
+    ) -> Result<Option<Leadership>, StoreError> {
+        self.lead(key, holder)
+    }
+}
+
+impl RedbStore {
+    /// One process owns the file, so leadership is always granted: the key
+    /// is overwritten, which fences any earlier holder in this process.
+    fn lead(&self, key: &str, holder: &str) -> Result<Option<Leadership>, StoreError> {
+        self.txn(&[], &[Op::Put(key.to_owned(), holder.as_bytes().to_vec())])?;
+        let version = self
+            .get(key)?
+            .map(|e| e.version)
+            .ok_or_else(|| StoreError::Engine(format!("leader key {key} vanished")))?;
+        // Held for as long as the value lives: nothing expires in one process.
+        let (tx, held) = tokio::sync::watch::channel(true);
+        Ok(Some(Leadership::new(
+            key.to_owned(),
+            version,
+            held,
+            Box::new(tx),
+        )))
     }
 }
 
 /// One compare-and-swap write transaction; commits with Durability::Immediate
 /// (the default) and quick repair, so a crash needs no long repair and the
 /// file can be opened read-only after one.
-fn write(db: &Database, compares: &[Compare], ops: &[Op]) -> Result<bool, Failure> {
+/// Returns the commit, or `None` when a compare failed (nothing written).
+fn write(db: &Database, compares: &[Compare], ops: &[Op]) -> Result<Option<Commit>, Failure> {
     let mut tx = db.begin_write().map_err(classify)?;
     tx.set_quick_repair(true);
+    let commit;
     {
         let mut table = tx.open_table(KV).map_err(classify)?;
         for c in compares {
@@ -399,7 +431,7 @@ fn write(db: &Database, compares: &[Compare], ops: &[Op]) -> Result<bool, Failur
                 }
             };
             if !holds {
-                return Ok(false);
+                return Ok(None);
             }
         }
         let mut meta = tx.open_table(META).map_err(classify)?;
@@ -410,27 +442,46 @@ fn write(db: &Database, compares: &[Compare], ops: &[Op]) -> Result<bool, Failur
             .unwrap_or(0)
             + 1;
         meta.insert("revision", revision).map_err(classify)?;
+        let mut changes = Vec::with_capacity(ops.len());
+        let mut bytes = 0;
         for op in ops {
             match op {
                 Op::Put(k, v) => {
                     table
                         .insert(k.as_str(), (revision, v.as_slice()))
                         .map_err(classify)?;
+                    bytes += k.len() + v.len();
+                    changes.push(Change {
+                        key: k.clone(),
+                        value: Some(v.clone()),
+                    });
                 }
                 Op::Delete(k) => {
-                    table.remove(k.as_str()).map_err(classify)?;
+                    // Deleting an absent key changes nothing (as in etcd).
+                    if table.remove(k.as_str()).map_err(classify)?.is_some() {
+                        bytes += k.len();
+                        changes.push(Change {
+                            key: k.clone(),
+                            value: None,
+                        });
+                    }
                 }
             }
         }
+        commit = Commit {
+            revision,
+            changes,
+            bytes,
+        };
     }
     tx.commit().map_err(classify)?;
-    Ok(true)
+    Ok(Some(commit))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::Arc;
+    use crate::store::WatchEvent;
 
     fn store() -> (tempfile::TempDir, RedbStore) {
         let dir = tempfile::tempdir().unwrap();
@@ -438,65 +489,76 @@ mod tests {
         (dir, s)
     }
 
-    #[test]
-    fn compare_and_swap_writes_only_when_every_compare_holds() {
+    fn put(s: &RedbStore, k: &str, v: Vec<u8>) {
+        assert!(s.txn(&[], &[Op::Put(k.into(), v)]).unwrap());
+    }
+
+    #[tokio::test]
+    async fn a_watch_from_before_the_kept_history_is_told_to_relist() {
+        use tokio_stream::StreamExt;
         let (_d, s) = store();
-        assert!(
-            s.txn(
-                &[Compare::Absent("a".into())],
-                &[Op::Put("a".into(), b"1".to_vec())]
-            )
-            .unwrap()
+        put(&s, "w/first", b"1".to_vec());
+        let first = s.get("w/first").unwrap().unwrap().version;
+        // Push the first commit out of the kept history by its byte bound.
+        let big = vec![0u8; 1 << 20];
+        for i in 0..WATCH_HISTORY_BYTES / big.len() + 1 {
+            put(&s, &format!("big/{i}"), big.clone());
+        }
+        let mut w = s.watch("w/", first).unwrap();
+        assert_eq!(w.next().await, Some(WatchEvent::Relist));
+        assert_eq!(w.next().await, None, "the watch ends after relist");
+        // From a revision still kept: replayed, then live.
+        let now = s.list_at("w/").unwrap().revision;
+        let mut w = s.watch("w/", now).unwrap();
+        put(&s, "w/second", b"2".to_vec());
+        assert_eq!(
+            w.next().await,
+            Some(WatchEvent::Changes {
+                revision: now + 1,
+                changes: vec![Change {
+                    key: "w/second".into(),
+                    value: Some(b"2".to_vec())
+                }]
+            })
         );
-        let v1 = s.get("a").unwrap().unwrap();
-        assert_eq!(v1.value, b"1");
-        assert!(
-            !s.txn(
-                &[Compare::Absent("a".into())],
-                &[Op::Put("a".into(), b"2".to_vec())]
-            )
-            .unwrap(),
-            "absent fails"
-        );
-        assert!(
-            !s.txn(
-                &[Compare::Version("a".into(), v1.version + 7)],
-                &[Op::Put("b".into(), b"x".to_vec())]
-            )
-            .unwrap(),
-            "wrong version fails"
-        );
-        assert!(
-            s.get("b").unwrap().is_none(),
-            "a failed compare writes nothing"
-        );
-        assert!(
-            s.txn(
-                &[Compare::Version("a".into(), v1.version)],
-                &[Op::Put("a".into(), b"2".to_vec()), Op::Delete("zz".into())]
-            )
-            .unwrap()
-        );
-        let v2 = s.get("a").unwrap().unwrap();
-        assert!(v2.version > v1.version);
-        assert!(s.txn(&[], &[Op::Delete("a".into())]).unwrap());
-        assert!(s.get("a").unwrap().is_none());
     }
 
     #[test]
-    fn list_returns_one_prefix_sorted() {
+    fn a_second_leader_fences_the_first() {
         let (_d, s) = store();
-        for k in ["nodes/b", "nodes/a", "nodesx", "node", "revisions/1"] {
-            s.txn(&[], &[Op::Put(k.into(), k.as_bytes().to_vec())])
-                .unwrap();
-        }
-        let keys: Vec<String> = s
-            .list("nodes/")
+        let first = s
+            .try_lead("leader", "a", Duration::from_secs(2))
             .unwrap()
-            .into_iter()
-            .map(|(k, _)| k)
-            .collect();
-        assert_eq!(keys, ["nodes/a", "nodes/b"]);
+            .unwrap();
+        assert!(first.is_held());
+        assert!(
+            s.txn(&[first.fence()], &[Op::Put("job".into(), vec![1])])
+                .unwrap()
+        );
+        let second = s
+            .try_lead("leader", "b", Duration::from_secs(2))
+            .unwrap()
+            .unwrap();
+        assert!(
+            !s.txn(&[first.fence()], &[Op::Put("job".into(), vec![2])])
+                .unwrap()
+        );
+        assert!(
+            s.txn(&[second.fence()], &[Op::Put("job".into(), vec![3])])
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_watcher_that_falls_behind_is_told_to_relist() {
+        use tokio_stream::StreamExt;
+        let (_d, s) = store();
+        let mut w = s.watch("", 0).unwrap();
+        for i in 0..WATCH_HISTORY_COMMITS + 2 {
+            put(&s, &format!("k/{i}"), vec![]);
+        }
+        assert_eq!(w.next().await, Some(WatchEvent::Relist));
+        assert_eq!(w.next().await, None);
     }
 
     #[test]
@@ -608,27 +670,5 @@ mod tests {
         for k in &acked {
             assert_eq!(s.get(k).unwrap().unwrap().value, value, "{k} survives");
         }
-    }
-
-    #[test]
-    fn exactly_one_of_many_racing_creators_wins() {
-        let (_d, s) = store();
-        let s = Arc::new(s);
-        let winners: usize = (0..8)
-            .map(|i| {
-                let s = s.clone();
-                std::thread::spawn(move || {
-                    s.txn(
-                        &[Compare::Absent("token".into())],
-                        &[Op::Put("token".into(), vec![i])],
-                    )
-                    .unwrap()
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| usize::from(h.join().unwrap()))
-            .sum();
-        assert_eq!(winners, 1);
     }
 }

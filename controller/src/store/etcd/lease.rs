@@ -1,0 +1,203 @@
+//! Leadership on etcd: the leader key is created on a lease, and a task
+//! keeps the lease alive, reconnecting to the next member when its stream
+//! breaks. It gives leadership up when a renewal could not be confirmed
+//! within the lease's TTL (counted from when the renewal was sent, so the
+//! holder thinks itself deposed no later than etcd does), or when etcd says
+//! the lease is gone.
+
+use super::{BACKOFF_MIN, Backoff, EtcdStore, Members, member_fault, never_sent, unavailable};
+use crate::store::{Leadership, StoreError};
+use etcd_client::{CompareOp, PutOptions, Txn, TxnOp};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+/// The shortest lease etcd grants with the default election timeout.
+pub const MIN_LEADER_TTL: Duration = Duration::from_secs(2);
+
+impl EtcdStore {
+    pub(super) fn lead(
+        &self,
+        key: &str,
+        holder: &str,
+        ttl: Duration,
+    ) -> Result<Option<Leadership>, StoreError> {
+        let ttl = ttl.max(MIN_LEADER_TTL);
+        let started = Instant::now();
+        let seconds = ttl.as_secs_f64().ceil() as i64;
+        let lease = self
+            .on_members(
+                Members::lease,
+                move |mut l| async move { l.grant(seconds, None).await },
+                unavailable,
+            )
+            .map_err(|e| self.error("grant a lease", e))?;
+        let id = lease.id();
+        let full = self.full(key);
+        let txn = Txn::new()
+            .when([etcd_client::Compare::create_revision(
+                full.clone(),
+                CompareOp::Equal,
+                0,
+            )])
+            .and_then([TxnOp::put(
+                full,
+                holder.as_bytes().to_vec(),
+                Some(PutOptions::new().with_lease(id)),
+            )]);
+        let created = self.on_members(
+            Members::kv,
+            |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            },
+            never_sent,
+        );
+        let resp = match created {
+            Ok(r) if r.succeeded() => r,
+            other => {
+                // Someone else leads, or it failed: give the lease back.
+                let _ = self.on_members(
+                    Members::lease,
+                    move |mut l| async move { l.revoke(id).await },
+                    unavailable,
+                );
+                return match other {
+                    Ok(_) => Ok(None),
+                    Err(e) => Err(self.error("take the leader key", e)),
+                };
+            }
+        };
+        let version = resp.header().map_or(0, |h| h.revision()) as u64;
+        let (held_tx, held) = watch::channel(true);
+        let (resign, resigned) = oneshot::channel();
+        let keeper = Keeper {
+            members: self.members.clone(),
+            id,
+            ttl,
+            last_renewed: started,
+            key: key.to_owned(),
+        };
+        self.runtime().spawn(keeper.run(held_tx, resigned));
+        Ok(Some(Leadership::new(
+            key.to_owned(),
+            version,
+            held,
+            Box::new(resign),
+        )))
+    }
+}
+
+/// Keeps one lease alive.
+struct Keeper {
+    members: Arc<Members>,
+    id: i64,
+    ttl: Duration,
+    /// When the last confirmed renewal was sent.
+    last_renewed: Instant,
+    key: String,
+}
+
+enum Step {
+    /// The lease is gone, or could not be renewed in time.
+    Lost,
+    /// The leadership was dropped: revoke the lease.
+    Resign,
+    /// The stream broke: connect again.
+    Reconnect,
+}
+
+impl Keeper {
+    async fn run(mut self, held: watch::Sender<bool>, mut resigned: oneshot::Receiver<()>) {
+        let mut backoff = Backoff(BACKOFF_MIN);
+        loop {
+            let step = tokio::select! {
+                s = self.stream(&mut backoff) => s,
+                _ = &mut resigned => Step::Resign,
+            };
+            match step {
+                Step::Reconnect => {
+                    tokio::select! {
+                        _ = backoff.wait() => {}
+                        _ = &mut resigned => return self.resign(held).await,
+                    }
+                    if self.expired() {
+                        return self.lost(held);
+                    }
+                }
+                Step::Lost => return self.lost(held),
+                Step::Resign => return self.resign(held).await,
+            }
+        }
+    }
+
+    /// Past the TTL with no renewal confirmed: etcd may have expired the
+    /// lease and elected someone else.
+    fn expired(&self) -> bool {
+        Instant::now() >= self.last_renewed + self.ttl
+    }
+
+    fn lost(&self, held: watch::Sender<bool>) {
+        tracing::warn!(key = %self.key, lease = self.id, "leadership lost");
+        let _ = held.send(false);
+    }
+
+    async fn resign(&self, held: watch::Sender<bool>) {
+        let _ = held.send(false);
+        let (_, mut lease) = self.members.lease();
+        // Best effort: the lease expires by itself otherwise.
+        let _ = tokio::time::timeout(Duration::from_secs(2), lease.revoke(self.id)).await;
+    }
+
+    /// Renews every third of the TTL over one keep-alive stream until it
+    /// breaks (`Reconnect`) or etcd says the lease is gone (`Lost`).
+    async fn stream(&mut self, backoff: &mut Backoff) -> Step {
+        let (member, mut lease) = self.members.lease();
+        let deadline = self.last_renewed + self.ttl;
+        let opened = tokio::time::timeout_at(deadline, lease.keep_alive(self.id)).await;
+        let Ok(opened) = opened else {
+            return Step::Lost;
+        };
+        let (mut keeper, mut stream) = match opened {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(key = %self.key, member, error = %e, "lease keep-alive failed; reconnecting");
+                if member_fault(&e) {
+                    self.members.failed(member);
+                }
+                return Step::Reconnect;
+            }
+        };
+        loop {
+            let sent = Instant::now();
+            if let Err(e) = keeper.keep_alive().await {
+                tracing::warn!(key = %self.key, member, error = %e, "lease keep-alive broke; reconnecting");
+                self.members.failed(member);
+                return Step::Reconnect;
+            }
+            match tokio::time::timeout(self.ttl / 3, stream.message()).await {
+                Ok(Ok(Some(r))) if r.ttl() > 0 => {
+                    self.last_renewed = sent;
+                    *backoff = Backoff(BACKOFF_MIN);
+                }
+                Ok(Ok(Some(_))) => return Step::Lost,
+                other => {
+                    let error = match other {
+                        Ok(Err(e)) => e.to_string(),
+                        Ok(Ok(None)) => "stream ended".into(),
+                        _ => "no answer in time".into(),
+                    };
+                    tracing::warn!(key = %self.key, member, %error, "lease keep-alive broke; reconnecting");
+                    self.members.failed(member);
+                    return if self.expired() {
+                        Step::Lost
+                    } else {
+                        Step::Reconnect
+                    };
+                }
+            }
+            tokio::time::sleep(self.ttl / 3).await;
+        }
+    }
+}

@@ -1,0 +1,145 @@
+//! One etcd watch as a task: reconnects with jittered backoff to the
+//! current member, resumes from the revision after the last one delivered,
+//! and ends with `Relist` when etcd compacted that history.
+
+use super::{BACKOFF_MIN, Backoff, Members, key_str, prefix_end};
+use crate::store::{Change, WatchEvent};
+use etcd_client::{EventType, WatchOptions};
+use std::sync::Arc;
+use tokio::sync::mpsc;
+
+/// One watch: reconnects until the watcher is dropped or history is gone.
+pub(super) struct WatchTask {
+    pub(super) members: Arc<Members>,
+    pub(super) key: Vec<u8>,
+    pub(super) strip: usize,
+    /// The next revision to deliver.
+    pub(super) next: u64,
+    pub(super) endpoints: String,
+}
+
+enum Outcome {
+    /// The watcher is gone, or told to relist: stop.
+    Stop,
+    /// The stream broke: connect again from `next`.
+    Reconnect,
+}
+
+impl WatchTask {
+    pub(super) async fn run(mut self, tx: mpsc::Sender<WatchEvent>) {
+        let mut backoff = Backoff(BACKOFF_MIN);
+        loop {
+            match self.stream(&tx, &mut backoff).await {
+                Outcome::Stop => return,
+                Outcome::Reconnect => {}
+            }
+            tokio::select! {
+                _ = tx.closed() => return,
+                _ = backoff.wait() => {}
+            }
+        }
+    }
+
+    /// One etcd watch stream, from `self.next` until it breaks.
+    async fn stream(&mut self, tx: &mpsc::Sender<WatchEvent>, backoff: &mut Backoff) -> Outcome {
+        let opts = WatchOptions::new()
+            .with_range(prefix_end(&self.key))
+            .with_start_revision(self.next as i64);
+        let (member, mut client) = self.members.watch();
+        let mut stream = match client.watch(self.key.clone(), Some(opts)).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::warn!(endpoints = %self.endpoints, member, error = %e, next = self.next, "etcd watch failed; reconnecting");
+                self.members.failed(member);
+                return Outcome::Reconnect;
+            }
+        };
+        loop {
+            let msg = tokio::select! {
+                _ = tx.closed() => return Outcome::Stop,
+                m = stream.message() => m,
+            };
+            let resp = match msg {
+                Ok(Some(r)) => r,
+                Ok(None) => {
+                    tracing::warn!(endpoints = %self.endpoints, member, next = self.next, "etcd watch ended; reconnecting");
+                    self.members.failed(member);
+                    return Outcome::Reconnect;
+                }
+                Err(e) => {
+                    tracing::warn!(endpoints = %self.endpoints, member, error = %e, next = self.next, "etcd watch broke; reconnecting");
+                    self.members.failed(member);
+                    return Outcome::Reconnect;
+                }
+            };
+            if resp.compact_revision() > 0 {
+                tracing::info!(
+                    next = self.next,
+                    compacted = resp.compact_revision(),
+                    "etcd compacted the watched history; relist"
+                );
+                let _ = tx.send(WatchEvent::Relist).await;
+                return Outcome::Stop;
+            }
+            if resp.canceled() {
+                tracing::warn!(endpoints = %self.endpoints, member, reason = resp.cancel_reason(), "etcd canceled the watch; reconnecting");
+                self.members.failed(member);
+                return Outcome::Reconnect;
+            }
+            if resp.created() {
+                *backoff = Backoff(BACKOFF_MIN);
+            }
+            // Group the events by revision: one transaction, one event.
+            let mut current: Option<(u64, Vec<Change>)> = None;
+            for ev in resp.events() {
+                let Some(kv) = ev.kv() else { continue };
+                let rev = kv.mod_revision() as u64;
+                if rev < self.next {
+                    continue;
+                }
+                let key = match key_str(self.strip, kv.key()) {
+                    Ok(k) => k,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "skipping a watched key");
+                        continue;
+                    }
+                };
+                let change = Change {
+                    key,
+                    value: match ev.event_type() {
+                        EventType::Put => Some(kv.value().to_vec()),
+                        EventType::Delete => None,
+                    },
+                };
+                match &mut current {
+                    Some((r, changes)) if *r == rev => changes.push(change),
+                    _ => {
+                        if let Some((revision, changes)) = current.take()
+                            && !self.deliver(tx, revision, changes).await
+                        {
+                            return Outcome::Stop;
+                        }
+                        current = Some((rev, vec![change]));
+                    }
+                }
+            }
+            if let Some((revision, changes)) = current
+                && !self.deliver(tx, revision, changes).await
+            {
+                return Outcome::Stop;
+            }
+        }
+    }
+
+    async fn deliver(
+        &mut self,
+        tx: &mpsc::Sender<WatchEvent>,
+        revision: u64,
+        changes: Vec<Change>,
+    ) -> bool {
+        self.next = revision + 1;
+        tx.send(WatchEvent::Changes { revision, changes })
+            .await
+            .is_ok()
+    }
+}
