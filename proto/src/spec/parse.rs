@@ -486,7 +486,8 @@ const ROLE_KEYS: [(&str, &str); 9] = [
 fn allowed_keys(kind: &str) -> &'static [&'static str] {
     match kind {
         "file" => &[
-            "path", "content", "template", "owner", "group", "mode", "ensure", "notify", "requires",
+            "path", "content", "template", "owner", "group", "mode", "ensure", "replace", "notify",
+            "requires",
         ],
         "directory" => &["path", "owner", "group", "mode", "ensure", "requires"],
         "symlink" => &["path", "target", "ensure", "requires"],
@@ -562,6 +563,7 @@ fn decode_resource(cx: &mut Cx<'_>, kind: &str, node: &Node, path: &str) -> Opti
             group: s(cx, "group"),
             mode: mode(cx),
             ensure: ensure(cx),
+            replace: b(cx, "replace"),
             notify: strings(cx, "notify"),
             requires: requires(cx),
         }),
@@ -920,7 +922,7 @@ groups:
 
     #[test]
     fn unknown_fields_suggest_the_nearest() {
-        expect![[r#"site.yaml:5: roles.web.files[0].conten: unknown field `conten`, did you mean `content`? allowed: path, content, template, owner, group, mode, ensure, notify, requires"#]]
+        expect![[r#"site.yaml:5: roles.web.files[0].conten: unknown field `conten`, did you mean `content`? allowed: path, content, template, owner, group, mode, ensure, replace, notify, requires"#]]
             .assert_eq(&errs("roles:\n  web:\n    files:\n      - path: /etc/x\n        conten: hi\n"));
     }
 
