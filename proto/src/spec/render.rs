@@ -656,6 +656,10 @@ mod tests {
             "roles:\n  base:\n    files: [{{path: /etc/motd, content: hi}}]\n{web}groups:\n  all: {{roles: [base]}}\n  web: {{match: {{role: web}}, roles: [web]}}\n"
         ));
         expect_test::expect!["s.yaml:9: groups.web: file[/etc/nginx/sites-enabled/default] (s.yaml:6) and symlink[/etc/nginx/sites-enabled/default] (s.yaml:5), both of role web, are two resources at one path (a path holds one thing), and both reach nodes of node group web; to put the file where a symlink is, declare only the file, with `replace: true`"].assert_eq(&out);
+        let out = errs(
+            "roles:\n  r:\n    directories: [{path: /etc/x, ensure: absent}]\n    files: [{path: /etc/x, content: x}]\ngroups:\n  all: {roles: [r]}\n",
+        );
+        expect_test::expect!["s.yaml:6: groups.all: file[/etc/x] (s.yaml:4) and directory[/etc/x] (s.yaml:3), both of role r, are two resources at one path (a path holds one thing), and both reach nodes of node group all; to put the file where an empty directory is, declare only the file, with `replace: true`"].assert_eq(&out);
         // One template in a role given by two groups with different vars.
         let out = errs(
             "roles:\n  t:\n    files: [{path: /etc/t, content: \"{{ vars.x }}\", template: true}]\ngroups:\n  a: {roles: [t], vars: {x: 1}}\n  b: {roles: [t], vars: {x: 2}}\n",
