@@ -135,6 +135,50 @@ impl Resource for CronRes<'_> {
 mod tests {
     use super::*;
 
+    /// Every desired job against what is in `/etc/cron.d` (observe judges
+    /// content, owner and mode as one: current or not).
+    #[test]
+    fn diff_table() {
+        let job = |ensure| Cron {
+            name: "backup".into(),
+            schedule: Some("0 3 * * *".into()),
+            user: "root".into(),
+            command: Some("true".into()),
+            env: Default::default(),
+            ensure,
+            requires: vec![],
+        };
+        let specs = [
+            ("present", job(Ensure::Present)),
+            ("absent", job(Ensure::Absent)),
+        ];
+        let observed = [
+            ("nothing", false, false),
+            ("current", true, true),
+            ("stale content, owner or mode", true, false),
+        ];
+        let mut out = String::new();
+        for (sname, spec) in &specs {
+            for (oname, exists, current) in observed {
+                let changes: Vec<String> = CronRes { spec }
+                    .diff(&Observed { exists, current })
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect();
+                out.push_str(&format!("{sname} / {oname} => [{}]\n", changes.join("; ")));
+            }
+        }
+        expect_test::expect![[r#"
+            present / nothing => [create cron job file]
+            present / current => []
+            present / stale content, owner or mode => [rewrite cron job file]
+            absent / nothing => []
+            absent / current => [remove cron job file]
+            absent / stale content, owner or mode => [remove cron job file]
+        "#]]
+        .assert_eq(&out);
+    }
+
     #[test]
     fn renders_env_then_the_job_line() {
         let spec = Cron {

@@ -204,3 +204,88 @@ impl Resource for DirRes<'_> {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn dir(ensure: Ensure, mode: Option<u32>) -> Directory {
+        Directory {
+            path: "/srv/app/data".into(),
+            owner: Some("app".into()),
+            group: Some("app".into()),
+            mode,
+            ensure,
+            requires: vec![],
+        }
+    }
+
+    fn meta(mode: u32, uid: u32) -> Meta {
+        Meta {
+            kind: Kind::Dir,
+            mode,
+            uid,
+            gid: uid,
+            size: 4096,
+            dev: 1,
+            ino: 2,
+            nlink: 2,
+        }
+    }
+
+    /// Every desired directory against a few observed states, and the
+    /// changes it gives (the owner and group `app` resolve to 1000, or to a
+    /// user this dry run creates).
+    #[test]
+    fn diff_table() {
+        let specs = [
+            ("0750", dir(Ensure::Present, Some(0o750))),
+            ("no mode", dir(Ensure::Present, None)),
+            ("absent", dir(Ensure::Absent, None)),
+        ];
+        let seen = |meta: Option<Meta>, parents: &[&str], id: u32| Observed {
+            meta,
+            uid: Some(id),
+            gid: Some(id),
+            missing_parents: parents.iter().map(|p| p.to_string()).collect(),
+        };
+        let observed = [
+            ("nothing", seen(None, &[], 1000)),
+            ("nothing, no /srv", seen(None, &["/srv", "/srv/app"], 1000)),
+            ("right", seen(Some(meta(0o750, 1000)), &[], 1000)),
+            ("0755 root", seen(Some(meta(0o755, 0)), &[], 1000)),
+            (
+                "0755 root, owner created this run",
+                seen(Some(meta(0o755, 0)), &[], PENDING_ID),
+            ),
+        ];
+        let mut out = String::new();
+        for (sname, spec) in &specs {
+            for (oname, a) in &observed {
+                let changes: Vec<String> = DirRes { spec }
+                    .diff(a)
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect();
+                out.push_str(&format!("{sname} / {oname} => [{}]\n", changes.join("; ")));
+            }
+        }
+        expect_test::expect![[r#"
+            0750 / nothing => [create directory]
+            0750 / nothing, no /srv => [create directory (and missing parents /srv, /srv/app)]
+            0750 / right => []
+            0750 / 0755 root => [mode 0755 -> 0750; owner uid 0 -> 1000; group gid 0 -> 1000]
+            0750 / 0755 root, owner created this run => [mode 0755 -> 0750; owner uid 0 -> a user this run creates; group gid 0 -> a group this run creates]
+            no mode / nothing => [create directory]
+            no mode / nothing, no /srv => [create directory (and missing parents /srv, /srv/app)]
+            no mode / right => []
+            no mode / 0755 root => [owner uid 0 -> 1000; group gid 0 -> 1000]
+            no mode / 0755 root, owner created this run => [owner uid 0 -> a user this run creates; group gid 0 -> a group this run creates]
+            absent / nothing => []
+            absent / nothing, no /srv => []
+            absent / right => [remove empty directory]
+            absent / 0755 root => [remove empty directory]
+            absent / 0755 root, owner created this run => [remove empty directory]
+        "#]].assert_eq(&out);
+    }
+}

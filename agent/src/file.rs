@@ -8,6 +8,12 @@
 //! could open, with owner then mode set, and renames it over the old one: a
 //! hard link to the old file, or a descriptor someone holds on it, never
 //! gains the new owner or mode.
+//!
+//! Only a regular file is changed or removed at `path`. A file with
+//! `replace: true` takes the place of a symlink or an empty directory there
+//! in one step (see [`crate::host::Staged::replacing`]); a non-empty
+//! directory or a device is refused whatever it says. The replaced symlink's
+//! target is in the change text, so the report keeps it.
 
 use crate::engine::{Context, Resource};
 use crate::host::{Host, Kind, Meta, PENDING_ID, Staged};
@@ -30,15 +36,52 @@ pub struct Observed {
     /// The desired owner and group as ids on this host.
     uid: Option<u32>,
     gid: Option<u32>,
+    /// What a `replace: true` file takes the place of (then `meta` is its).
+    replaces: Option<Replaced>,
+}
+
+/// What a file with `replace: true` found at its path and replaces.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Replaced {
+    Symlink { target: String },
+    EmptyDir,
+}
+
+impl fmt::Display for Replaced {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Replaced::Symlink { target } => write!(f, "symlink -> {target}"),
+            Replaced::EmptyDir => write!(f, "empty directory"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Change {
-    Create { bytes: usize },
-    Content { from: u64, to: usize },
-    Mode { from: u32, to: u32 },
-    Owner { from: u32, to: u32 },
-    Group { from: u32, to: u32 },
+    Create {
+        bytes: usize,
+    },
+    /// A new file in place of a symlink or an empty directory.
+    Replace {
+        what: Replaced,
+        bytes: usize,
+    },
+    Content {
+        from: u64,
+        to: usize,
+    },
+    Mode {
+        from: u32,
+        to: u32,
+    },
+    Owner {
+        from: u32,
+        to: u32,
+    },
+    Group {
+        from: u32,
+        to: u32,
+    },
     Remove,
 }
 
@@ -46,6 +89,9 @@ impl fmt::Display for Change {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Change::Create { bytes } => write!(f, "create file ({bytes} bytes)"),
+            Change::Replace { what, bytes } => {
+                write!(f, "replace {what} with a file ({bytes} bytes)")
+            }
             Change::Content { from, to } => write!(f, "replace content ({from} -> {to} bytes)"),
             Change::Mode { from, to } => write!(f, "mode {from:04o} -> {to:04o}"),
             Change::Owner {
@@ -141,7 +187,7 @@ impl Resource for FileRes<'_> {
     type Change = Change;
 
     fn creates(change: &Change) -> bool {
-        matches!(change, Change::Create { .. })
+        matches!(change, Change::Create { .. } | Change::Replace { .. })
     }
 
     fn id(&self) -> String {
@@ -157,15 +203,10 @@ impl Resource for FileRes<'_> {
         if meta.is_none() && self.spec.ensure == Ensure::Present {
             host.require_parent(&self.spec.path)?;
         }
-        if let Some(m) = &meta
-            && m.kind != Kind::File
-        {
-            bail!(
-                "{} is {}, not a regular file; refusing to replace or remove it",
-                self.spec.path,
-                m.kind
-            );
-        }
+        let replaces = match &meta {
+            Some(m) if m.kind != Kind::File => Some(self.replaceable(host, m)?),
+            _ => None,
+        };
         let same_content = matches!((&current, &self.content), (Some(c), Some(w)) if c == w);
         let (uid, gid) = if self.spec.ensure == Ensure::Present {
             ids(host, self.spec.owner.as_deref(), self.spec.group.as_deref())?
@@ -177,11 +218,18 @@ impl Resource for FileRes<'_> {
             same_content,
             uid,
             gid,
+            replaces,
         })
     }
 
     fn diff(&self, actual: &Observed) -> Vec<Change> {
         let want_len = self.content.as_ref().map(Vec::len).unwrap_or(0);
+        if let Some(what) = &actual.replaces {
+            return vec![Change::Replace {
+                what: what.clone(),
+                bytes: want_len,
+            }];
+        }
         match (self.spec.ensure, &actual.meta) {
             (Ensure::Absent, None) => vec![],
             (Ensure::Absent, Some(_)) => vec![Change::Remove],
@@ -238,6 +286,36 @@ impl Resource for FileRes<'_> {
 }
 
 impl FileRes<'_> {
+    /// What is at the path instead of a regular file, if this file may
+    /// replace it; otherwise the refusal, naming the option where it helps.
+    fn replaceable(&self, host: &Host, m: &Meta) -> anyhow::Result<Replaced> {
+        let path = &self.spec.path;
+        if self.spec.ensure == Ensure::Absent {
+            bail!(
+                "{path} is {}, not a regular file; refusing to remove it",
+                m.kind
+            );
+        }
+        match (m.kind, self.spec.replace) {
+            (Kind::Symlink, false) => bail!(
+                "{path} is a symlink, not a regular file; set `replace: true` on the file to replace it"
+            ),
+            (Kind::Dir, false) => bail!(
+                "{path} is a directory, not a regular file; set `replace: true` on the file to replace it if it is empty"
+            ),
+            (Kind::Symlink, true) => Ok(Replaced::Symlink {
+                target: host.readlink(path)?,
+            }),
+            (Kind::Dir, true) if host.dir_is_empty(path, m)? => Ok(Replaced::EmptyDir),
+            (Kind::Dir, true) => bail!(
+                "{path} is a directory that is not empty; `replace: true` replaces only an empty directory, so nothing in it is lost"
+            ),
+            (kind, _) => bail!(
+                "{path} is {kind}; refusing to replace it (`replace: true` replaces only a symlink or an empty directory)"
+            ),
+        }
+    }
+
     /// Makes the changes, except that new content is only staged (written
     /// beside the file with its owner and mode, not yet durable nor renamed):
     /// the caller commits it, alone or with many others at once.
@@ -258,11 +336,14 @@ impl FileRes<'_> {
             return Ok((None, None));
         }
         // Content, owner, group or mode: a new file replaces the old one whole.
-        let uid = actual.uid.or(actual.meta.map(|m| m.uid));
-        let gid = actual.gid.or(actual.meta.map(|m| m.gid));
+        // A replaced symlink or directory leaves nothing to keep: the new
+        // file is made as if nothing were there.
+        let old = actual.meta.filter(|_| actual.replaces.is_none());
+        let uid = actual.uid.or(old.map(|m| m.uid));
+        let gid = actual.gid.or(old.map(|m| m.gid));
         // An unmanaged mode is kept, except that set-id bits do not survive
         // a change of owner or group (as chown clears them).
-        let kept = actual.meta.map(|m| {
+        let kept = old.map(|m| {
             if (Some(m.uid), Some(m.gid)) == (uid, gid) {
                 m.mode
             } else {
@@ -270,7 +351,7 @@ impl FileRes<'_> {
             }
         });
         let mode = self.spec.mode.or(kept).unwrap_or(0o644);
-        let stage = || match (&self.content, &actual.meta) {
+        let stage = || match (&self.content, &old) {
             (Some(content), _) => host.stage_file(path, content, mode, uid, gid),
             (None, Some(seen)) => host.stage_copy(path, seen, mode, uid, gid),
             (None, None) => host.stage_file(path, b"", mode, uid, gid),
@@ -279,8 +360,8 @@ impl FileRes<'_> {
             Ok(s) => s,
             // A full disk: the agent's own backups give way to the repair.
             Err(e) if is_out_of_space(&e) => {
-                let need = self.content.as_ref().map_or(0, |c| c.len() as u64)
-                    + actual.meta.map_or(0, |m| m.size);
+                let need =
+                    self.content.as_ref().map_or(0, |c| c.len() as u64) + old.map_or(0, |m| m.size);
                 let freed = crate::backup::make_room(host, self.state_dir, need);
                 if freed == 0 {
                     return Err(e);
@@ -293,6 +374,10 @@ impl FileRes<'_> {
                 stage()?
             }
             Err(e) => return Err(e),
+        };
+        let staged = match (&actual.replaces, actual.meta) {
+            (Some(_), Some(seen)) => staged.replacing(seen),
+            _ => staged,
         };
         // The new content is written first: on a nearly full disk the
         // backup of the old content is what is given up, not the repair.
@@ -311,3 +396,7 @@ impl FileRes<'_> {
         Ok((tag, Some(staged)))
     }
 }
+
+#[cfg(test)]
+#[path = "file_tests.rs"]
+mod tests;

@@ -122,3 +122,67 @@ pub fn command(spec: &Group, change: &Change) -> (&'static str, Vec<String>) {
     args.extend(["--".into(), spec.name.clone()]);
     (program, args)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every desired group against a few observed states: the changes, and
+    /// the command each one runs.
+    #[test]
+    fn diff_table() {
+        let group = |ensure, gid| Group {
+            name: "app".into(),
+            gid,
+            system: true,
+            ensure,
+            requires: vec![],
+        };
+        let specs = [
+            ("gid 3000", group(Ensure::Present, Some(3000))),
+            ("any gid", group(Ensure::Present, None)),
+            ("absent", group(Ensure::Absent, None)),
+        ];
+        let entry = |gid| GroupEntry {
+            name: "app".into(),
+            gid,
+            members: vec![],
+        };
+        let observed = [
+            ("nothing", None),
+            ("gid 3000", Some(entry(3000))),
+            ("gid 3001", Some(entry(3001))),
+        ];
+        let gone = BTreeSet::new();
+        let mut out = String::new();
+        for (sname, spec) in &specs {
+            for (oname, a) in &observed {
+                let r = GroupRes {
+                    spec,
+                    gone_users: &gone,
+                };
+                let changes: Vec<String> = r
+                    .diff(a)
+                    .iter()
+                    .map(|c| {
+                        let (program, args) = command(spec, c);
+                        format!("{c} ({program} {})", args.join(" "))
+                    })
+                    .collect();
+                out.push_str(&format!("{sname} / {oname} => [{}]\n", changes.join("; ")));
+            }
+        }
+        expect_test::expect![[r#"
+            gid 3000 / nothing => [create group (groupadd --gid 3000 --system -- app)]
+            gid 3000 / gid 3000 => []
+            gid 3000 / gid 3001 => [gid 3001 -> 3000 (groupmod --gid 3000 -- app)]
+            any gid / nothing => [create group (groupadd --system -- app)]
+            any gid / gid 3000 => []
+            any gid / gid 3001 => []
+            absent / nothing => []
+            absent / gid 3000 => [remove group (groupdel -- app)]
+            absent / gid 3001 => [remove group (groupdel -- app)]
+        "#]]
+        .assert_eq(&out);
+    }
+}

@@ -418,6 +418,31 @@ impl Host {
         Ok(fd)
     }
 
+    /// Whether the directory at `path`, still the object `seen` describes,
+    /// has no entries (opened without following symlinks).
+    pub fn dir_is_empty(&self, path: &str, seen: &Meta) -> anyhow::Result<bool> {
+        let (dir, name) = self.parent_required(path)?;
+        let fd = nix::fcntl::openat(
+            &dir,
+            name.as_str(),
+            OFlag::O_RDONLY | OFlag::O_DIRECTORY | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            Mode::empty(),
+        )
+        .with_context(|| format!("open directory {path}"))?;
+        let now = meta_of(&nix::sys::stat::fstat(&fd).with_context(|| format!("stat {path}"))?);
+        if (now.dev, now.ino) != (seen.dev, seen.ino) {
+            bail!("{path} changed while it was being checked; it is checked again next run");
+        }
+        let mut entries = nix::dir::Dir::from_fd(fd).with_context(|| format!("list {path}"))?;
+        for e in entries.iter() {
+            let e = e.with_context(|| format!("list {path}"))?;
+            if !matches!(e.file_name().to_bytes(), b"." | b"..") {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
     /// Removes an empty directory.
     pub fn rmdir(&self, path: &str) -> anyhow::Result<()> {
         let (dir, name) = self.parent_required(path)?;

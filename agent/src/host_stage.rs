@@ -33,6 +33,19 @@ pub struct Staged {
     tmp: String,
     name: String,
     fd: Option<HeldFd>,
+    /// The symlink or empty directory the file takes the place of (`replace: true`).
+    replacing: Option<Meta>,
+}
+
+impl Staged {
+    /// Commits this file in place of the symlink or empty directory `seen`
+    /// (see [`Host::commit_durable`]): the two names are exchanged in one
+    /// step, and the old object is removed only if it is still `seen` (and
+    /// still empty); otherwise it is put back and the commit fails.
+    pub fn replacing(mut self, seen: Meta) -> Staged {
+        self.replacing = Some(seen);
+        self
+    }
 }
 
 /// A staged file's open descriptor, counted against [`super::HELD_FDS`].
@@ -198,6 +211,7 @@ impl Host {
             tmp,
             name,
             fd: None,
+            replacing: None,
         };
         let result = (|| -> anyhow::Result<OwnedFd> {
             let mut f = File::from(fd);
@@ -316,13 +330,93 @@ impl Host {
                 return Err(e);
             }
         };
-        if let Err(e) = nix::fcntl::renameat(&dir, s.tmp.as_str(), &dir, s.name.as_str()) {
-            let path = s.path.clone();
+        let moved = match &s.replacing {
+            Some(seen) => self.exchange_into(&dir, &s, seen),
+            None => nix::fcntl::renameat(&dir, s.tmp.as_str(), &dir, s.name.as_str())
+                .with_context(|| format!("rename into {}", s.path)),
+        };
+        if let Err(e) = moved {
             self.discard(s);
-            return Err(e).with_context(|| format!("rename into {path}"));
+            return Err(e);
         }
         self.mark_dir_dirty(&s.dir_key, &dir);
         lock(&self.live).remove(&(s.dir_key, s.tmp));
+        Ok(())
+    }
+
+    /// Puts a staged file where the symlink or empty directory `seen` is, in
+    /// one step: the temp name and the path are exchanged (`renameat2`
+    /// `RENAME_EXCHANGE`), so the path never lacks an object; then the old
+    /// object, now under the temp name, is removed if it is still the one
+    /// observed and (a directory) still empty. If not, the exchange is undone
+    /// and the temp name holds the staged file again, for the caller to
+    /// discard.
+    fn exchange_into(&self, dir: &OwnedFd, s: &Staged, seen: &Meta) -> anyhow::Result<()> {
+        use nix::fcntl::{RenameFlags, renameat2};
+        let path = &s.path;
+        let swap = || {
+            renameat2(
+                dir,
+                s.tmp.as_str(),
+                dir,
+                s.name.as_str(),
+                RenameFlags::RENAME_EXCHANGE,
+            )
+        };
+        match swap() {
+            Ok(()) => {}
+            // Gone since it was observed: nothing to replace any more.
+            Err(Errno::ENOENT) => {
+                return nix::fcntl::renameat(dir, s.tmp.as_str(), dir, s.name.as_str())
+                    .with_context(|| format!("rename into {path}"));
+            }
+            Err(e @ (Errno::EINVAL | Errno::ENOSYS | Errno::EOPNOTSUPP)) => {
+                return Err(e).with_context(|| {
+                    format!(
+                        "replace {} at {path}: its filesystem cannot exchange two names atomically; replace it by hand",
+                        seen.kind
+                    )
+                });
+            }
+            Err(e) => return Err(e).with_context(|| format!("exchange {path} with the new file")),
+        }
+        let undo = |why: anyhow::Error| -> anyhow::Result<()> {
+            match swap() {
+                Ok(()) => Err(why),
+                Err(e) => Err(why.context(format!(
+                    "and putting it back failed ({e}): {path} now holds the new file, the old one is at {}",
+                    s.tmp
+                ))),
+            }
+        };
+        let old = match nix::sys::stat::fstatat(dir, s.tmp.as_str(), AtFlags::AT_SYMLINK_NOFOLLOW) {
+            Ok(st) => meta_of(&st),
+            Err(e) => return undo(anyhow::Error::new(e).context(format!("stat the old {path}"))),
+        };
+        if (old.kind, old.dev, old.ino) != (seen.kind, seen.dev, seen.ino) {
+            return undo(anyhow::anyhow!(
+                "{path} changed while it was being checked; it is checked again next run"
+            ));
+        }
+        let flag = if old.kind == Kind::Dir {
+            nix::unistd::UnlinkatFlags::RemoveDir
+        } else {
+            nix::unistd::UnlinkatFlags::NoRemoveDir
+        };
+        match nix::unistd::unlinkat(dir, s.tmp.as_str(), flag) {
+            Ok(()) => {}
+            Err(Errno::ENOTEMPTY | Errno::EEXIST) => {
+                return undo(anyhow::anyhow!(
+                    "{path} is no longer an empty directory; not replaced"
+                ));
+            }
+            Err(e) => return undo(anyhow::Error::new(e).context(format!("remove the old {path}"))),
+        }
+        if old.kind == Kind::Dir {
+            lock(&self.dirs)
+                .map
+                .retain(|k, _| k != path && !k.starts_with(&format!("{path}/")));
+        }
         Ok(())
     }
 
@@ -381,12 +475,17 @@ impl Host {
                     st.st_mtime.max(0) as u64,
                     st.st_mtime_nsec.clamp(0, 999_999_999) as u32,
                 );
-            if !matches!(meta_of(&st).kind, Kind::File | Kind::Symlink) || mtime >= started {
+            // An empty directory under a temp name is what a crash in the
+            // middle of replacing one leaves (see `exchange_into`).
+            let flag = match meta_of(&st).kind {
+                Kind::File | Kind::Symlink => nix::unistd::UnlinkatFlags::NoRemoveDir,
+                Kind::Dir => nix::unistd::UnlinkatFlags::RemoveDir,
+                Kind::Other => continue,
+            };
+            if mtime >= started {
                 continue;
             }
-            if nix::unistd::unlinkat(dir, name.as_str(), nix::unistd::UnlinkatFlags::NoRemoveDir)
-                .is_ok()
-            {
+            if nix::unistd::unlinkat(dir, name.as_str(), flag).is_ok() {
                 removed += 1;
             }
         }

@@ -361,3 +361,84 @@ fn set_id_bits_do_not_survive_a_change_of_owner() {
     let m = std::fs::symlink_metadata(&tool).unwrap();
     assert_eq!((m.uid(), m.gid(), m.mode() & 0o7777), (0, 65534, 0o755));
 }
+
+/// A replacement checked against one object never takes another: a
+/// directory that filled up, or a symlink swapped for another, between
+/// observing and committing, is put back whole, and the staged file goes.
+#[test]
+fn a_replacement_puts_back_what_changed_since_it_was_observed() {
+    let root = tempfile::tempdir().unwrap();
+    let host = Host::new(Some(root.path().to_owned()));
+    let at = |p: &str| root.path().join(p);
+    let temp_names = || -> Vec<String> {
+        std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.contains(".ballast-"))
+            .collect()
+    };
+    // An empty directory, observed, then given an entry before the commit.
+    std::fs::create_dir(at("d")).unwrap();
+    let seen = host.lstat("/d").unwrap().unwrap();
+    assert!(host.dir_is_empty("/d", &seen).unwrap());
+    let staged = host
+        .stage_file("/d", b"new", 0o644, None, None)
+        .unwrap()
+        .replacing(seen);
+    std::fs::write(at("d/late"), "late").unwrap();
+    let err = host.commit_durable(staged).unwrap_err();
+    assert_eq!(
+        format!("{err:#}"),
+        "/d is no longer an empty directory; not replaced"
+    );
+    assert_eq!(std::fs::read_to_string(at("d/late")).unwrap(), "late");
+    assert!(temp_names().is_empty(), "{:?}", temp_names());
+    // A symlink, observed, then replaced by another symlink.
+    std::os::unix::fs::symlink("one", at("l")).unwrap();
+    let seen = host.lstat("/l").unwrap().unwrap();
+    let staged = host
+        .stage_file("/l", b"new", 0o644, None, None)
+        .unwrap()
+        .replacing(seen);
+    std::os::unix::fs::symlink("two", at("l2")).unwrap();
+    std::fs::rename(at("l2"), at("l")).unwrap();
+    let err = host.commit_durable(staged).unwrap_err();
+    assert!(
+        format!("{err:#}").contains("changed while it was being checked"),
+        "{err:#}"
+    );
+    assert_eq!(std::fs::read_link(at("l")).unwrap(), Path::new("two"));
+    assert!(temp_names().is_empty(), "{:?}", temp_names());
+    // Unchanged since observed: the file takes the symlink's place.
+    let seen = host.lstat("/l").unwrap().unwrap();
+    let staged = host
+        .stage_file("/l", b"new", 0o644, None, None)
+        .unwrap()
+        .replacing(seen);
+    host.commit_durable(staged).unwrap();
+    assert_eq!(std::fs::read_to_string(at("l")).unwrap(), "new");
+    assert!(temp_names().is_empty(), "{:?}", temp_names());
+}
+
+/// A crash between the exchange and the removal leaves the old empty
+/// directory under a temp name: the next run removes it like any orphan.
+#[test]
+fn an_orphaned_empty_directory_under_a_temp_name_is_removed() {
+    let root = tempfile::tempdir().unwrap();
+    let state = tempfile::tempdir().unwrap();
+    let orphan = root.path().join("etc/.x.ballast-0123456789ab.tmp");
+    std::fs::create_dir_all(&orphan).unwrap();
+    let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+    std::fs::File::open(&orphan)
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    let host = Host::new(Some(root.path().to_owned()));
+    let report = run(
+        &host,
+        state.path(),
+        "    files: [{path: /etc/x, content: x}]\n",
+    );
+    assert!(errors(&report).is_empty(), "{:?}", errors(&report));
+    assert!(!orphan.exists());
+}

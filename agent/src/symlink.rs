@@ -87,3 +87,49 @@ impl Resource for SymlinkRes<'_> {
         Ok(None)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every desired link against what is there (a symlink's target, or
+    /// nothing; anything else is refused by observe).
+    #[test]
+    fn diff_table() {
+        let link = |ensure, target: Option<&str>| Symlink {
+            path: "/etc/nginx/sites-enabled/app".into(),
+            target: target.map(str::to_owned),
+            ensure,
+            requires: vec![],
+        };
+        let specs = [
+            ("-> ../a", link(Ensure::Present, Some("../a"))),
+            ("absent", link(Ensure::Absent, None)),
+        ];
+        let observed = [
+            ("nothing", None),
+            ("-> ../a", Some("../a")),
+            ("-> /elsewhere", Some("/elsewhere")),
+        ];
+        let mut out = String::new();
+        for (sname, spec) in &specs {
+            for (oname, a) in &observed {
+                let changes: Vec<String> = SymlinkRes { spec }
+                    .diff(&a.map(str::to_owned))
+                    .iter()
+                    .map(|c| c.to_string())
+                    .collect();
+                out.push_str(&format!("{sname} / {oname} => [{}]\n", changes.join("; ")));
+            }
+        }
+        expect_test::expect![[r#"
+            -> ../a / nothing => [create symlink -> ../a]
+            -> ../a / -> ../a => []
+            -> ../a / -> /elsewhere => [retarget symlink /elsewhere -> ../a]
+            absent / nothing => []
+            absent / -> ../a => [remove symlink]
+            absent / -> /elsewhere => [remove symlink]
+        "#]]
+        .assert_eq(&out);
+    }
+}

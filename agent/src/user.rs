@@ -321,6 +321,87 @@ mod tests {
         }
     }
 
+    /// Every desired user against a few observed states: the changes, and
+    /// the commands they run (one usermod for every attribute).
+    #[test]
+    fn diff_table() {
+        let full = User {
+            uid: Some(3001),
+            group: Some("deploy".into()),
+            groups: Some(vec!["www-data".into(), "adm".into()]),
+            home: Some("/srv/deploy".into()),
+            shell: Some("/bin/bash".into()),
+            authorized_keys: Some(vec!["ssh-ed25519 AAAA k1".into()]),
+            ..user(Ensure::Present, false)
+        };
+        let specs = [
+            ("full", full),
+            ("bare", user(Ensure::Present, false)),
+            ("absent", user(Ensure::Absent, false)),
+        ];
+        let entry = |uid, home: &str, shell: &str| PasswdEntry {
+            name: "deploy".into(),
+            uid,
+            gid: uid,
+            home: home.into(),
+            shell: shell.into(),
+        };
+        let matching = Observed {
+            entry: Some(entry(3001, "/srv/deploy", "/bin/bash")),
+            primary: Some("deploy".into()),
+            groups: vec!["adm".into(), "www-data".into()],
+            keys: Some(("ssh-ed25519 AAAA k1\n".into(), true)),
+        };
+        let observed = [
+            (
+                "nothing",
+                Observed {
+                    entry: None,
+                    primary: None,
+                    groups: vec![],
+                    keys: None,
+                },
+            ),
+            ("as desired", matching),
+            (
+                "all different",
+                Observed {
+                    entry: Some(entry(3002, "/home/deploy", "/bin/sh")),
+                    primary: Some("users".into()),
+                    groups: vec!["adm".into()],
+                    keys: Some(("ssh-ed25519 AAAA k1\n".into(), false)),
+                },
+            ),
+        ];
+        let mut out = String::new();
+        for (sname, spec) in &specs {
+            for (oname, a) in &observed {
+                let changes = UserRes { spec }.diff(a);
+                let text: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
+                out.push_str(&format!("{sname} / {oname} => [{}]\n", text.join("; ")));
+                for (program, args) in commands(spec, &changes) {
+                    out.push_str(&format!("    {program} {}\n", args.join(" ")));
+                }
+            }
+        }
+        expect_test::expect![[r#"
+            full / nothing => [create user; write ~/.ssh/authorized_keys (1 keys)]
+                useradd --create-home --uid 3001 --gid deploy --groups www-data,adm --home-dir /srv/deploy --shell /bin/bash -- deploy
+            full / as desired => []
+            full / all different => [uid 3002 -> 3001; primary group users -> deploy; groups [adm] -> [adm,www-data]; home /home/deploy -> /srv/deploy; shell /bin/sh -> /bin/bash; write ~/.ssh/authorized_keys (1 keys)]
+                usermod --uid 3001 --gid deploy --groups adm,www-data --home /srv/deploy --shell /bin/bash -- deploy
+            bare / nothing => [create user]
+                useradd --create-home -- deploy
+            bare / as desired => []
+            bare / all different => []
+            absent / nothing => []
+            absent / as desired => [remove user (home directory kept)]
+                userdel -- deploy
+            absent / all different => [remove user (home directory kept)]
+                userdel -- deploy
+        "#]].assert_eq(&out);
+    }
+
     /// Removal keeps the home unless `remove_home: true` says otherwise.
     #[test]
     fn removal_keeps_the_home_unless_told() {

@@ -340,7 +340,7 @@ mod tests {
 
     #[test]
     fn unknown_fields_suggest_the_nearest() {
-        expect![[r#"site.yaml:5: roles.web.files[0].conten: unknown field `conten`, did you mean `content`? allowed: path, content, template, owner, group, mode, ensure, notify, requires"#]]
+        expect![[r#"site.yaml:5: roles.web.files[0].conten: unknown field `conten`, did you mean `content`? allowed: path, content, template, owner, group, mode, ensure, replace, notify, requires"#]]
             .assert_eq(&errs("roles:\n  web:\n    files:\n      - path: /etc/x\n        conten: hi\n"));
     }
 

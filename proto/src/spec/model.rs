@@ -203,6 +203,12 @@ pub struct File {
     pub mode: Option<u32>,
     #[serde(default)]
     pub ensure: Ensure,
+    /// Replace a symlink or an empty directory found at `path` (Debian ships
+    /// `/etc/nginx/sites-enabled/default` as a symlink). Without it, anything
+    /// but a regular file at `path` is refused; with it, a non-empty
+    /// directory or a device is still refused.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub replace: bool,
     /// Services restarted when this file changes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub notify: Vec<String>,
@@ -447,6 +453,7 @@ impl Resource {
                 group: None,
                 mode: None,
                 ensure: Ensure::Absent,
+                replace: false,
                 notify: Vec::new(),
                 requires: Vec::new(),
             }),

@@ -83,7 +83,28 @@ fn conflict(a: &Decl<'_>, b: &Decl<'_>) -> String {
             b.origin
         )
     };
-    format!("{both} are two resources at one path (a path holds one thing), and both reach {reach}")
+    format!(
+        "{both} are two resources at one path (a path holds one thing), and both reach {reach}{}",
+        replace_hint(&a.eff, &b.eff)
+    )
+}
+
+/// For a file clashing with a symlink or directory declared absent at its
+/// path: how to say what was meant (the file replaces what is there).
+fn replace_hint(a: &Resource, b: &Resource) -> &'static str {
+    let other = match (a, b) {
+        (Resource::File(f), o) | (o, Resource::File(f)) if f.ensure == super::Ensure::Present => o,
+        _ => return "",
+    };
+    match other {
+        Resource::Symlink(_) if other.is_absent() => {
+            "; to put the file where a symlink is, declare only the file, with `replace: true`"
+        }
+        Resource::Directory(_) if other.is_absent() => {
+            "; to put the file where an empty directory is, declare only the file, with `replace: true`"
+        }
+        _ => "",
+    }
 }
 
 /// A resource as a node of this group gets it: templates carry the group's vars.
@@ -625,7 +646,11 @@ mod tests {
         let out = errs(&format!(
             "roles:\n  base:\n    files: [{{path: /etc/motd, content: hi}}]\n{web}groups:\n  all: {{roles: [base]}}\n  web: {{match: {{role: web}}, roles: [web]}}\n"
         ));
-        expect_test::expect!["s.yaml:9: groups.web: file[/etc/nginx/sites-enabled/default] (s.yaml:6) and symlink[/etc/nginx/sites-enabled/default] (s.yaml:5), both of role web, are two resources at one path (a path holds one thing), and both reach nodes of node group web"].assert_eq(&out);
+        expect_test::expect!["s.yaml:9: groups.web: file[/etc/nginx/sites-enabled/default] (s.yaml:6) and symlink[/etc/nginx/sites-enabled/default] (s.yaml:5), both of role web, are two resources at one path (a path holds one thing), and both reach nodes of node group web; to put the file where a symlink is, declare only the file, with `replace: true`"].assert_eq(&out);
+        let out = errs(
+            "roles:\n  r:\n    directories: [{path: /etc/x, ensure: absent}]\n    files: [{path: /etc/x, content: x}]\ngroups:\n  all: {roles: [r]}\n",
+        );
+        expect_test::expect!["s.yaml:6: groups.all: file[/etc/x] (s.yaml:4) and directory[/etc/x] (s.yaml:3), both of role r, are two resources at one path (a path holds one thing), and both reach nodes of node group all; to put the file where an empty directory is, declare only the file, with `replace: true`"].assert_eq(&out);
         // One template in a role given by two groups with different vars.
         let out = errs(
             "roles:\n  t:\n    files: [{path: /etc/t, content: \"{{ vars.x }}\", template: true}]\ngroups:\n  a: {roles: [t], vars: {x: 1}}\n  b: {roles: [t], vars: {x: 2}}\n",

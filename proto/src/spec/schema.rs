@@ -23,7 +23,8 @@ const ROLE_KEYS: [(&str, &str); 9] = [
 fn allowed_keys(kind: &str) -> &'static [&'static str] {
     match kind {
         "file" => &[
-            "path", "content", "template", "owner", "group", "mode", "ensure", "notify", "requires",
+            "path", "content", "template", "owner", "group", "mode", "ensure", "replace", "notify",
+            "requires",
         ],
         "directory" => &["path", "owner", "group", "mode", "ensure", "requires"],
         "symlink" => &["path", "target", "ensure", "requires"],
@@ -98,6 +99,7 @@ fn decode_resource(cx: &mut Cx<'_>, kind: &str, node: &Node, path: &str) -> Opti
             group: s(cx, "group"),
             mode: mode(cx),
             ensure: ensure(cx),
+            replace: b(cx, "replace"),
             notify: strings(cx, "notify"),
             requires: requires(cx),
         }),

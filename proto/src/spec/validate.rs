@@ -393,6 +393,12 @@ pub fn resource(r: &Resource) -> Vec<(String, String)> {
             for n in &f.notify {
                 check("notify", service_name(n));
             }
+            if f.replace && f.ensure != Ensure::Present {
+                check(
+                    "replace",
+                    Err("replace applies only to a file with ensure: present (it replaces a symlink or an empty directory at the path with the file)".into()),
+                );
+            }
             match (&f.content, f.template) {
                 (None, true) => check(
                     "template",
@@ -645,5 +651,37 @@ mod tests {
         assert!(cron_command("date +\\%s > /tmp/x").is_ok());
         assert!(cron_command("date +%s").unwrap_err().contains("\\%"));
         assert!(cron_command("a\nb").is_err());
+    }
+
+    /// `replace` on a file is parsed (YAML key allowed, a bool), carried in
+    /// the model, and refused where it means nothing, with file, line, field.
+    #[test]
+    fn file_replace_is_parsed_and_checked() {
+        use crate::spec::{Resource, Source, parse};
+        let parsed = |yaml: &str| {
+            parse(&[Source {
+                name: "site.yaml".into(),
+                text: format!("roles:\n  r:\n    files:\n{yaml}groups:\n  all: {{roles: [r]}}\n"),
+            }])
+        };
+        let spec =
+            parsed("      - {path: /etc/a, content: x, replace: true}\n      - {path: /etc/b}\n")
+                .unwrap_or_else(|e| panic!("{e}"));
+        let replace: Vec<bool> = spec.roles["r"]
+            .resources
+            .iter()
+            .map(|r| matches!(r, Resource::File(f) if f.replace))
+            .collect();
+        assert_eq!(replace, [true, false]);
+        let out = parsed(
+            "      - {path: /etc/a, replace: yes-please}\n      - {path: /etc/b, ensure: absent, replace: true}\n      - {path: /etc/c, replaces: true}\n",
+        )
+        .unwrap_err()
+        .to_string();
+        expect_test::expect![[r#"
+            site.yaml:4: roles.r.files[0].replace: expected true or false
+            site.yaml:5: roles.r.files[1].replace: replace applies only to a file with ensure: present (it replaces a symlink or an empty directory at the path with the file)
+            site.yaml:6: roles.r.files[2].replaces: unknown field `replaces`, did you mean `replace`? allowed: path, content, template, owner, group, mode, ensure, replace, notify, requires"#]]
+        .assert_eq(&out);
     }
 }
