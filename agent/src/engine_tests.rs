@@ -692,8 +692,33 @@ mod template_limits {
             .expect("VmHWM in /proc/self/status")
     }
 
+    /// Set in the child that runs the memory test alone.
+    const ALONE: &str = "BALLAST_TEST_ALONE";
+
+    /// Peak memory is per process, and other tests run beside this one in
+    /// the test binary: the test runs itself again in a process of its own.
     #[test]
     fn a_runaway_template_fails_quickly_with_bounded_memory() {
+        if std::env::var_os(ALONE).is_some() {
+            return runaway_template_alone();
+        }
+        let module = module_path!().split_once("::").map_or("", |(_, m)| m);
+        let name = format!("{module}::a_runaway_template_fails_quickly_with_bounded_memory");
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([name.as_str(), "--exact", "--test-threads=1", "--nocapture"])
+            .env(ALONE, "1")
+            .output()
+            .expect("run the test binary again");
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success() && stdout.contains("1 passed"),
+            "the test alone: {}\n{stdout}\n{}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    fn runaway_template_alone() {
         let sb = Sandbox::new();
         std::fs::create_dir_all(sb.path("/etc")).unwrap();
         let before = peak_rss_kib();

@@ -90,7 +90,7 @@ fn diff_table() {
         let r = FileRes {
             spec,
             content: spec.content.clone().map(String::into_bytes),
-            state_dir: Path::new("/nonexistent"),
+            state_dir: &StateDir::new("/nonexistent"),
         };
         for (oname, a) in &observed {
             // observe refuses these unless the file says `replace: true`.
@@ -157,7 +157,7 @@ impl Sandbox {
             &self.host,
             &RunOptions {
                 noop,
-                state_dir: self.state.path(),
+                state_dir: &StateDir::new(self.state.path()),
                 facts: &serde_json::json!({}),
             },
         )

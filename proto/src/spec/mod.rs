@@ -13,6 +13,7 @@ mod model;
 mod parse;
 mod render;
 mod schema;
+#[cfg(feature = "files")]
 mod sources;
 pub mod template;
 pub mod validate;
@@ -22,6 +23,7 @@ pub use depend::{Dependency, Why, dependencies, dependency_indices};
 pub use model::*;
 pub use parse::{Source, parse};
 pub use render::{StateDiff, diff_states};
+#[cfg(feature = "files")]
 pub use sources::read_sources;
 
 use std::fmt;

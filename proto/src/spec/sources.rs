@@ -1,7 +1,8 @@
 //! Reading YAML sources from disk: files as given, directories as their
-//! `*.yaml` and `*.yml` files. The only file access in this crate; the
-//! parser itself takes sources as name and text. Both binaries read their
-//! sources here (`ballast apply`/`diff` and `ballast-agent apply`).
+//! `*.yaml` and `*.yml` files. Behind the `files` feature, which only the
+//! two binaries turn on (`ballast apply`/`diff`, `ballast-agent apply`): the
+//! wire contract and the model touch no files, and the parser takes sources
+//! as name and text.
 
 use super::Source;
 
