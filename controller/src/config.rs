@@ -54,6 +54,8 @@ pub struct ServeConfig {
     pub agent_binary: Option<PathBuf>,
     /// Timeouts and caps at the accept boundary.
     pub connections: ConnLimits,
+    /// The fleet's time; tests set a manual one.
+    pub clock: crate::fleet::Clock,
 }
 
 impl ServeConfig {
@@ -67,6 +69,7 @@ impl ServeConfig {
             stale_after: DEFAULT_STALE_AFTER,
             agent_binary: None,
             connections: ConnLimits::default(),
+            clock: crate::fleet::Clock::System,
         }
     }
 }

@@ -75,7 +75,8 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
     let store_path = cfg.data_dir.join("ballast.redb");
     let store = RedbStore::open(&store_path)
         .with_context(|| format!("open store {}", store_path.display()))?;
-    let fleet = Fleet::open(Arc::new(store), cfg.stale_after).context("load fleet state")?;
+    let fleet = Fleet::open(Arc::new(store), cfg.stale_after, cfg.clock.clone())
+        .context("load fleet state")?;
     let fingerprint = ca.fingerprint();
     let ca = Arc::new(ca);
 

@@ -15,3 +15,4 @@ mod fleet_hardening;
 mod nodes;
 mod packaging;
 mod security;
+mod wire_enums;
