@@ -8,6 +8,7 @@ use crate::engine::Outcome;
 use crate::host::Host;
 use crate::state::StateDir;
 use anyhow::Context;
+use ballast_proto::enums::Trigger;
 use ballast_proto::spec::{self, NodeMeta};
 use clap::{Parser, Subcommand};
 use std::collections::BTreeMap;
@@ -315,13 +316,15 @@ async fn apply_local(
         cached,
         Arc::new(facts),
         noop,
-        "local",
+        Trigger::Local,
     )
     .await?;
     let verb = if noop { "would change" } else { "changed" };
     let (mut changed, mut failed, mut skipped) = (0, 0, 0);
     for r in &report.resources {
-        match Outcome::from_pb(r.outcome) {
+        let outcome =
+            Outcome::try_from(r.outcome).with_context(|| format!("report of {}", r.id))?;
+        match outcome {
             Outcome::Changed => changed += 1,
             Outcome::Failed => failed += 1,
             Outcome::Skipped => skipped += 1,
@@ -339,10 +342,9 @@ async fn apply_local(
             }
         }
         if !r.error.is_empty() {
-            let what = if matches!(Outcome::from_pb(r.outcome), Outcome::Skipped) {
-                "skipped"
-            } else {
-                "failed"
+            let what = match outcome {
+                Outcome::Skipped => Outcome::Skipped,
+                _ => Outcome::Failed,
             };
             writeln!(out, "{what} {}: {}", r.id, r.error)?;
         }

@@ -13,6 +13,7 @@ use crate::host::Host;
 use crate::outbox::Outbox;
 use crate::state::{Lock, StateDir};
 use anyhow::Context;
+use ballast_proto::enums::Trigger;
 use ballast_proto::pb;
 use ballast_proto::spec::NodeState;
 use std::future::Future;
@@ -65,16 +66,15 @@ pub async fn reconcile(
     cached: Arc<Cached>,
     facts: Arc<serde_json::Value>,
     noop: bool,
-    trigger: &str,
+    trigger: Trigger,
 ) -> anyhow::Result<pb::RunReport> {
     let state_dir = state_dir.to_owned();
-    let trigger = trigger.to_owned();
     tokio::task::spawn_blocking(move || {
         let _run = state_dir.lock(Lock::Run)?;
         let started = now_ms();
         let report = engine::reconcile(&cached.state, &host, &RunOptions { noop, state_dir: &state_dir, facts: &facts });
         tracing::info!(revision = cached.revision, trigger = %trigger, changed = report.changed(), failed = report.failed(), ms = report.duration.as_millis() as u64, "reconciled");
-        Ok(report.to_pb(cached.revision, &cached.hash, started, noop, &trigger))
+        Ok(report.to_pb(cached.revision, &cached.hash, started, noop, trigger))
     })
     .await
     .context("reconcile task")?
@@ -153,9 +153,9 @@ impl Enforcer {
         });
     }
 
-    async fn run_current(&mut self, trigger: &str) {
+    async fn run_current(&mut self, trigger: Trigger) {
         self.schedule_resync();
-        if trigger != "change" {
+        if trigger != Trigger::Change {
             let dir = self.cfg.facts_dir.clone();
             let facts = tokio::task::spawn_blocking(move || crate::facts::collect(&dir))
                 .await
@@ -191,7 +191,7 @@ impl Enforcer {
     /// Enforces forever: at startup, on each new desired state, on the resync timer.
     async fn run(mut self, mut desired: tokio::sync::watch::Receiver<Option<Arc<Cached>>>) {
         // Enforce what we had before talking to anyone: the controller may be away.
-        self.run_current("startup").await;
+        self.run_current(Trigger::Startup).await;
         let mut link_open = true;
         loop {
             tokio::select! {
@@ -208,9 +208,9 @@ impl Enforcer {
                     tracing::info!(revision = cached.revision, hash = %cached.hash, "new desired state");
                     self.current = Some(cached);
                     self.publish(None);
-                    self.run_current("change").await;
+                    self.run_current(Trigger::Change).await;
                 }
-                _ = tokio::time::sleep_until(self.next_resync.into()) => self.run_current("resync").await,
+                _ = tokio::time::sleep_until(self.next_resync.into()) => self.run_current(Trigger::Resync).await,
             }
         }
     }

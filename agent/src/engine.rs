@@ -9,6 +9,7 @@
 
 use crate::host::Host;
 use crate::state::{Managed, StateDir};
+use ballast_proto::enums::Trigger;
 use ballast_proto::pb;
 use ballast_proto::spec::{Kind, NodeState, Resource as Spec};
 use std::collections::{BTreeMap, BTreeSet};
@@ -50,33 +51,8 @@ pub struct RunOptions<'a> {
     pub facts: &'a serde_json::Value,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Outcome {
-    Unchanged,
-    Changed,
-    Failed,
-    Skipped,
-}
-
-impl Outcome {
-    pub fn to_pb(self) -> pb::Outcome {
-        match self {
-            Outcome::Unchanged => pb::Outcome::Unchanged,
-            Outcome::Changed => pb::Outcome::Changed,
-            Outcome::Failed => pb::Outcome::Failed,
-            Outcome::Skipped => pb::Outcome::Skipped,
-        }
-    }
-
-    pub fn from_pb(o: i32) -> Outcome {
-        match pb::Outcome::try_from(o) {
-            Ok(pb::Outcome::Changed) => Outcome::Changed,
-            Ok(pb::Outcome::Failed) => Outcome::Failed,
-            Ok(pb::Outcome::Skipped) => Outcome::Skipped,
-            _ => Outcome::Unchanged,
-        }
-    }
-}
+/// One closed set with the wire's (`ballast_proto::enums`).
+pub use ballast_proto::enums::Outcome;
 
 #[derive(Debug, Clone)]
 pub struct ResourceReport {
@@ -138,7 +114,7 @@ impl Report {
         state_hash: &str,
         started_at_ms: u64,
         noop: bool,
-        trigger: &str,
+        trigger: Trigger,
     ) -> pb::RunReport {
         pb::RunReport {
             revision,
@@ -146,13 +122,13 @@ impl Report {
             started_at_ms,
             duration_ms: self.duration.as_millis() as u64,
             noop,
-            trigger: trigger.to_owned(),
+            trigger: trigger.into(),
             resources: self
                 .resources
                 .iter()
                 .map(|r| pb::ResourceOutcome {
                     id: r.id.clone(),
-                    outcome: r.outcome.to_pb() as i32,
+                    outcome: r.outcome.into(),
                     changes: r.changes.clone(),
                     error: r.error.clone().unwrap_or_default(),
                     backup: r.backup.clone().unwrap_or_default(),

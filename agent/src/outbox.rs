@@ -188,10 +188,12 @@ impl Outbox {
 mod tests {
     use super::*;
 
-    fn report(revision: u64, trigger: &str, changed: bool) -> pb::RunReport {
+    /// A report told apart from others by `tag` (its start time).
+    fn report(revision: u64, tag: u64, changed: bool) -> pb::RunReport {
         pb::RunReport {
             revision,
-            trigger: trigger.into(),
+            started_at_ms: tag,
+            trigger: ballast_proto::enums::Trigger::Resync.into(),
             resources: vec![pb::ResourceOutcome {
                 id: "file[/x]".into(),
                 outcome: if changed {
@@ -213,7 +215,7 @@ mod tests {
     fn drain(outbox: &Outbox) -> Vec<String> {
         let mut out = Vec::new();
         while let Some((seq, r)) = outbox.front().unwrap() {
-            out.push(format!("{}:{}", r.revision, r.trigger));
+            out.push(format!("{}:{}", r.revision, r.started_at_ms));
             outbox.remove(seq);
         }
         out
@@ -224,14 +226,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let o = Outbox::open(&StateDir::new(dir.path())).unwrap();
-            o.push(&report(1, "a", true)).unwrap();
-            o.push(&report(1, "b", false)).unwrap();
-            o.push(&report(1, "c", false)).unwrap(); // replaces "b": says nothing new
-            o.push(&report(2, "d", true)).unwrap();
+            o.push(&report(1, 1, true)).unwrap();
+            o.push(&report(1, 2, false)).unwrap();
+            o.push(&report(1, 3, false)).unwrap(); // replaces 2: says nothing new
+            o.push(&report(2, 4, true)).unwrap();
         }
         std::fs::write(dir.path().join("outbox/.x.tmp"), b"partial").unwrap();
         let o = Outbox::open(&StateDir::new(dir.path())).unwrap();
-        assert_eq!(drain(&o), ["1:a", "1:c", "2:d"]);
+        assert_eq!(drain(&o), ["1:1", "1:3", "2:4"]);
         let o = Outbox::open(&StateDir::new(dir.path())).unwrap();
         assert!(o.is_empty(), "delivered reports are gone for good");
         assert_eq!(
@@ -247,7 +249,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(&StateDir::new(dir.path())).unwrap();
         for i in 0..(MAX_UNSENT_REPORTS as u64 + 10) {
-            o.push(&report(i, "r", true)).unwrap();
+            o.push(&report(i, i, true)).unwrap();
         }
         assert_eq!(o.len(), MAX_UNSENT_REPORTS);
         assert_eq!(o.front().unwrap().unwrap().1.revision, 10);
@@ -261,7 +263,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect(),
-            ..report(999, "big", true)
+            ..report(999, 999, true)
         };
         for _ in 0..8 {
             o.push(&big).unwrap();
@@ -279,13 +281,12 @@ mod tests {
         use ballast_proto::limits;
         let dir = tempfile::tempdir().unwrap();
         let o = Outbox::open(&StateDir::new(dir.path())).unwrap();
-        let mut hostile = report(1, &"t".repeat(4096), true);
+        let mut hostile = report(1, 1, true);
         hostile.resources[0].id = format!("file[/{}]", "x".repeat(4 << 20));
         hostile.resources[0].error = "e".repeat(1 << 20);
         o.push(&hostile).unwrap();
         let (_, queued) = o.front().unwrap().unwrap();
         let res = &queued.resources[0];
-        assert!(queued.trigger.len() <= limits::MAX_TRIGGER_BYTES);
         assert!(res.id.len() <= limits::MAX_RESOURCE_ID_BYTES);
         assert!(res.error.len() <= limits::MAX_ERROR_BYTES);
         assert!(

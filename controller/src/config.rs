@@ -127,6 +127,8 @@ pub struct ServeConfig {
     pub connections: ConnLimits,
     /// redb in the data dir, or etcd.
     pub store: StoreConfig,
+    /// The fleet's time; tests set a manual one.
+    pub clock: crate::fleet::Clock,
 }
 
 impl ServeConfig {
@@ -141,6 +143,7 @@ impl ServeConfig {
             agent_binary: None,
             connections: ConnLimits::default(),
             store: StoreConfig::Redb,
+            clock: crate::fleet::Clock::System,
         }
     }
 }

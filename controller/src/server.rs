@@ -89,7 +89,8 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
             Arc::new(store)
         }
     };
-    let fleet = Fleet::open(store, cfg.stale_after).context("load fleet state")?;
+    let fleet =
+        Fleet::open(store, cfg.stale_after, cfg.clock.clone()).context("load fleet state")?;
     let fingerprint = ca.fingerprint();
     let ca = Arc::new(ca);
 

@@ -1,9 +1,11 @@
 //! Ballast's wire contract (generated from `proto/ballast.proto`, never edited)
-//! and the one validated model of desired state (`spec`).
+//! the closed sets that cross crates (`enums`), and the one validated model of
+//! desired state (`spec`).
 //!
 //! Invariant: wire types are turned into validated `spec` types once, at the
 //! boundary (`spec::NodeState::from_document`); nothing else trusts raw bytes.
 
+pub mod enums;
 pub mod limits;
 #[cfg(feature = "log")]
 pub mod log;

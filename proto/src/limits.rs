@@ -6,6 +6,7 @@
 //! limit, and stores nothing of it; the agent fits its own reports to the same
 //! bounds (`fit_report`) so that it is never refused.
 
+use crate::enums::{Outcome, Trigger};
 use crate::pb;
 
 /// Largest encoded `RunReport` the controller accepts. Below
@@ -22,8 +23,6 @@ pub const MAX_CHANGES_PER_RESOURCE: usize = 256;
 pub const MAX_CHANGE_BYTES: usize = 8192;
 /// A resource's error text.
 pub const MAX_ERROR_BYTES: usize = 16 * 1024;
-/// A run's trigger (`change`, `resync`, `startup`, `local`).
-pub const MAX_TRIGGER_BYTES: usize = 32;
 /// A hash or backup tag (`sha256:` and 64 hex digits).
 pub const MAX_TAG_BYTES: usize = 128;
 /// The facts document, as JSON text.
@@ -40,7 +39,8 @@ pub const MAX_PAGE_BYTES: usize = 2 * 1024 * 1024;
 /// Failed resource ids listed in a node summary (`failed_count` has them all).
 pub const MAX_SUMMARY_FAILED: usize = 16;
 
-/// A report whose every field is within the bounds above.
+/// A report whose every field is within the bounds above and whose enums
+/// (`trigger`, each `outcome`) are known values, none unspecified.
 #[derive(Debug, Clone)]
 pub struct CheckedReport(pb::RunReport);
 
@@ -69,13 +69,12 @@ impl TryFrom<pb::RunReport> for CheckedReport {
                 r.resources.len()
             ));
         }
-        if r.trigger.len() > MAX_TRIGGER_BYTES {
-            return Err(over("trigger", r.trigger.len(), MAX_TRIGGER_BYTES));
-        }
+        Trigger::try_from(r.trigger).map_err(|e| format!("report: {e}"))?;
         if r.state_hash.len() > MAX_TAG_BYTES {
             return Err(over("state_hash", r.state_hash.len(), MAX_TAG_BYTES));
         }
         for (i, res) in r.resources.iter().enumerate() {
+            Outcome::try_from(res.outcome).map_err(|e| format!("report: resources[{i}].{e}"))?;
             if res.id.len() > MAX_RESOURCE_ID_BYTES {
                 return Err(over(
                     &format!("resources[{i}].id"),
@@ -192,7 +191,6 @@ pub fn truncate(s: &mut String, max: usize) {
 /// dropped (then everything past the limit), with a note in the last entry.
 pub fn fit_report(r: &mut pb::RunReport) {
     use prost::Message;
-    truncate(&mut r.trigger, MAX_TRIGGER_BYTES);
     for res in &mut r.resources {
         truncate(&mut res.id, MAX_RESOURCE_ID_BYTES);
         truncate(&mut res.error, MAX_ERROR_BYTES);
@@ -208,7 +206,7 @@ pub fn fit_report(r: &mut pb::RunReport) {
     }
     if r.resources.len() > MAX_REPORT_RESOURCES || r.encoded_len() > MAX_REPORT_BYTES {
         r.resources
-            .retain(|res| res.outcome != pb::Outcome::Unchanged as i32);
+            .retain(|res| res.outcome != i32::from(Outcome::Unchanged));
     }
     let mut dropped = 0usize;
     while r.resources.len() > MAX_REPORT_RESOURCES
@@ -231,6 +229,41 @@ pub fn fit_report(r: &mut pb::RunReport) {
 mod tests {
     use super::*;
 
+    fn report() -> pb::RunReport {
+        pb::RunReport {
+            trigger: Trigger::Resync.into(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn reports_with_unknown_or_unspecified_enums_are_refused_by_field() {
+        let e = CheckedReport::try_from(pb::RunReport::default()).unwrap_err();
+        assert!(e.starts_with("report: trigger: unspecified (0)"), "{e}");
+        let mut r = report();
+        r.trigger = 42;
+        let e = CheckedReport::try_from(r).unwrap_err();
+        assert!(e.contains("trigger: unknown value 42"), "{e}");
+        let mut r = report();
+        for outcome in [Outcome::Changed.into(), 7] {
+            r.resources.push(pb::ResourceOutcome {
+                id: "file[/x]".into(),
+                outcome,
+                ..Default::default()
+            });
+        }
+        let e = CheckedReport::try_from(r.clone()).unwrap_err();
+        assert!(
+            e.starts_with("report: resources[1].outcome: unknown value 7; expected one of"),
+            "{e}"
+        );
+        r.resources[1].outcome = 0;
+        let e = CheckedReport::try_from(r.clone()).unwrap_err();
+        assert!(e.contains("resources[1].outcome: unspecified (0)"), "{e}");
+        r.resources[1].outcome = Outcome::Skipped.into();
+        assert!(CheckedReport::try_from(r).is_ok());
+    }
+
     #[test]
     fn truncation_is_visible_and_within_the_bound() {
         let mut s = "x".repeat(10_000);
@@ -247,9 +280,10 @@ mod tests {
 
     #[test]
     fn oversized_report_fields_are_refused_by_name() {
-        let mut r = pb::RunReport::default();
+        let mut r = report();
         r.resources.push(pb::ResourceOutcome {
             id: "x".repeat(MAX_RESOURCE_ID_BYTES + 1),
+            outcome: Outcome::Changed.into(),
             ..Default::default()
         });
         let e = CheckedReport::try_from(r.clone()).unwrap_err();
@@ -260,10 +294,7 @@ mod tests {
 
     #[test]
     fn fitted_reports_pass_the_check() {
-        let mut r = pb::RunReport {
-            trigger: "t".repeat(100),
-            ..Default::default()
-        };
+        let mut r = report();
         for i in 0..2000 {
             r.resources.push(pb::ResourceOutcome {
                 id: format!("file[/srv/{i}]"),

@@ -4,6 +4,7 @@
 use super::conn::{self, Conn, connect, status_error};
 use super::output::{Format, emit, esc, esc_join, labels_text, time, time_json};
 use anyhow::Context;
+use ballast_proto::enums::{NodeStatus, Outcome, Trigger};
 use ballast_proto::pb;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -18,10 +19,15 @@ pub async fn list(
 ) -> anyhow::Result<ExitCode> {
     let mut client = connect(conn).await?;
     let list = conn::list_nodes(&mut client, &filters).await?;
+    let docs = list
+        .nodes
+        .iter()
+        .map(node_doc)
+        .collect::<anyhow::Result<Vec<_>>>()?;
     emit(
         out,
         format,
-        || list.nodes.iter().map(node_doc).collect(),
+        || docs.into(),
         |out| write_node_table(out, &list.nodes),
     )?;
     Ok(ExitCode::SUCCESS)
@@ -40,12 +46,8 @@ pub async fn show(
         .await
         .map_err(status_error)?
         .into_inner();
-    emit(
-        out,
-        format,
-        || detail_doc(&detail),
-        |out| write_node_detail(out, &detail),
-    )?;
+    let doc = detail_doc(&detail)?;
+    emit(out, format, || doc, |out| write_node_detail(out, &detail))?;
     Ok(ExitCode::SUCCESS)
 }
 
@@ -109,23 +111,23 @@ pub fn write_health(
     list: &conn::NodeList,
 ) -> anyhow::Result<ExitCode> {
     let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut bad: Vec<(&pb::NodeSummary, NodeStatus)> = Vec::new();
     for n in &list.nodes {
-        *counts.entry(n.status.as_str()).or_default() += 1;
+        let status = status_of(n)?;
+        *counts.entry(status.as_str()).or_default() += 1;
+        if status.needs_attention() {
+            bad.push((n, status));
+        }
     }
-    let bad: Vec<&pb::NodeSummary> = list
-        .nodes
-        .iter()
-        .filter(|n| matches!(n.status.as_str(), "failed" | "stale" | "bootstrap-failed"))
-        .collect();
     let doc = || {
         serde_json::json!({
             "revision": list.current_revision,
             "nodes": list.nodes.len(),
             "statuses": counts,
             "healthy": bad.is_empty(),
-            "problems": bad.iter().map(|n| serde_json::json!({
+            "problems": bad.iter().map(|(n, status)| serde_json::json!({
                 "name": n.name,
-                "status": n.status,
+                "status": status.as_str(),
                 "failed_resources": n.failed_resources,
                 "failed_count": n.failed_count,
                 "last_seen": time_json(n.last_seen_ms),
@@ -148,13 +150,13 @@ pub fn write_health(
                 parts.join(", ")
             }
         )?;
-        for n in &bad {
-            let what = match n.status.as_str() {
-                "failed" => format!("failing: {}", failing(n, ", ")),
-                "stale" => format!("last seen {}", time(n.last_seen_ms)),
+        for (n, status) in &bad {
+            let what = match status {
+                NodeStatus::Failed => format!("failing: {}", failing(n, ", ")),
+                NodeStatus::Stale => format!("last seen {}", time(n.last_seen_ms)),
                 _ => format!("see ballast node show {}", esc(&n.name)),
             };
-            writeln!(out, "  {} {} ({what})", esc(&n.name), esc(&n.status))?;
+            writeln!(out, "  {} {status} ({what})", esc(&n.name))?;
         }
         Ok(())
     })?;
@@ -165,18 +167,30 @@ pub fn write_health(
     })
 }
 
-fn node_doc(n: &pb::NodeSummary) -> serde_json::Value {
+/// A summary's status. The CLI decides on it (health's exit code, `apply
+/// --wait`), so a value it does not know (a newer controller's) is an error
+/// naming the node, never a guess.
+pub(super) fn status_of(n: &pb::NodeSummary) -> anyhow::Result<NodeStatus> {
+    NodeStatus::try_from(n.status).with_context(|| {
+        format!(
+            "node {}: the controller sent a status this ballast does not know; upgrade ballast",
+            esc(&n.name)
+        )
+    })
+}
+
+fn node_doc(n: &pb::NodeSummary) -> anyhow::Result<serde_json::Value> {
     let labels: BTreeMap<&String, &String> = n.labels.iter().collect();
-    serde_json::json!({
+    Ok(serde_json::json!({
         "name": n.name,
         "labels": labels,
-        "status": n.status,
+        "status": status_of(n)?.as_str(),
         "desired_revision": n.desired_revision,
         "applied_revision": n.applied_revision,
         "last_seen": time_json(n.last_seen_ms),
         "failed_resources": n.failed_resources,
         "failed_count": n.failed_count,
-    })
+    }))
 }
 
 /// The failing ids a summary carries, and how many more it left out (a
@@ -202,7 +216,7 @@ fn write_node_table(out: &mut dyn Write, nodes: &[pb::NodeSummary]) -> anyhow::R
             out,
             "{:<24} {:<11} {:>7} {:>7} {:<20} {:<28} {}",
             esc(&n.name),
-            esc(&n.status),
+            status_of(n)?.as_str(),
             n.desired_revision,
             n.applied_revision,
             time(n.last_seen_ms),
@@ -213,24 +227,29 @@ fn write_node_table(out: &mut dyn Write, nodes: &[pb::NodeSummary]) -> anyhow::R
     Ok(())
 }
 
-fn outcome_name(o: i32) -> &'static str {
-    match pb::Outcome::try_from(o).unwrap_or(pb::Outcome::Unspecified) {
-        pb::Outcome::Unchanged => "unchanged",
-        pb::Outcome::Changed => "changed",
-        pb::Outcome::Failed => "failed",
-        pb::Outcome::Skipped => "skipped",
-        pb::Outcome::Unspecified => "unknown",
-    }
+/// A last report's outcome or trigger, shown only: the controller checked
+/// the report on receipt, but one it stored before triggers were an enum
+/// reads as unspecified and shows as `unknown`.
+fn shown<E: TryFrom<i32>>(v: i32, name: fn(E) -> &'static str) -> &'static str {
+    E::try_from(v).map(name).unwrap_or("unknown")
 }
 
-fn detail_doc(d: &pb::NodeDetail) -> serde_json::Value {
+fn outcome_name(o: i32) -> &'static str {
+    shown(o, Outcome::as_str)
+}
+
+fn trigger_name(t: i32) -> &'static str {
+    shown(t, Trigger::as_str)
+}
+
+fn detail_doc(d: &pb::NodeDetail) -> anyhow::Result<serde_json::Value> {
     let s = d.summary.clone().unwrap_or_default();
     let facts: serde_json::Value =
         serde_json::from_str(&d.facts_json).unwrap_or(serde_json::Value::Null);
     let report = d.last_report.as_ref().map(|r| {
         serde_json::json!({
             "revision": r.revision, "state_hash": r.state_hash, "started_at": time_json(r.started_at_ms),
-            "duration_ms": r.duration_ms, "trigger": r.trigger,
+            "duration_ms": r.duration_ms, "trigger": trigger_name(r.trigger),
             "resources": r.resources.iter().map(|x| serde_json::json!({
                 "id": x.id, "outcome": outcome_name(x.outcome), "changes": x.changes, "error": x.error, "backup": x.backup,
             })).collect::<Vec<_>>(),
@@ -243,11 +262,11 @@ fn detail_doc(d: &pb::NodeDetail) -> serde_json::Value {
             |e| serde_json::json!({"at": time_json(e.at_ms), "stage": e.stage, "detail": e.detail}),
         )
         .collect();
-    let mut v = node_doc(&s);
+    let mut v = node_doc(&s)?;
     v["facts"] = facts;
     v["last_run"] = report.unwrap_or(serde_json::Value::Null);
     v["timeline"] = timeline.into();
-    v
+    Ok(v)
 }
 
 /// `node show` for people. Facts are the node's own words: escaped like the rest.
@@ -256,7 +275,7 @@ pub fn write_node_detail(out: &mut dyn Write, d: &pb::NodeDetail) -> anyhow::Res
     let facts: serde_json::Value =
         serde_json::from_str(&d.facts_json).unwrap_or(serde_json::Value::Null);
     writeln!(out, "node:      {}", esc(&s.name))?;
-    writeln!(out, "status:    {}", esc(&s.status))?;
+    writeln!(out, "status:    {}", status_of(&s)?)?;
     writeln!(out, "labels:    {}", labels_text(&s.labels))?;
     writeln!(
         out,
@@ -298,7 +317,7 @@ pub fn write_node_detail(out: &mut dyn Write, d: &pb::NodeDetail) -> anyhow::Res
                 "last run:  revision {} at {} ({}, {} ms)",
                 r.revision,
                 time(r.started_at_ms),
-                esc(&r.trigger),
+                trigger_name(r.trigger),
                 r.duration_ms
             )?;
             for x in &r.resources {
@@ -327,7 +346,7 @@ mod tests {
             labels: [(format!("k{HOSTILE}"), format!("v{HOSTILE}"))]
                 .into_iter()
                 .collect(),
-            status: "failed".into(),
+            status: NodeStatus::Failed.into(),
             failed_resources: vec![format!("file[/etc/{HOSTILE}]")],
             ..Default::default()
         };
@@ -339,7 +358,7 @@ mod tests {
             })
             .to_string(),
             last_report: Some(pb::RunReport {
-                trigger: HOSTILE.into(),
+                trigger: Trigger::Change.into(),
                 resources: vec![pb::ResourceOutcome {
                     id: format!("file[/etc/{HOSTILE}]"),
                     outcome: pb::Outcome::Failed as i32,
@@ -384,7 +403,7 @@ mod tests {
         let d = hostile_detail();
         let mut odd = d.summary.clone().unwrap();
         odd.name = "db-1".into();
-        odd.status = format!("bootstrap-failed{HOSTILE}");
+        odd.status = NodeStatus::BootstrapFailed.into();
         let list = conn::NodeList {
             nodes: vec![d.summary.unwrap(), odd],
             current_revision: 3,
@@ -403,7 +422,7 @@ mod tests {
         emit(
             &mut out,
             Format::Json,
-            || detail_doc(&hostile_detail()),
+            || detail_doc(&hostile_detail()).unwrap(),
             |_| unreachable!(),
         )
         .unwrap();
@@ -412,5 +431,33 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["last_run"]["resources"][0]["error"], HOSTILE);
         assert_eq!(v["timeline"][0]["detail"], HOSTILE);
+    }
+
+    #[test]
+    fn a_status_this_cli_does_not_know_is_an_error_naming_the_node() {
+        let mut n = hostile_detail().summary.unwrap();
+        n.status = 99;
+        let list = conn::NodeList {
+            nodes: vec![n],
+            current_revision: 3,
+        };
+        let e = write_health(&mut Vec::new(), Format::Json, &list).unwrap_err();
+        let text = format!("{e:#}");
+        assert!(
+            text.contains("node web-1: the controller sent a status")
+                && text.contains("status: unknown value 99"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn json_statuses_keep_their_lowercase_names() {
+        let mut n = hostile_detail().summary.unwrap();
+        for &status in NodeStatus::ALL {
+            n.status = status.into();
+            assert_eq!(node_doc(&n).unwrap()["status"], status.as_str());
+        }
+        n.status = NodeStatus::BootstrapFailed.into();
+        assert_eq!(node_doc(&n).unwrap()["status"], "bootstrap-failed");
     }
 }

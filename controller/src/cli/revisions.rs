@@ -4,6 +4,7 @@
 use super::conn::{self, Conn, author, connect, status_error};
 use super::output::{Format, emit, esc, esc_join, short_hash, time, time_json};
 use anyhow::bail;
+use ballast_proto::enums::NodeStatus;
 use ballast_proto::pb;
 use ballast_proto::pb::admin_client::AdminClient;
 use std::io::Write;
@@ -213,9 +214,11 @@ async fn wait_for(
             let nodes = conn::list_nodes(client, &[]).await?.nodes;
             for n in nodes.into_iter().filter(|n| affected.contains(&n.name)) {
                 let caught_up = n.applied_revision >= n.desired_revision;
-                match n.status.as_str() {
-                    "converged" | "drifted" if caught_up => w.converged.push(n.name),
-                    "failed" if caught_up => w.failed.push((n.name, n.failed_resources)),
+                match super::nodes::status_of(&n)? {
+                    NodeStatus::Converged | NodeStatus::Drifted if caught_up => {
+                        w.converged.push(n.name)
+                    }
+                    NodeStatus::Failed if caught_up => w.failed.push((n.name, n.failed_resources)),
                     _ => w.pending.push(n.name),
                 }
             }

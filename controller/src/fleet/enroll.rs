@@ -7,11 +7,11 @@
 //! against the token's own name (its reservation or node), at most once per
 //! [`REFUSAL_LOG_EVERY`] per token, and never under a name the caller chose.
 
-use super::records::{NodeRecord, PendingRecord, TokenRecord, push_event};
+use super::records::{NodeRecord, PendingRecord, Stage, TokenRecord, push_event};
 use super::revisions::desired_for;
 use super::{
     Fleet, FleetError, MAX_TOKEN_TTL, NODE_CERT_VALIDITY, Node, OPERATOR_TRIES, PENDING_GRACE,
-    Result, from_json, keys, now_ms, to_json, validate_labels,
+    Result, from_json, keys, to_json, validate_labels,
 };
 use crate::ca::Ca;
 use crate::store::{Compare, Op};
@@ -75,7 +75,7 @@ impl Fleet {
         getrandom::fill(&mut raw)
             .map_err(|e| FleetError::Internal(anyhow::anyhow!("random token: {e}")))?;
         let token = format!("blt_{}", hex::encode(raw));
-        let now = now_ms();
+        let now = self.now_ms();
         let expires_at_ms = now + ttl.as_millis() as u64;
         let rec = TokenRecord {
             name: name.clone(),
@@ -110,7 +110,7 @@ impl Fleet {
                 self.log_bootstrap(
                     &name,
                     &labels,
-                    "token-issued",
+                    Stage::TokenIssued,
                     &detail,
                     until,
                     Some(put_token),
@@ -127,13 +127,13 @@ impl Fleet {
         &self,
         name: &str,
         labels: &Labels,
-        stage: &str,
+        stage: Stage,
         detail: &str,
         until: u64,
         with: Option<(Compare, Op)>,
     ) -> Result<()> {
         let _op = self.operator_lock();
-        let now = now_ms();
+        let now = self.now_ms();
         for _ in 0..OPERATOR_TRIES {
             let mut compares: Vec<Compare> = with.iter().map(|w| w.0.clone()).collect();
             let mut ops: Vec<Op> = with.iter().map(|w| w.1.clone()).collect();
@@ -165,7 +165,7 @@ impl Fleet {
             if rec.expires_at_ms <= now {
                 rec.timeline.clear();
             }
-            if stage == "token-issued" {
+            if stage == Stage::TokenIssued {
                 rec.labels = labels.clone();
             }
             rec.expires_at_ms = rec.expires_at_ms.max(until);
@@ -207,7 +207,7 @@ impl Fleet {
     /// Records a refused enrollment of a real (spent or expired) token:
     /// against the name it reserves, or only in the log for an unnamed one.
     fn note_refusal(&self, hash: &str, rec: &TokenRecord, requested: &str, why: &str) {
-        let now = now_ms();
+        let now = self.now_ms();
         if !self.refusal_due(hash, now) {
             return;
         }
@@ -221,7 +221,7 @@ impl Fleet {
                 let until = now + PENDING_GRACE.as_millis() as u64;
                 let detail = format!("enrollment refused: {why}");
                 if let Err(e) =
-                    self.log_bootstrap(name, &rec.labels, "enroll-failed", &detail, until, None)
+                    self.log_bootstrap(name, &rec.labels, Stage::EnrollFailed, &detail, until, None)
                 {
                     tracing::warn!(error = %e, node = %name, "could not record the failed enrollment");
                 }
@@ -248,7 +248,7 @@ impl Fleet {
         let key = keys::token(&hash);
         let entry = self.store.get(&key)?.ok_or_else(denied)?;
         let mut rec: TokenRecord = from_json(&key, &entry.value)?;
-        let now = now_ms();
+        let now = self.now_ms();
         if rec.used_by.is_some() || rec.expires_at_ms <= now {
             let why = if rec.used_by.is_some() {
                 "token already used"
@@ -330,7 +330,7 @@ impl Fleet {
             ),
             None => format!("certificate serial {}", issued.serial),
         };
-        push_event(&mut record.timeline, now, "enrolled", detail);
+        push_event(&mut record.timeline, now, Stage::Enrolled, detail);
         let ok = self.store.txn(
             &[
                 Compare::Version(key.clone(), entry.version),

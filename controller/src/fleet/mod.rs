@@ -13,8 +13,10 @@
 //! Jobs: `keys` (every store key), `records` (stored types, bounded
 //! timelines), `enroll` (tokens, reserved names, enrollment), `revisions`
 //! (apply, diff, history, rollback), `nodes` (reports, facts, revoke, label,
-//! list, show), `view` (pure status, filters, paging).
+//! list, show), `view` (pure status, filters, paging), `clock` (the one
+//! source of time: tests move a manual clock instead of sleeping).
 
+mod clock;
 mod enroll;
 mod keys;
 mod nodes;
@@ -25,11 +27,12 @@ mod view;
 use crate::store::{Compare, Op, Store};
 use ballast_proto::pb;
 use ballast_proto::spec::{self, Labels, Spec};
+pub use clock::Clock;
 use records::{NodeRecord, NodeStatus, PendingRecord, ReportSummary};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::watch;
 
 /// Errors a caller can act on; `api` maps each variant to one gRPC code.
@@ -67,13 +70,6 @@ pub const PENDING_GRACE: Duration = Duration::from_secs(86400);
 /// Tries of an operator write whose store compare failed: only another
 /// controller writing the same record at once can make one fail.
 const OPERATOR_TRIES: usize = 5;
-
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
-}
 
 /// What a node's watch stream carries.
 #[derive(Debug, Clone)]
@@ -152,6 +148,7 @@ pub struct Fleet {
     /// store's version compares still guard against another controller.
     operator_lock: Mutex<()>,
     stale_after: Duration,
+    clock: Clock,
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -178,9 +175,13 @@ fn decode_report(key: &str, bytes: &[u8]) -> Result<pb::RunReport> {
 
 impl Fleet {
     /// Loads the fleet from the store and renders every node's desired state.
-    pub fn open(store: Arc<dyn Store>, stale_after: Duration) -> anyhow::Result<Arc<Fleet>> {
+    pub fn open(
+        store: Arc<dyn Store>,
+        stale_after: Duration,
+        clock: Clock,
+    ) -> anyhow::Result<Arc<Fleet>> {
         let current = revisions::load_current(store.as_ref())?;
-        let now = now_ms();
+        let now = clock.now_ms();
         let mut nodes = BTreeMap::new();
         for (key, entry) in store.list(keys::NODES)? {
             let record: NodeRecord = from_json(&key, &entry.value)?;
@@ -198,7 +199,10 @@ impl Fleet {
             .unwrap_or_else(|| NodeStatus {
                 cert_serial: record.cert_serial.clone(),
                 last_seen_ms: record.last_seen_ms,
-                reported: record.timeline.iter().any(|e| e.stage == "first-report"),
+                reported: record
+                    .timeline
+                    .iter()
+                    .any(|e| e.stage == records::Stage::FirstReport),
                 timeline: Vec::new(),
             });
             let facts = match store.get(&keys::facts(&name))? {
@@ -255,7 +259,13 @@ impl Fleet {
             apply_lock: Mutex::new(()),
             operator_lock: Mutex::new(()),
             stale_after,
+            clock,
         }))
+    }
+
+    /// Now, by the fleet's clock (the only one it reads).
+    fn now_ms(&self) -> u64 {
+        self.clock.now_ms()
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -288,14 +298,14 @@ impl Fleet {
             .nodes
             .get_mut(name)
             .ok_or_else(|| FleetError::NotFound(format!("node {name} is not enrolled")))?;
-        node.status.last_seen_ms = now_ms();
+        node.status.last_seen_ms = self.now_ms();
         Ok(node.feed.subscribe())
     }
 
     /// Cheap: memory only. `last_seen` reaches the store with the next report.
     pub fn heartbeat(&self, name: &str) {
         if let Some(node) = self.lock().nodes.get_mut(name) {
-            node.status.last_seen_ms = now_ms();
+            node.status.last_seen_ms = self.now_ms();
         }
     }
 }

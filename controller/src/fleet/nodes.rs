@@ -2,11 +2,10 @@
 //! the node's own calls), what operators decide (revoke, label: written only
 //! by admin calls), and the fleet views over both.
 
-use super::records::{NodeRecord, push_event, summarize};
+use super::records::{NodeRecord, Stage, push_event, summarize};
 use super::revisions::desired_for;
 use super::{
-    Feed, Fleet, FleetError, OPERATOR_TRIES, Result, decode_report, from_json, keys, now_ms,
-    to_json, view,
+    Feed, Fleet, FleetError, OPERATOR_TRIES, Result, decode_report, from_json, keys, to_json, view,
 };
 use crate::store::{Compare, Op};
 use ballast_proto::limits::{CheckedFacts, CheckedReport, MAX_PAGE_BYTES};
@@ -35,13 +34,13 @@ impl Fleet {
             let node = inner.nodes.get(name).ok_or_else(not_enrolled)?;
             (node.status.clone(), node.record.cert_serial.clone())
         };
-        let now = now_ms();
+        let now = self.now_ms();
         if !status.reported {
             status.reported = true;
             push_event(
                 &mut status.timeline,
                 now,
-                "first-report",
+                Stage::FirstReport,
                 format!("revision {}", report.revision),
             );
         }
@@ -54,7 +53,7 @@ impl Fleet {
                     String::new()
                 };
                 (
-                    "failing",
+                    Stage::Failing,
                     format!(
                         "revision {}: failing at {}{more}",
                         report.revision,
@@ -63,11 +62,11 @@ impl Fleet {
                 )
             } else if summary.drifted {
                 (
-                    "drifted",
+                    Stage::Drifted,
                     format!("revision {}: repaired drift", report.revision),
                 )
             } else {
-                ("converged", format!("revision {}", report.revision))
+                (Stage::Converged, format!("revision {}", report.revision))
             };
             // Only stage changes enter the timeline, not every run.
             let mut probe = Vec::new();
@@ -75,7 +74,7 @@ impl Fleet {
             let new = probe.pop().expect("one event");
             let last = status.timeline.last();
             if last.map(|e| (&e.stage, &e.detail)) != Some((&new.stage, &new.detail)) {
-                push_event(&mut status.timeline, now, &new.stage, new.detail);
+                push_event(&mut status.timeline, now, new.stage, new.detail);
             }
         }
         status.last_seen_ms = now;
@@ -108,7 +107,7 @@ impl Fleet {
             .txn(&[], &[Op::Put(keys::facts(name), facts.json.into_bytes())])?;
         if let Some(node) = self.lock().nodes.get_mut(name) {
             node.facts = facts.value;
-            node.status.last_seen_ms = now_ms();
+            node.status.last_seen_ms = self.now_ms();
         }
         Ok(())
     }
@@ -146,8 +145,8 @@ impl Fleet {
             r.revoked = true;
             push_event(
                 &mut r.timeline,
-                now_ms(),
-                "revoked",
+                self.now_ms(),
+                Stage::Revoked,
                 "certificate revoked by an operator",
             );
         })?;
@@ -174,7 +173,12 @@ impl Fleet {
                 }
             }
             let text: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
-            push_event(&mut r.timeline, now_ms(), "labels", text.join(","));
+            push_event(
+                &mut r.timeline,
+                self.now_ms(),
+                Stage::Labels,
+                text.join(","),
+            );
         })?;
         let mut inner = self.lock();
         let number = inner.current.number;
@@ -209,7 +213,7 @@ impl Fleet {
             Some(a) => (Bound::Excluded(a), Bound::Unbounded),
             None => (Bound::Unbounded, Bound::Unbounded),
         };
-        let now = now_ms();
+        let now = self.now_ms();
         let stale = self.stale_after.as_millis() as u64;
         let null = serde_json::Value::Null;
         let inner = self.lock();
@@ -268,7 +272,7 @@ impl Fleet {
     }
 
     pub fn get_node(&self, name: &str) -> Result<pb::NodeDetail> {
-        let now = now_ms();
+        let now = self.now_ms();
         let (summary, facts, timeline, enrolled) = {
             let inner = self.lock();
             match (inner.nodes.get(name), inner.pending.get(name)) {
@@ -306,7 +310,7 @@ impl Fleet {
                 .into_iter()
                 .map(|e| pb::TimelineEvent {
                     at_ms: e.at_ms,
-                    stage: e.stage,
+                    stage: e.stage.as_str().to_owned(),
                     detail: e.detail,
                 })
                 .collect(),

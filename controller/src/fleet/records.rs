@@ -1,6 +1,7 @@
 //! What the fleet stores, one type per key family (see `keys`), and the
 //! bounded timeline both node records carry.
 
+use ballast_proto::enums::{Outcome, Trigger};
 use ballast_proto::limits::{self, MAX_SUMMARY_FAILED};
 use ballast_proto::pb;
 use ballast_proto::spec::Labels;
@@ -36,24 +37,58 @@ pub struct TokenRecord {
     pub replace_revoked: bool,
 }
 
+/// A timeline event's kind: one closed set, stored and shown by its
+/// kebab-case name (`first-report`), which `as_str` spells the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Stage {
+    /// Operator and bootstrap events, in the node's or reservation's record.
+    TokenIssued,
+    EnrollFailed,
+    Enrolled,
+    Labels,
+    Revoked,
+    /// Run events, in the node's own status record.
+    FirstReport,
+    Converged,
+    Failing,
+    Drifted,
+}
+
+impl Stage {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Stage::TokenIssued => "token-issued",
+            Stage::EnrollFailed => "enroll-failed",
+            Stage::Enrolled => "enrolled",
+            Stage::Labels => "labels",
+            Stage::Revoked => "revoked",
+            Stage::FirstReport => "first-report",
+            Stage::Converged => "converged",
+            Stage::Failing => "failing",
+            Stage::Drifted => "drifted",
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Event {
     pub at_ms: u64,
-    pub stage: String,
+    pub stage: Stage,
     pub detail: String,
 }
 
 /// Appends an event, then drops the oldest until the timeline is within its
 /// count and byte bounds.
-pub fn push_event(timeline: &mut Vec<Event>, at_ms: u64, stage: &str, detail: impl Into<String>) {
+pub fn push_event(timeline: &mut Vec<Event>, at_ms: u64, stage: Stage, detail: impl Into<String>) {
     let mut detail = detail.into();
     limits::truncate(&mut detail, EVENT_DETAIL_MAX_BYTES);
     timeline.push(Event {
         at_ms,
-        stage: stage.to_owned(),
+        stage,
         detail,
     });
-    let size = |e: &Event| e.stage.len() + e.detail.len() + 16;
+    let size = |e: &Event| e.stage.as_str().len() + e.detail.len() + 16;
     let mut bytes: usize = timeline.iter().map(size).sum();
     let mut drop = timeline.len().saturating_sub(TIMELINE_CAP);
     bytes -= timeline[..drop].iter().map(size).sum::<usize>();
@@ -120,27 +155,30 @@ pub struct ReportSummary {
     pub drifted: bool,
 }
 
+/// Reports are checked on receipt (`CheckedReport`); one stored by an older
+/// controller may hold an unspecified trigger, which never counts as drift.
 pub fn summarize(report: &pb::RunReport) -> ReportSummary {
+    let is = |r: &pb::ResourceOutcome, o: Outcome| Outcome::try_from(r.outcome) == Ok(o);
     let failed_ids = report
         .resources
         .iter()
-        .filter(|r| r.outcome == pb::Outcome::Failed as i32)
+        .filter(|r| is(r, Outcome::Failed))
         .map(|r| r.id.clone());
     let failed_count = report
         .resources
         .iter()
-        .filter(|r| r.outcome == pb::Outcome::Failed as i32)
+        .filter(|r| is(r, Outcome::Failed))
         .count();
-    let changed = report
-        .resources
-        .iter()
-        .any(|r| r.outcome == pb::Outcome::Changed as i32);
+    let changed = report.resources.iter().any(|r| is(r, Outcome::Changed));
+    let by_operator_change = Trigger::try_from(report.trigger)
+        .map(|t| t == Trigger::Change)
+        .unwrap_or(true);
     ReportSummary {
         revision: report.revision,
         hash: report.state_hash.clone(),
         failed: failed_ids.take(MAX_SUMMARY_FAILED).collect(),
         failed_count,
-        drifted: changed && report.trigger != "change",
+        drifted: changed && !by_operator_change,
     }
 }
 
@@ -152,17 +190,42 @@ mod tests {
     fn timeline_is_bounded_by_count_and_bytes() {
         let mut t = Vec::new();
         for i in 0..200 {
-            push_event(&mut t, i, "converged", format!("revision {i}"));
+            push_event(&mut t, i, Stage::Converged, format!("revision {i}"));
         }
         assert_eq!(t.len(), TIMELINE_CAP);
         assert_eq!(t.last().unwrap().detail, "revision 199");
         let mut t = Vec::new();
         for i in 0..200 {
-            push_event(&mut t, i, "failing", "x".repeat(100_000));
+            push_event(&mut t, i, Stage::Failing, "x".repeat(100_000));
         }
-        let bytes: usize = t.iter().map(|e| e.stage.len() + e.detail.len()).sum();
+        let bytes: usize = t
+            .iter()
+            .map(|e| e.stage.as_str().len() + e.detail.len())
+            .sum();
         assert!(bytes <= TIMELINE_MAX_BYTES, "{bytes}");
         assert!(t.len() > 1 && t.last().unwrap().at_ms == 199);
         assert!(t[0].detail.contains("…[truncated"), "{}", t[0].detail.len());
+    }
+
+    #[test]
+    fn stages_are_stored_by_the_names_they_are_shown_by() {
+        use Stage::*;
+        for stage in [
+            TokenIssued,
+            EnrollFailed,
+            Enrolled,
+            Labels,
+            Revoked,
+            FirstReport,
+            Converged,
+            Failing,
+            Drifted,
+        ] {
+            let json = serde_json::to_string(&stage).unwrap();
+            assert_eq!(json, format!("\"{}\"", stage.as_str()));
+            assert_eq!(serde_json::from_str::<Stage>(&json).unwrap(), stage);
+        }
+        let e = serde_json::from_str::<Stage>("\"exploded\"").unwrap_err();
+        assert!(e.to_string().contains("unknown variant"), "{e}");
     }
 }

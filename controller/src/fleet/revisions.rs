@@ -2,7 +2,7 @@
 //! current one rendered per node and pushed to the nodes it changes.
 
 use super::records::RevisionRecord;
-use super::{Current, Feed, Fleet, FleetError, Result, from_json, keys, now_ms, to_json};
+use super::{Current, Feed, Fleet, FleetError, Result, from_json, keys, to_json};
 use crate::store::{Compare, Op, Store};
 use ballast_proto::pb;
 use ballast_proto::spec::{self, Labels, NodeMeta, Spec};
@@ -98,7 +98,7 @@ impl Fleet {
         let rec = RevisionRecord {
             number,
             author: author.to_owned(),
-            created_at_ms: now_ms(),
+            created_at_ms: self.now_ms(),
             hash: hash.clone(),
             message: message.to_owned(),
             restored_from,

@@ -1,7 +1,8 @@
 //! Pure views of the fleet: node status, summaries, `--where` filters and
 //! `ListNodes` paging. Time comes in as `now`, so nothing here reads a clock.
 
-use super::records::{Event, NodeRecord, PendingRecord, ReportSummary};
+use super::records::{Event, NodeRecord, PendingRecord, ReportSummary, Stage};
+use ballast_proto::enums::NodeStatus;
 use ballast_proto::limits::{DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE};
 use ballast_proto::pb;
 use ballast_proto::spec::{self, Labels};
@@ -14,24 +15,24 @@ pub struct NodeView<'a> {
     pub desired: &'a pb::DesiredState,
 }
 
-pub fn status(n: &NodeView<'_>, now: u64, stale_after_ms: u64) -> &'static str {
+pub fn status(n: &NodeView<'_>, now: u64, stale_after_ms: u64) -> NodeStatus {
     if n.record.revoked {
-        return "revoked";
+        return NodeStatus::Revoked;
     }
     if now.saturating_sub(n.last_seen_ms) > stale_after_ms {
-        return "stale";
+        return NodeStatus::Stale;
     }
     match n.report {
         Some(r) if r.hash == n.desired.hash => {
             if r.failed_count > 0 {
-                "failed"
+                NodeStatus::Failed
             } else if r.drifted {
-                "drifted"
+                NodeStatus::Drifted
             } else {
-                "converged"
+                NodeStatus::Converged
             }
         }
-        _ => "converging",
+        _ => NodeStatus::Converging,
     }
 }
 
@@ -39,7 +40,7 @@ pub fn summary(n: &NodeView<'_>, now: u64, stale_after_ms: u64) -> pb::NodeSumma
     pb::NodeSummary {
         name: n.record.name.clone(),
         labels: n.record.labels.clone().into_iter().collect(),
-        status: status(n, now, stale_after_ms).to_owned(),
+        status: status(n, now, stale_after_ms).into(),
         desired_revision: n.desired.revision,
         applied_revision: n.report.map(|r| r.revision).unwrap_or(0),
         last_seen_ms: n.last_seen_ms,
@@ -54,16 +55,16 @@ pub fn pending_summary(p: &PendingRecord) -> pb::NodeSummary {
     let failed = p
         .timeline
         .last()
-        .is_some_and(|e| e.stage == "enroll-failed");
+        .is_some_and(|e| e.stage == Stage::EnrollFailed);
     pb::NodeSummary {
         name: p.name.clone(),
         labels: p.labels.clone().into_iter().collect(),
         status: if failed {
-            "bootstrap-failed"
+            NodeStatus::BootstrapFailed
         } else {
-            "pending"
+            NodeStatus::Pending
         }
-        .to_owned(),
+        .into(),
         ..Default::default()
     }
 }
@@ -197,11 +198,40 @@ mod tests {
             desired: &desired,
         };
         let now = 100_000;
-        assert_eq!(status(&view(Some(&ok), now), now, 1000), "converged");
-        assert_eq!(status(&view(Some(&ok), now - 1001), now, 1000), "stale");
-        assert_eq!(status(&view(None, now), now, 1000), "converging");
+        let drifted = ReportSummary {
+            drifted: true,
+            ..ok.clone()
+        };
+        let old = ReportSummary {
+            hash: "sha256:old".into(),
+            ..ok.clone()
+        };
+        assert_eq!(
+            status(&view(Some(&ok), now), now, 1000),
+            NodeStatus::Converged
+        );
+        assert_eq!(
+            status(&view(Some(&ok), now - 1000), now, 1000),
+            NodeStatus::Converged
+        );
+        assert_eq!(
+            status(&view(Some(&ok), now - 1001), now, 1000),
+            NodeStatus::Stale
+        );
+        assert_eq!(
+            status(&view(Some(&drifted), now), now, 1000),
+            NodeStatus::Drifted
+        );
+        assert_eq!(
+            status(&view(Some(&old), now), now, 1000),
+            NodeStatus::Converging
+        );
+        assert_eq!(status(&view(None, now), now, 1000), NodeStatus::Converging);
         let s = summary(&view(Some(&failed), now), now, 1000);
-        assert_eq!((s.status.as_str(), s.failed_count), ("failed", 40));
+        assert_eq!(
+            (NodeStatus::try_from(s.status), s.failed_count),
+            (Ok(NodeStatus::Failed), 40)
+        );
         let revoked = record(true);
         let v = NodeView {
             record: &revoked,
@@ -209,7 +239,7 @@ mod tests {
             report: Some(&ok),
             desired: &desired,
         };
-        assert_eq!(status(&v, now, 1000), "revoked");
+        assert_eq!(status(&v, now, 1000), NodeStatus::Revoked);
     }
 
     #[test]

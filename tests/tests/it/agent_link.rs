@@ -89,7 +89,7 @@ async fn reports_made_while_the_controller_is_away_arrive_in_order() {
     agent.start(Duration::from_millis(500));
     ctl.apply(SPEC).await.expect("apply");
     ctl.wait_node("n1", Duration::from_secs(20), |n| {
-        n.status == "converged" && n.applied_revision == 1
+        n.status() == pb::NodeStatus::Converged && n.applied_revision == 1
     })
     .await;
     let before = ctl.node_detail("n1").await.timeline.len();

@@ -136,8 +136,11 @@ async fn three_nodes_bootstrap_from_cloud_init_and_converge() {
         async || {
             let list = ctl.nodes().await;
             ["web-1", "web-2", "db-1"].iter().all(|n| {
-                list.iter()
-                    .any(|x| x.name == *n && x.status == "converged" && x.applied_revision == 1)
+                list.iter().any(|x| {
+                    x.name == *n
+                        && x.status() == pb::NodeStatus::Converged
+                        && x.applied_revision == 1
+                })
             })
         },
     )

@@ -54,7 +54,7 @@ async fn nodes_converge_and_report_what_they_did() {
     for name in ["web-1", "db-1"] {
         let n = ctl
             .wait_node(name, WAIT, |n| {
-                n.status == "converged" && n.applied_revision == 1
+                n.status() == pb::NodeStatus::Converged && n.applied_revision == 1
             })
             .await;
         assert_eq!(n.desired_revision, 1);
@@ -175,7 +175,7 @@ async fn nodes_converge_and_report_what_they_did() {
         .unwrap();
     assert_eq!(resp.affected_nodes, vec!["web-1"]);
     ctl.wait_node("web-1", WAIT, |n| {
-        n.applied_revision == 2 && n.status == "converged"
+        n.applied_revision == 2 && n.status() == pb::NodeStatus::Converged
     })
     .await;
     assert_eq!(
@@ -232,7 +232,9 @@ async fn nodes_converge_and_report_what_they_did() {
     // Removing a role removes what the agent created for it.
     ctl.cli(&["node", "label", "web-1", "role=db"]).await;
     ctl.wait_node("web-1", WAIT, |n| {
-        n.status == "converged" && n.desired_revision == 3 && n.applied_revision == 3
+        n.status() == pb::NodeStatus::Converged
+            && n.desired_revision == 3
+            && n.applied_revision == 3
     })
     .await;
     eventually(WAIT, "web.conf removed and db.conf written", || {
@@ -251,7 +253,7 @@ async fn agent_enforces_its_cache_while_the_controller_is_away_and_reconnects() 
     agent.start(Duration::from_millis(400));
     ctl.apply(&web_spec("v1")).await.unwrap();
     ctl.wait_node("edge-1", WAIT, |n| {
-        n.status == "converged" && n.applied_revision == 1
+        n.status() == pb::NodeStatus::Converged && n.applied_revision == 1
     })
     .await;
 
@@ -279,7 +281,7 @@ async fn agent_enforces_its_cache_while_the_controller_is_away_and_reconnects() 
     .await;
     let n = ctl
         .wait_node("edge-1", WAIT, |n| {
-            n.applied_revision == 2 && n.status == "converged"
+            n.applied_revision == 2 && n.status() == pb::NodeStatus::Converged
         })
         .await;
     assert_eq!(n.desired_revision, 2);
@@ -292,13 +294,13 @@ async fn drift_repair_is_reported_as_drifted_and_failures_as_failed() {
     let mut agent = TestAgent::enroll(&ctl, "drifty", &[]).await;
     agent.start(Duration::from_millis(500));
     ctl.apply(&web_spec("one")).await.unwrap();
-    ctl.wait_node("drifty", WAIT, |n| n.status == "converged")
+    ctl.wait_node("drifty", WAIT, |n| n.status() == pb::NodeStatus::Converged)
         .await;
     std::fs::write(agent.path("/etc/app/motd"), "edited by hand\n").unwrap();
-    ctl.wait_node("drifty", WAIT, |n| n.status == "drifted")
+    ctl.wait_node("drifty", WAIT, |n| n.status() == pb::NodeStatus::Drifted)
         .await;
     assert_eq!(read(&agent, "/etc/app/motd").as_deref(), Some("one\n"));
-    ctl.wait_node("drifty", WAIT, |n| n.status == "converged")
+    ctl.wait_node("drifty", WAIT, |n| n.status() == pb::NodeStatus::Converged)
         .await;
 
     // A directory where a file is wanted: the file fails, the node is failed,
@@ -328,7 +330,7 @@ async fn drift_repair_is_reported_as_drifted_and_failures_as_failed() {
         "{out}"
     );
     let n = ctl
-        .wait_node("drifty", WAIT, |n| n.status == "failed")
+        .wait_node("drifty", WAIT, |n| n.status() == pb::NodeStatus::Failed)
         .await;
     assert_eq!(n.failed_resources, vec!["file[/etc/blocked]"]);
     let (code, out) = ctl.cli(&["health"]).await;
@@ -351,10 +353,11 @@ async fn silent_nodes_become_stale() {
     let mut agent = TestAgent::enroll(&ctl, "quiet", &[]).await;
     agent.start(Duration::from_secs(300));
     ctl.apply(&web_spec("x")).await.unwrap();
-    ctl.wait_node("quiet", WAIT, |n| n.status == "converged")
+    ctl.wait_node("quiet", WAIT, |n| n.status() == pb::NodeStatus::Converged)
         .await;
     agent.stop().await;
-    ctl.wait_node("quiet", WAIT, |n| n.status == "stale").await;
+    ctl.wait_node("quiet", WAIT, |n| n.status() == pb::NodeStatus::Stale)
+        .await;
     let (code, out) = ctl.cli(&["health"]).await;
     assert_eq!(code, ExitCode::FAILURE, "{out}");
 }

@@ -16,7 +16,7 @@ fn failing_report(ids: impl IntoIterator<Item = String>) -> pb::RunReport {
     pb::RunReport {
         revision: 0,
         state_hash: "sha256:x".into(),
-        trigger: "resync".into(),
+        trigger: pb::Trigger::Resync.into(),
         resources: ids
             .into_iter()
             .map(|id| pb::ResourceOutcome {
@@ -107,7 +107,7 @@ async fn revocation_and_labels_survive_concurrent_reports() {
 
     ctl.restart().await;
     let node = ctl.node("busy-1").await.expect("node listed");
-    assert_eq!(node.status, "revoked", "{node:?}");
+    assert_eq!(node.status(), pb::NodeStatus::Revoked, "{node:?}");
     assert_eq!(node.labels.get("round").map(String::as_str), Some("9"));
     assert_eq!(node.labels.get("role").map(String::as_str), Some("web"));
     let mut client = agent.agent_client().await.unwrap();
@@ -299,7 +299,11 @@ async fn replayed_unnamed_tokens_write_under_no_chosen_name() {
         ["real-1"],
         "no entry under a chosen name"
     );
-    assert!(nodes.iter().all(|n| n.status != "bootstrap-failed"));
+    assert!(
+        nodes
+            .iter()
+            .all(|n| n.status() != pb::NodeStatus::BootstrapFailed)
+    );
     assert_eq!(ctl.node_detail("real-1").await.timeline, before);
 }
 
@@ -327,7 +331,10 @@ async fn reserved_and_revoked_names_stay_with_their_owner() {
     let plain = token(&ctl, "db-1", false).await;
     let err = enroll(&ctl, &plain, "db-1").await.unwrap_err();
     assert!(format!("{err:#}").contains("was revoked"), "{err:#}");
-    assert_eq!(ctl.node("db-1").await.unwrap().status, "revoked");
+    assert_eq!(
+        ctl.node("db-1").await.unwrap().status(),
+        pb::NodeStatus::Revoked
+    );
 
     let replace = token(&ctl, "db-1", true).await;
     assert_eq!(enroll(&ctl, &replace, "db-1").await.unwrap(), "db-1");

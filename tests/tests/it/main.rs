@@ -17,3 +17,4 @@ mod packaging;
 mod security;
 mod store;
 mod store_etcd;
+mod wire_enums;

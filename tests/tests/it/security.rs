@@ -1,6 +1,7 @@
 //! Identity from certificates only, deny by default, one-time tokens.
 
 use ballast_agent::client::{self, ClientCert, Trust};
+use ballast_controller::fleet::Clock;
 use ballast_proto::pb;
 use ballast_tests::{TestAgent, TestController};
 use std::time::Duration;
@@ -43,7 +44,7 @@ async fn a_node_reads_only_its_own_state_and_writes_only_its_own_report() {
     let report = pb::RunReport {
         revision: 1,
         state_hash: "sha256:forged".into(),
-        trigger: "change".into(),
+        trigger: pb::Trigger::Change.into(),
         ..Default::default()
     };
     client.report(report).await.unwrap();
@@ -156,12 +157,18 @@ async fn a_revoked_node_is_refused_without_a_restart() {
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err:?}");
     assert!(err.message().contains("revoked"), "{err:?}");
-    assert_eq!(ctl.node("node-a").await.unwrap().status, "revoked");
+    assert_eq!(
+        ctl.node("node-a").await.unwrap().status(),
+        pb::NodeStatus::Revoked
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_works_once_even_under_concurrency_and_never_after_expiry() {
-    let ctl = TestController::start().await;
+    // The fleet's clock stands still until the test moves it: expiry is
+    // tested without sleeping.
+    let clock = Clock::manual();
+    let ctl = TestController::start_with(|c| c.clock = clock.clone()).await;
     let token = ctl.token(&[("role", "web")]).await;
     let mut tasks = Vec::new();
     for i in 0..8 {
@@ -193,7 +200,7 @@ async fn a_token_works_once_even_under_concurrency_and_never_after_expiry() {
         .nodes()
         .await
         .into_iter()
-        .filter(|n| n.status != "bootstrap-failed")
+        .filter(|n| n.status() != pb::NodeStatus::BootstrapFailed)
         .collect();
     assert_eq!(enrolled.len(), 1, "{enrolled:?}");
     assert_eq!(
@@ -213,7 +220,7 @@ async fn a_token_works_once_even_under_concurrency_and_never_after_expiry() {
         .await
         .unwrap()
         .into_inner();
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    clock.advance(Duration::from_millis(1200));
     let dir = tempfile::tempdir().unwrap();
     let err = client::enroll(
         dir.path(),
