@@ -38,7 +38,11 @@ fn state_files_keep_their_names_and_modes() {
         assert_eq!(mode(&state.file(f)), f.mode() & !umask(), "{}", f.name());
     }
     let _run = state.lock(Lock::Run).unwrap();
-    assert!(state.path().join("run.lock").exists());
+    assert_eq!(
+        mode(&state.path().join("run.lock")),
+        0o600 & !umask(),
+        "a lock file is the agent's alone"
+    );
     let _agent = state.lock(Lock::Agent).unwrap();
     let again = state
         .lock(Lock::Agent)
