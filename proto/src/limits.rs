@@ -61,8 +61,25 @@ fn over(field: &str, len: usize, max: usize) -> String {
 impl TryFrom<pb::RunReport> for CheckedReport {
     type Error = String;
 
-    fn try_from(r: pb::RunReport) -> Result<Self, String> {
+    fn try_from(mut r: pb::RunReport) -> Result<Self, String> {
         use prost::Message;
+        // Never stored: read by name when a round-1 agent sent only it.
+        let legacy = std::mem::take(&mut r.legacy_trigger);
+        if r.trigger == 0 && !legacy.is_empty() {
+            let t = Trigger::from_name(&legacy).ok_or_else(|| {
+                let mut shown = legacy.clone();
+                truncate(&mut shown, 64);
+                format!(
+                    "report: legacy_trigger: unknown name {shown:?}; expected one of {}",
+                    Trigger::ALL
+                        .iter()
+                        .map(|t| t.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            })?;
+            r.trigger = t.into();
+        }
         if r.resources.len() > MAX_REPORT_RESOURCES {
             return Err(format!(
                 "report: {} resources; the limit is {MAX_REPORT_RESOURCES}",
@@ -333,5 +350,27 @@ mod tests {
             })
             .is_ok()
         );
+    }
+
+    #[test]
+    fn round_one_agents_string_triggers_are_read_by_name_and_checked() {
+        let mut r = pb::RunReport {
+            legacy_trigger: "change".into(),
+            ..Default::default()
+        };
+        let checked = CheckedReport::try_from(r.clone()).unwrap().into_inner();
+        assert_eq!(Trigger::try_from(checked.trigger), Ok(Trigger::Change));
+        assert!(checked.legacy_trigger.is_empty());
+        r.legacy_trigger = "\x1b[2Jnope".into();
+        let e = CheckedReport::try_from(r.clone()).unwrap_err();
+        assert_eq!(
+            e,
+            "report: legacy_trigger: unknown name \"\\u{1b}[2Jnope\"; expected one of change, resync, startup, local"
+        );
+        // The enum wins when both are set.
+        r.trigger = Trigger::Resync.into();
+        let checked = CheckedReport::try_from(r).unwrap().into_inner();
+        assert_eq!(Trigger::try_from(checked.trigger), Ok(Trigger::Resync));
+        assert!(checked.legacy_trigger.is_empty(), "never kept");
     }
 }
