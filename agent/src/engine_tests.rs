@@ -1,4 +1,7 @@
 //! Temp-root tests of the engine: every run happens under a `--root` sandbox.
+//!
+//! Over 600 lines on purpose: whole-run scenarios, grouped by topic in
+//! modules; each one reads on its own.
 
 use super::*;
 use crate::state::StateFile;

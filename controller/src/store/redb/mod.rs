@@ -1,6 +1,8 @@
 //! The redb backend of [`Store`]: one file in the data dir, one controller.
 //! Watches are served from memory: a broadcast of each commit, and the last
 //! few commits for watchers that start a little behind.
+//!
+//! Over 600 lines only with its tests (the code is under 500).
 
 mod watch;
 
