@@ -123,6 +123,8 @@ impl Report {
             duration_ms: self.duration.as_millis() as u64,
             noop,
             trigger: trigger.into(),
+            // Only agents from before the enum send this.
+            legacy_trigger: String::new(),
             resources: self
                 .resources
                 .iter()
