@@ -340,3 +340,56 @@ pub async fn history(
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `ballast apply` sends: a directory's YAML files sorted, named by
+    /// their path; sources over the request bound refused before connecting,
+    /// and errors that name the path.
+    #[test]
+    fn read_sources_sends_sorted_yaml_and_refuses_what_the_controller_would() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("site");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("web.yaml"), "roles: {}\n").unwrap();
+        std::fs::write(dir.join("base.yml"), "groups: {}\n").unwrap();
+        std::fs::write(dir.join("notes.txt"), "not yaml").unwrap();
+        let got: Vec<(String, String)> = read_sources(std::slice::from_ref(&dir))
+            .unwrap()
+            .into_iter()
+            .map(|s| (s.name, s.content))
+            .collect();
+        let name = |f: &str| dir.join(f).display().to_string();
+        assert_eq!(
+            got,
+            [
+                (name("base.yml"), "groups: {}\n".to_owned()),
+                (name("web.yaml"), "roles: {}\n".to_owned()),
+            ]
+        );
+
+        let big = tmp.path().join("big.yaml");
+        std::fs::write(&big, "#".repeat(ballast_proto::MAX_MESSAGE_BYTES)).unwrap();
+        assert_eq!(
+            read_sources(&[big]).unwrap_err().to_string(),
+            format!(
+                "the sources together are {} bytes; the largest request the controller accepts is {} bytes",
+                ballast_proto::MAX_MESSAGE_BYTES,
+                ballast_proto::MAX_MESSAGE_BYTES
+            )
+        );
+
+        let missing = tmp.path().join("missing");
+        assert_eq!(
+            read_sources(std::slice::from_ref(&missing))
+                .unwrap_err()
+                .to_string(),
+            format!(
+                "read {}: No such file or directory (os error 2)",
+                missing.display()
+            )
+        );
+    }
+}
