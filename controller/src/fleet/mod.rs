@@ -20,6 +20,8 @@ mod keys;
 mod nodes;
 mod records;
 mod revisions;
+#[cfg(test)]
+mod tests;
 mod view;
 
 use crate::store::{Compare, Op, Store};
@@ -67,6 +69,11 @@ pub const PENDING_GRACE: Duration = Duration::from_secs(86400);
 /// Tries of an operator write whose store compare failed: only another
 /// controller writing the same record at once can make one fail.
 const OPERATOR_TRIES: usize = 5;
+/// Most operations in one store transaction the fleet builds (etcd refuses
+/// more than 128 by default). Only transactions that need no atomicity are
+/// split to fit; the atomic ones are small and fixed: apply (2 ops),
+/// enrollment (6), a bootstrap event with its token (2), a report (2).
+pub const MAX_TXN_OPS: usize = 100;
 
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -234,12 +241,14 @@ impl Fleet {
                 pending.insert(rec.name.clone(), rec);
             }
         }
-        if !expired.is_empty() {
-            let compares: Vec<Compare> = expired
+        // Each reservation is deleted on its own terms: no atomicity needed,
+        // so in transactions small enough for etcd's per-transaction bound.
+        for chunk in expired.chunks(MAX_TXN_OPS) {
+            let compares: Vec<Compare> = chunk
                 .iter()
                 .map(|(k, v)| Compare::Version(k.clone(), *v))
                 .collect();
-            let ops: Vec<Op> = expired.into_iter().map(|(k, _)| Op::Delete(k)).collect();
+            let ops: Vec<Op> = chunk.iter().map(|(k, _)| Op::Delete(k.clone())).collect();
             if !store.txn(&compares, &ops)? {
                 tracing::warn!("expired reservations changed while loading; kept for now");
             }
