@@ -28,13 +28,22 @@ pub struct Running {
     pub fingerprint: String,
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The fleet's watches of the store (see `fleet::follow`).
+    followers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting, closes streams, and waits for the server to end.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(());
-        self.task.await.context("server task")?.context("server")?;
+        let served = self.task.await;
+        for f in &self.followers {
+            f.abort();
+        }
+        for f in self.followers {
+            let _ = f.await;
+        }
+        served.context("server task")?.context("server")?;
         Ok(())
     }
 
@@ -103,6 +112,8 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    // Every change, whoever wrote it, reaches memory through the store's watch.
+    let followers = fleet.follow_store();
     let api = Api::new(fleet.clone(), ca.clone());
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
@@ -156,6 +167,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         fingerprint,
         shutdown,
         task,
+        followers,
     })
 }
 

@@ -14,6 +14,7 @@
 //! Enrollment deletes a name's `status/`, `reports/` and `facts/` when it
 //! (re-)creates `nodes/{name}`. The layout maps one to one onto etcd keys.
 
+pub const META: &str = "meta/";
 pub const CURRENT: &str = "meta/current";
 pub const REVISIONS: &str = "revisions/";
 pub const PENDING: &str = "pending/";

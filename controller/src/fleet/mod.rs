@@ -3,6 +3,10 @@
 //! Invariants:
 //! - the store is the truth; memory holds a cache of it plus what is cheap to
 //!   lose (heartbeat times), and every write goes to the store before memory;
+//! - memory learns of operator state (`meta/current`, `nodes/`, `pending/`)
+//!   from the store's watch (`follow`), whoever wrote it; this controller's
+//!   own writes apply the same change at once through the same functions,
+//!   ordered by store version, so both paths agree;
 //! - nothing invalid is stored: sources are parsed and validated, names and
 //!   labels checked, reports and facts bounded, before any transaction;
 //! - what operators decide about a node (`nodes/`) and what the node reports
@@ -16,6 +20,7 @@
 //! list, show), `view` (pure status, filters, paging).
 
 mod enroll;
+mod follow;
 mod keys;
 mod nodes;
 mod records;
@@ -92,6 +97,8 @@ pub enum Feed {
 
 struct Node {
     record: NodeRecord,
+    /// A lower bound of the store version of `record`: older news is ignored.
+    record_version: u64,
     status: NodeStatus,
     desired: Arc<pb::DesiredState>,
     feed: watch::Sender<Feed>,
@@ -115,6 +122,7 @@ impl Node {
                 ..Default::default()
             },
             record,
+            record_version: 0,
             desired,
             feed: tx,
             report: None,
@@ -143,6 +151,8 @@ struct Inner {
     nodes: BTreeMap<String, Node>,
     pending: BTreeMap<String, PendingRecord>,
     current: Current,
+    /// The nodes the last installed revision pushed, for its apply's answer.
+    last_affected: (u64, Vec<String>),
     /// Token hash → when its last refused enrollment was logged.
     refusals: HashMap<String, u64>,
 }
@@ -222,6 +232,7 @@ impl Fleet {
                 desired.revision = s.revision;
             }
             let mut node = Node::new(record, Arc::new(desired));
+            node.record_version = entry.version;
             node.status = status;
             node.report = summary;
             node.facts = facts;
@@ -259,6 +270,7 @@ impl Fleet {
                 nodes,
                 pending,
                 current,
+                last_affected: (0, Vec::new()),
                 refusals: HashMap::new(),
             }),
             apply_lock: Mutex::new(()),

@@ -3,17 +3,15 @@
 //! by admin calls), and the fleet views over both.
 
 use super::records::{NodeRecord, push_event, summarize};
-use super::revisions::desired_for;
 use super::{
-    Feed, Fleet, FleetError, OPERATOR_TRIES, Result, decode_report, from_json, keys, now_ms,
-    to_json, view,
+    Fleet, FleetError, OPERATOR_TRIES, Result, decode_report, from_json, keys, now_ms, to_json,
+    view,
 };
 use crate::store::{Compare, Op};
 use ballast_proto::limits::{CheckedFacts, CheckedReport, MAX_PAGE_BYTES};
 use ballast_proto::pb;
 use ballast_proto::spec::{self, Labels};
 use std::ops::Bound;
-use std::sync::Arc;
 
 impl Fleet {
     /// Records a run's outcome and moves the node's timeline when its stage
@@ -129,9 +127,7 @@ impl Fleet {
                 &[Compare::Version(key.clone(), entry.version)],
                 &[Op::Put(key.clone(), to_json(&record))],
             )? {
-                if let Some(n) = self.lock().nodes.get_mut(name) {
-                    n.record = record.clone();
-                }
+                self.apply_node_record(record.clone(), entry.version + 1);
                 return Ok(record);
             }
         }
@@ -151,9 +147,6 @@ impl Fleet {
                 "certificate revoked by an operator",
             );
         })?;
-        if let Some(node) = self.lock().nodes.get_mut(name) {
-            node.feed.send_replace(Feed::Revoked);
-        }
         Ok(())
     }
 
@@ -176,18 +169,6 @@ impl Fleet {
             let text: Vec<String> = r.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
             push_event(&mut r.timeline, now_ms(), "labels", text.join(","));
         })?;
-        let mut inner = self.lock();
-        let number = inner.current.number;
-        let spec = inner.current.spec.clone();
-        if let Some(node) = inner.nodes.get_mut(name) {
-            let desired = desired_for(&spec, name, &node.record.labels, number);
-            if desired.hash != node.desired.hash {
-                node.desired = Arc::new(desired);
-                if !node.record.revoked {
-                    node.feed.send_replace(Feed::State(node.desired.clone()));
-                }
-            }
-        }
         Ok(())
     }
 

@@ -1,0 +1,108 @@
+//! Several `ballast serve` processes on one etcd prefix share one fleet:
+//! every controller learns of every operator change through the store's
+//! watch, so what an operator does on one reaches agents held by another.
+
+use ballast_proto::pb;
+use ballast_tests::etcd::EtcdCluster;
+use ballast_tests::{ControllerProcess, TestAgent, eventually};
+use std::time::Duration;
+
+const SPEC: &str = r#"
+roles:
+  base:
+    directories: [{path: /etc/app, mode: "0755"}]
+    files: [{path: /etc/app/a.conf, content: "from A\n", mode: "0644"}]
+groups:
+  all:
+    roles: [base]
+"#;
+
+/// Two controllers on one 3-member cluster and one prefix.
+async fn two_controllers() -> Option<(EtcdCluster, ControllerProcess, ControllerProcess)> {
+    let cluster = EtcdCluster::start(3)?;
+    let url = cluster.url();
+    let a = ControllerProcess::start_with_args("", &["--store", &url]).await;
+    let b = ControllerProcess::start_with_args("", &["--store", &url]).await;
+    Some((cluster, a, b))
+}
+
+async fn apply(ctl: &ControllerProcess, yaml: &str) -> pb::ApplyResponse {
+    ctl.admin()
+        .await
+        .expect("admin connects")
+        .apply(pb::ApplyRequest {
+            sources: vec![pb::SourceFile {
+                name: "spec.yaml".into(),
+                content: yaml.into(),
+            }],
+            author: "test".into(),
+            message: String::new(),
+        })
+        .await
+        .expect("apply")
+        .into_inner()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_apply_on_one_controller_reaches_an_agent_watching_another() {
+    let Some((_cluster, mut a, mut b)) = two_controllers().await else {
+        return;
+    };
+    let token = b.token().await;
+    let mut agent = TestAgent::enroll_at(&b.controller(), &b.fingerprint, &token, "n1").await;
+    agent.start(Duration::from_secs(3600));
+    // The agent holds its watch on B; the revision is stored through A.
+    let applied = apply(&a, SPEC).await;
+    assert!(applied.created);
+    let read = |a: &TestAgent| std::fs::read_to_string(a.path("/etc/app/a.conf")).ok();
+    eventually(
+        Duration::from_secs(20),
+        "the agent on B gets A's revision",
+        || read(&agent).as_deref() == Some("from A\n"),
+    )
+    .await;
+    // B's memory follows too: its next apply builds on A's revision.
+    let next = apply(&b, &SPEC.replace("from A", "from B")).await;
+    assert_eq!(next.revision, applied.revision + 1, "{next:?}");
+    eventually(
+        Duration::from_secs(20),
+        "the agent gets B's revision",
+        || read(&agent).as_deref() == Some("from B\n"),
+    )
+    .await;
+    agent.stop().await;
+    a.kill();
+    b.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoke_on_one_controller_ends_the_watch_held_by_another() {
+    let Some((_cluster, mut a, mut b)) = two_controllers().await else {
+        return;
+    };
+    let token = b.token().await;
+    let agent = TestAgent::enroll_at(&b.controller(), &b.fingerprint, &token, "n1").await;
+    let mut client = agent.agent_client().await.expect("agent client to B");
+    let mut watch = client
+        .watch(pb::WatchRequest::default())
+        .await
+        .expect("watch on B")
+        .into_inner();
+    let first = watch.message().await.expect("first state");
+    assert!(first.is_some(), "B sends the node's state first");
+    a.admin()
+        .await
+        .expect("admin connects to A")
+        .revoke_node(pb::NodeName { name: "n1".into() })
+        .await
+        .expect("revoke through A");
+    let ended = tokio::time::timeout(Duration::from_secs(20), watch.message())
+        .await
+        .expect("B ends the watch of the node revoked on A");
+    match ended {
+        Err(status) => assert_eq!(status.code(), tonic::Code::PermissionDenied, "{status:?}"),
+        Ok(m) => panic!("the watch went on after the revoke: {m:?}"),
+    }
+    a.kill();
+    b.kill();
+}
