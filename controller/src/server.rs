@@ -76,11 +76,6 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
     create_private_dir(&cfg.data_dir)?;
     let pki = pki_dir(&cfg.data_dir);
     create_private_dir(&pki)?;
-    let ca = Ca::load_or_create(&pki).context("certificate authority")?;
-    let (server_chain, server_key) = ca
-        .ensure_server_cert(&pki, &cfg.advertise)
-        .context("server certificate")?;
-    ca.ensure_admin_cert(&pki).context("admin certificate")?;
     let store: Arc<dyn Store> = match &cfg.store {
         StoreConfig::Redb => {
             let path = cfg.data_dir.join("ballast.redb");
@@ -98,6 +93,17 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
             Arc::new(store)
         }
     };
+    // On etcd every controller of the fleet shares one CA (and admin
+    // certificate) through the store; redb keeps them in the data dir only.
+    let ca = match &cfg.store {
+        StoreConfig::Redb => Ca::load_or_create(&pki),
+        StoreConfig::Etcd(_) => Ca::load_or_share(store.as_ref(), &pki),
+    }
+    .context("certificate authority")?;
+    let (server_chain, server_key) = ca
+        .ensure_server_cert(&pki, &cfg.advertise)
+        .context("server certificate")?;
+    ca.ensure_admin_cert(&pki).context("admin certificate")?;
     let fleet = Fleet::open(store, cfg.stale_after).context("load fleet state")?;
     let fingerprint = ca.fingerprint();
     let ca = Arc::new(ca);

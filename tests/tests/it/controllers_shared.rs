@@ -106,3 +106,78 @@ async fn a_revoke_on_one_controller_ends_the_watch_held_by_another() {
     a.kill();
     b.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_enrolled_on_one_controller_heartbeats_and_watches_through_another() {
+    let Some((_cluster, mut a, mut b)) = two_controllers().await else {
+        return;
+    };
+    assert_eq!(
+        a.fingerprint, b.fingerprint,
+        "both controllers serve one CA"
+    );
+    let token = a.token().await;
+    let agent = TestAgent::enroll_at(&a.controller(), &a.fingerprint, &token, "n1").await;
+    let enrolled = ballast_agent::client::Enrolled::load(agent.state.path()).unwrap();
+    // The agent trusts the CA it got from A, and B's certificate is from it.
+    let channel = enrolled
+        .channel(Some(&b.controller()))
+        .await
+        .expect("the agent enrolled on A connects to B");
+    let mut client = ballast_agent::client::agent_client(channel);
+    let mut beat = None;
+    // B learns of the enrollment through its watch: allow it a moment.
+    for _ in 0..100 {
+        beat = Some(client.heartbeat(pb::HeartbeatRequest::default()).await);
+        if beat.as_ref().is_some_and(|b| b.is_ok()) {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    beat.unwrap()
+        .expect("B takes the heartbeat of a node enrolled on A");
+    let mut watch = client
+        .watch(pb::WatchRequest::default())
+        .await
+        .expect("watch through B")
+        .into_inner();
+    assert!(watch.message().await.expect("state from B").is_some());
+    a.kill();
+    b.kill();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_made_on_one_controller_is_spent_once_across_both() {
+    let Some((_cluster, mut a, mut b)) = two_controllers().await else {
+        return;
+    };
+    let token = a.token().await;
+    let mut tries = Vec::new();
+    for i in 0..6 {
+        let at = if i % 2 == 0 {
+            a.controller()
+        } else {
+            b.controller()
+        };
+        let (fingerprint, token) = (a.fingerprint.clone(), token.clone());
+        tries.push(tokio::spawn(async move {
+            let state = tempfile::tempdir().unwrap();
+            let name = format!("n{i}");
+            ballast_agent::client::enroll(state.path(), &at, &token, &fingerprint, &name)
+                .await
+                .map(|_| name)
+                .map_err(|e| format!("{e:#}"))
+        }));
+    }
+    let mut won = Vec::new();
+    for t in tries {
+        match t.await.unwrap() {
+            Ok(name) => won.push(name),
+            // Refused for the token, not for the controller's identity.
+            Err(e) => assert!(e.contains("already used"), "{e}"),
+        }
+    }
+    assert_eq!(won.len(), 1, "exactly one enrollment wins: {won:?}");
+    a.kill();
+    b.kill();
+}
