@@ -1,7 +1,7 @@
 //! Fleet unit tests over a real redb store (wrapped where a test needs a
 //! bound another backend has).
 
-use super::records::PendingRecord;
+use super::records::{NodeRecord, PendingRecord};
 use super::*;
 use crate::store::{Leadership, Listing, RedbStore, StoreError, Watch};
 
@@ -66,4 +66,39 @@ fn open_deletes_many_expired_reservations_in_bounded_transactions() {
     Fleet::open(store.clone(), Duration::from_secs(60)).expect("open with 300 expired");
     assert!(*store.largest.lock().unwrap() <= MAX_TXN_OPS);
     assert!(store.list(keys::PENDING).unwrap().is_empty());
+}
+
+fn record(name: &str, serial: &str, revoked: bool) -> NodeRecord {
+    NodeRecord {
+        name: name.into(),
+        labels: Labels::new(),
+        cert_serial: serial.into(),
+        enrolled_at_ms: 1,
+        revoked,
+        timeline: Vec::new(),
+        last_seen_ms: 0,
+    }
+}
+
+#[test]
+fn a_node_record_older_than_memory_never_undoes_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+    let fleet = Fleet::open(store, Duration::from_secs(60)).unwrap();
+    // Enrolled at version 5, then revoked at version 9 (say, by another controller).
+    fleet.apply_node_record(record("n1", "aa", false), 5);
+    let feed = fleet.subscribe("n1").unwrap();
+    fleet.apply_node_record(record("n1", "aa", true), 9);
+    assert!(matches!(*feed.borrow(), Feed::Revoked));
+    // The watch delivers the enrollment late: it must not un-revoke the node.
+    fleet.apply_node_record(record("n1", "aa", false), 5);
+    assert!(fleet.check_node("n1", "aa").is_err());
+    assert!(matches!(*feed.borrow(), Feed::Revoked));
+    // A new serial (re-enrollment) at a newer version starts a fresh node.
+    fleet.apply_node_record(record("n1", "bb", false), 12);
+    assert!(fleet.check_node("n1", "bb").is_ok());
+    assert!(
+        feed.has_changed().is_err(),
+        "the old feed ended with the old node"
+    );
 }
