@@ -87,16 +87,17 @@ impl Fleet {
             let labels_changed = node.record.labels != record.labels;
             node.record = record;
             node.record_version = version;
-            if node.record.revoked {
-                if revoked_now {
-                    node.feed.send_replace(Feed::Revoked);
-                }
-            } else if labels_changed {
+            if labels_changed {
                 let desired = desired_for(&spec, &name, &node.record.labels, number);
                 if desired.hash != node.desired.hash {
                     node.desired = Arc::new(desired);
-                    node.feed.send_replace(Feed::State(node.desired.clone()));
+                    if !node.record.revoked {
+                        node.feed.send_replace(Feed::State(node.desired.clone()));
+                    }
                 }
+            }
+            if revoked_now {
+                node.feed.send_replace(Feed::Revoked);
             }
             return;
         }

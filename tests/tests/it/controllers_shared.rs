@@ -181,3 +181,47 @@ async fn a_token_made_on_one_controller_is_spent_once_across_both() {
     a.kill();
     b.kill();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_label_on_one_controller_reaches_the_agent_watching_another() {
+    let Some((_cluster, mut a, mut b)) = two_controllers().await else {
+        return;
+    };
+    let spec = r#"
+roles:
+  web:
+    directories: [{path: /etc/app, mode: "0755"}]
+    files: [{path: /etc/app/web.conf, content: "web\n", mode: "0644"}]
+groups:
+  web:
+    match: {role: web}
+    roles: [web]
+"#;
+    apply(&a, spec).await;
+    let token = b.token().await;
+    let mut agent = TestAgent::enroll_at(&b.controller(), &b.fingerprint, &token, "n1").await;
+    agent.start(Duration::from_secs(3600));
+    a.admin()
+        .await
+        .expect("admin connects to A")
+        .label_node(pb::LabelNodeRequest {
+            name: "n1".into(),
+            labels: [("role".to_string(), "web".to_string())].into(),
+        })
+        .await
+        .expect("label through A");
+    eventually(
+        Duration::from_secs(20),
+        "the agent on B gets the state of its new label",
+        || {
+            std::fs::read_to_string(agent.path("/etc/app/web.conf"))
+                .ok()
+                .as_deref()
+                == Some("web\n")
+        },
+    )
+    .await;
+    agent.stop().await;
+    a.kill();
+    b.kill();
+}
