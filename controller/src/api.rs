@@ -6,6 +6,7 @@
 
 use crate::ca::{Ca, Identity};
 use crate::fleet::{Feed, Fleet, FleetError};
+use crate::store::StoreError;
 use ballast_proto::limits::{CheckedFacts, CheckedReport};
 use ballast_proto::pb;
 use std::pin::Pin;
@@ -21,25 +22,38 @@ impl From<FleetError> for Status {
             FleetError::NotFound(m) => Status::not_found(m),
             FleetError::Conflict(m) => Status::failed_precondition(m),
             FleetError::Denied(m) => Status::permission_denied(m),
-            FleetError::Internal(e)
-                if e.chain().any(|c| {
-                    matches!(
-                        c.downcast_ref::<crate::store::StoreError>(),
-                        Some(crate::store::StoreError::NoSpace(_))
+            FleetError::Internal(e) => match store_exhaustion(&e) {
+                Some(StoreError::NoSpace(_)) => {
+                    tracing::error!(error = %format!("{e:#}"), "store full");
+                    Status::resource_exhausted(
+                        "no space left on the controller's data dir; nothing was written (reads still work, writes resume once space is freed)",
                     )
-                }) =>
-            {
-                tracing::error!(error = %format!("{e:#}"), "store full");
-                Status::resource_exhausted(
-                    "no space left on the controller's data dir; nothing was written (reads still work, writes resume once space is freed)",
-                )
-            }
-            FleetError::Internal(e) => {
-                tracing::error!(error = %format!("{e:#}"), "internal error");
-                Status::internal("internal error; see the controller's log")
-            }
+                }
+                // The store's own words: what was refused and the bound, no values.
+                Some(s) => {
+                    tracing::error!(error = %format!("{e:#}"), "store refused the write");
+                    Status::resource_exhausted(s.to_string())
+                }
+                None => {
+                    tracing::error!(error = %format!("{e:#}"), "internal error");
+                    Status::internal("internal error; see the controller's log")
+                }
+            },
         }
     }
+}
+
+/// The store error behind `e` when it says a bound was hit (space, request
+/// size, etcd's quota): the caller can act on those, unlike other failures.
+fn store_exhaustion(e: &anyhow::Error) -> Option<&StoreError> {
+    e.chain()
+        .filter_map(|c| c.downcast_ref::<StoreError>())
+        .find(|s| {
+            matches!(
+                s,
+                StoreError::NoSpace(_) | StoreError::TooLarge(_) | StoreError::Full(_)
+            )
+        })
 }
 
 /// All three services over one fleet.
@@ -296,5 +310,35 @@ impl pb::admin_server::Admin for Api {
         let fleet = self.fleet.clone();
         blocking(move || fleet.label(&req.name, &req.labels.into_iter().collect())).await?;
         Ok(Response::new(pb::Ack {}))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status_of(e: StoreError) -> Status {
+        Status::from(FleetError::from(e))
+    }
+
+    #[test]
+    fn store_bounds_map_to_resource_exhausted_with_the_store_message() {
+        let big = status_of(StoreError::TooLarge(
+            "etcd at 127.0.0.1:2379: request is too large".into(),
+        ));
+        assert_eq!(big.code(), tonic::Code::ResourceExhausted);
+        assert!(big.message().contains("request is too large"), "{big:?}");
+        assert!(big.message().contains("nothing was written"), "{big:?}");
+        let full = status_of(StoreError::Full("etcd: NOSPACE alarm".into()));
+        assert_eq!(full.code(), tonic::Code::ResourceExhausted);
+        assert!(full.message().contains("the store is full"), "{full:?}");
+        let disk = status_of(StoreError::NoSpace(
+            "/var/lib/ballast/ballast.redb: full".into(),
+        ));
+        assert_eq!(disk.code(), tonic::Code::ResourceExhausted);
+        assert!(!disk.message().contains("/var/lib"), "{disk:?}");
+        let other = status_of(StoreError::Engine("secret detail".into()));
+        assert_eq!(other.code(), tonic::Code::Internal);
+        assert!(!other.message().contains("secret"), "{other:?}");
     }
 }

@@ -1,9 +1,13 @@
 //! The controller's certificate authority: creates and loads the CA, the
 //! server and admin certificates, signs node CSRs, and reads identities.
 //!
+//! Several controllers on one store share the CA and the admin certificate
+//! through it ([`Ca::load_or_share`]); each issues its own server certificate.
+//!
 //! Invariant: a node certificate says exactly what the controller decided
 //! (CN = the bound node name, OU = node, clientAuth only), never what the CSR asked.
 
+use crate::store::{Compare, Op, Store};
 use anyhow::{Context, bail};
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType,
@@ -238,6 +242,71 @@ impl Ca {
             cert_pem: cert.pem(),
             serial: hex::encode(serial.to_bytes()),
         })
+    }
+}
+
+/// Where a fleet shared by several controllers keeps its identity, under the
+/// fleet's prefix: written once (compare-and-swap on absence) by the first
+/// controller, read by every other. Holds the CA key in clear: anyone who
+/// can read the prefix in etcd can sign certificates.
+pub const SHARED_IDENTITY_KEY: &str = "identity/ca";
+
+/// The CA and admin credentials every controller of one fleet uses.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct SharedIdentity {
+    ca_cert_pem: String,
+    ca_key_pem: String,
+    admin_cert_pem: String,
+    admin_key_pem: String,
+}
+
+/// Writes `text` to `path` (mode `mode`) unless it already holds exactly that.
+fn sync_file(path: &Path, text: &str, mode: u32) -> anyhow::Result<()> {
+    if std::fs::read_to_string(path).is_ok_and(|t| t == text) {
+        return Ok(());
+    }
+    write_private(path, text.as_bytes(), mode)
+}
+
+impl Ca {
+    /// The fleet's CA when several controllers share one store: the one
+    /// stored under [`SHARED_IDENTITY_KEY`] (copied into `dir`, replacing a
+    /// different local CA, so the CLI and the bootstrap on this machine use
+    /// it), or, when none is stored yet, this controller's own (existing or
+    /// new) with its admin certificate, published with a compare-and-swap;
+    /// losing that race loads the winner's. A controller then issues its own
+    /// server certificate from it (`ensure_server_cert`).
+    pub fn load_or_share(store: &dyn Store, dir: &Path) -> anyhow::Result<Ca> {
+        for _ in 0..3 {
+            if let Some(entry) = store.get(SHARED_IDENTITY_KEY)? {
+                let id: SharedIdentity = serde_json::from_slice(&entry.value)
+                    .with_context(|| format!("decode stored {SHARED_IDENTITY_KEY}"))?;
+                sync_file(&dir.join("ca.key"), &id.ca_key_pem, 0o600)?;
+                sync_file(&dir.join("ca.pem"), &id.ca_cert_pem, 0o644)?;
+                sync_file(&dir.join("admin.key"), &id.admin_key_pem, 0o600)?;
+                sync_file(&dir.join("admin.pem"), &id.admin_cert_pem, 0o600)?;
+                return Ca::load_or_create(dir);
+            }
+            let ca = Ca::load_or_create(dir)?;
+            let (admin_cert_pem, admin_key_pem) = ca.ensure_admin_cert(dir)?;
+            let key_path = dir.join("ca.key");
+            let id = SharedIdentity {
+                ca_cert_pem: ca.cert_pem.clone(),
+                ca_key_pem: std::fs::read_to_string(&key_path)
+                    .with_context(|| format!("read {}", key_path.display()))?,
+                admin_cert_pem,
+                admin_key_pem,
+            };
+            let value = serde_json::to_vec(&id).expect("identity serializes");
+            if store.txn(
+                &[Compare::Absent(SHARED_IDENTITY_KEY.into())],
+                &[Op::Put(SHARED_IDENTITY_KEY.into(), value)],
+            )? {
+                tracing::info!(fingerprint = %ca.fingerprint(), "published this controller's CA for the fleet");
+                return Ok(ca);
+            }
+        }
+        bail!("{SHARED_IDENTITY_KEY} kept changing in the store while starting; try again")
     }
 }
 

@@ -28,13 +28,22 @@ pub struct Running {
     pub fingerprint: String,
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    /// The fleet's watches of the store (see `fleet::follow`).
+    followers: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting, closes streams, and waits for the server to end.
     pub async fn stop(self) -> anyhow::Result<()> {
         let _ = self.shutdown.send(());
-        self.task.await.context("server task")?.context("server")?;
+        let served = self.task.await;
+        for f in &self.followers {
+            f.abort();
+        }
+        for f in self.followers {
+            let _ = f.await;
+        }
+        served.context("server task")?.context("server")?;
         Ok(())
     }
 
@@ -67,11 +76,6 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
     create_private_dir(&cfg.data_dir)?;
     let pki = pki_dir(&cfg.data_dir);
     create_private_dir(&pki)?;
-    let ca = Ca::load_or_create(&pki).context("certificate authority")?;
-    let (server_chain, server_key) = ca
-        .ensure_server_cert(&pki, &cfg.advertise)
-        .context("server certificate")?;
-    ca.ensure_admin_cert(&pki).context("admin certificate")?;
     let store: Arc<dyn Store> = match &cfg.store {
         StoreConfig::Redb => {
             let path = cfg.data_dir.join("ballast.redb");
@@ -89,6 +93,17 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
             Arc::new(store)
         }
     };
+    // On etcd every controller of the fleet shares one CA (and admin
+    // certificate) through the store; redb keeps them in the data dir only.
+    let ca = match &cfg.store {
+        StoreConfig::Redb => Ca::load_or_create(&pki),
+        StoreConfig::Etcd(_) => Ca::load_or_share(store.as_ref(), &pki),
+    }
+    .context("certificate authority")?;
+    let (server_chain, server_key) = ca
+        .ensure_server_cert(&pki, &cfg.advertise)
+        .context("server certificate")?;
+    ca.ensure_admin_cert(&pki).context("admin certificate")?;
     let fleet =
         Fleet::open(store, cfg.stale_after, cfg.clock.clone()).context("load fleet state")?;
     let fingerprint = ca.fingerprint();
@@ -104,6 +119,8 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         .await
         .with_context(|| format!("listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
+    // Every change, whoever wrote it, reaches memory through the store's watch.
+    let followers = fleet.follow_store();
     let api = Api::new(fleet.clone(), ca.clone());
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
@@ -157,6 +174,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         fingerprint,
         shutdown,
         task,
+        followers,
     })
 }
 

@@ -178,7 +178,7 @@ pub struct ServeArgs {
     #[arg(long)]
     pub config: Option<PathBuf>,
     /// Keep the fleet in etcd (`etcd://HOST:PORT[,HOST:PORT...]`) rather than
-    /// in `ballast.redb` in the data dir (for now one controller per prefix).
+    /// in `ballast.redb` in the data dir; controllers on one prefix share the fleet.
     #[arg(long, value_name = "etcd://HOST:PORT,...")]
     pub store: Option<String>,
     /// Key prefix in etcd, so that several fleets share one cluster (default /ballast/).

@@ -8,16 +8,14 @@
 //! [`REFUSAL_LOG_EVERY`] per token, and never under a name the caller chose.
 
 use super::records::{NodeRecord, PendingRecord, Stage, TokenRecord, push_event};
-use super::revisions::desired_for;
 use super::{
-    Fleet, FleetError, MAX_TOKEN_TTL, NODE_CERT_VALIDITY, Node, OPERATOR_TRIES, PENDING_GRACE,
-    Result, from_json, keys, to_json, validate_labels,
+    Fleet, FleetError, MAX_TOKEN_TTL, NODE_CERT_VALIDITY, OPERATOR_TRIES, PENDING_GRACE, Result,
+    from_json, keys, to_json, validate_labels,
 };
 use crate::ca::Ca;
 use crate::store::{Compare, Op};
 use ballast_proto::pb;
 use ballast_proto::spec::{self, Labels};
-use std::sync::Arc;
 use std::time::Duration;
 
 /// A refused enrollment of one token is logged at most this often.
@@ -144,9 +142,7 @@ impl Fleet {
                 compares.push(Compare::Version(nkey.clone(), entry.version));
                 ops.push(Op::Put(nkey, to_json(&record)));
                 if self.store.txn(&compares, &ops)? {
-                    if let Some(n) = self.lock().nodes.get_mut(name) {
-                        n.record = record;
-                    }
+                    self.apply_node_record(record, entry.version + 1);
                     return Ok(());
                 }
                 continue;
@@ -280,8 +276,8 @@ impl Fleet {
             )));
         }
         let nkey = keys::node(&name);
-        let (node_compare, old) = match self.store.get(&nkey)? {
-            None => (Compare::Absent(nkey.clone()), None),
+        let (node_compare, old, old_version) = match self.store.get(&nkey)? {
+            None => (Compare::Absent(nkey.clone()), None, 0),
             Some(e) => {
                 let old: NodeRecord = from_json(&nkey, &e.value)?;
                 if !old.revoked {
@@ -295,7 +291,11 @@ impl Fleet {
                          an operator creates for it (ballast token create --name {name} --replace)"
                     )));
                 }
-                (Compare::Version(nkey.clone(), e.version), Some(old))
+                (
+                    Compare::Version(nkey.clone(), e.version),
+                    Some(old),
+                    e.version,
+                )
             }
         };
         let issued = ca
@@ -349,19 +349,13 @@ impl Fleet {
         if !ok {
             return Err(denied());
         }
-        let mut inner = self.lock();
-        inner.pending.remove(&name);
-        let desired = Arc::new(desired_for(
-            &inner.current.spec,
-            &name,
-            &record.labels,
-            inner.current.number,
-        ));
         let labels = record.labels.clone();
-        let mut node = Node::new(record, desired);
-        node.status.last_seen_ms = now;
-        // Replacing the node drops the old feed: any watch on it ends.
-        inner.nodes.insert(name.clone(), node);
+        self.lock().pending.remove(&name);
+        // A new serial: a fresh node, whose old feed (any watch) ends.
+        self.apply_node_record(record, old_version + 1);
+        if let Some(node) = self.lock().nodes.get_mut(&name) {
+            node.status.last_seen_ms = node.status.last_seen_ms.max(now);
+        }
         Ok(pb::EnrollResponse {
             name,
             labels: labels.into_iter().collect(),

@@ -10,10 +10,12 @@
 //! | `status/{name}` | `NodeStatus`: what the node says (last seen, its timeline) | report |
 //! | `reports/{name}` | the last `RunReport` (protobuf) | report |
 //! | `facts/{name}` | the node's facts (JSON text) | put_facts |
+//! | `identity/ca` | the CA certificate and key, the admin certificate and key (etcd only) | `ca::Ca::load_or_share`, once, at the first controller's start |
 //!
 //! Enrollment deletes a name's `status/`, `reports/` and `facts/` when it
 //! (re-)creates `nodes/{name}`. The layout maps one to one onto etcd keys.
 
+pub const META: &str = "meta/";
 pub const CURRENT: &str = "meta/current";
 pub const REVISIONS: &str = "revisions/";
 pub const PENDING: &str = "pending/";

@@ -3,6 +3,10 @@
 //! Invariants:
 //! - the store is the truth; memory holds a cache of it plus what is cheap to
 //!   lose (heartbeat times), and every write goes to the store before memory;
+//! - memory learns of operator state (`meta/current`, `nodes/`, `pending/`)
+//!   from the store's watch (`follow`), whoever wrote it; this controller's
+//!   own writes apply the same change at once through the same functions,
+//!   ordered by store version, so both paths agree;
 //! - nothing invalid is stored: sources are parsed and validated, names and
 //!   labels checked, reports and facts bounded, before any transaction;
 //! - what operators decide about a node (`nodes/`) and what the node reports
@@ -18,10 +22,13 @@
 
 mod clock;
 mod enroll;
+mod follow;
 mod keys;
 mod nodes;
 mod records;
 mod revisions;
+#[cfg(test)]
+mod tests;
 mod view;
 
 use crate::store::{Compare, Op, Store};
@@ -70,6 +77,11 @@ pub const PENDING_GRACE: Duration = Duration::from_secs(86400);
 /// Tries of an operator write whose store compare failed: only another
 /// controller writing the same record at once can make one fail.
 const OPERATOR_TRIES: usize = 5;
+/// Most operations in one store transaction the fleet builds (etcd refuses
+/// more than 128 by default). Only transactions that need no atomicity are
+/// split to fit; the atomic ones are small and fixed: apply (2 ops),
+/// enrollment (6), a bootstrap event with its token (2), a report (2).
+pub const MAX_TXN_OPS: usize = 100;
 
 /// What a node's watch stream carries.
 #[derive(Debug, Clone)]
@@ -81,6 +93,8 @@ pub enum Feed {
 
 struct Node {
     record: NodeRecord,
+    /// A lower bound of the store version of `record`: older news is ignored.
+    record_version: u64,
     status: NodeStatus,
     desired: Arc<pb::DesiredState>,
     feed: watch::Sender<Feed>,
@@ -104,6 +118,7 @@ impl Node {
                 ..Default::default()
             },
             record,
+            record_version: 0,
             desired,
             feed: tx,
             report: None,
@@ -132,6 +147,8 @@ struct Inner {
     nodes: BTreeMap<String, Node>,
     pending: BTreeMap<String, PendingRecord>,
     current: Current,
+    /// The nodes the last installed revision pushed, for its apply's answer.
+    last_affected: (u64, Vec<String>),
     /// Token hash → when its last refused enrollment was logged.
     refusals: HashMap<String, u64>,
 }
@@ -219,6 +236,7 @@ impl Fleet {
                 desired.revision = s.revision;
             }
             let mut node = Node::new(record, Arc::new(desired));
+            node.record_version = entry.version;
             node.status = status;
             node.report = summary;
             node.facts = facts;
@@ -238,12 +256,14 @@ impl Fleet {
                 pending.insert(rec.name.clone(), rec);
             }
         }
-        if !expired.is_empty() {
-            let compares: Vec<Compare> = expired
+        // Each reservation is deleted on its own terms: no atomicity needed,
+        // so in transactions small enough for etcd's per-transaction bound.
+        for chunk in expired.chunks(MAX_TXN_OPS) {
+            let compares: Vec<Compare> = chunk
                 .iter()
                 .map(|(k, v)| Compare::Version(k.clone(), *v))
                 .collect();
-            let ops: Vec<Op> = expired.into_iter().map(|(k, _)| Op::Delete(k)).collect();
+            let ops: Vec<Op> = chunk.iter().map(|(k, _)| Op::Delete(k.clone())).collect();
             if !store.txn(&compares, &ops)? {
                 tracing::warn!("expired reservations changed while loading; kept for now");
             }
@@ -254,6 +274,7 @@ impl Fleet {
                 nodes,
                 pending,
                 current,
+                last_affected: (0, Vec::new()),
                 refusals: HashMap::new(),
             }),
             apply_lock: Mutex::new(()),

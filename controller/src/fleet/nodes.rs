@@ -3,16 +3,14 @@
 //! by admin calls), and the fleet views over both.
 
 use super::records::{NodeRecord, Stage, push_event, summarize};
-use super::revisions::desired_for;
 use super::{
-    Feed, Fleet, FleetError, OPERATOR_TRIES, Result, decode_report, from_json, keys, to_json, view,
+    Fleet, FleetError, OPERATOR_TRIES, Result, decode_report, from_json, keys, to_json, view,
 };
 use crate::store::{Compare, Op};
 use ballast_proto::limits::{CheckedFacts, CheckedReport, MAX_PAGE_BYTES};
 use ballast_proto::pb;
 use ballast_proto::spec::{self, Labels};
 use std::ops::Bound;
-use std::sync::Arc;
 
 impl Fleet {
     /// Records a run's outcome and moves the node's timeline when its stage
@@ -128,9 +126,7 @@ impl Fleet {
                 &[Compare::Version(key.clone(), entry.version)],
                 &[Op::Put(key.clone(), to_json(&record))],
             )? {
-                if let Some(n) = self.lock().nodes.get_mut(name) {
-                    n.record = record.clone();
-                }
+                self.apply_node_record(record.clone(), entry.version + 1);
                 return Ok(record);
             }
         }
@@ -150,9 +146,6 @@ impl Fleet {
                 "certificate revoked by an operator",
             );
         })?;
-        if let Some(node) = self.lock().nodes.get_mut(name) {
-            node.feed.send_replace(Feed::Revoked);
-        }
         Ok(())
     }
 
@@ -180,18 +173,6 @@ impl Fleet {
                 text.join(","),
             );
         })?;
-        let mut inner = self.lock();
-        let number = inner.current.number;
-        let spec = inner.current.spec.clone();
-        if let Some(node) = inner.nodes.get_mut(name) {
-            let desired = desired_for(&spec, name, &node.record.labels, number);
-            if desired.hash != node.desired.hash {
-                node.desired = Arc::new(desired);
-                if !node.record.revoked {
-                    node.feed.send_replace(Feed::State(node.desired.clone()));
-                }
-            }
-        }
         Ok(())
     }
 

@@ -2,7 +2,7 @@
 //! current one rendered per node and pushed to the nodes it changes.
 
 use super::records::RevisionRecord;
-use super::{Current, Feed, Fleet, FleetError, Result, from_json, keys, to_json};
+use super::{Current, Fleet, FleetError, Result, from_json, keys, to_json};
 use crate::store::{Compare, Op, Store};
 use ballast_proto::pb;
 use ballast_proto::spec::{self, Labels, NodeMeta, Spec};
@@ -82,6 +82,12 @@ impl Fleet {
         let spec = parse_sources(&sources)?;
         let hash = spec.content_hash();
         let _apply = self.apply_lock.lock().unwrap_or_else(|p| p.into_inner());
+        // The stored current revision, which memory may not have seen yet
+        // when another controller applied it.
+        let stored = self.store.get(keys::CURRENT)?;
+        if let Some(e) = &stored {
+            self.catch_up_current(from_json(keys::CURRENT, &e.value)?)?;
+        }
         let (current_number, current_hash) = {
             let inner = self.lock();
             (inner.current.number, inner.current.hash.clone())
@@ -104,7 +110,7 @@ impl Fleet {
             restored_from,
             sources,
         };
-        let compare = match self.store.get(keys::CURRENT)? {
+        let compare = match stored {
             None => Compare::Absent(keys::CURRENT.into()),
             Some(e) => Compare::Version(keys::CURRENT.into(), e.version),
         };
@@ -120,25 +126,21 @@ impl Fleet {
                 "another apply stored a revision at the same time; retry".into(),
             ));
         }
-        let spec = Arc::new(spec);
-        let mut inner = self.lock();
-        inner.current = Current {
+        // The watch may have installed it already (see `follow`).
+        let affected = match self.install_current(Current {
             number,
-            spec: spec.clone(),
+            spec: Arc::new(spec),
             hash: hash.clone(),
-        };
-        let mut affected = Vec::new();
-        for node in inner.nodes.values_mut() {
-            let desired = desired_for(&spec, &node.record.name, &node.record.labels, number);
-            if desired.hash != node.desired.hash {
-                affected.push(node.record.name.clone());
-                node.desired = Arc::new(desired);
-                if !node.record.revoked {
-                    node.feed.send_replace(Feed::State(node.desired.clone()));
+        }) {
+            Some(affected) => affected,
+            None => {
+                let inner = self.lock();
+                match &inner.last_affected {
+                    (n, affected) if *n == number => affected.clone(),
+                    _ => Vec::new(),
                 }
             }
-        }
-        affected.sort();
+        };
         Ok(pb::ApplyResponse {
             revision: number,
             hash,

@@ -10,6 +10,7 @@ mod code_map;
 mod connections;
 mod contract;
 mod controller_faults;
+mod controllers_shared;
 mod e2e;
 mod fleet_hardening;
 mod nodes;
