@@ -29,7 +29,8 @@ pub struct Cli {
 pub enum Command {
     /// Enroll this node with a one-time token.
     Enroll {
-        /// Controller address, HOST:PORT.
+        /// Controller address, HOST:PORT, or several, comma-separated
+        /// (a:8440,b:8440): the agent fails over among them.
         #[arg(long, env = "BALLAST_CONTROLLER")]
         controller: String,
         /// The one-time token (`ballast token create`). Prefer the environment
@@ -66,7 +67,8 @@ pub enum Command {
         /// Directory of custom facts (*.json, or executables printing JSON).
         #[arg(long, default_value = daemon::DEFAULT_FACTS_DIR)]
         facts_dir: PathBuf,
-        /// Override the controller address recorded at enrollment.
+        /// Override the controller address(es) recorded at enrollment
+        /// (HOST:PORT[,HOST:PORT...]).
         #[arg(long)]
         controller: Option<String>,
     },

@@ -248,10 +248,22 @@ impl Enrolled {
         })
     }
 
-    /// A mutual-TLS channel to the controller (address may be overridden).
+    /// A mutual-TLS channel to `controller`, or to the first controller
+    /// recorded at enrollment.
     pub async fn channel(&self, controller: Option<&str>) -> anyhow::Result<Channel> {
+        let first;
+        let controller = match controller {
+            Some(c) => c,
+            None => {
+                first = ballast_proto::controllers(&self.config.controller)
+                    .map_err(anyhow::Error::msg)
+                    .context("agent.json")?
+                    .remove(0);
+                &first
+            }
+        };
         channel(
-            controller.unwrap_or(&self.config.controller),
+            controller,
             &Trust::Ca(self.ca_pem.clone()),
             Some(&self.cert),
         )
@@ -278,7 +290,26 @@ pub async fn enroll(
         .distinguished_name
         .push(rcgen::DnType::CommonName, name);
     let csr = params.serialize_request(&key).context("create CSR")?;
-    let channel = channel(controller, &Trust::Pin(fingerprint.to_owned()), None).await?;
+    let controllers = ballast_proto::controllers(controller).map_err(anyhow::Error::msg)?;
+    // The first controller that answers enrolls us; one that refuses ends
+    // it (the token is one-time: another controller would refuse it too).
+    let mut unreachable = Vec::new();
+    let mut reached = None;
+    for addr in &controllers {
+        match self::channel(addr, &Trust::Pin(fingerprint.to_owned()), None).await {
+            Ok(channel) => {
+                reached = Some((addr.as_str(), channel));
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(controller = %addr, error = %format!("{e:#}"), "controller unreachable; trying the next");
+                unreachable.push(format!("{e:#}"));
+            }
+        }
+    }
+    let Some((controller, channel)) = reached else {
+        bail!("no controller reachable: {}", unreachable.join("; "));
+    };
     let mut client = pb::enrollment_client::EnrollmentClient::new(channel);
     let call = client.enroll(pb::EnrollRequest {
         token: token.to_owned(),
@@ -302,7 +333,8 @@ pub async fn enroll(
     }
     state.store_enrollment(&Enrollment {
         config: AgentConfig {
-            controller: controller.to_owned(),
+            // Every controller, as given: the daemon fails over among them.
+            controller: controllers.join(","),
             name: resp.name.clone(),
             ca_fingerprint: fingerprint.to_owned(),
         },

@@ -289,9 +289,11 @@ impl Link {
         }
     }
 
-    /// One connection: watch, heartbeat, deliver reports, until it breaks.
-    async fn session(&mut self, enrolled: &Enrolled) -> anyhow::Result<()> {
-        let channel = enrolled.channel(self.cfg.controller.as_deref()).await?;
+    /// One connection to `controller`: watch, heartbeat, deliver reports,
+    /// until it breaks. The watch sends the hash the agent has, so a new
+    /// session (on any controller) sends nothing the agent already applied.
+    async fn session(&mut self, enrolled: &Enrolled, controller: &str) -> anyhow::Result<()> {
+        let channel = enrolled.channel(Some(controller)).await?;
         let mut client = client::agent_client(channel);
         let known = self.status.borrow().hash.clone();
         let mut stream = deadline(
@@ -300,10 +302,7 @@ impl Link {
         )
         .await?
         .into_inner();
-        tracing::info!(
-            controller = enrolled.config.controller,
-            "watching desired state"
-        );
+        tracing::info!(controller, "watching desired state");
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -329,19 +328,50 @@ impl Link {
         }
     }
 
-    /// Connects, and reconnects with jittered exponential backoff, forever.
+    /// Connects, and reconnects, forever. When a session ends the next
+    /// controller of the list is tried at once; only when every controller
+    /// of a round has failed does the link wait, with jittered exponential
+    /// backoff. A session that lasted resets both.
     async fn run(mut self, enrolled: Enrolled) {
-        let mut backoff = BACKOFF_MIN;
-        loop {
-            let started = Instant::now();
-            if let Err(e) = self.session(&enrolled).await {
-                tracing::warn!(error = %format!("{e:#}"), retry_in_ms = backoff.as_millis() as u64, unsent_reports = self.outbox.len(), "controller unreachable; enforcing the cached state");
+        let list = self
+            .cfg
+            .controller
+            .clone()
+            .unwrap_or_else(|| enrolled.config.controller.clone());
+        let controllers = match ballast_proto::controllers(&list) {
+            Ok(c) => c,
+            Err(e) => {
+                // Checked at enrollment and on the command line: only a hand-edited
+                // agent.json gets here. Enforcing the cache goes on regardless.
+                tracing::error!(error = %e, "no usable controller address; enforcing the cached state only");
+                return;
             }
+        };
+        let mut backoff = BACKOFF_MIN;
+        let mut failed_in_a_row = 0usize;
+        for at in controllers.iter().cycle() {
+            let started = Instant::now();
+            let result = self.session(&enrolled, at).await;
             if started.elapsed() > Duration::from_secs(30) {
                 backoff = BACKOFF_MIN;
+                failed_in_a_row = 0;
             }
-            tokio::time::sleep(backoff.mul_f64(jitter(0.5, 1.0))).await;
-            backoff = (backoff * 2).min(BACKOFF_MAX);
+            failed_in_a_row += 1;
+            let round_failed = failed_in_a_row.is_multiple_of(controllers.len());
+            let wait = if round_failed {
+                backoff.mul_f64(jitter(0.5, 1.0))
+            } else {
+                // The next controller at once, spread a little so that the
+                // agents of a dead controller do not all arrive together.
+                Duration::from_millis(200).mul_f64(jitter(0.0, 1.0))
+            };
+            if let Err(e) = result {
+                tracing::warn!(controller = %at, error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, unsent_reports = self.outbox.len(), "controller unreachable; enforcing the cached state");
+            }
+            tokio::time::sleep(wait).await;
+            if round_failed {
+                backoff = (backoff * 2).min(BACKOFF_MAX);
+            }
         }
     }
 }

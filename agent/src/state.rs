@@ -100,6 +100,7 @@ impl Lock {
 /// What `enroll` leaves in the state dir, beside the key and certificates.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct AgentConfig {
+    /// The controllers, comma-separated, in the order they are tried.
     pub controller: String,
     pub name: String,
     pub ca_fingerprint: String,

@@ -26,25 +26,7 @@ pub const AGENT_SHA_PATH: &str = "/bootstrap/ballast-agent.sha256";
 
 /// `HOST:PORT` with a DNS name, IPv4 or bracketed IPv6 host.
 pub fn check_controller(addr: &str) -> anyhow::Result<()> {
-    let Some((host, port)) = addr.rsplit_once(':') else {
-        bail!("controller address {addr:?}: expected HOST:PORT");
-    };
-    let host_ok = !host.is_empty()
-        && host.len() <= 253
-        && (host
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
-            || (host.starts_with('[')
-                && host.ends_with(']')
-                && host[1..host.len() - 1]
-                    .bytes()
-                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')));
-    if !host_ok || port.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
-        bail!(
-            "controller address {addr:?}: expected HOST:PORT with a DNS name, IPv4 or [IPv6] host and a port from 1 to 65535"
-        );
-    }
-    Ok(())
+    ballast_proto::check_address(addr).map_err(anyhow::Error::msg)
 }
 
 fn check_token(token: &str) -> anyhow::Result<()> {

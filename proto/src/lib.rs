@@ -79,6 +79,57 @@ pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
     Ok(std::time::Duration::from_millis(ms))
 }
 
+/// At most this many controller addresses in one list.
+pub const MAX_CONTROLLERS: usize = 16;
+
+/// Checks one controller address: `HOST:PORT` with a DNS name, IPv4 or
+/// bracketed IPv6 host and a port from 1 to 65535.
+pub fn check_address(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("controller address {addr:?}: expected HOST:PORT"));
+    };
+    let host_ok = !host.is_empty()
+        && host.len() <= 253
+        && (host
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+            || (host.starts_with('[')
+                && host.ends_with(']')
+                && host[1..host.len() - 1]
+                    .bytes()
+                    .all(|b| b.is_ascii_hexdigit() || b == b':' || b == b'.')));
+    if !host_ok || port.parse::<u16>().map(|p| p == 0).unwrap_or(true) {
+        return Err(format!(
+            "controller address {addr:?}: expected HOST:PORT with a DNS name, IPv4 or [IPv6] host and a port from 1 to 65535"
+        ));
+    }
+    Ok(())
+}
+
+/// The controllers of a comma-separated list (`a:8440,b:8440`), each
+/// checked, in order, without repeats; one address is a list of one.
+pub fn controllers(list: &str) -> Result<Vec<String>, String> {
+    let mut out: Vec<String> = Vec::new();
+    for addr in list.split(',').map(str::trim) {
+        if addr.is_empty() {
+            return Err(format!(
+                "controller list {list:?}: an empty entry; expected HOST:PORT[,HOST:PORT...]"
+            ));
+        }
+        check_address(addr)?;
+        if !out.iter().any(|a| a == addr) {
+            out.push(addr.to_owned());
+        }
+    }
+    if out.len() > MAX_CONTROLLERS {
+        return Err(format!(
+            "controller list: {} addresses; at most {MAX_CONTROLLERS}",
+            out.len()
+        ));
+    }
+    Ok(out)
+}
+
 /// The host part of `HOST:PORT`, brackets of an IPv6 address removed.
 pub fn host_of(addr: &str) -> &str {
     let host = addr.rsplit_once(':').map(|(h, _)| h).unwrap_or(addr);
@@ -89,6 +140,38 @@ pub fn host_of(addr: &str) -> &str {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn controller_lists_are_checked_entry_by_entry() {
+        assert_eq!(
+            controllers("a:8440, b.example:8440,a:8440,[::1]:9"),
+            Ok(vec![
+                "a:8440".into(),
+                "b.example:8440".into(),
+                "[::1]:9".into()
+            ])
+        );
+        assert_eq!(
+            controllers("a:8440,,b:1"),
+            Err("controller list \"a:8440,,b:1\": an empty entry; expected HOST:PORT[,HOST:PORT...]".into())
+        );
+        assert!(
+            controllers("a:8440,b")
+                .unwrap_err()
+                .contains("\"b\": expected HOST:PORT")
+        );
+        assert!(
+            controllers("a:0")
+                .unwrap_err()
+                .contains("a port from 1 to 65535")
+        );
+        assert!(controllers("a b:1").is_err());
+        let many: Vec<String> = (1..=17).map(|p| format!("h:{p}")).collect();
+        assert_eq!(
+            controllers(&many.join(",")),
+            Err("controller list: 17 addresses; at most 16".into())
+        );
+    }
 
     #[test]
     fn durations_parse_with_units() {

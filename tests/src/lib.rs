@@ -466,6 +466,22 @@ impl ControllerProcess {
         }
     }
 
+    /// Kills the process and starts it again on `addr`, with the same data
+    /// dir (so the same CA, certificates and store).
+    pub async fn restart_at(&mut self, addr: SocketAddr) {
+        self.kill();
+        let config = std::fs::read_to_string(&self.config).expect("controller config");
+        let moved = config.replacen(
+            &format!("listen: {}\n", self.addr),
+            &format!("listen: {addr}\n"),
+            1,
+        );
+        assert_ne!(moved, config, "the config names the listen address");
+        std::fs::write(&self.config, moved).expect("write controller config");
+        self.addr = addr;
+        self.restart().await;
+    }
+
     /// SIGKILL, and reap.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {

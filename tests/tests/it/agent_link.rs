@@ -144,3 +144,65 @@ async fn reports_made_while_the_controller_is_away_arrive_in_order() {
     agent.stop().await;
     ctl.stop().await;
 }
+
+fn motd(text: &str) -> pb::ApplyRequest {
+    pb::ApplyRequest {
+        sources: vec![pb::SourceFile {
+            name: "spec.yaml".into(),
+            content: format!(
+                "roles:\n  base:\n    directories: [{{path: /etc/app, mode: \"0755\"}}]\n    files: [{{path: /etc/app/motd, content: \"{text}\\n\"}}]\ngroups:\n  all:\n    roles: [base]\n"
+            ),
+        }],
+        author: "test".into(),
+        message: String::new(),
+    }
+}
+
+/// An agent enrolled with a list of controllers: enrollment passes over one
+/// that does not answer, and when its controller dies the agent moves to the
+/// next of its list at once (no backoff while another is left to try), and
+/// gets what is applied there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_fails_over_to_the_next_controller_of_its_list() {
+    let nobody = format!("127.0.0.1:{}", ballast_tests::free_port());
+    let next: std::net::SocketAddr = format!("127.0.0.1:{}", ballast_tests::free_port())
+        .parse()
+        .unwrap();
+    let mut ctl = ControllerProcess::start("").await;
+    let token = ctl.token().await;
+    let list = format!("{nobody},{},{next}", ctl.controller());
+    let mut agent = TestAgent::enroll_at(&list, &ctl.fingerprint, &token, "n1").await;
+    agent.start(Duration::from_secs(300));
+    ctl.admin()
+        .await
+        .unwrap()
+        .apply(motd("one"))
+        .await
+        .expect("apply");
+    eventually(Duration::from_secs(20), "the agent converges", || {
+        read(&agent, "/etc/app/motd").as_deref() == Some("one\n")
+    })
+    .await;
+
+    // The controller dies; the same fleet comes up at the list's last address.
+    let moved = Instant::now();
+    ctl.restart_at(next).await;
+    let up = moved.elapsed();
+    ctl.admin()
+        .await
+        .unwrap()
+        .apply(motd("two"))
+        .await
+        .expect("apply on the controller at the next address");
+    eventually(
+        Duration::from_secs(15),
+        "the agent gets the new revision from the next controller",
+        || read(&agent, "/etc/app/motd").as_deref() == Some("two\n"),
+    )
+    .await;
+    eprintln!(
+        "controller back after {up:?}; the agent had the new revision {:?} after the kill",
+        moved.elapsed()
+    );
+    agent.stop().await;
+}
