@@ -1,11 +1,14 @@
 # Ballast bootstrap downloads with nothing but python3's standard library
 # (wherever cloud-init runs, python3 runs): no curl, no openssl.
-#   pin ADDR FINGERPRINT OUT      fetch the controller's CA certificate over a
+#   pin ADDRS FINGERPRINT OUT     fetch the controller's CA certificate over a
 #                                 first, unverified connection; keep it only if
 #                                 its SHA-256 is FINGERPRINT and the server
 #                                 proves it holds a certificate the CA issued
-#   get ADDR PATH OUT CAFILE      download https://ADDR/PATH, verified against
+#   get ADDRS PATH OUT CAFILE     download https://ADDR/PATH, verified against
 #                                 CAFILE only (hostname included)
+# ADDRS is HOST:PORT or several, comma-separated: a controller that cannot be
+# reached (or fails TLS) is passed over for the next; one that answers with an
+# error, or a CA with another fingerprint, ends the command.
 # No redirects, no proxies; every error names the URL and exits 1.
 import hashlib
 import http.client
@@ -22,12 +25,19 @@ def fail(msg):
     sys.exit(1)
 
 
+class Unreachable(Exception):
+    """No answer from this controller (connection or TLS): try the next."""
+
+
 def fetch(addr, path, ctx, sink, limit):
     url = "https://" + addr + path
     conn = http.client.HTTPSConnection(addr, context=ctx, timeout=60)
     try:
-        conn.request("GET", path)
-        resp = conn.getresponse()
+        try:
+            conn.request("GET", path)
+            resp = conn.getresponse()
+        except (OSError, http.client.HTTPException) as e:
+            raise Unreachable("GET %s: %s" % (url, e))
         if resp.status != 200:
             text = resp.read(300).decode("utf-8", "replace").strip()
             fail("GET %s: HTTP %d %s: %s" % (url, resp.status, resp.reason, text))
@@ -66,7 +76,22 @@ def write_new(out, data, mode):
     os.replace(tmp, out)
 
 
-def pin(addr, fingerprint, out):
+def each(addrs, attempt):
+    """Runs attempt(addr) for each address until one is reached."""
+    unreachable = []
+    for addr in addrs.split(","):
+        try:
+            return attempt(addr.strip())
+        except Unreachable as e:
+            unreachable.append(str(e))
+    fail("no controller reachable: " + "; ".join(unreachable))
+
+
+def pin(addrs, fingerprint, out):
+    each(addrs, lambda addr: pin_at(addr, fingerprint, out))
+
+
+def pin_at(addr, fingerprint, out):
     unverified = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     unverified.check_hostname = False
     unverified.verify_mode = ssl.CERT_NONE
@@ -85,7 +110,11 @@ def pin(addr, fingerprint, out):
     write_new(out, ca.encode("ascii"), 0o644)
 
 
-def get(addr, path, out, cafile):
+def get(addrs, path, out, cafile):
+    each(addrs, lambda addr: get_at(addr, path, out, cafile))
+
+
+def get_at(addr, path, out, cafile):
     ctx = ssl.create_default_context(cafile=cafile)
     tmp = out + ".part"
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
@@ -106,7 +135,7 @@ def main(argv):
     elif len(argv) == 5 and argv[0] == "get":
         get(argv[1], argv[2], argv[3], argv[4])
     else:
-        fail("usage: pin ADDR FINGERPRINT OUT | get ADDR PATH OUT CAFILE")
+        fail("usage: pin ADDRS FINGERPRINT OUT | get ADDRS PATH OUT CAFILE")
 
 
 main(sys.argv[1:])

@@ -65,7 +65,8 @@ pub struct Params {
 
 impl Params {
     fn check(&self) -> anyhow::Result<()> {
-        check_controller(&self.controller)?;
+        // One controller or several, comma-separated: the node tries them in order.
+        ballast_proto::controllers(&self.controller).map_err(anyhow::Error::msg)?;
         check_fingerprint(&self.fingerprint)?;
         check_token(&self.token)?;
         if !self.name.is_empty() {
@@ -238,6 +239,24 @@ mod tests {
         assert!(s.contains(&params().token) && s.contains(&params().fingerprint));
         assert!(!s.contains('@'), "every placeholder is filled");
         assert!(!s.contains("PRIVATE KEY"));
+    }
+
+    #[test]
+    fn a_list_of_controllers_reaches_the_node_whole_and_checked() {
+        let mut p = params();
+        p.controller = "a.example:8440,b.example:8440".into();
+        let s = script(&p).unwrap();
+        assert!(s.contains("BALLAST_CONTROLLER='a.example:8440,b.example:8440'"));
+        p.controller = "a.example:8440,b';reboot;'x:1".into();
+        assert!(
+            script(&p)
+                .unwrap_err()
+                .to_string()
+                .contains("expected HOST:PORT")
+        );
+        // The installer enrolls with the list the bootstrap script exports.
+        let i = install_script("a.example:8440", &p.fingerprint).unwrap();
+        assert!(i.contains(r#"controller="${BALLAST_CONTROLLER:-a.example:8440}""#));
     }
 
     #[test]

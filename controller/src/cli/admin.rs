@@ -72,7 +72,10 @@ pub fn bootstrap(
 ) -> anyhow::Result<ExitCode> {
     let dir = credentials_dir(&args.conn)?;
     let params = crate::bootstrap::Params {
-        controller: args.conn.controller.clone(),
+        controller: args
+            .controllers
+            .clone()
+            .unwrap_or_else(|| args.conn.controller.clone()),
         fingerprint: fingerprint_of_pem(&read(&dir.join("ca.pem"))?)?,
         token: args.token,
         name: args.name.unwrap_or_default(),

@@ -153,6 +153,11 @@ pub struct BootstrapArgs {
     /// Node name; defaults to the token's bound name, else the node's hostname.
     #[arg(long)]
     pub name: Option<String>,
+    /// Every controller the node may use, HOST:PORT,HOST:PORT... (default:
+    /// --controller): the node enrolls through the first that answers and
+    /// its agent fails over among them.
+    #[arg(long)]
+    pub controllers: Option<String>,
     #[command(flatten)]
     pub conn: Conn,
 }

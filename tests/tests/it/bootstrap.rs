@@ -110,9 +110,15 @@ async fn three_nodes_bootstrap_from_cloud_init_and_converge() {
     ctl.apply(&spec("v1")).await.unwrap();
 
     let mut nodes = Vec::new();
+    // web-1 is given a list whose first controller never answers: the
+    // bootstrap, the installer, enrollment and the agent pass over it.
+    let nobody = format!("127.0.0.1:{}", ballast_tests::free_port());
     for (name, role) in [("web-1", "web"), ("web-2", "web"), ("db-1", "db")] {
         let params = bootstrap::Params {
-            controller: ctl.controller(),
+            controller: match name {
+                "web-1" => format!("{nobody},{}", ctl.controller()),
+                _ => ctl.controller(),
+            },
             fingerprint: ctl.fingerprint.clone(),
             token: token(&ctl, name, role, 3600).await,
             name: String::new(),
@@ -367,6 +373,52 @@ async fn python_fetcher_pins_the_ca_and_verifies_every_download() {
         ballast_controller::cli::fingerprint_of_pem(&pem).unwrap(),
         ctl.fingerprint
     );
+
+    // A list: controllers that do not answer are passed over, in order.
+    let nobody = format!("127.0.0.1:{}", ballast_tests::free_port());
+    let list = format!("{nobody},{addr}");
+    let (ok, err) = fetcher(
+        &helper,
+        vec![
+            "pin".into(),
+            list.clone(),
+            ctl.fingerprint.clone(),
+            p("ca2.pem"),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    let (ok, err) = fetcher(
+        &helper,
+        vec![
+            "get".into(),
+            list,
+            "/bootstrap/install.sh".into(),
+            p("install2.sh"),
+            p("ca.pem"),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    for name in ["ca2.pem", "install2.sh"] {
+        std::fs::remove_file(dir.path().join(name)).unwrap();
+    }
+    let (ok, err) = fetcher(
+        &helper,
+        vec![
+            "get".into(),
+            format!("{nobody},{nobody}"),
+            "/bootstrap/install.sh".into(),
+            p("z"),
+            p("ca.pem"),
+        ],
+    )
+    .await;
+    assert!(
+        !ok && err.contains("no controller reachable: GET https://127.0.0.1:"),
+        "{err}"
+    );
+    assert!(!dir.path().join("z").exists());
 
     // Downloads are verified against that CA and nothing else.
     let (ok, err) = fetcher(
