@@ -8,6 +8,7 @@ pub mod ca;
 pub mod cli;
 pub mod config;
 pub mod fleet;
+pub mod leader;
 pub mod listener;
 pub mod server;
 pub mod store;

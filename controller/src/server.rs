@@ -28,7 +28,8 @@ pub struct Running {
     pub fingerprint: String,
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
-    /// The fleet's watches of the store (see `fleet::follow`).
+    /// The fleet's watches of the store (see `fleet::follow`) and the
+    /// single-owner jobs (`leader`): aborted at stop.
     followers: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -104,6 +105,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         .ensure_server_cert(&pki, &cfg.advertise)
         .context("server certificate")?;
     ca.ensure_admin_cert(&pki).context("admin certificate")?;
+    let store_for_jobs = store.clone();
     let fleet =
         Fleet::open(store, cfg.stale_after, cfg.clock.clone()).context("load fleet state")?;
     let fingerprint = ca.fingerprint();
@@ -120,7 +122,21 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         .with_context(|| format!("listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     // Every change, whoever wrote it, reaches memory through the store's watch.
-    let followers = fleet.follow_store();
+    let mut followers = fleet.follow_store();
+    // Single-owner jobs on whichever controller holds the leader key.
+    let holder = format!(
+        "{}:{addr} pid {}",
+        nix::unistd::gethostname()
+            .map(|h| h.to_string_lossy().into_owned())
+            .unwrap_or_default(),
+        std::process::id()
+    );
+    followers.push(tokio::spawn(crate::leader::run(
+        store_for_jobs,
+        holder,
+        cfg.clock.clone(),
+        crate::leader::JOBS_EVERY,
+    )));
     let api = Api::new(fleet.clone(), ca.clone());
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(

@@ -10,6 +10,7 @@
 //! | `status/{name}` | `NodeStatus`: what the node says (last seen, its timeline) | report |
 //! | `reports/{name}` | the last `RunReport` (protobuf) | report |
 //! | `facts/{name}` | the node's facts (JSON text) | put_facts |
+//! | `leader` | the holder of the single-owner jobs, on an etcd lease (`leader.rs`) | `Store::try_lead` |
 //! | `identity/ca` | the CA certificate and key, the admin certificate and key (etcd only) | `ca::Ca::load_or_share`, once, at the first controller's start |
 //!
 //! Enrollment deletes a name's `status/`, `reports/` and `facts/` when it
@@ -20,13 +21,15 @@ pub const CURRENT: &str = "meta/current";
 pub const REVISIONS: &str = "revisions/";
 pub const PENDING: &str = "pending/";
 pub const NODES: &str = "nodes/";
+pub const TOKENS: &str = "tokens/";
+pub const LEADER: &str = "leader";
 
 pub fn revision(n: u64) -> String {
     format!("{REVISIONS}{n:020}")
 }
 
 pub fn token(hash: &str) -> String {
-    format!("tokens/{hash}")
+    format!("{TOKENS}{hash}")
 }
 
 pub fn pending(name: &str) -> String {

@@ -27,6 +27,7 @@ mod keys;
 mod nodes;
 mod records;
 mod revisions;
+mod sweep;
 #[cfg(test)]
 mod tests;
 mod view;
@@ -35,11 +36,13 @@ use crate::store::{Compare, Op, Store};
 use ballast_proto::pb;
 use ballast_proto::spec::{self, Labels, Spec};
 pub use clock::Clock;
+pub use keys::LEADER as LEADER_KEY;
 use records::{NodeRecord, NodeStatus, PendingRecord, ReportSummary};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+pub use sweep::{TOKEN_GRACE, sweep_expired_tokens};
 use tokio::sync::watch;
 
 /// Errors a caller can act on; `api` maps each variant to one gRPC code.

@@ -120,6 +120,16 @@ pub trait Store: Send + Sync + 'static {
         holder: &str,
         ttl: std::time::Duration,
     ) -> Result<Option<Leadership>, StoreError>;
+
+    /// Drops the history older than the newest `keep` revisions (etcd's
+    /// compaction, for the whole cluster); the revision compacted to, or 0
+    /// when there was nothing to drop. Watches that were behind it are told
+    /// to relist. redb keeps no history beyond a bounded window in memory:
+    /// nothing to do.
+    fn compact(&self, keep: u64) -> Result<u64, StoreError> {
+        let _ = keep;
+        Ok(0)
+    }
 }
 
 /// Leadership of a single-owner job (compaction, token expiry). Every write

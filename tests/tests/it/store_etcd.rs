@@ -561,3 +561,32 @@ async fn a_leader_cut_off_from_etcd_steps_down_within_the_ttl() {
     // expire the lease; the slack is for a loaded machine.
     assert!(after <= ttl + Duration::from_secs(1), "{after:?}");
 }
+
+/// The leader's compaction job: the store keeps the newest `keep` revisions
+/// and drops older history, so a watch from before it relists.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_compaction_keeps_the_newest_revisions() {
+    let Some(cluster) = EtcdCluster::start(1) else {
+        return;
+    };
+    let s = cluster.store("/fleet/");
+    for i in 0..20 {
+        s.txn(&[], &[put(&format!("c/{i}"), "v")]).unwrap();
+    }
+    let now = s.list_at("c/").unwrap().revision;
+    assert_eq!(s.compact(now + 5).unwrap(), 0, "nothing to drop yet");
+    let to = s.compact(5).unwrap();
+    assert_eq!(to, now - 5);
+    assert_eq!(
+        s.compact(5).unwrap(),
+        to,
+        "compacting again is not an error"
+    );
+    // Within the kept window a watch resumes; before it, it relists.
+    let mut w = s.watch("c/", to + 1).unwrap();
+    let got = take(&mut w, 1, Duration::from_secs(10)).await;
+    assert!(matches!(&got[..], [WatchEvent::Changes { .. }]), "{got:?}");
+    let mut w = s.watch("c/", to - 3).unwrap();
+    let got = take(&mut w, 1, Duration::from_secs(10)).await;
+    assert_eq!(got, [WatchEvent::Relist]);
+}

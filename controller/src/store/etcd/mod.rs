@@ -407,6 +407,20 @@ fn key_str(prefix_len: usize, key: &[u8]) -> Result<String, StoreError> {
 }
 
 impl Store for EtcdStore {
+    fn compact(&self, keep: u64) -> Result<u64, StoreError> {
+        let current = self.current_revision()?;
+        let to = current.saturating_sub(keep);
+        if to == 0 {
+            return Ok(0);
+        }
+        match self.read(move |mut kv| async move { kv.compact(to as i64, None).await }) {
+            Ok(_) => Ok(to),
+            // Another compaction (ours or an operator's) got there first.
+            Err(e) if e.to_string().contains("compacted") => Ok(to),
+            Err(e) => Err(self.error("compact", e)),
+        }
+    }
+
     fn get(&self, key: &str) -> Result<Option<Entry>, StoreError> {
         let full = self.full(key);
         let mut resp = self

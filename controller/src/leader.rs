@@ -1,0 +1,94 @@
+//! Single-owner jobs: of all the controllers of a fleet, the one holding the
+//! `leader` key (on an etcd lease; always this process on redb) compacts the
+//! store's history and sweeps long-expired tokens, every `every`. Every write
+//! a job makes carries the leadership's fence (`Leadership::fence`), so a
+//! deposed leader that has not noticed yet cannot write. Rollouts will be
+//! the next job here.
+
+use crate::fleet::{self, Clock};
+use crate::store::{Leadership, Store};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// The leader key's lease: a dead leader is replaced within this.
+pub const LEADER_TTL: Duration = Duration::from_secs(10);
+/// How often the leader runs the jobs.
+pub const JOBS_EVERY: Duration = Duration::from_secs(300);
+/// How many of the newest store revisions compaction keeps: enough for a
+/// watch that fell a little behind to resume rather than relist.
+pub const KEEP_REVISIONS: u64 = 10_000;
+
+/// Tries to lead, and while leading runs the jobs every `every`; runs until
+/// the task is aborted.
+pub async fn run(store: Arc<dyn Store>, holder: String, clock: Clock, every: Duration) {
+    loop {
+        let (s, h) = (store.clone(), holder.clone());
+        let tried =
+            tokio::task::spawn_blocking(move || s.try_lead(fleet::LEADER_KEY, &h, LEADER_TTL))
+                .await;
+        match tried {
+            Ok(Ok(Some(lead))) => {
+                tracing::info!(holder, "leading the fleet's single-owner jobs");
+                lead_while_held(&store, lead, &clock, every).await;
+                tracing::info!(holder, "no longer leading");
+            }
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not try for leadership"),
+            Err(e) => tracing::error!(error = %e, "leadership task failed"),
+        }
+        tokio::time::sleep(LEADER_TTL / 2).await;
+    }
+}
+
+async fn lead_while_held(
+    store: &Arc<dyn Store>,
+    mut lead: Leadership,
+    clock: &Clock,
+    every: Duration,
+) {
+    loop {
+        let (s, c) = (store.clone(), clock.clone());
+        let round = tokio::task::spawn_blocking(move || {
+            let done = jobs(s.as_ref(), &lead, &c);
+            (lead, done)
+        })
+        .await;
+        let done;
+        (lead, done) = match round {
+            Ok(r) => r,
+            Err(e) => {
+                // The leadership went with the panicked task: resigned.
+                tracing::error!(error = %e, "single-owner jobs panicked");
+                return;
+            }
+        };
+        match done {
+            Ok((swept, compacted)) if swept > 0 || compacted > 0 => {
+                tracing::info!(swept, compacted_to = compacted, "single-owner jobs done")
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "single-owner jobs failed; the next round retries")
+            }
+        }
+        tokio::select! {
+            _ = lead.lost() => return,
+            _ = tokio::time::sleep(every) => {}
+        }
+    }
+}
+
+/// One round: sweep tokens (fenced), then compact. Returns (tokens swept,
+/// revision compacted to).
+fn jobs(
+    store: &dyn Store,
+    lead: &Leadership,
+    clock: &Clock,
+) -> Result<(usize, u64), crate::store::StoreError> {
+    let swept = fleet::sweep_expired_tokens(store, lead, clock.now_ms())?;
+    if !lead.is_held() {
+        return Ok((swept, 0));
+    }
+    let compacted = store.compact(KEEP_REVISIONS)?;
+    Ok((swept, compacted))
+}
