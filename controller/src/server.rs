@@ -104,8 +104,8 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         .ensure_server_cert(&pki, &cfg.advertise)
         .context("server certificate")?;
     ca.ensure_admin_cert(&pki).context("admin certificate")?;
-    let fleet =
-        Fleet::open(store, cfg.stale_after, cfg.clock.clone()).context("load fleet state")?;
+    let fleet = Fleet::open(store, cfg.stale_after, cfg.liveness, cfg.clock.clone())
+        .context("load fleet state")?;
     let fingerprint = ca.fingerprint();
     let ca = Arc::new(ca);
 

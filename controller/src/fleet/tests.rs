@@ -39,6 +39,9 @@ impl Store for EtcdSizedTxns {
     ) -> std::result::Result<Option<Leadership>, StoreError> {
         self.inner.try_lead(key, holder, ttl)
     }
+    fn put_leased(&self, ops: &[Op], ttl: Duration) -> std::result::Result<(), StoreError> {
+        self.inner.put_leased(ops, ttl)
+    }
 }
 
 #[test]
@@ -63,8 +66,13 @@ fn open_deletes_many_expired_reservations_in_bounded_transactions() {
         inner: redb,
         largest: Mutex::new(0),
     });
-    Fleet::open(store.clone(), Duration::from_secs(60), Clock::System)
-        .expect("open with 300 expired");
+    Fleet::open(
+        store.clone(),
+        Duration::from_secs(60),
+        Liveness::default(),
+        Clock::System,
+    )
+    .expect("open with 300 expired");
     assert!(*store.largest.lock().unwrap() <= MAX_TXN_OPS);
     assert!(store.list(keys::PENDING).unwrap().is_empty());
 }
@@ -85,7 +93,13 @@ fn record(name: &str, serial: &str, revoked: bool) -> NodeRecord {
 fn a_node_record_older_than_memory_never_undoes_it() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
-    let fleet = Fleet::open(store, Duration::from_secs(60), Clock::System).unwrap();
+    let fleet = Fleet::open(
+        store,
+        Duration::from_secs(60),
+        Liveness::default(),
+        Clock::System,
+    )
+    .unwrap();
     // Enrolled at version 5, then revoked at version 9 (say, by another controller).
     fleet.apply_node_record(record("n1", "aa", false), 5);
     let feed = fleet.subscribe("n1").unwrap();
