@@ -89,7 +89,7 @@ impl Fleet {
     }
 
     /// The summary chunks of the nodes this controller holds now.
-    fn own_chunks(&self) -> Vec<Chunk> {
+    pub(super) fn own_chunks(&self) -> Vec<Chunk> {
         let inner = self.lock();
         let held: Vec<(String, Seen)> = inner
             .nodes
