@@ -129,6 +129,9 @@ pub struct ServeConfig {
     pub store: StoreConfig,
     /// The fleet's time; tests set a manual one.
     pub clock: crate::fleet::Clock,
+    /// How often liveness is shared with peers, and how long a node whose
+    /// controller died shows `reconnecting`.
+    pub liveness: crate::fleet::Liveness,
 }
 
 impl ServeConfig {
@@ -144,6 +147,7 @@ impl ServeConfig {
             connections: ConnLimits::default(),
             store: StoreConfig::Redb,
             clock: crate::fleet::Clock::System,
+            liveness: crate::fleet::Liveness::default(),
         }
     }
 }
@@ -155,6 +159,8 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub advertise: Vec<String>,
     pub stale_after: Option<Duration>,
+    pub liveness_period: Option<Duration>,
+    pub reconnect_grace: Option<Duration>,
     pub handshake_timeout: Option<Duration>,
     pub idle_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
@@ -163,6 +169,12 @@ pub struct FileConfig {
 }
 
 impl FileConfig {
+    /// Sets the liveness settings this file names.
+    pub fn merge_liveness(&self, liveness: &mut crate::fleet::Liveness) {
+        liveness.period = self.liveness_period.unwrap_or(liveness.period);
+        liveness.grace = self.reconnect_grace.unwrap_or(liveness.grace);
+    }
+
     /// Sets the connection limits this file names; the others stay as they are.
     pub fn merge_connections(&self, limits: &mut ConnLimits) {
         if let Some(d) = self.handshake_timeout {
@@ -180,7 +192,7 @@ impl FileConfig {
     }
 }
 
-const KEYS: &str = "listen, data_dir, advertise, stale_after, handshake_timeout, idle_timeout, max_connections, max_connections_per_address, store, store_prefix, etcd_ca, etcd_cert, etcd_key";
+const KEYS: &str = "listen, data_dir, advertise, stale_after, liveness_period, reconnect_grace, handshake_timeout, idle_timeout, max_connections, max_connections_per_address, store, store_prefix, etcd_ca, etcd_cert, etcd_key";
 
 fn duration(n: usize, key: &str, value: &str) -> Result<Duration, String> {
     ballast_proto::parse_duration(value).map_err(|e| format!("{n}: {key}: {e}"))
@@ -196,7 +208,8 @@ fn count(n: usize, key: &str, value: &str) -> Result<usize, String> {
 }
 
 /// Reads a config file of flat `key: value` lines (YAML subset):
-/// `listen`, `data_dir`, `advertise` (comma separated), `stale_after`, and the
+/// `listen`, `data_dir`, `advertise` (comma separated), `stale_after`,
+/// `liveness_period` (at least 1s), `reconnect_grace`, and the
 /// connection limits `handshake_timeout`, `idle_timeout` (durations),
 /// `max_connections`, `max_connections_per_address` (counts), and the store:
 /// `store` (`etcd://HOST:PORT,...`), `store_prefix`, `etcd_ca`, `etcd_cert`, `etcd_key`.
@@ -239,6 +252,16 @@ fn parse_file_config(text: &str) -> Result<FileConfig, String> {
                         .map_err(|e| format!("{n}: stale_after: {e}"))?,
                 )
             }
+            "liveness_period" => {
+                let d = duration(n, key, value)?;
+                if d < Duration::from_secs(1) {
+                    return Err(format!(
+                        "{n}: liveness_period: {value:?} is under the least allowed, 1s"
+                    ));
+                }
+                cfg.liveness_period = Some(d)
+            }
+            "reconnect_grace" => cfg.reconnect_grace = Some(duration(n, key, value)?),
             "handshake_timeout" => cfg.handshake_timeout = Some(duration(n, key, value)?),
             "idle_timeout" => cfg.idle_timeout = Some(duration(n, key, value)?),
             "max_connections" => cfg.max_connections = Some(count(n, key, value)?),
@@ -273,11 +296,13 @@ mod tests {
             format!("2: unknown key `listen_addr`; allowed: {KEYS}")
         );
         let ok = parse_file_config(
-            "# c\nlisten: 0.0.0.0:8440\nadvertise: ctl.example, 10.0.0.1\nstale_after: 2m\n",
+            "# c\nlisten: 0.0.0.0:8440\nadvertise: ctl.example, 10.0.0.1\nstale_after: 2m\nliveness_period: 2s\nreconnect_grace: 30s\n",
         )
         .unwrap();
         assert_eq!(ok.advertise, vec!["ctl.example", "10.0.0.1"]);
         assert_eq!(ok.stale_after, Some(Duration::from_secs(120)));
+        assert_eq!(ok.liveness_period, Some(Duration::from_secs(2)));
+        assert_eq!(ok.reconnect_grace, Some(Duration::from_secs(30)));
     }
 
     #[test]

@@ -106,8 +106,8 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         .context("server certificate")?;
     ca.ensure_admin_cert(&pki).context("admin certificate")?;
     let store_for_jobs = store.clone();
-    let fleet =
-        Fleet::open(store, cfg.stale_after, cfg.clock.clone()).context("load fleet state")?;
+    let fleet = Fleet::open(store, cfg.stale_after, cfg.liveness, cfg.clock.clone())
+        .context("load fleet state")?;
     let fingerprint = ca.fingerprint();
     let ca = Arc::new(ca);
 

@@ -129,6 +129,7 @@ closed_enum! {
         Revoked = "revoked",
         Pending = "pending",
         BootstrapFailed = "bootstrap-failed",
+        Reconnecting = "reconnecting",
     }
 }
 
@@ -141,7 +142,8 @@ impl NodeStatus {
             | NodeStatus::Converging
             | NodeStatus::Drifted
             | NodeStatus::Revoked
-            | NodeStatus::Pending => false,
+            | NodeStatus::Pending
+            | NodeStatus::Reconnecting => false,
         }
     }
 }

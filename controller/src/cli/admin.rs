@@ -138,6 +138,7 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
     if let Some(f) = file {
         store = store.or(f.store.clone());
         f.merge_connections(&mut cfg.connections);
+        f.merge_liveness(&mut cfg.liveness);
         cfg.listen = f.listen.unwrap_or(cfg.listen);
         cfg.data_dir = f.data_dir.unwrap_or(cfg.data_dir);
         cfg.advertise = f.advertise;

@@ -6,8 +6,11 @@
 //! the other is a no-op: an apply on controller A reaches an agent watching
 //! through B, and a revoke on A ends B's open watch of that node.
 //!
-//! Only operator state is followed. What a node says (`status/`, `reports/`,
-//! `facts/`, last seen) stays in the memory of the controller it talks to.
+//! Operator state is followed, and peers' liveness summaries
+//! (`controllers/`, see `liveness`). What a node says (`status/`,
+//! `reports/`, `facts/`) is read from the store only when a peer's summary
+//! says its report changed; heartbeats stay in the memory of the controller
+//! it talks to.
 
 use super::records::{NodeRecord, PendingRecord, RevisionRecord};
 use super::revisions::{desired_for, parse_sources};
@@ -139,6 +142,9 @@ impl Fleet {
     /// One followed event of one prefix; store reads happen here, so this
     /// runs on a blocking thread.
     fn apply_followed(&self, prefix: &str, event: Followed) -> Result<()> {
+        if prefix == keys::CONTROLLERS {
+            return self.apply_liveness(event);
+        }
         match event {
             Followed::Reset(listing) => {
                 let mut seen = std::collections::BTreeSet::new();
@@ -199,17 +205,20 @@ impl Fleet {
         Ok(())
     }
 
-    /// Follows the operator prefixes for as long as the fleet lives (or until
-    /// the returned tasks are aborted). Runs on the current tokio runtime.
+    /// Follows the operator prefixes and peers' liveness, and publishes this
+    /// controller's, for as long as the fleet lives (or until the returned
+    /// tasks are aborted). Runs on the current tokio runtime.
     pub fn follow_store(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        [keys::META, keys::NODES, keys::PENDING]
+        let mut tasks: Vec<_> = [keys::META, keys::NODES, keys::PENDING, keys::CONTROLLERS]
             .into_iter()
             .map(|prefix| {
                 let weak = Arc::downgrade(self);
                 let store = self.store.clone();
                 tokio::spawn(follow_prefix(weak, store, prefix))
             })
-            .collect()
+            .collect();
+        tasks.push(super::liveness::spawn_publisher(self));
+        tasks
     }
 }
 

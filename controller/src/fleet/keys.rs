@@ -11,6 +11,7 @@
 //! | `reports/{name}` | the last `RunReport` (protobuf) | report |
 //! | `facts/{name}` | the node's facts (JSON text) | put_facts |
 //! | `leader` | the holder of the single-owner jobs, on an etcd lease (`leader.rs`) | `Store::try_lead` |
+//! | `controllers/{id}/{n:04}` | `liveness::Chunk`: node → (last seen, applied revision, failed count, drifted) for up to `liveness::CHUNK_NODES` nodes whose stream controller `{id}` holds; on its liveness lease (etcd only) | that controller's liveness task, every `liveness_period` |
 //! | `identity/ca` | the CA certificate and key, the admin certificate and key (etcd only) | `ca::Ca::load_or_share`, once, at the first controller's start |
 //!
 //! Enrollment deletes a name's `status/`, `reports/` and `facts/` when it
@@ -50,4 +51,11 @@ pub fn report(name: &str) -> String {
 
 pub fn facts(name: &str) -> String {
     format!("facts/{name}")
+}
+
+pub const CONTROLLERS: &str = "controllers/";
+
+/// Chunk `n` of controller `id`'s liveness summary.
+pub fn controller_chunk(id: &str, n: usize) -> String {
+    format!("{CONTROLLERS}{id}/{n:04}")
 }

@@ -24,6 +24,7 @@ mod clock;
 mod enroll;
 mod follow;
 mod keys;
+mod liveness;
 mod nodes;
 mod records;
 mod revisions;
@@ -37,6 +38,7 @@ use ballast_proto::pb;
 use ballast_proto::spec::{self, Labels, Spec};
 pub use clock::Clock;
 pub use keys::LEADER as LEADER_KEY;
+pub use liveness::{CHUNK_NODES, DEFAULT_LIVENESS_PERIOD, DEFAULT_RECONNECT_GRACE, Liveness};
 use records::{NodeRecord, NodeStatus, PendingRecord, ReportSummary};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -105,6 +107,9 @@ struct Node {
     facts: serde_json::Value,
     /// Serialises this node's own status writes (concurrent reports).
     status_lock: Arc<Mutex<()>>,
+    /// When its link was last lost without its doing (its controller died,
+    /// or this one started): see `view::status`.
+    lost_ms: u64,
 }
 
 impl Node {
@@ -127,16 +132,13 @@ impl Node {
             report: None,
             facts: serde_json::Value::Null,
             status_lock: Arc::new(Mutex::new(())),
+            lost_ms: 0,
         }
     }
 
-    fn view(&self) -> view::NodeView<'_> {
-        view::NodeView {
-            record: &self.record,
-            last_seen_ms: self.status.last_seen_ms,
-            report: self.report.as_ref(),
-            desired: &self.desired,
-        }
+    /// Whether this controller holds a watch stream of the node.
+    fn held_here(&self) -> bool {
+        self.feed.receiver_count() > 0
     }
 }
 
@@ -154,6 +156,23 @@ struct Inner {
     last_affected: (u64, Vec<String>),
     /// Token hash → when its last refused enrollment was logged.
     refusals: HashMap<String, u64>,
+    /// Peers' liveness chunks by key (`controllers/{id}/{n}`), from the watch.
+    remote: BTreeMap<String, liveness::Chunk>,
+}
+
+impl Inner {
+    /// What status reads of one node: held by this controller or a live peer.
+    fn view_of<'a>(&'a self, node: &'a Node) -> view::NodeView<'a> {
+        let name = &node.record.name;
+        view::NodeView {
+            record: &node.record,
+            last_seen_ms: node.status.last_seen_ms,
+            report: node.report.as_ref(),
+            desired: &node.desired,
+            held: node.held_here() || self.remote.values().any(|c| c.nodes.contains_key(name)),
+            lost_ms: node.lost_ms,
+        }
+    }
 }
 
 /// The controller's fleet state over a [`Store`].
@@ -168,6 +187,9 @@ pub struct Fleet {
     /// store's version compares still guard against another controller.
     operator_lock: Mutex<()>,
     stale_after: Duration,
+    liveness: Liveness,
+    /// This controller's id among its peers (random per process).
+    id: String,
     clock: Clock,
 }
 
@@ -198,6 +220,7 @@ impl Fleet {
     pub fn open(
         store: Arc<dyn Store>,
         stale_after: Duration,
+        liveness: Liveness,
         clock: Clock,
     ) -> anyhow::Result<Arc<Fleet>> {
         let current = revisions::load_current(store.as_ref())?;
@@ -243,6 +266,8 @@ impl Fleet {
             node.status = status;
             node.report = summary;
             node.facts = facts;
+            // Not heard from since this start: reconnecting, not its stored verdict.
+            node.lost_ms = now;
             nodes.insert(name, node);
         }
         let mut pending = BTreeMap::new();
@@ -279,10 +304,13 @@ impl Fleet {
                 current,
                 last_affected: (0, Vec::new()),
                 refusals: HashMap::new(),
+                remote: BTreeMap::new(),
             }),
             apply_lock: Mutex::new(()),
             operator_lock: Mutex::new(()),
             stale_after,
+            liveness,
+            id: liveness::new_id(),
             clock,
         }))
     }

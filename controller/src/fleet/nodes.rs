@@ -195,7 +195,7 @@ impl Fleet {
             None => (Bound::Unbounded, Bound::Unbounded),
         };
         let now = self.now_ms();
-        let stale = self.stale_after.as_millis() as u64;
+        let ages = self.ages();
         let null = serde_json::Value::Null;
         let inner = self.lock();
         let mut nodes = inner.nodes.range::<str, _>(range()).peekable();
@@ -222,7 +222,7 @@ impl Fleet {
                 {
                     continue;
                 }
-                view::summary(&n.view(), now, stale)
+                view::summary(&inner.view_of(n), now, ages)
             } else {
                 let (name, p) = pending.next().expect("peeked");
                 if !filters
@@ -258,7 +258,7 @@ impl Fleet {
             let inner = self.lock();
             match (inner.nodes.get(name), inner.pending.get(name)) {
                 (Some(node), _) => (
-                    view::summary(&node.view(), now, self.stale_after.as_millis() as u64),
+                    view::summary(&inner.view_of(node), now, self.ages()),
                     node.facts.to_string(),
                     view::merge_timelines(&node.record.timeline, &node.status.timeline),
                     true,

@@ -72,7 +72,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store: Arc<dyn Store> = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
         let clock = Clock::manual();
-        let fleet = Fleet::open(store.clone(), Duration::from_secs(60), clock.clone()).unwrap();
+        let fleet = Fleet::open(
+            store.clone(),
+            Duration::from_secs(60),
+            crate::fleet::Liveness::default(),
+            clock.clone(),
+        )
+        .unwrap();
         let ttl = Duration::from_secs(600);
         for _ in 0..120 {
             fleet

@@ -10,16 +10,40 @@ use ballast_proto::spec::{self, Labels};
 /// What status and summary read of one enrolled node.
 pub struct NodeView<'a> {
     pub record: &'a NodeRecord,
+    /// The newest last seen known: this controller's, or a live peer's summary.
     pub last_seen_ms: u64,
     pub report: Option<&'a ReportSummary>,
     pub desired: &'a pb::DesiredState,
+    /// A live controller holds the node's stream: this one, or a peer whose
+    /// liveness summary names it.
+    pub held: bool,
+    /// When the node's link was last lost without its doing: the controller
+    /// holding it died, or this controller (re)started.
+    pub lost_ms: u64,
 }
 
-pub fn status(n: &NodeView<'_>, now: u64, stale_after_ms: u64) -> NodeStatus {
+/// The ages status compares with.
+#[derive(Debug, Clone, Copy)]
+pub struct Ages {
+    pub stale_after_ms: u64,
+    /// How long a node whose link was lost shows `reconnecting`.
+    pub grace_ms: u64,
+}
+
+/// A node's status. Reconnecting: not held by any live controller, its link
+/// lost (at `lost_ms`, after it was last seen and while it was not stale yet)
+/// within the grace. Then, or otherwise, stale past `stale_after`.
+pub fn status(n: &NodeView<'_>, now: u64, ages: Ages) -> NodeStatus {
     if n.record.revoked {
         return NodeStatus::Revoked;
     }
-    if now.saturating_sub(n.last_seen_ms) > stale_after_ms {
+    let lost_while_fresh = n.lost_ms >= n.last_seen_ms
+        && n.last_seen_ms > 0
+        && n.lost_ms - n.last_seen_ms <= ages.stale_after_ms;
+    if !n.held && lost_while_fresh && now.saturating_sub(n.lost_ms) <= ages.grace_ms {
+        return NodeStatus::Reconnecting;
+    }
+    if now.saturating_sub(n.last_seen_ms) > ages.stale_after_ms {
         return NodeStatus::Stale;
     }
     match n.report {
@@ -36,11 +60,11 @@ pub fn status(n: &NodeView<'_>, now: u64, stale_after_ms: u64) -> NodeStatus {
     }
 }
 
-pub fn summary(n: &NodeView<'_>, now: u64, stale_after_ms: u64) -> pb::NodeSummary {
+pub fn summary(n: &NodeView<'_>, now: u64, ages: Ages) -> pb::NodeSummary {
     pb::NodeSummary {
         name: n.record.name.clone(),
         labels: n.record.labels.clone().into_iter().collect(),
-        status: status(n, now, stale_after_ms).into(),
+        status: status(n, now, ages).into(),
         desired_revision: n.desired.revision,
         applied_revision: n.report.map(|r| r.revision).unwrap_or(0),
         last_seen_ms: n.last_seen_ms,
@@ -196,6 +220,12 @@ mod tests {
             last_seen_ms,
             report,
             desired: &desired,
+            held: true,
+            lost_ms: 0,
+        };
+        let ages = Ages {
+            stale_after_ms: 1000,
+            grace_ms: 5000,
         };
         let now = 100_000;
         let drifted = ReportSummary {
@@ -207,27 +237,27 @@ mod tests {
             ..ok.clone()
         };
         assert_eq!(
-            status(&view(Some(&ok), now), now, 1000),
+            status(&view(Some(&ok), now), now, ages),
             NodeStatus::Converged
         );
         assert_eq!(
-            status(&view(Some(&ok), now - 1000), now, 1000),
+            status(&view(Some(&ok), now - 1000), now, ages),
             NodeStatus::Converged
         );
         assert_eq!(
-            status(&view(Some(&ok), now - 1001), now, 1000),
+            status(&view(Some(&ok), now - 1001), now, ages),
             NodeStatus::Stale
         );
         assert_eq!(
-            status(&view(Some(&drifted), now), now, 1000),
+            status(&view(Some(&drifted), now), now, ages),
             NodeStatus::Drifted
         );
         assert_eq!(
-            status(&view(Some(&old), now), now, 1000),
+            status(&view(Some(&old), now), now, ages),
             NodeStatus::Converging
         );
-        assert_eq!(status(&view(None, now), now, 1000), NodeStatus::Converging);
-        let s = summary(&view(Some(&failed), now), now, 1000);
+        assert_eq!(status(&view(None, now), now, ages), NodeStatus::Converging);
+        let s = summary(&view(Some(&failed), now), now, ages);
         assert_eq!(
             (NodeStatus::try_from(s.status), s.failed_count),
             (Ok(NodeStatus::Failed), 40)
@@ -238,8 +268,74 @@ mod tests {
             last_seen_ms: now,
             report: Some(&ok),
             desired: &desired,
+            held: false,
+            lost_ms: now,
         };
-        assert_eq!(status(&v, now, 1000), NodeStatus::Revoked);
+        assert_eq!(status(&v, now, ages), NodeStatus::Revoked);
+    }
+
+    #[test]
+    fn a_lost_link_shows_reconnecting_for_the_grace_then_stale() {
+        let desired = pb::DesiredState {
+            revision: 3,
+            hash: "sha256:a".into(),
+            document: Vec::new(),
+        };
+        let ok = ReportSummary {
+            revision: 3,
+            hash: "sha256:a".into(),
+            ..Default::default()
+        };
+        let rec = record(false);
+        let ages = Ages {
+            stale_after_ms: 1000,
+            grace_ms: 5000,
+        };
+        let view = |held, last_seen_ms, lost_ms| NodeView {
+            record: &rec,
+            last_seen_ms,
+            report: Some(&ok),
+            desired: &desired,
+            held,
+            lost_ms,
+        };
+        // Its controller died at 10_000, 500 ms after it was last seen.
+        let lost = view(false, 9_500, 10_000);
+        assert_eq!(status(&lost, 10_000, ages), NodeStatus::Reconnecting);
+        // Past stale_after but within the grace: still reconnecting, not stale.
+        assert_eq!(status(&lost, 15_000, ages), NodeStatus::Reconnecting);
+        // After the grace: stale, as any node not heard from.
+        assert_eq!(status(&lost, 15_001, ages), NodeStatus::Stale);
+        // Held again (by any live controller): its report decides.
+        assert_eq!(
+            status(&view(true, 12_000, 10_000), 12_000, ages),
+            NodeStatus::Converged
+        );
+        // Seen after the loss but held by nobody: it went away by itself.
+        assert_eq!(
+            status(&view(false, 11_000, 10_000), 11_500, ages),
+            NodeStatus::Converged
+        );
+        assert_eq!(
+            status(&view(false, 11_000, 10_000), 12_001, ages),
+            NodeStatus::Stale
+        );
+        // Already stale when the link was lost: stays stale.
+        assert_eq!(
+            status(&view(false, 8_000, 10_000), 10_000, ages),
+            NodeStatus::Stale
+        );
+        // Never seen (enrolled, never connected): not reconnecting.
+        assert_eq!(
+            status(&view(false, 0, 10_000), 10_000, ages),
+            NodeStatus::Stale
+        );
+        // A controller restart is a loss at its start: the stored report
+        // is not shown as current until the node is back.
+        assert_ne!(
+            status(&view(false, 9_900, 10_000), 10_100, ages),
+            NodeStatus::Converged
+        );
     }
 
     #[test]

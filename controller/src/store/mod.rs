@@ -130,6 +130,13 @@ pub trait Store: Send + Sync + 'static {
         let _ = keep;
         Ok(0)
     }
+
+    /// Writes `ops` in one request, every `Put` attached to this process's
+    /// liveness lease of `ttl` (created on first use, kept alive while the
+    /// store lives): on etcd those keys vanish, for every watcher, once the
+    /// process stops renewing it (it died). redb serves one process, which
+    /// has nobody to share liveness with: nothing is written.
+    fn put_leased(&self, ops: &[Op], ttl: std::time::Duration) -> Result<(), StoreError>;
 }
 
 /// Leadership of a single-owner job (compaction, token expiry). Every write

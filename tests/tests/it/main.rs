@@ -13,6 +13,7 @@ mod controller_faults;
 mod controllers_shared;
 mod e2e;
 mod fleet_hardening;
+mod liveness_shared;
 mod nemesis;
 mod nodes;
 mod packaging;

@@ -6,7 +6,7 @@
 //! the lease is gone.
 
 use super::{BACKOFF_MIN, Backoff, EtcdStore, Members, member_fault, never_sent, unavailable};
-use crate::store::{Leadership, StoreError};
+use crate::store::{Leadership, Op, StoreError};
 use etcd_client::{CompareOp, PutOptions, Txn, TxnOp};
 use std::sync::Arc;
 use std::time::Duration;
@@ -86,6 +86,93 @@ impl EtcdStore {
             held,
             Box::new(resign),
         )))
+    }
+}
+
+/// This process's liveness lease: the keys `Store::put_leased` writes live
+/// on it; its keeper renews it until the store is dropped or renewal fails.
+pub(super) struct Liveness {
+    id: i64,
+    held: watch::Receiver<bool>,
+    /// Dropping it revokes the lease.
+    _resign: oneshot::Sender<()>,
+}
+
+impl EtcdStore {
+    /// One transaction of `ops`, puts on the liveness lease; a new lease when
+    /// there is none yet or the last one was lost (then tried once more).
+    pub(super) fn leased_txn(&self, ops: &[Op], ttl: Duration) -> Result<(), StoreError> {
+        let ttl = ttl.max(MIN_LEADER_TTL);
+        for attempt in 0..2 {
+            let id = self.liveness_lease(ttl)?;
+            let then: Vec<TxnOp> = ops
+                .iter()
+                .map(|o| match o {
+                    Op::Put(k, v) => TxnOp::put(
+                        self.full(k),
+                        v.clone(),
+                        Some(PutOptions::new().with_lease(id)),
+                    ),
+                    Op::Delete(k) => TxnOp::delete(self.full(k), None),
+                })
+                .collect();
+            let txn = Txn::new().and_then(then);
+            let done = self.on_members(
+                Members::kv,
+                |mut kv| {
+                    let txn = txn.clone();
+                    async move { kv.txn(txn).await }
+                },
+                never_sent,
+            );
+            match done {
+                Ok(_) => return Ok(()),
+                Err(e) if attempt == 0 && e.to_string().contains("lease not found") => {
+                    tracing::warn!(lease = id, "liveness lease expired; taking a new one");
+                    *self.liveness.lock().unwrap_or_else(|p| p.into_inner()) = None;
+                }
+                Err(e) => return Err(self.error("write liveness", e)),
+            }
+        }
+        Err(StoreError::Engine(
+            "liveness lease lost twice in a row".into(),
+        ))
+    }
+
+    /// The liveness lease's id, granted (and its keeper started) if needed.
+    fn liveness_lease(&self, ttl: Duration) -> Result<i64, StoreError> {
+        let mut held = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(l) = held.as_ref()
+            && *l.held.borrow()
+        {
+            return Ok(l.id);
+        }
+        let started = Instant::now();
+        let seconds = ttl.as_secs_f64().ceil() as i64;
+        let lease = self
+            .on_members(
+                Members::lease,
+                move |mut l| async move { l.grant(seconds, None).await },
+                unavailable,
+            )
+            .map_err(|e| self.error("grant the liveness lease", e))?;
+        let id = lease.id();
+        let (held_tx, rx) = watch::channel(true);
+        let (resign, resigned) = oneshot::channel();
+        let keeper = Keeper {
+            members: self.members.clone(),
+            id,
+            ttl,
+            last_renewed: started,
+            key: "liveness".into(),
+        };
+        self.runtime().spawn(keeper.run(held_tx, resigned));
+        *held = Some(Liveness {
+            id,
+            held: rx,
+            _resign: resign,
+        });
+        Ok(id)
     }
 }
 

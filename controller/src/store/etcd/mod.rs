@@ -130,6 +130,8 @@ pub struct EtcdStore {
     prefix: String,
     /// The endpoints, for error messages.
     endpoints: String,
+    /// This process's liveness lease (`Store::put_leased`), once made.
+    liveness: std::sync::Mutex<Option<lease::Liveness>>,
 }
 
 impl Drop for EtcdStore {
@@ -215,6 +217,7 @@ impl EtcdStore {
             runtime: Some(runtime),
             prefix: opts.prefix.clone(),
             endpoints,
+            liveness: std::sync::Mutex::new(None),
         };
         store.current_revision()?;
         Ok(store)
@@ -545,6 +548,10 @@ impl Store for EtcdStore {
         ttl: Duration,
     ) -> Result<Option<Leadership>, StoreError> {
         self.lead(key, holder, ttl)
+    }
+
+    fn put_leased(&self, ops: &[Op], ttl: Duration) -> Result<(), StoreError> {
+        self.leased_txn(ops, ttl)
     }
 
     fn watch(&self, prefix: &str, from_revision: u64) -> Result<Watch, StoreError> {

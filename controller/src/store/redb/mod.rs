@@ -389,6 +389,12 @@ impl Store for RedbStore {
     ) -> Result<Option<Leadership>, StoreError> {
         self.lead(key, holder)
     }
+
+    fn put_leased(&self, _ops: &[Op], _ttl: Duration) -> Result<(), StoreError> {
+        // One process: no other controller reads liveness, and a restart
+        // must not find its previous life's keys.
+        Ok(())
+    }
 }
 
 impl RedbStore {

@@ -1,0 +1,159 @@
+//! Liveness across controllers on one etcd prefix: a node held by one
+//! controller shows fresh through another (from the holder's leased
+//! summary), shows `reconnecting` once its controller's lease ends, and is
+//! back when the agent fails over.
+
+use ballast_proto::enums::NodeStatus;
+use ballast_proto::pb;
+use ballast_tests::etcd::EtcdCluster;
+use ballast_tests::{ControllerProcess, TestAgent};
+use nix::sys::signal::Signal;
+use std::time::{Duration, Instant};
+
+const SPEC: &str = r#"
+roles:
+  base:
+    directories: [{path: /etc/app, mode: "0755"}]
+    files: [{path: /etc/app/a.conf, content: "x\n", mode: "0644"}]
+groups:
+  all:
+    roles: [base]
+"#;
+
+/// A summary every second (lease of 3 s), the default grace of 60 s.
+const CONFIG: &str = "liveness_period: 1s";
+
+async fn node_on(ctl: &ControllerProcess, name: &str) -> Option<pb::NodeSummary> {
+    let mut admin = ctl.admin().await.ok()?;
+    let page = admin
+        .list_nodes(pb::ListNodesRequest::default())
+        .await
+        .ok()?
+        .into_inner();
+    page.nodes.into_iter().find(|n| n.name == name)
+}
+
+/// Polls `ctl` until node `name` has `want` (and `fresh`, if given, holds),
+/// returning it; panics with the last seen summary after `timeout`.
+async fn wait_status(
+    ctl: &ControllerProcess,
+    name: &str,
+    want: NodeStatus,
+    timeout: Duration,
+    fresh: impl Fn(&pb::NodeSummary) -> bool,
+) -> pb::NodeSummary {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let node = node_on(ctl, name).await;
+        if let Some(n) = &node
+            && NodeStatus::try_from(n.status) == Ok(want)
+            && fresh(n)
+        {
+            return n.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "node {name} not {want} within {timeout:?}; last: {node:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_held_by_a_dead_controller_shows_reconnecting_then_converged_on_the_other() {
+    let Some(cluster) = EtcdCluster::start(3) else {
+        return;
+    };
+    let url = cluster.url();
+    let mut a = ControllerProcess::start_with_args(CONFIG, &["--store", &url]).await;
+    let mut b = ControllerProcess::start_with_args(CONFIG, &["--store", &url]).await;
+    let applied = a
+        .admin()
+        .await
+        .expect("admin")
+        .apply(pb::ApplyRequest {
+            sources: vec![pb::SourceFile {
+                name: "spec.yaml".into(),
+                content: SPEC.into(),
+            }],
+            author: "test".into(),
+            message: String::new(),
+        })
+        .await
+        .expect("apply");
+    assert!(applied.into_inner().created);
+    // The agent knows both, and holds its stream on A (the first).
+    let token = a.token().await;
+    let list = format!("{},{}", a.controller(), b.controller());
+    let mut agent = TestAgent::enroll_at(&list, &a.fingerprint, &token, "n1").await;
+    agent.start(Duration::from_secs(3600));
+    wait_status(
+        &a,
+        "n1",
+        NodeStatus::Converged,
+        Duration::from_secs(20),
+        |_| true,
+    )
+    .await;
+
+    // B knows it from A's summary: converged, last seen within a few periods.
+    let started = Instant::now();
+    let n = wait_status(
+        &b,
+        "n1",
+        NodeStatus::Converged,
+        Duration::from_secs(10),
+        |n| now_ms().saturating_sub(n.last_seen_ms) < 3000,
+    )
+    .await;
+    println!(
+        "B shows n1 (held by A) converged, last seen {} ms ago, after {:?}",
+        now_ms().saturating_sub(n.last_seen_ms),
+        started.elapsed()
+    );
+
+    // A freezes: its lease ends after 3 s, while the agent still waits on it
+    // (its heartbeat call times out after 15 s). B shows the truth meanwhile.
+    a.signal(Signal::SIGSTOP);
+    let frozen = Instant::now();
+    let n = wait_status(
+        &b,
+        "n1",
+        NodeStatus::Reconnecting,
+        Duration::from_secs(12),
+        |_| true,
+    )
+    .await;
+    println!(
+        "B shows n1 reconnecting {:?} after A froze (last seen {} ms before)",
+        frozen.elapsed(),
+        now_ms().saturating_sub(n.last_seen_ms)
+    );
+    assert!(n.last_seen_ms > 0, "last seen comes from A's summary");
+
+    // A dies: the agent fails over to B at once, and B holds it.
+    a.signal(Signal::SIGKILL);
+    a.kill();
+    let killed = Instant::now();
+    wait_status(
+        &b,
+        "n1",
+        NodeStatus::Converged,
+        Duration::from_secs(15),
+        |n| now_ms().saturating_sub(n.last_seen_ms) < 2000,
+    )
+    .await;
+    println!(
+        "B shows n1 converged {:?} after A was killed",
+        killed.elapsed()
+    );
+    agent.stop().await;
+    b.kill();
+}
