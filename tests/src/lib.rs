@@ -499,6 +499,23 @@ impl ControllerProcess {
         std::fs::read_to_string(self.dir.path().join("controller.log")).unwrap_or_default()
     }
 
+    /// Applies `yaml` as the whole desired state (one source, `spec.yaml`).
+    pub async fn apply(&self, yaml: &str) -> anyhow::Result<pb::ApplyResponse> {
+        let resp = self
+            .admin()
+            .await?
+            .apply(pb::ApplyRequest {
+                sources: vec![pb::SourceFile {
+                    name: "spec.yaml".into(),
+                    content: yaml.into(),
+                }],
+                author: "test".into(),
+                message: String::new(),
+            })
+            .await?;
+        Ok(resp.into_inner())
+    }
+
     pub async fn token(&self) -> String {
         self.admin()
             .await

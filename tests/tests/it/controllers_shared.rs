@@ -27,20 +27,7 @@ async fn two_controllers() -> Option<(EtcdCluster, ControllerProcess, Controller
 }
 
 async fn apply(ctl: &ControllerProcess, yaml: &str) -> pb::ApplyResponse {
-    ctl.admin()
-        .await
-        .expect("admin connects")
-        .apply(pb::ApplyRequest {
-            sources: vec![pb::SourceFile {
-                name: "spec.yaml".into(),
-                content: yaml.into(),
-            }],
-            author: "test".into(),
-            message: String::new(),
-        })
-        .await
-        .expect("apply")
-        .into_inner()
+    ctl.apply(yaml).await.expect("apply")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

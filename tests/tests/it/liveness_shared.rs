@@ -74,21 +74,8 @@ async fn a_node_held_by_a_dead_controller_shows_reconnecting_then_converged_on_t
     let url = cluster.url();
     let mut a = ControllerProcess::start_with_args(CONFIG, &["--store", &url]).await;
     let mut b = ControllerProcess::start_with_args(CONFIG, &["--store", &url]).await;
-    let applied = a
-        .admin()
-        .await
-        .expect("admin")
-        .apply(pb::ApplyRequest {
-            sources: vec![pb::SourceFile {
-                name: "spec.yaml".into(),
-                content: SPEC.into(),
-            }],
-            author: "test".into(),
-            message: String::new(),
-        })
-        .await
-        .expect("apply");
-    assert!(applied.into_inner().created);
+    let applied = a.apply(SPEC).await.expect("apply");
+    assert!(applied.created);
     // The agent knows both, and holds its stream on A (the first).
     let token = a.token().await;
     let list = format!("{},{}", a.controller(), b.controller());

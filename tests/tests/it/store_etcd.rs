@@ -353,18 +353,7 @@ async fn a_controller_on_etcd_serves_an_agent_end_to_end() {
     let token = ctl.token().await;
     let mut agent = TestAgent::enroll_at(&ctl.controller(), &ctl.fingerprint, &token, "n1").await;
     agent.start(Duration::from_secs(1));
-    let mut admin = ctl.admin().await.unwrap();
-    admin
-        .apply(pb::ApplyRequest {
-            sources: vec![pb::SourceFile {
-                name: "spec.yaml".into(),
-                content: SPEC.into(),
-            }],
-            author: "test".into(),
-            message: String::new(),
-        })
-        .await
-        .expect("apply");
+    ctl.apply(SPEC).await.expect("apply");
     let read = |a: &TestAgent| std::fs::read_to_string(a.path("/etc/app/a.conf")).ok();
     eventually(Duration::from_secs(20), "the agent converges", || {
         read(&agent).as_deref() == Some("on etcd\n")

@@ -25,15 +25,7 @@ impl EtcdStore {
     ) -> Result<Option<Leadership>, StoreError> {
         let ttl = ttl.max(MIN_LEADER_TTL);
         let started = Instant::now();
-        let seconds = ttl.as_secs_f64().ceil() as i64;
-        let lease = self
-            .on_members(
-                Members::lease,
-                move |mut l| async move { l.grant(seconds, None).await },
-                unavailable,
-            )
-            .map_err(|e| self.error("grant a lease", e))?;
-        let id = lease.id();
+        let id = self.grant(ttl, "grant a lease")?;
         let full = self.full(key);
         let txn = Txn::new()
             .when([etcd_client::Compare::create_revision(
@@ -139,6 +131,19 @@ impl EtcdStore {
         ))
     }
 
+    /// A new lease of `ttl` (whole seconds, rounded up); its id.
+    fn grant(&self, ttl: Duration, what: &str) -> Result<i64, StoreError> {
+        let seconds = ttl.as_secs_f64().ceil() as i64;
+        let lease = self
+            .on_members(
+                Members::lease,
+                move |mut l| async move { l.grant(seconds, None).await },
+                unavailable,
+            )
+            .map_err(|e| self.error(what, e))?;
+        Ok(lease.id())
+    }
+
     /// The liveness lease's id, granted (and its keeper started) if needed.
     fn liveness_lease(&self, ttl: Duration) -> Result<i64, StoreError> {
         let mut held = self.liveness.lock().unwrap_or_else(|p| p.into_inner());
@@ -148,15 +153,7 @@ impl EtcdStore {
             return Ok(l.id);
         }
         let started = Instant::now();
-        let seconds = ttl.as_secs_f64().ceil() as i64;
-        let lease = self
-            .on_members(
-                Members::lease,
-                move |mut l| async move { l.grant(seconds, None).await },
-                unavailable,
-            )
-            .map_err(|e| self.error("grant the liveness lease", e))?;
-        let id = lease.id();
+        let id = self.grant(ttl, "grant the liveness lease")?;
         let (held_tx, rx) = watch::channel(true);
         let (resign, resigned) = oneshot::channel();
         let keeper = Keeper {
