@@ -90,7 +90,9 @@ fn run(n: usize) {
     let mut applies = Vec::new();
     for round in 0..5u32 {
         let t = Instant::now();
-        let resp = fleet.apply(sources(round + 2), "bench", "round", 0).unwrap();
+        let resp = fleet
+            .apply(sources(round + 2), "bench", "round", 0)
+            .unwrap();
         applies.push(t.elapsed());
         assert_eq!(resp.affected_nodes.len(), n, "every node changes");
     }
