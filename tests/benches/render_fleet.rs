@@ -11,6 +11,7 @@
 
 use ballast_controller::fleet::{Clock, Fleet};
 use ballast_controller::store::{Op, RedbStore, Store};
+use ballast_proto::spec::{NodeMeta, Renderer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -97,6 +98,38 @@ fn run(n: usize) {
         assert_eq!(resp.affected_nodes.len(), n, "every node changes");
     }
     applies.sort();
+    // Rendering alone, both ways, for the same nodes: each node's state on
+    // its own (what apply did before) and through the `Renderer` (now).
+    let spec = ballast_proto::spec::parse(&[ballast_proto::spec::Source {
+        name: "bench.yaml".into(),
+        text: spec(9),
+    }])
+    .unwrap();
+    let metas: Vec<NodeMeta> = (0..n)
+        .map(|i| NodeMeta {
+            name: format!("sim-{i:05}"),
+            labels: [
+                ("set".to_owned(), format!("s{}", i % LABEL_SETS)),
+                ("env".to_owned(), "prod".to_owned()),
+            ]
+            .into(),
+        })
+        .collect();
+    let t = Instant::now();
+    let mut bytes = 0;
+    for m in &metas {
+        let doc = spec.render(m).to_document();
+        bytes += doc.len();
+        std::hint::black_box(ballast_proto::sha256_tag(&doc));
+    }
+    let alone = t.elapsed();
+    let t = Instant::now();
+    let mut renderer = Renderer::new(&spec);
+    for m in &metas {
+        let doc = renderer.document(m);
+        std::hint::black_box(ballast_proto::sha256_tag(&doc));
+    }
+    let shared = t.elapsed();
     println!(
         "render_fleet: {n} nodes, {LABEL_SETS} distinct label sets, {} node groups",
         LABEL_SETS + 1
@@ -106,6 +139,12 @@ fn run(n: usize) {
         "  apply (validate, store, render {n} nodes, push), 5 applies: median {}, max {}",
         ms(applies[2]),
         ms(applies[4])
+    );
+    println!(
+        "  render + hash {n} documents ({} bytes each): each node alone {}, once per selection {}",
+        bytes / n,
+        ms(alone),
+        ms(shared)
     );
 }
 
