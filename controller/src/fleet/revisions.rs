@@ -38,10 +38,7 @@ impl<'a> Desired<'a> {
     }
 
     pub(super) fn of(&mut self, name: &str, labels: &Labels) -> pb::DesiredState {
-        let document = self.renderer.document(&NodeMeta {
-            name: name.to_owned(),
-            labels: labels.clone(),
-        });
+        let document = self.renderer.document(name, labels);
         pb::DesiredState {
             revision: self.revision,
             hash: ballast_proto::sha256_tag(&document),

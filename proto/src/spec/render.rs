@@ -403,7 +403,11 @@ impl Spec {
 impl NodeState {
     /// Canonical JSON (maps sorted, no whitespace): what is sent and hashed.
     pub fn to_document(&self) -> Vec<u8> {
-        document(&self.node, &resources_json(&self.resources))
+        document(
+            &self.node.name,
+            &self.node.labels,
+            &resources_json(&self.resources),
+        )
     }
 
     /// `sha256:HEX` of [`NodeState::to_document`].
@@ -512,14 +516,20 @@ fn resources_json(resources: &[Resource]) -> Vec<u8> {
     serde_json::to_vec(resources).expect("resources serialize")
 }
 
+/// A node's name and labels as [`NodeMeta`] serializes them, borrowed.
+#[derive(serde::Serialize)]
+struct MetaRef<'a> {
+    name: &'a str,
+    labels: &'a super::Labels,
+}
+
 /// A document from its two parts, byte for byte what serializing the
 /// `NodeState` gives: `{"node":NODE,"resources":RESOURCES}` (tests hold the
 /// two equal). The node's part is small; the resources' is shared.
-fn document(node: &NodeMeta, resources_json: &[u8]) -> Vec<u8> {
-    let node = serde_json::to_vec(node).expect("node meta serializes");
-    let mut doc = Vec::with_capacity(node.len() + resources_json.len() + 24);
+fn document(name: &str, labels: &super::Labels, resources_json: &[u8]) -> Vec<u8> {
+    let mut doc = Vec::with_capacity(resources_json.len() + 128);
     doc.extend_from_slice(br#"{"node":"#);
-    doc.extend_from_slice(&node);
+    serde_json::to_writer(&mut doc, &MetaRef { name, labels }).expect("node meta serializes");
     doc.extend_from_slice(br#","resources":"#);
     doc.extend_from_slice(resources_json);
     doc.push(b'}');
@@ -542,15 +552,16 @@ impl<'a> Renderer<'a> {
         }
     }
 
-    /// The node's document, byte for byte `spec.render(node).to_document()`.
-    pub fn document(&mut self, node: &NodeMeta) -> Vec<u8> {
-        let selection = self.spec.selection(&node.labels);
+    /// The document of the node with this name and these labels, byte for
+    /// byte `spec.render(node).to_document()`.
+    pub fn document(&mut self, name: &str, labels: &super::Labels) -> Vec<u8> {
+        let selection = self.spec.selection(labels);
         let spec = self.spec;
         let body = self
             .by_selection
             .entry(selection)
             .or_insert_with_key(|sel| resources_json(&spec.resources(sel)));
-        document(node, body)
+        document(name, labels, body)
     }
 
     /// Distinct selections rendered so far.
@@ -755,7 +766,7 @@ mod tests {
                         labels: labels.into_iter().map(|(k, v)| (k.into(), v)).collect(),
                     };
                     let alone = serde_json::to_vec(&s.render(&meta)).unwrap();
-                    let doc = renderer.document(&meta);
+                    let doc = renderer.document(&meta.name, &meta.labels);
                     assert_eq!(
                         String::from_utf8(doc.clone()).unwrap(),
                         String::from_utf8(alone.clone()).unwrap()
