@@ -9,7 +9,7 @@
 //!
 //! Under `cargo test` it is a small smoke run.
 
-use ballast_controller::fleet::{Clock, Fleet};
+use ballast_controller::fleet::{Clock, Fleet, Liveness};
 use ballast_controller::store::{Op, RedbStore, Store};
 use ballast_proto::spec::{NodeMeta, Renderer};
 use std::sync::Arc;
@@ -81,12 +81,24 @@ fn run(n: usize) {
             .collect();
         assert!(store.txn(&[], &ops).unwrap());
     }
-    let fleet = Fleet::open(store.clone(), Duration::from_secs(60), Clock::manual()).unwrap();
+    let fleet = Fleet::open(
+        store.clone(),
+        Duration::from_secs(60),
+        Liveness::default(),
+        Clock::manual(),
+    )
+    .unwrap();
     fleet.apply(sources(1), "bench", "first", 0).unwrap();
     drop(fleet);
     // Load: renders every node's state of revision 1.
     let t = Instant::now();
-    let fleet = Fleet::open(store, Duration::from_secs(60), Clock::manual()).unwrap();
+    let fleet = Fleet::open(
+        store,
+        Duration::from_secs(60),
+        Liveness::default(),
+        Clock::manual(),
+    )
+    .unwrap();
     let open = t.elapsed();
     let mut applies = Vec::new();
     for round in 0..5u32 {

@@ -239,8 +239,8 @@ impl Fleet {
 
 #[cfg(test)]
 mod tests {
-    use super::super::Clock;
     use super::super::records::NodeRecord;
+    use super::super::{Clock, Liveness};
     use super::*;
     use crate::store::{Op, RedbStore};
     use std::time::Duration;
@@ -276,7 +276,13 @@ mod tests {
             })
             .collect();
         assert!(store.txn(&[], &ops).unwrap());
-        let fleet = Fleet::open(store.clone(), Duration::from_secs(60), Clock::manual()).unwrap();
+        let fleet = Fleet::open(
+            store.clone(),
+            Duration::from_secs(60),
+            Liveness::default(),
+            Clock::manual(),
+        )
+        .unwrap();
         let sources = vec![("s.yaml".to_owned(), SITE.to_owned())];
         let diff = fleet.diff(sources.clone()).unwrap();
         assert_eq!(diff.nodes.len(), 40);
@@ -286,7 +292,13 @@ mod tests {
         let resp = fleet.apply(sources.clone(), "t", "m", 0).unwrap();
         assert_eq!(resp.affected_nodes.len(), 40);
         let spec = parse_sources(&sources).unwrap();
-        let reopened = Fleet::open(store, Duration::from_secs(60), Clock::manual()).unwrap();
+        let reopened = Fleet::open(
+            store,
+            Duration::from_secs(60),
+            Liveness::default(),
+            Clock::manual(),
+        )
+        .unwrap();
         for f in [&fleet, &reopened] {
             let inner = f.lock();
             for node in inner.nodes.values() {
