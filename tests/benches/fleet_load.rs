@@ -56,6 +56,9 @@ fn serve(data_dir: &str, port: u16) {
         let mut cfg = ServeConfig::defaults();
         cfg.data_dir = data_dir.into();
         cfg.listen = format!("127.0.0.1:{port}").parse().unwrap();
+        // Every simulated agent connects from 127.0.0.1: lift the per-address
+        // bound (1,024 by default) so more than that many can hold a watch.
+        cfg.connections.max_connections_per_address = usize::MAX;
         let running = ballast_controller::server::start(&cfg)
             .await
             .expect("controller starts");

@@ -13,7 +13,7 @@
 //! it talks to.
 
 use super::records::{NodeRecord, PendingRecord, RevisionRecord};
-use super::revisions::{desired_for, parse_sources};
+use super::revisions::{Desired, parse_sources};
 use super::{Current, Feed, Fleet, Node, Result, from_json, keys};
 use crate::store::{self, Followed};
 use std::sync::{Arc, Weak};
@@ -32,8 +32,9 @@ impl Fleet {
         let (number, spec) = (current.number, current.spec.clone());
         inner.current = current;
         let mut affected = Vec::new();
+        let mut render = Desired::new(&spec, number);
         for node in inner.nodes.values_mut() {
-            let desired = desired_for(&spec, &node.record.name, &node.record.labels, number);
+            let desired = render.of(&node.record.name, &node.record.labels);
             if desired.hash != node.desired.hash {
                 affected.push(node.record.name.clone());
                 node.desired = Arc::new(desired);
@@ -91,7 +92,7 @@ impl Fleet {
             node.record = record;
             node.record_version = version;
             if labels_changed {
-                let desired = desired_for(&spec, &name, &node.record.labels, number);
+                let desired = Desired::new(&spec, number).of(&name, &node.record.labels);
                 if desired.hash != node.desired.hash {
                     node.desired = Arc::new(desired);
                     if !node.record.revoked {
@@ -109,7 +110,7 @@ impl Fleet {
         {
             return;
         }
-        let desired = Arc::new(desired_for(&spec, &name, &record.labels, number));
+        let desired = Arc::new(Desired::new(&spec, number).of(&name, &record.labels));
         let mut node = Node::new(record, desired);
         node.record_version = version;
         // Replacing a node drops its old feed: any watch on it ends.

@@ -226,6 +226,7 @@ impl Fleet {
         let current = revisions::load_current(store.as_ref())?;
         let now = clock.now_ms();
         let mut nodes = BTreeMap::new();
+        let mut render = revisions::Desired::new(&current.spec, current.number);
         for (key, entry) in store.list(keys::NODES)? {
             let record: NodeRecord = from_json(&key, &entry.value)?;
             let name = record.name.clone();
@@ -252,8 +253,7 @@ impl Fleet {
                 Some(e) => serde_json::from_slice(&e.value).unwrap_or(serde_json::Value::Null),
                 None => serde_json::Value::Null,
             };
-            let mut desired =
-                revisions::desired_for(&current.spec, &name, &record.labels, current.number);
+            let mut desired = render.of(&name, &record.labels);
             let summary = report.as_ref().map(records::summarize);
             // A node that already runs this exact state keeps the revision it applied.
             if let Some(s) = &summary

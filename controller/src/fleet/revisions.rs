@@ -1,5 +1,6 @@
 //! Revisions: validated sources stored as immutable numbered revisions, the
-//! current one rendered per node and pushed to the nodes it changes.
+//! current one rendered for the nodes (once per distinct selection of node
+//! groups) and pushed to the nodes it changes.
 
 use super::records::RevisionRecord;
 use super::{Current, Fleet, FleetError, Result, from_json, keys, to_json};
@@ -19,21 +20,30 @@ pub(super) fn parse_sources(sources: &[(String, String)]) -> Result<Spec> {
     spec::parse(&sources).map_err(|e| FleetError::Invalid(e.to_string()))
 }
 
-pub(super) fn desired_for(
-    spec: &Spec,
-    name: &str,
-    labels: &Labels,
+/// Desired states of one revision for many nodes: the spec is rendered once
+/// per distinct selection of node groups (see [`spec::Renderer`]), so an
+/// apply costs the number of distinct inputs plus, per node, its name and
+/// labels and the document's hash. Every node's state goes through here.
+pub(super) struct Desired<'a> {
+    renderer: spec::Renderer<'a>,
     revision: u64,
-) -> pb::DesiredState {
-    let state = spec.render(&NodeMeta {
-        name: name.to_owned(),
-        labels: labels.clone(),
-    });
-    let document = state.to_document();
-    pb::DesiredState {
-        revision,
-        hash: ballast_proto::sha256_tag(&document),
-        document,
+}
+
+impl<'a> Desired<'a> {
+    pub(super) fn new(spec: &'a Spec, revision: u64) -> Desired<'a> {
+        Desired {
+            renderer: spec::Renderer::new(spec),
+            revision,
+        }
+    }
+
+    pub(super) fn of(&mut self, name: &str, labels: &Labels) -> pb::DesiredState {
+        let document = self.renderer.document(name, labels);
+        pb::DesiredState {
+            revision: self.revision,
+            hash: ballast_proto::sha256_tag(&document),
+            document,
+        }
     }
 }
 
@@ -154,6 +164,7 @@ impl Fleet {
         let spec = parse_sources(&sources)?;
         let inner = self.lock();
         let mut nodes = Vec::new();
+        let mut by_selections = std::collections::HashMap::new();
         let mut names: Vec<&String> = inner.nodes.keys().collect();
         names.sort();
         for name in names {
@@ -165,13 +176,18 @@ impl Fleet {
                 name: name.clone(),
                 labels: node.record.labels.clone(),
             };
-            let d = spec::diff_states(&inner.current.spec.render(&meta), &spec.render(&meta));
+            // Resources follow from the selections of node groups: one
+            // diff per distinct pair of them.
+            let old = &inner.current.spec;
+            let d = by_selections
+                .entry((old.selection(&meta.labels), spec.selection(&meta.labels)))
+                .or_insert_with(|| spec::diff_states(&old.render(&meta), &spec.render(&meta)));
             if !d.is_empty() {
                 nodes.push(pb::NodeChange {
                     node: name.clone(),
-                    added: d.added,
-                    changed: d.changed,
-                    removed: d.removed,
+                    added: d.added.clone(),
+                    changed: d.changed.clone(),
+                    removed: d.removed.clone(),
                 });
             }
         }
@@ -218,5 +234,83 @@ impl Fleet {
             &format!("rollback to revision {number}"),
             number,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::records::NodeRecord;
+    use super::super::{Clock, Liveness};
+    use super::*;
+    use crate::store::{Op, RedbStore};
+    use std::time::Duration;
+
+    const SITE: &str = "roles:\n  base:\n    files: [{path: /etc/motd, content: hi}]\n  web:\n    files: [{path: /etc/web, content: \"{{ vars.port }}\", template: true}]\n    packages: [{name: nginx}]\ngroups:\n  all: {roles: [base]}\n  web: {match: {role: web}, roles: [web], vars: {port: 80}}\n  eu: {match: {zone: eu}, roles: [web], vars: {port: 80}}\n";
+
+    /// Every node's pushed document and hash, after load and after an
+    /// apply, are byte for byte what rendering that node alone gives.
+    #[test]
+    fn pushed_states_equal_per_node_renders() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let ops: Vec<Op> = (0..40)
+            .map(|i| {
+                let mut labels = Labels::new();
+                labels.insert("rack".into(), format!("r{i}"));
+                if i % 2 == 0 {
+                    labels.insert("role".into(), "web".into());
+                }
+                if i % 3 == 0 {
+                    labels.insert("zone".into(), "eu".into());
+                }
+                let rec = NodeRecord {
+                    name: format!("n{i}"),
+                    labels,
+                    cert_serial: format!("{i:x}"),
+                    enrolled_at_ms: 1,
+                    revoked: false,
+                    timeline: Vec::new(),
+                    last_seen_ms: 0,
+                };
+                Op::Put(keys::node(&rec.name), to_json(&rec))
+            })
+            .collect();
+        assert!(store.txn(&[], &ops).unwrap());
+        let fleet = Fleet::open(
+            store.clone(),
+            Duration::from_secs(60),
+            Liveness::default(),
+            Clock::manual(),
+        )
+        .unwrap();
+        let sources = vec![("s.yaml".to_owned(), SITE.to_owned())];
+        let diff = fleet.diff(sources.clone()).unwrap();
+        assert_eq!(diff.nodes.len(), 40);
+        assert_eq!(diff.nodes[0].node, "n0");
+        assert_eq!(diff.nodes[0].added.len(), 3);
+        assert_eq!(diff.nodes[1].added, ["file[/etc/motd]"]);
+        let resp = fleet.apply(sources.clone(), "t", "m", 0).unwrap();
+        assert_eq!(resp.affected_nodes.len(), 40);
+        let spec = parse_sources(&sources).unwrap();
+        let reopened = Fleet::open(
+            store,
+            Duration::from_secs(60),
+            Liveness::default(),
+            Clock::manual(),
+        )
+        .unwrap();
+        for f in [&fleet, &reopened] {
+            let inner = f.lock();
+            for node in inner.nodes.values() {
+                let alone = serde_json::to_vec(&spec.render(&NodeMeta {
+                    name: node.record.name.clone(),
+                    labels: node.record.labels.clone(),
+                }))
+                .unwrap();
+                assert_eq!(node.desired.document, alone, "{}", node.record.name);
+                assert_eq!(node.desired.hash, ballast_proto::sha256_tag(&alone));
+                assert_eq!(node.desired.revision, 1);
+            }
+        }
     }
 }

@@ -22,7 +22,7 @@ mod yaml;
 pub use depend::{Dependency, Why, dependencies, dependency_indices};
 pub use model::*;
 pub use parse::{Source, parse};
-pub use render::{StateDiff, diff_states};
+pub use render::{Renderer, StateDiff, diff_states};
 #[cfg(feature = "files")]
 pub use sources::read_sources;
 

@@ -1,10 +1,11 @@
-//! Rendering a spec for one node, the static checks that make rendering
+//! Rendering a spec for one node (or for many, once per distinct selection
+//! of node groups: [`Renderer`]), the static checks that make rendering
 //! infallible, the canonical document, and state diffs.
 //!
 //! Over 600 lines only with its tests (the code is under 530).
 
 use super::{NodeMeta, NodeState, Origin, Resource, Spec, SpecError, SpecErrors, Vars, validate};
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 /// What two resources collide on: the path for filesystem kinds (a file and
 /// a directory cannot share one), else the kind and name.
@@ -343,13 +344,33 @@ impl Spec {
     /// every node group whose selector matches the node's labels. Infallible:
     /// `parse` already refused every conflict that could reach a node.
     pub fn render(&self, node: &NodeMeta) -> NodeState {
+        NodeState {
+            node: node.clone(),
+            resources: self.resources(&self.selection(&node.labels)),
+        }
+    }
+
+    /// The positions (in name order) of the node groups whose selectors
+    /// match `labels`: all of a node's resources follow from it.
+    pub fn selection(&self, labels: &super::Labels) -> Vec<usize> {
+        self.groups
+            .values()
+            .enumerate()
+            .filter(|(_, g)| matches(&g.selector, labels))
+            .map(|(i, _)| i)
+            .collect()
+    }
+
+    /// The resources of the selected node groups' roles, each group's vars
+    /// on its templates, in kind order then key.
+    fn resources(&self, selection: &[usize]) -> Vec<Resource> {
         let mut seen = BTreeSet::new();
         let mut resources = Vec::new();
-        for (_, g) in self
-            .groups
-            .iter()
-            .filter(|(_, g)| matches(&g.selector, &node.labels))
-        {
+        let mut selected = selection.iter().peekable();
+        for (i, g) in self.groups.values().enumerate() {
+            if selected.next_if_eq(&&i).is_none() {
+                continue;
+            }
             for role in &g.roles {
                 let Some(r) = self.roles.get(role) else {
                     continue;
@@ -362,10 +383,7 @@ impl Spec {
             }
         }
         resources.sort_by(|a, b| (a.order(), a.key()).cmp(&(b.order(), b.key())));
-        NodeState {
-            node: node.clone(),
-            resources,
-        }
+        resources
     }
 
     /// `sha256:HEX` of the spec's canonical JSON without origins: equal
@@ -385,7 +403,11 @@ impl Spec {
 impl NodeState {
     /// Canonical JSON (maps sorted, no whitespace): what is sent and hashed.
     pub fn to_document(&self) -> Vec<u8> {
-        serde_json::to_vec(self).expect("node state serializes")
+        document(
+            &self.node.name,
+            &self.node.labels,
+            &resources_json(&self.resources),
+        )
     }
 
     /// `sha256:HEX` of [`NodeState::to_document`].
@@ -485,6 +507,66 @@ impl NodeState {
         } else {
             Err(SpecErrors(errors))
         }
+    }
+}
+
+/// The canonical JSON of a resource list: the part of a document that all
+/// nodes with one selection of node groups share.
+fn resources_json(resources: &[Resource]) -> Vec<u8> {
+    serde_json::to_vec(resources).expect("resources serialize")
+}
+
+/// A node's name and labels as [`NodeMeta`] serializes them, borrowed.
+#[derive(serde::Serialize)]
+struct MetaRef<'a> {
+    name: &'a str,
+    labels: &'a super::Labels,
+}
+
+/// A document from its two parts, byte for byte what serializing the
+/// `NodeState` gives: `{"node":NODE,"resources":RESOURCES}` (tests hold the
+/// two equal). The node's part is small; the resources' is shared.
+fn document(name: &str, labels: &super::Labels, resources_json: &[u8]) -> Vec<u8> {
+    let mut doc = Vec::with_capacity(resources_json.len() + 128);
+    doc.extend_from_slice(br#"{"node":"#);
+    serde_json::to_writer(&mut doc, &MetaRef { name, labels }).expect("node meta serializes");
+    doc.extend_from_slice(br#","resources":"#);
+    doc.extend_from_slice(resources_json);
+    doc.push(b'}');
+    doc
+}
+
+/// Renders one spec for many nodes at the cost of its distinct inputs:
+/// the resources (and their JSON) once per distinct selection of node
+/// groups, then per node only its name and labels and the document's hash.
+pub struct Renderer<'a> {
+    spec: &'a Spec,
+    by_selection: HashMap<Vec<usize>, Vec<u8>>,
+}
+
+impl<'a> Renderer<'a> {
+    pub fn new(spec: &'a Spec) -> Renderer<'a> {
+        Renderer {
+            spec,
+            by_selection: HashMap::new(),
+        }
+    }
+
+    /// The document of the node with this name and these labels, byte for
+    /// byte `spec.render(node).to_document()`.
+    pub fn document(&mut self, name: &str, labels: &super::Labels) -> Vec<u8> {
+        let selection = self.spec.selection(labels);
+        let spec = self.spec;
+        let body = self
+            .by_selection
+            .entry(selection)
+            .or_insert_with_key(|sel| resources_json(&spec.resources(sel)));
+        document(name, labels, body)
+    }
+
+    /// Distinct selections rendered so far.
+    pub fn distinct(&self) -> usize {
+        self.by_selection.len()
     }
 }
 
@@ -658,6 +740,46 @@ mod tests {
             "roles:\n  t:\n    files: [{path: /etc/t, content: \"{{ vars.x }}\", template: true}]\ngroups:\n  a: {roles: [t], vars: {x: 1}}\n  b: {roles: [t], vars: {x: 2}}\n",
         );
         expect_test::expect!["s.yaml:6: groups.b: file[/etc/t] of role t (s.yaml:3) renders differently with the vars of node groups a and b, and both reach nodes matching node groups a and b"].assert_eq(&out);
+    }
+
+    /// What each agent receives is byte for byte what rendering it alone,
+    /// and serializing the whole state, gives: varied labels (some no
+    /// group selects on, some selecting several groups), one render per
+    /// distinct selection of node groups.
+    #[test]
+    fn fleet_documents_equal_per_node_renders_byte_for_byte() {
+        let s = spec(&format!(
+            "{SITE}  db: {{match: {{role: db}}, roles: [base]}}\n  eu: {{match: {{zone: eu}}, roles: [web], vars: {{port: 80}}}}\n"
+        ));
+        let mut renderer = Renderer::new(&s);
+        let roles = ["web", "db", "cache", ""];
+        let zones = ["eu", "us", ""];
+        let mut n = 0;
+        for (i, role) in roles.iter().enumerate() {
+            for (j, zone) in zones.iter().enumerate() {
+                for k in 0..3 {
+                    let mut labels = vec![("rack", format!("r{k}"))];
+                    labels.extend((!role.is_empty()).then(|| ("role", role.to_string())));
+                    labels.extend((!zone.is_empty()).then(|| ("zone", zone.to_string())));
+                    let meta = NodeMeta {
+                        name: format!("node-{i}-{j}-{k}"),
+                        labels: labels.into_iter().map(|(k, v)| (k.into(), v)).collect(),
+                    };
+                    let alone = serde_json::to_vec(&s.render(&meta)).unwrap();
+                    let doc = renderer.document(&meta.name, &meta.labels);
+                    assert_eq!(
+                        String::from_utf8(doc.clone()).unwrap(),
+                        String::from_utf8(alone.clone()).unwrap()
+                    );
+                    assert_eq!(crate::sha256_tag(&doc), crate::sha256_tag(&alone));
+                    assert_eq!(NodeState::from_document(&doc).unwrap(), s.render(&meta));
+                    n += 1;
+                }
+            }
+        }
+        assert_eq!(n, 36);
+        // Selections: {all}, {all,web}, {all,db}, {all,eu}, {all,web,eu}, {all,db,eu}.
+        assert_eq!(renderer.distinct(), 6);
     }
 
     #[test]
