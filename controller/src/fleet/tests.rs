@@ -5,45 +5,6 @@ use super::records::{NodeRecord, PendingRecord};
 use super::*;
 use crate::store::{Followed, Leadership, Listing, RedbStore, StoreError, Watch};
 
-/// A redb store that refuses a transaction of more than etcd's default 128
-/// operations, as etcd does, and remembers the largest one it was asked for.
-struct EtcdSizedTxns {
-    inner: RedbStore,
-    largest: Mutex<usize>,
-}
-
-impl Store for EtcdSizedTxns {
-    fn get(&self, key: &str) -> std::result::Result<Option<crate::store::Entry>, StoreError> {
-        self.inner.get(key)
-    }
-    fn list_at(&self, prefix: &str) -> std::result::Result<Listing, StoreError> {
-        self.inner.list_at(prefix)
-    }
-    fn txn(&self, compares: &[Compare], ops: &[Op]) -> std::result::Result<bool, StoreError> {
-        let n = compares.len().max(ops.len());
-        let mut largest = self.largest.lock().unwrap();
-        *largest = (*largest).max(n);
-        if n > 128 {
-            return Err(StoreError::TooLarge("too many operations in txn".into()));
-        }
-        self.inner.txn(compares, ops)
-    }
-    fn watch(&self, prefix: &str, from: u64) -> std::result::Result<Watch, StoreError> {
-        self.inner.watch(prefix, from)
-    }
-    fn try_lead(
-        &self,
-        key: &str,
-        holder: &str,
-        ttl: Duration,
-    ) -> std::result::Result<Option<Leadership>, StoreError> {
-        self.inner.try_lead(key, holder, ttl)
-    }
-    fn put_leased(&self, ops: &[Op], ttl: Duration) -> std::result::Result<(), StoreError> {
-        self.inner.put_leased(ops, ttl)
-    }
-}
-
 #[test]
 fn open_deletes_many_expired_reservations_in_bounded_transactions() {
     let dir = tempfile::tempdir().unwrap();
@@ -62,9 +23,10 @@ fn open_deletes_many_expired_reservations_in_bounded_transactions() {
     for chunk in ops.chunks(100) {
         assert!(redb.txn(&[], chunk).unwrap());
     }
-    let store = Arc::new(EtcdSizedTxns {
+    let counts = Arc::new(CountedWrites::default());
+    let store = Arc::new(Counting {
         inner: redb,
-        largest: Mutex::new(0),
+        counts: counts.clone(),
     });
     Fleet::open(
         store.clone(),
@@ -73,7 +35,7 @@ fn open_deletes_many_expired_reservations_in_bounded_transactions() {
         Clock::System,
     )
     .expect("open with 300 expired");
-    assert!(*store.largest.lock().unwrap() <= MAX_TXN_OPS);
+    assert!(counts.largest.load(std::sync::atomic::Ordering::SeqCst) <= MAX_TXN_OPS);
     assert!(store.list(keys::PENDING).unwrap().is_empty());
 }
 
@@ -118,15 +80,19 @@ fn a_node_record_older_than_memory_never_undoes_it() {
     );
 }
 
-/// A redb store that counts the writes asked of it: transactions, and
-/// leased writes (which redb skips; on etcd each is one request).
+/// What a [`Counting`] store saw: transactions and leased writes (which
+/// redb skips; on etcd each is one request), the last leased write, and the
+/// largest transaction asked for.
 #[derive(Default)]
 struct CountedWrites {
     txns: std::sync::atomic::AtomicUsize,
     leased: std::sync::atomic::AtomicUsize,
     last_leased: Mutex<Vec<Op>>,
+    largest: std::sync::atomic::AtomicUsize,
 }
 
+/// A redb store that counts the writes asked of it and, as etcd does with
+/// its default limit, refuses a transaction of more than 128 operations.
 struct Counting {
     inner: RedbStore,
     counts: Arc<CountedWrites>,
@@ -140,9 +106,13 @@ impl Store for Counting {
         self.inner.list_at(prefix)
     }
     fn txn(&self, compares: &[Compare], ops: &[Op]) -> std::result::Result<bool, StoreError> {
-        self.counts
-            .txns
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        use std::sync::atomic::Ordering::SeqCst;
+        let n = compares.len().max(ops.len());
+        self.counts.txns.fetch_add(1, SeqCst);
+        self.counts.largest.fetch_max(n, SeqCst);
+        if n > 128 {
+            return Err(StoreError::TooLarge("too many operations in txn".into()));
+        }
         self.inner.txn(compares, ops)
     }
     fn watch(&self, prefix: &str, from: u64) -> std::result::Result<Watch, StoreError> {
