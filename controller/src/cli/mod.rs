@@ -59,6 +59,7 @@ pub enum Command {
         conn: Conn,
     },
     /// Show per node which resources an apply would add, change or remove.
+    /// Exits 0 when no node would change, 2 when some would, 1 on error.
     Diff {
         /// A YAML file or a directory of them; repeatable.
         #[arg(short = 'f', long = "file", required = true)]

@@ -240,6 +240,9 @@ async fn wait_for(
 }
 
 /// `ballast diff`: per node, what an apply would add, change or remove.
+/// `ballast diff`'s exit code when some node would change.
+pub const DIFF_CHANGES: u8 = 2;
+
 pub async fn diff(
     paths: &[PathBuf],
     format: Format,
@@ -283,7 +286,13 @@ pub async fn diff(
         }
         Ok(())
     })?;
-    Ok(ExitCode::SUCCESS)
+    // As diff(1) and Puppet's --detailed-exitcodes: 0 no change, 2 changes
+    // (1, an error, comes from the caller).
+    Ok(if resp.nodes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(DIFF_CHANGES)
+    })
 }
 
 /// `ballast history`: revisions, newest first.

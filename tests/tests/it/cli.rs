@@ -143,3 +143,40 @@ async fn every_printing_command_speaks_json_and_yaml() {
     assert_eq!(revs[0]["message"], "first");
     assert!(revs[0]["author"].as_str().unwrap().contains('@'));
 }
+
+/// `ballast diff` speaks in exit codes scripts can use, as diff(1) does:
+/// 0 when no node would change, 2 when some would, 1 on an error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn diff_exits_0_without_changes_2_with_changes_1_on_error() {
+    let ctl = TestController::start().await;
+    let _node = TestAgent::enroll(&ctl, "web-1", &[("role", "web")]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let spec = dir.path().join("site.yaml");
+    let write = |motd: &str| {
+        std::fs::write(
+            &spec,
+            format!("roles:\n  base:\n    files: [{{path: /etc/motd, content: \"{motd}\\n\"}}]\ngroups:\n  all: {{roles: [base]}}\n"),
+        )
+        .unwrap()
+    };
+    let spec_arg = spec.to_str().unwrap();
+    write("one");
+    let (code, out) = ctl.cli(&["diff", "-f", spec_arg]).await;
+    assert_eq!(
+        code,
+        ExitCode::from(2),
+        "a first apply changes web-1: {out}"
+    );
+    assert!(out.contains("+ file[/etc/motd]"), "{out}");
+    let (code, out) = ctl.cli(&["apply", "-f", spec_arg]).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    let (code, out) = ctl.cli(&["diff", "-f", spec_arg, "-o", "json"]).await;
+    assert_eq!(code, ExitCode::SUCCESS, "nothing would change: {out}");
+    write("two");
+    let (code, out) = ctl.cli(&["diff", "-f", spec_arg]).await;
+    assert_eq!(code, ExitCode::from(2), "{out}");
+    assert!(out.contains("~ file[/etc/motd]"), "{out}");
+    std::fs::write(&spec, "roles: [").unwrap();
+    let (code, out) = ctl.cli(&["diff", "-f", spec_arg]).await;
+    assert_eq!(code, ExitCode::FAILURE, "{out}");
+}
