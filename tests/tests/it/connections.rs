@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const HELLO_START: [u8; 6] = [0x16, 0x03, 0x01, 0x02, 0x00, 0x01];
 const PER_SOURCE: usize = 1500;
 const CAP_PER_ADDRESS: usize = 1000;
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(6);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn spec(motd: &str) -> String {
     format!(
@@ -65,7 +65,7 @@ async fn stalled(source: &str, to: SocketAddr) -> std::io::Result<tokio::net::Tc
     Ok(stream)
 }
 
-/// Waits until the server closes `stream`; how long that took from `opened`.
+/// Waits until the server closes `stream`; when that was, from `opened`.
 async fn closed_after(mut stream: tokio::net::TcpStream, opened: Instant) -> Option<Duration> {
     let mut buf = [0u8; 512];
     let wait = async {
@@ -111,12 +111,11 @@ async fn half_open_handshakes_cannot_exhaust_the_controller() {
             let addr = ctl.addr;
             let opened_tx = opened_tx.clone();
             watching.spawn(async move {
-                let opened = Instant::now();
                 let s = stalled(source, addr)
                     .await
                     .unwrap_or_else(|e| panic!("flood connection from {source}: {e}"));
                 let _ = opened_tx.send(());
-                closed_after(s, opened).await
+                closed_after(s, started).await
             });
         }
     }
@@ -167,12 +166,15 @@ async fn half_open_handshakes_cannot_exhaust_the_controller() {
     let still_open = closed.iter().filter(|c| c.is_none()).count();
     assert_eq!(still_open, 0, "stalled connections still open after 60 s");
     let closed: Vec<Duration> = closed.into_iter().flatten().collect();
-    let early = closed
-        .iter()
-        .filter(|d| **d < HANDSHAKE_TIMEOUT / 2)
-        .count();
+    // Times are from the start of the flood. An admitted connection is
+    // closed by the handshake timeout, which starts at its accept, after the
+    // flood began: one closed sooner can only have been refused over the
+    // cap. (Timing each from its own connect skewed under load: connects
+    // wait for SYN retries when the backlog is full, and 3,000 watching
+    // tasks resume late.)
+    let early = closed.iter().filter(|d| **d < HANDSHAKE_TIMEOUT).count();
     let latest = closed.iter().max().copied().unwrap_or_default();
-    eprintln!("{early} closed within half the handshake timeout; the last after {latest:?}");
+    eprintln!("{early} closed before the handshake timeout; the last after {latest:?}");
     assert!(
         early >= 2 * (PER_SOURCE - CAP_PER_ADDRESS),
         "connections over the per-address cap are closed at once: {early} closed early"
