@@ -602,14 +602,49 @@ impl Drop for Tmpfs {
     }
 }
 
-/// A port nothing listens on right now, on loopback.
+/// A port nothing listens on right now, on loopback, that no other
+/// caller in this process has been given.
+///
+/// Ports come from below the kernel's ephemeral range (32768 and up on
+/// Debian), so an outgoing connection cannot take one between this call
+/// and the server's bind, and a process-wide cursor hands each port out
+/// once: two calls in a row can no longer return the same port, which
+/// `bind(0)` and release did (an etcd member's peer port once equalled
+/// another member's client port).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind loopback")
-        .local_addr()
-        .expect("local address")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const LAST: u32 = 32_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    // Start where a concurrent test binary (another pid) is unlikely to.
+    let _ = NEXT.compare_exchange(
+        0,
+        FIRST + (std::process::id() * 97) % (LAST - FIRST),
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..(LAST - FIRST) {
+        let n = NEXT.fetch_add(1, Ordering::SeqCst);
+        let port = (FIRST + (n - FIRST) % (LAST - FIRST)) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free loopback port in {FIRST}..{LAST}");
 }
 
 pub mod etcd;
 pub mod node;
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashSet;
+
+    #[test]
+    fn free_port_hands_each_port_out_once_and_below_the_ephemeral_range() {
+        let ports: Vec<u16> = (0..3000).map(|_| super::free_port()).collect();
+        let distinct: HashSet<u16> = ports.iter().copied().collect();
+        assert_eq!(distinct.len(), ports.len(), "a port was handed out twice");
+        assert!(ports.iter().all(|p| *p < 32_768), "{ports:?}");
+    }
+}
