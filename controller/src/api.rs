@@ -6,7 +6,9 @@
 
 use crate::ca::{Ca, Identity};
 use crate::fleet::{Feed, Fleet, FleetError};
+use crate::metrics::Refusal;
 use crate::store::StoreError;
+use ballast_proto::enums::Outcome;
 use ballast_proto::limits::{CheckedFacts, CheckedReport};
 use ballast_proto::pb;
 use std::pin::Pin;
@@ -118,9 +120,27 @@ impl pb::enrollment_server::Enrollment for Api {
     ) -> Result<Response<pb::EnrollResponse>, Status> {
         let req = req.into_inner();
         let (fleet, ca) = (self.fleet.clone(), self.ca.clone());
-        let resp = blocking(move || fleet.enroll(&ca, &req.token, &req.name, &req.csr_der)).await?;
-        tracing::info!(node = %resp.name, "node enrolled");
-        Ok(Response::new(resp))
+        let enrolled =
+            blocking(move || fleet.enroll(&ca, &req.token, &req.name, &req.csr_der)).await;
+        let metrics = self.fleet.metrics();
+        match enrolled {
+            Ok(resp) => {
+                metrics.enrolled();
+                tracing::info!(node = %resp.name, "node enrolled");
+                Ok(Response::new(resp))
+            }
+            Err(status) => {
+                metrics.enrollment_refused(match status.code() {
+                    tonic::Code::InvalidArgument => Refusal::Invalid,
+                    tonic::Code::PermissionDenied | tonic::Code::Unauthenticated => Refusal::Denied,
+                    tonic::Code::FailedPrecondition
+                    | tonic::Code::AlreadyExists
+                    | tonic::Code::NotFound => Refusal::Conflict,
+                    _ => Refusal::Internal,
+                });
+                Err(status)
+            }
+        }
     }
 }
 
@@ -135,7 +155,9 @@ impl pb::agent_server::Agent for Api {
         let known = req.into_inner().known_hash;
         let mut rx = self.fleet.subscribe(&name)?;
         let (tx, out) = tokio::sync::mpsc::channel(1);
+        let open = self.fleet.metrics().watch_opened();
         tokio::spawn(async move {
+            let _open = open;
             let mut first = true;
             loop {
                 let feed = rx.borrow_and_update().clone();
@@ -171,8 +193,20 @@ impl pb::agent_server::Agent for Api {
     async fn report(&self, req: Request<pb::RunReport>) -> Result<Response<pb::Ack>, Status> {
         let name = node_of(&req)?;
         let report = CheckedReport::try_from(req.into_inner()).map_err(Status::invalid_argument)?;
+        let (duration_ms, outcomes): (u64, Vec<Outcome>) = {
+            let r = report.get();
+            let outcomes = r
+                .resources
+                .iter()
+                .filter_map(|o| Outcome::try_from(o.outcome).ok())
+                .collect();
+            (r.duration_ms, outcomes)
+        };
         let fleet = self.fleet.clone();
         blocking(move || fleet.report(&name, report)).await?;
+        self.fleet
+            .metrics()
+            .report(duration_ms, outcomes.into_iter());
         Ok(Response::new(pb::Ack {}))
     }
 
@@ -206,6 +240,7 @@ impl pb::admin_server::Admin for Api {
         let fleet = self.fleet.clone();
         let resp = blocking(move || fleet.apply(sources(req), &author, &message, 0)).await?;
         if resp.created {
+            self.fleet.metrics().revision_created("apply");
             tracing::info!(
                 revision = resp.revision,
                 affected = resp.affected_nodes.len(),
@@ -246,9 +281,11 @@ impl pb::admin_server::Admin for Api {
         let author = admin_author(&req, &req.get_ref().author);
         let number = req.into_inner().revision;
         let fleet = self.fleet.clone();
-        Ok(Response::new(
-            blocking(move || fleet.rollback(number, &author)).await?,
-        ))
+        let resp = blocking(move || fleet.rollback(number, &author)).await?;
+        if resp.created {
+            self.fleet.metrics().revision_created("rollback");
+        }
+        Ok(Response::new(resp))
     }
 
     async fn create_token(

@@ -7,6 +7,7 @@
 
 use crate::ca::{Identity, identity_from_cert};
 use crate::fleet::Fleet;
+use crate::metrics::ScrapeToken;
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -22,6 +23,9 @@ pub enum Rule {
     Node,
     /// The admin certificate.
     Admin,
+    /// The admin certificate, or the scrape token when one is configured
+    /// (`Authorization: Bearer TOKEN`): `/metrics` only.
+    Scrape,
 }
 
 /// The rule for a method path such as `/ballast.v1.Admin/Apply`; `None` means denied.
@@ -34,6 +38,7 @@ pub fn rule_for(path: &str) -> Option<Rule> {
         | crate::bootstrap::INSTALL_PATH
         | crate::bootstrap::AGENT_PATH
         | crate::bootstrap::AGENT_SHA_PATH => Rule::Public,
+        crate::metrics::PATH => Rule::Scrape,
         "/ballast.v1.Agent/Watch"
         | "/ballast.v1.Agent/Report"
         | "/ballast.v1.Agent/PutFacts"
@@ -54,17 +59,21 @@ pub fn rule_for(path: &str) -> Option<Rule> {
 
 /// Checks a request against the table; on success the caller's [`Identity`]
 /// (absent for public methods) is what handlers read from the extensions.
+///
+/// `scrape_token` says whether the request carried the configured scrape
+/// token; it opens `Rule::Scrape` paths and nothing else.
 pub fn authorize(
     fleet: &Fleet,
     path: &str,
     peer_leaf: Option<&[u8]>,
+    scrape_token: bool,
 ) -> Result<Option<Identity>, tonic::Status> {
     let Some(rule) = rule_for(path) else {
         return Err(tonic::Status::permission_denied(format!(
             "method {path} is not allowed"
         )));
     };
-    if rule == Rule::Public {
+    if rule == Rule::Public || (rule == Rule::Scrape && scrape_token) {
         return Ok(None);
     }
     let Some(der) = peer_leaf else {
@@ -75,16 +84,16 @@ pub fn authorize(
     let identity = identity_from_cert(der)
         .map_err(|e| tonic::Status::unauthenticated(format!("client certificate: {e:#}")))?;
     match (&identity, rule) {
-        (Identity::Admin { .. }, Rule::Admin) => Ok(Some(identity)),
+        (Identity::Admin { .. }, Rule::Admin | Rule::Scrape) => Ok(Some(identity)),
         (Identity::Node { name, serial }, Rule::Node) => {
             fleet
                 .check_node(name, serial)
                 .map_err(tonic::Status::permission_denied)?;
             Ok(Some(identity))
         }
-        (Identity::Node { .. }, Rule::Admin) => Err(tonic::Status::permission_denied(
-            "node certificates cannot call admin methods",
-        )),
+        (Identity::Node { .. }, Rule::Admin | Rule::Scrape) => Err(
+            tonic::Status::permission_denied("node certificates cannot call admin methods"),
+        ),
         (Identity::Admin { .. }, Rule::Node) => Err(tonic::Status::permission_denied(
             "the admin certificate cannot call node methods",
         )),
@@ -96,11 +105,15 @@ pub fn authorize(
 #[derive(Clone)]
 pub struct AuthzLayer {
     fleet: Arc<Fleet>,
+    scrape_token: Option<Arc<ScrapeToken>>,
 }
 
 impl AuthzLayer {
-    pub fn new(fleet: Arc<Fleet>) -> AuthzLayer {
-        AuthzLayer { fleet }
+    pub fn new(fleet: Arc<Fleet>, scrape_token: Option<ScrapeToken>) -> AuthzLayer {
+        AuthzLayer {
+            fleet,
+            scrape_token: scrape_token.map(Arc::new),
+        }
     }
 }
 
@@ -110,6 +123,7 @@ impl<S> tower::Layer<S> for AuthzLayer {
         Authz {
             inner,
             fleet: self.fleet.clone(),
+            scrape_token: self.scrape_token.clone(),
         }
     }
 }
@@ -118,6 +132,7 @@ impl<S> tower::Layer<S> for AuthzLayer {
 pub struct Authz<S> {
     inner: S,
     fleet: Arc<Fleet>,
+    scrape_token: Option<Arc<ScrapeToken>>,
 }
 
 type BoxFuture<T> = Pin<Box<dyn Future<Output = T> + Send>>;
@@ -144,7 +159,12 @@ where
             .get::<TlsConnectInfo<TcpConnectInfo>>()
             .and_then(|i| i.peer_certs());
         let leaf = certs.as_ref().and_then(|c| c.first()).map(|c| c.as_ref());
-        match authorize(&self.fleet, req.uri().path(), leaf) {
+        let scrape_token = self.scrape_token.as_ref().is_some_and(|t| {
+            req.headers()
+                .get(http::header::AUTHORIZATION)
+                .is_some_and(|v| t.matches(v.as_bytes()))
+        });
+        match authorize(&self.fleet, req.uri().path(), leaf, scrape_token) {
             Ok(identity) => {
                 if let Some(identity) = identity {
                     req.extensions_mut().insert(identity);
@@ -153,7 +173,21 @@ where
             }
             Err(status) => {
                 tracing::warn!(path = req.uri().path(), code = ?status.code(), reason = status.message(), "request refused");
-                Box::pin(async move { Ok(status.into_http()) })
+                let grpc = req
+                    .headers()
+                    .get(http::header::CONTENT_TYPE)
+                    .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"));
+                if grpc {
+                    return Box::pin(async move { Ok(status.into_http()) });
+                }
+                // A plain HTTP client (a scraper) reads the HTTP status, not grpc-status.
+                let code = match status.code() {
+                    tonic::Code::Unauthenticated => http::StatusCode::UNAUTHORIZED,
+                    _ => http::StatusCode::FORBIDDEN,
+                };
+                let mut resp = http::Response::new(tonic::body::Body::empty());
+                *resp.status_mut() = code;
+                Box::pin(async move { Ok(resp) })
             }
         }
     }

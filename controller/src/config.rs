@@ -132,6 +132,10 @@ pub struct ServeConfig {
     /// How often liveness is shared with peers, and how long a node whose
     /// controller died shows `reconnecting`.
     pub liveness: crate::fleet::Liveness,
+    /// A file holding the scrape token: `/metrics` then also answers a
+    /// request with `Authorization: Bearer TOKEN` (besides the admin
+    /// certificate, which always may).
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -148,6 +152,7 @@ impl ServeConfig {
             store: StoreConfig::Redb,
             clock: crate::fleet::Clock::System,
             liveness: crate::fleet::Liveness::default(),
+            metrics_token_file: None,
         }
     }
 }
@@ -166,6 +171,7 @@ pub struct FileConfig {
     pub max_connections: Option<usize>,
     pub max_connections_per_address: Option<usize>,
     pub store: StoreSettings,
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -192,7 +198,7 @@ impl FileConfig {
     }
 }
 
-const KEYS: &str = "listen, data_dir, advertise, stale_after, liveness_period, reconnect_grace, handshake_timeout, idle_timeout, max_connections, max_connections_per_address, store, store_prefix, etcd_ca, etcd_cert, etcd_key";
+const KEYS: &str = "listen, data_dir, advertise, stale_after, liveness_period, reconnect_grace, handshake_timeout, idle_timeout, max_connections, max_connections_per_address, store, store_prefix, etcd_ca, etcd_cert, etcd_key, metrics_token_file";
 
 fn duration(n: usize, key: &str, value: &str) -> Result<Duration, String> {
     ballast_proto::parse_duration(value).map_err(|e| format!("{n}: {key}: {e}"))
@@ -212,7 +218,8 @@ fn count(n: usize, key: &str, value: &str) -> Result<usize, String> {
 /// `liveness_period` (at least 1s), `reconnect_grace`, and the
 /// connection limits `handshake_timeout`, `idle_timeout` (durations),
 /// `max_connections`, `max_connections_per_address` (counts), and the store:
-/// `store` (`etcd://HOST:PORT,...`), `store_prefix`, `etcd_ca`, `etcd_cert`, `etcd_key`.
+/// `store` (`etcd://HOST:PORT,...`), `store_prefix`, `etcd_ca`, `etcd_cert`, `etcd_key`,
+/// and `metrics_token_file` (the scrape token of `/metrics`).
 pub fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read config file {}", path.display()))?;
@@ -276,6 +283,7 @@ fn parse_file_config(text: &str) -> Result<FileConfig, String> {
             "etcd_ca" => cfg.store.etcd_ca = Some(PathBuf::from(value)),
             "etcd_cert" => cfg.store.etcd_cert = Some(PathBuf::from(value)),
             "etcd_key" => cfg.store.etcd_key = Some(PathBuf::from(value)),
+            "metrics_token_file" => cfg.metrics_token_file = Some(PathBuf::from(value)),
             other => {
                 return Err(format!("{n}: unknown key `{other}`; allowed: {KEYS}"));
             }

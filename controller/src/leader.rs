@@ -6,6 +6,7 @@
 //! the next job here.
 
 use crate::fleet::{self, Clock};
+use crate::metrics::Metrics;
 use crate::store::{Leadership, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,7 +21,13 @@ pub const KEEP_REVISIONS: u64 = 10_000;
 
 /// Tries to lead, and while leading runs the jobs every `every`; runs until
 /// the task is aborted.
-pub async fn run(store: Arc<dyn Store>, holder: String, clock: Clock, every: Duration) {
+pub async fn run(
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+    holder: String,
+    clock: Clock,
+    every: Duration,
+) {
     loop {
         let (s, h) = (store.clone(), holder.clone());
         let tried =
@@ -29,7 +36,9 @@ pub async fn run(store: Arc<dyn Store>, holder: String, clock: Clock, every: Dur
         match tried {
             Ok(Ok(Some(lead))) => {
                 tracing::info!(holder, "leading the fleet's single-owner jobs");
+                metrics.set_leader(true);
                 lead_while_held(&store, lead, &clock, every).await;
+                metrics.set_leader(false);
                 tracing::info!(holder, "no longer leading");
             }
             Ok(Ok(None)) => {}

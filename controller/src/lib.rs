@@ -10,6 +10,7 @@ pub mod config;
 pub mod fleet;
 pub mod leader;
 pub mod listener;
+pub mod metrics;
 pub mod server;
 pub mod store;
 

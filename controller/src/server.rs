@@ -1,5 +1,6 @@
 //! Starting the controller: data dir, store, CA and certificates, then one
-//! mTLS gRPC port for agents and operators. Tests call [`start`] on `127.0.0.1:0`.
+//! mTLS gRPC port for agents and operators (which also serves the bootstrap
+//! downloads and `/metrics`). Tests call [`start`] on `127.0.0.1:0`.
 
 use crate::api::Api;
 use crate::authz::AuthzLayer;
@@ -8,6 +9,7 @@ use crate::ca::Ca;
 use crate::config::{ServeConfig, StoreConfig};
 use crate::fleet::Fleet;
 use crate::listener::Incoming;
+use crate::metrics::{self, MetricsLayer, ScrapeToken};
 use crate::store::{EtcdStore, RedbStore, Store};
 use anyhow::Context;
 use ballast_proto::{MAX_MESSAGE_BYTES, pb};
@@ -105,7 +107,6 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         .ensure_server_cert(&pki, &cfg.advertise)
         .context("server certificate")?;
     ca.ensure_admin_cert(&pki).context("admin certificate")?;
-    let store_for_jobs = store.clone();
     let fleet = Fleet::open(store, cfg.stale_after, cfg.liveness, cfg.clock.clone())
         .context("load fleet state")?;
     let fingerprint = ca.fingerprint();
@@ -132,7 +133,8 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         std::process::id()
     );
     followers.push(tokio::spawn(crate::leader::run(
-        store_for_jobs,
+        fleet.store(),
+        fleet.metrics().clone(),
         holder,
         cfg.clock.clone(),
         crate::leader::JOBS_EVERY,
@@ -164,19 +166,30 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         .first()
         .map(|h| format!("{h}:{}", addr.port()))
         .unwrap_or_else(|| addr.to_string());
-    let routes =
-        tonic::service::Routes::from(grpc.routes().into_axum_router().merge(bootstrap::routes(
-            agent_binary,
-            fingerprint.clone(),
-            ca.cert_pem().to_owned(),
-            fallback,
-        )));
+    let routes = tonic::service::Routes::from(
+        grpc.routes()
+            .into_axum_router()
+            .merge(bootstrap::routes(
+                agent_binary,
+                fingerprint.clone(),
+                ca.cert_pem().to_owned(),
+                fallback,
+            ))
+            .merge(metrics::routes(fleet.clone())),
+    );
+    let scrape_token = cfg
+        .metrics_token_file
+        .as_deref()
+        .map(ScrapeToken::load)
+        .transpose()?;
     let router = Server::builder()
         .tls_config(tls)?
         .accept_http1(true)
         .http2_keepalive_interval(Some(cfg.connections.keepalive_interval))
         .http2_keepalive_timeout(Some(cfg.connections.keepalive_timeout))
-        .layer(AuthzLayer::new(fleet))
+        // Outside authz, so refusals are counted too.
+        .layer(MetricsLayer::new(fleet.metrics().clone()))
+        .layer(AuthzLayer::new(fleet, scrape_token))
         .add_routes(routes);
     let (shutdown, rx) = tokio::sync::oneshot::channel::<()>();
     // Limits at the accept boundary: caps, idle timeout (see `listener`).

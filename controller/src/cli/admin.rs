@@ -143,7 +143,9 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
         cfg.data_dir = f.data_dir.unwrap_or(cfg.data_dir);
         cfg.advertise = f.advertise;
         cfg.stale_after = f.stale_after.unwrap_or(cfg.stale_after);
+        cfg.metrics_token_file = f.metrics_token_file;
     }
+    cfg.metrics_token_file = args.metrics_token_file.or(cfg.metrics_token_file);
     cfg.listen = args.listen.unwrap_or(cfg.listen);
     cfg.data_dir = args.data_dir.unwrap_or(cfg.data_dir);
     cfg.advertise.extend(args.advertise);

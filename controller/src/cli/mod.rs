@@ -180,6 +180,11 @@ pub struct ServeArgs {
     /// The agent binary served to bootstrapping nodes (default: beside `ballast`).
     #[arg(long)]
     pub agent_binary: Option<PathBuf>,
+    /// A file (mode 0600 or stricter) holding a token of at least 32
+    /// characters: Prometheus may then scrape /metrics with `Authorization:
+    /// Bearer TOKEN`; without it only the admin certificate may.
+    #[arg(long)]
+    pub metrics_token_file: Option<PathBuf>,
     /// Config file (`key: value` lines); default /etc/ballast/controller.yaml when present.
     #[arg(long)]
     pub config: Option<PathBuf>,

@@ -33,6 +33,7 @@ mod sweep;
 mod tests;
 mod view;
 
+use crate::metrics::{MeteredStore, Metrics};
 use crate::store::{Compare, Op, Store};
 use ballast_proto::pb;
 use ballast_proto::spec::{self, Labels, Spec};
@@ -191,6 +192,8 @@ pub struct Fleet {
     /// This controller's id among its peers (random per process).
     id: String,
     clock: Clock,
+    /// This controller's metrics; `store` is metered into them.
+    metrics: Arc<Metrics>,
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -223,6 +226,8 @@ impl Fleet {
         liveness: Liveness,
         clock: Clock,
     ) -> anyhow::Result<Arc<Fleet>> {
+        let metrics = Arc::new(Metrics::new());
+        let store: Arc<dyn Store> = Arc::new(MeteredStore::new(store, metrics.clone()));
         let current = revisions::load_current(store.as_ref())?;
         let now = clock.now_ms();
         let mut nodes = BTreeMap::new();
@@ -312,7 +317,18 @@ impl Fleet {
             liveness,
             id: liveness::new_id(),
             clock,
+            metrics,
         }))
+    }
+
+    /// This controller's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The store, as the fleet uses it (metered): for the single-owner jobs.
+    pub fn store(&self) -> Arc<dyn Store> {
+        self.store.clone()
     }
 
     /// Now, by the fleet's clock (the only one it reads).

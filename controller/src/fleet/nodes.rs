@@ -7,6 +7,7 @@ use super::{
     Fleet, FleetError, OPERATOR_TRIES, Result, decode_report, from_json, keys, to_json, view,
 };
 use crate::store::{Compare, Op};
+use ballast_proto::enums::NodeStatus as Status;
 use ballast_proto::limits::{CheckedFacts, CheckedReport, MAX_PAGE_BYTES};
 use ballast_proto::pb;
 use ballast_proto::spec::{self, Labels};
@@ -180,6 +181,29 @@ impl Fleet {
     /// `key=value` filter, in name order. A page holds at most `page_size`
     /// nodes (see `view::page_size`) and ends early before its nodes pass
     /// `MAX_PAGE_BYTES`, so it always fits in one message.
+    /// How many nodes have each status, counted as `list_nodes` shows them
+    /// (enrolled nodes, then unexpired reservations of names not enrolled):
+    /// what `ballast health` sums, for the metrics.
+    pub fn status_counts(&self) -> Vec<(Status, u64)> {
+        let now = self.now_ms();
+        let ages = self.ages();
+        let inner = self.lock();
+        let mut counts: std::collections::BTreeMap<Status, u64> = Default::default();
+        for n in inner.nodes.values() {
+            *counts
+                .entry(view::status(&inner.view_of(n), now, ages))
+                .or_default() += 1;
+        }
+        for (name, p) in &inner.pending {
+            if p.expires_at_ms > now && !inner.nodes.contains_key(name) {
+                let status = Status::try_from(view::pending_summary(p).status)
+                    .expect("pending summaries carry a known status");
+                *counts.entry(status).or_default() += 1;
+            }
+        }
+        counts.into_iter().collect()
+    }
+
     pub fn list_nodes(
         &self,
         filters: &[String],

@@ -14,6 +14,7 @@ mod controllers_shared;
 mod e2e;
 mod fleet_hardening;
 mod liveness_shared;
+mod metrics;
 mod nemesis;
 mod nodes;
 mod packaging;
