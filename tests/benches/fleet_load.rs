@@ -8,6 +8,11 @@
 //!
 //!     cargo bench -p ballast-tests --bench fleet_load -- 1000 2000
 //!
+//! With `--etcd`, three controllers on a real etcd cluster instead (see
+//! `fleet_load_etcd.rs`):
+//!
+//!     cargo bench -p ballast-tests --bench fleet_load -- --etcd 10000 20000
+//!
 //! Bounded: every agent connects to 127.0.0.1 only, and the run ends by itself.
 
 use ballast_controller::config::ServeConfig;
@@ -45,8 +50,12 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-/// Child mode: run the controller until killed.
-fn serve(data_dir: &str, port: u16) {
+#[path = "fleet_load_etcd.rs"]
+mod etcd_mode;
+
+/// Child mode: run the controller until killed; on etcd when `store` is an
+/// `etcd://` URL.
+fn serve(data_dir: &str, port: u16, store: Option<&str>) {
     raise_nofile();
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -59,6 +68,11 @@ fn serve(data_dir: &str, port: u16) {
         // Every simulated agent connects from 127.0.0.1: lift the per-address
         // bound (1,024 by default) so more than that many can hold a watch.
         cfg.connections.max_connections_per_address = usize::MAX;
+        if let Some(url) = store {
+            cfg.store = ballast_controller::config::StoreConfig::Etcd(
+                ballast_controller::store::EtcdOptions::from_url(url).expect("etcd URL"),
+            );
+        }
         let running = ballast_controller::server::start(&cfg)
             .await
             .expect("controller starts");
@@ -101,11 +115,12 @@ impl Drop for Controller {
     }
 }
 
-async fn start_controller(dir: &Path) -> Controller {
+async fn start_controller(dir: &Path, store: Option<&str>) -> Controller {
     let port = ballast_tests::free_port();
     let data = dir.join("data");
     let child = Command::new(std::env::current_exe().unwrap())
         .args(["--serve", data.to_str().unwrap(), &port.to_string()])
+        .args(store)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -143,7 +158,7 @@ fn spec(version: u32) -> String {
 
 async fn run(n: usize) {
     let dir = tempfile::tempdir().unwrap();
-    let ctl = start_controller(dir.path()).await;
+    let ctl = start_controller(dir.path(), None).await;
     let mut admin = ballast_controller::cli::connect(&ctl.conn).await.unwrap();
     admin
         .apply(pb::ApplyRequest {
@@ -348,7 +363,13 @@ impl Drop for KillOnDrop {
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     match args.get(1).map(String::as_str) {
-        Some("--serve") => return serve(&args[2], args[3].parse().unwrap()),
+        Some("--serve") => {
+            return serve(
+                &args[2],
+                args[3].parse().unwrap(),
+                args.get(4).map(String::as_str),
+            );
+        }
         Some("--agent") => return agent(&args[2], &args[3]),
         _ => {}
     }
@@ -356,6 +377,7 @@ fn main() {
     // `cargo bench` passes `--bench`; `cargo test` does not, and then this is a
     // small smoke run so the benchmark keeps working. Numbers are agent counts.
     let counts: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
+    let etcd = args.iter().any(|a| a == "--etcd");
     let counts = match (counts.is_empty(), args.iter().any(|a| a == "--bench")) {
         (false, _) => counts,
         (true, true) => vec![1000],
@@ -366,6 +388,14 @@ fn main() {
         .build()
         .unwrap();
     for n in counts {
-        rt.block_on(run(n));
+        if etcd {
+            rt.block_on(etcd_mode::run(n));
+        } else {
+            rt.block_on(run(n));
+        }
+    }
+    // The smoke run under `cargo test` also runs the etcd mode, small.
+    if !etcd && !args.iter().any(|a| a == "--bench") && args.len() == 1 {
+        rt.block_on(etcd_mode::run(30));
     }
 }

@@ -1,0 +1,363 @@
+//! `fleet_load --etcd`: the replicated control plane under N simulated
+//! agents. A real 3-member etcd cluster (loopback), three `ballast serve`
+//! processes on one prefix, and N agents spread over them, each a real
+//! mutual-TLS client that knows all three controllers and, like the agent's
+//! `Link`, moves to the next one at once when its watch ends and backs off
+//! (jittered) only after a whole round of them failed.
+//!
+//! Prints: enrollment rate (spread over the controllers), controller memory
+//! per agent, apply (on one controller) → every agent (on all three), the
+//! store writes seen at idle and whose they are, and failover: one
+//! controller SIGKILLed, time until each of its agents holds a watch on a
+//! survivor, then apply → every agent again.
+//!
+//!     cargo bench -p ballast-tests --bench fleet_load -- --etcd 10000 20000
+
+use super::{Controller, ms, percentile, rss_kib, spec};
+use ballast_controller::store::{Store, WatchEvent};
+use ballast_proto::pb;
+use ballast_tests::etcd::EtcdCluster;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc::UnboundedSender;
+use tokio_stream::StreamExt;
+
+const CONTROLLERS: usize = 3;
+/// How long the idle store is watched (a smoke run of under 1,000 agents
+/// watches it for a tenth of that).
+const IDLE: Duration = Duration::from_secs(30);
+/// How long every agent has to be back after a kill before the run gives up.
+const FAILOVER_LIMIT: Duration = Duration::from_secs(120);
+
+/// What a simulated agent saw: a state (its revision) from controller `ctl`;
+/// `first` when it is the first on a new watch.
+struct Seen {
+    agent: usize,
+    revision: u64,
+    at: Instant,
+    ctl: usize,
+    first: bool,
+}
+
+/// One simulated agent: watch the controllers in turn, for ever.
+async fn agent(
+    i: usize,
+    state: std::path::PathBuf,
+    addrs: Arc<Vec<String>>,
+    tx: UnboundedSender<Seen>,
+) {
+    let enrolled = ballast_agent::client::Enrolled::load(&state).unwrap();
+    let mut ctl = i % addrs.len();
+    let mut failed_in_round = 0;
+    loop {
+        let watched = async {
+            let channel = enrolled.channel(Some(&addrs[ctl])).await?;
+            let mut client = ballast_agent::client::agent_client(channel);
+            let stream = client
+                .watch(pb::WatchRequest::default())
+                .await?
+                .into_inner();
+            anyhow::Ok((client, stream))
+        };
+        match tokio::time::timeout(Duration::from_secs(10), watched).await {
+            Ok(Ok((_client, mut stream))) => {
+                failed_in_round = 0;
+                let mut first = true;
+                while let Some(Ok(msg)) = stream.next().await {
+                    let seen = Seen {
+                        agent: i,
+                        revision: msg.revision,
+                        at: Instant::now(),
+                        ctl,
+                        first,
+                    };
+                    if tx.send(seen).is_err() {
+                        return;
+                    }
+                    first = false;
+                }
+            }
+            _ => failed_in_round += 1,
+        }
+        if tx.is_closed() {
+            return;
+        }
+        ctl = (ctl + 1) % addrs.len();
+        if failed_in_round >= addrs.len() {
+            failed_in_round = 0;
+            let jitter = u64::from(getrandom::u32().unwrap_or(0) % 750);
+            tokio::time::sleep(Duration::from_millis(250 + jitter)).await;
+        }
+    }
+}
+
+async fn apply(conn: &ballast_controller::cli::Conn, version: u32) -> u64 {
+    let mut admin = ballast_controller::cli::connect(conn).await.unwrap();
+    admin
+        .apply(pb::ApplyRequest {
+            sources: vec![pb::SourceFile {
+                name: "bench.yaml".into(),
+                content: spec(version),
+            }],
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .revision
+}
+
+/// Waits until every agent in `who` has seen `revision`; the delays from `from`.
+async fn deliveries(
+    rx: &mut tokio::sync::mpsc::UnboundedReceiver<Seen>,
+    on: &mut [usize],
+    n: usize,
+    revision: u64,
+    from: Instant,
+) -> Vec<Duration> {
+    let mut got = vec![false; n];
+    let mut delays = Vec::with_capacity(n);
+    while delays.len() < n {
+        let seen = tokio::time::timeout(Duration::from_secs(60), rx.recv())
+            .await
+            .expect("every agent receives the new state within 60 s")
+            .unwrap();
+        on[seen.agent] = seen.ctl;
+        if seen.revision == revision && !got[seen.agent] {
+            got[seen.agent] = true;
+            delays.push(seen.at - from);
+        }
+    }
+    delays.sort();
+    delays
+}
+
+fn spread(label: &str, d: &[Duration]) {
+    println!(
+        "  {label}: p50 {}, p99 {}, max {}",
+        ms(percentile(d, 0.5)),
+        ms(percentile(d, 0.99)),
+        ms(*d.last().unwrap())
+    );
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+pub async fn run(n: usize) {
+    let Some(cluster) = EtcdCluster::start(3) else {
+        println!("fleet_load --etcd: skipped, etcd is not installed");
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let url = cluster.url();
+    let mut controllers: Vec<Controller> = Vec::new();
+    for c in 0..CONTROLLERS {
+        // One at a time: the first publishes the fleet's CA, the others take it.
+        controllers
+            .push(super::start_controller(&dir.path().join(format!("c{c}")), Some(&url)).await);
+    }
+    let addrs: Arc<Vec<String>> = Arc::new(controllers.iter().map(|c| c.addr.clone()).collect());
+    let fingerprint = controllers[0].fingerprint.clone();
+    apply(&controllers[0].conn, 1).await;
+
+    // Enroll N nodes, each through controller i % 3 with a token made there.
+    let t = Instant::now();
+    let sem = Arc::new(tokio::sync::Semaphore::new(16));
+    let mut tasks = Vec::new();
+    for i in 0..n {
+        let c = &controllers[i % CONTROLLERS];
+        let (sem, addr, fp, conn) = (
+            sem.clone(),
+            c.addr.clone(),
+            fingerprint.clone(),
+            c.conn.clone(),
+        );
+        let state = dir.path().join(format!("agent-{i}"));
+        tasks.push(tokio::spawn(async move {
+            let _p = sem.acquire().await.unwrap();
+            let mut admin = ballast_controller::cli::connect(&conn).await.unwrap();
+            let token = admin
+                .create_token(pb::CreateTokenRequest {
+                    ttl_seconds: 600,
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+                .into_inner()
+                .token;
+            ballast_agent::client::enroll(&state, &addr, &token, &fp, &format!("sim-{i:05}"))
+                .await
+                .unwrap();
+            state
+        }));
+    }
+    let mut states = Vec::with_capacity(n);
+    for t in tasks {
+        states.push(t.await.unwrap());
+    }
+    let enroll_time = t.elapsed();
+    let rss_before: Vec<u64> = controllers.iter().map(|c| rss_kib(c.child.id())).collect();
+
+    // Every agent holds a watch on its controller.
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Seen>();
+    let t = Instant::now();
+    let connecting = Arc::new(tokio::sync::Semaphore::new(32));
+    let mut agents = Vec::new();
+    for (i, state) in states.into_iter().enumerate() {
+        let (tx, addrs, connecting) = (tx.clone(), addrs.clone(), connecting.clone());
+        agents.push(tokio::spawn(async move {
+            // Only the first connection waits its turn, as a fleet would not all boot at once.
+            drop(connecting.acquire().await.unwrap());
+            agent(i, state, addrs, tx).await
+        }));
+    }
+    drop(tx);
+    let mut on = vec![usize::MAX; n];
+    let mut connected = 0;
+    while connected < n {
+        let seen = rx.recv().await.unwrap();
+        if on[seen.agent] == usize::MAX {
+            connected += 1;
+        }
+        on[seen.agent] = seen.ctl;
+    }
+    let connect_time = t.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let rss_after: Vec<u64> = controllers.iter().map(|c| rss_kib(c.child.id())).collect();
+    let per_ctl: Vec<usize> = (0..CONTROLLERS)
+        .map(|c| on.iter().filter(|o| **o == c).count())
+        .collect();
+
+    println!(
+        "fleet_load --etcd: {n} agents over {CONTROLLERS} controllers on a 3-member etcd (load average at start {})",
+        load_average()
+    );
+    println!(
+        "  enroll {n} nodes over {CONTROLLERS} controllers: {:.1} s, {:.0} enrollments/s",
+        enroll_time.as_secs_f64(),
+        n as f64 / enroll_time.as_secs_f64()
+    );
+    println!(
+        "  connect {n} watches: {:.1} s ({per_ctl:?} per controller)",
+        connect_time.as_secs_f64()
+    );
+    let grown: u64 = rss_after
+        .iter()
+        .zip(&rss_before)
+        .map(|(a, b)| a.saturating_sub(*b))
+        .sum();
+    for c in 0..CONTROLLERS {
+        println!(
+            "  controller {c} RSS: {:.1} MiB before the watches, {:.1} MiB with {} ({:.1} KiB per agent)",
+            rss_before[c] as f64 / 1024.0,
+            rss_after[c] as f64 / 1024.0,
+            per_ctl[c],
+            rss_after[c].saturating_sub(rss_before[c]) as f64 / per_ctl[c].max(1) as f64
+        );
+    }
+    println!(
+        "  controller memory per connected agent (all three): {:.1} KiB",
+        grown as f64 / n as f64
+    );
+
+    // Apply on controller 0; every agent, wherever it is, gets it.
+    let mut delays = Vec::new();
+    let mut rpc = Vec::new();
+    for round in 0..3u32 {
+        let called = Instant::now();
+        let revision = apply(&controllers[0].conn, round + 2).await;
+        rpc.push(called.elapsed());
+        delays.extend(deliveries(&mut rx, &mut on, n, revision, called).await);
+    }
+    delays.sort();
+    rpc.sort();
+    println!(
+        "  apply RPC on controller 0: median {}",
+        ms(percentile(&rpc, 0.5))
+    );
+    spread(
+        &format!(
+            "apply called -> agent has it ({} deliveries over 3 applies, agents on all controllers)",
+            delays.len()
+        ),
+        &delays,
+    );
+
+    // Idle: what is written to the store while nothing changes.
+    let store = cluster.store(ballast_controller::store::DEFAULT_PREFIX);
+    let from = store.list_at("meta/").unwrap().revision;
+    let mut watch = store.watch("", from + 1).unwrap();
+    let mut writes: BTreeMap<String, usize> = BTreeMap::new();
+    let mut revisions = 0;
+    let idle = if n < 1000 { IDLE / 10 } else { IDLE };
+    let idle_until = Instant::now() + idle;
+    while let Ok(Some(ev)) = tokio::time::timeout_at(idle_until.into(), watch.next()).await {
+        if let WatchEvent::Changes { changes, .. } = ev {
+            revisions += 1;
+            for c in changes {
+                let kind = c.key.split('/').next().unwrap_or("").to_owned();
+                *writes.entry(kind).or_default() += 1;
+            }
+        }
+    }
+    drop(watch);
+    println!(
+        "  store at idle over {}s: {revisions} committed revisions ({:.2}/s), keys written by prefix {writes:?}",
+        idle.as_secs(),
+        revisions as f64 / idle.as_secs_f64()
+    );
+
+    // Failover: kill controller 2; its agents move to the survivors.
+    let victims: Vec<usize> = (0..n).filter(|i| on[*i] == 2).collect();
+    let killed = Instant::now();
+    let _ = controllers[2].child.kill();
+    let _ = controllers[2].child.wait();
+    let mut back: BTreeMap<usize, Duration> = BTreeMap::new();
+    while back.len() < victims.len() {
+        assert!(
+            killed.elapsed() < FAILOVER_LIMIT,
+            "only {} of {} agents were back within {FAILOVER_LIMIT:?}",
+            back.len(),
+            victims.len()
+        );
+        let Ok(Some(seen)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await else {
+            continue;
+        };
+        on[seen.agent] = seen.ctl;
+        if seen.first && seen.ctl != 2 && victims.binary_search(&seen.agent).is_ok() {
+            back.entry(seen.agent).or_insert(seen.at - killed);
+        }
+    }
+    let mut back: Vec<Duration> = back.into_values().collect();
+    back.sort();
+    spread(
+        &format!(
+            "failover: controller 2 killed -> each of its {} agents watching a survivor",
+            victims.len()
+        ),
+        &back,
+    );
+    let called = Instant::now();
+    let revision = apply(&controllers[0].conn, 100).await;
+    let after = deliveries(&mut rx, &mut on, n, revision, called).await;
+    spread("after the kill, apply called -> every agent has it", &after);
+    println!(
+        "  failover: controller killed -> last agent has the next revision: {}",
+        ms(called - killed + *after.last().unwrap())
+    );
+    println!("  load average at the end: {}", load_average());
+    drop(rx);
+    for a in agents {
+        a.abort();
+    }
+    drop(controllers);
+    drop(cluster);
+}
