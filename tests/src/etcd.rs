@@ -2,6 +2,13 @@
 //! in a temp dir, killed and removed when dropped. Needs Debian's
 //! `etcd-server` and `etcd-client` packages (scripts/test.sh installs them
 //! as root); tests skip, saying so, where `etcd` is not installed.
+//!
+//! [`EtcdCluster::start_partitionable`] puts each member in a network
+//! namespace of its own instead, on a bridge the cluster creates with a
+//! private /24 that exists only there (the host holds `.1`, so controllers
+//! on the host reach every member), so that [`EtcdCluster::partition`] can
+//! cut one member from its peers honestly: members on 127.0.0.1 cannot be,
+//! as all their peer traffic comes from one address.
 
 use crate::free_port;
 use ballast_controller::store::{EtcdOptions, EtcdStore, EtcdTls};
@@ -78,6 +85,10 @@ impl EtcdPki {
 
 struct Member {
     name: String,
+    /// The address it listens on: 127.0.0.1, or its namespace's.
+    host: String,
+    /// The network namespace it runs in, when partitionable.
+    netns: Option<String>,
     client_port: u16,
     args: Vec<String>,
     log: PathBuf,
@@ -91,7 +102,16 @@ impl Member {
             .append(true)
             .open(&self.log)
             .expect("etcd log");
-        let child = Command::new("etcd")
+        let mut cmd = match &self.netns {
+            // `ip netns exec` execs etcd in place: the child is etcd itself.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns, "etcd"]);
+                c
+            }
+            None => Command::new("etcd"),
+        };
+        let child = cmd
             .args(&self.args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
@@ -109,11 +129,136 @@ impl Member {
     }
 }
 
-/// A running etcd cluster on loopback.
+/// A running etcd cluster on loopback (or on a bridge of namespaces).
 pub struct EtcdCluster {
     dir: TempDir,
     members: Vec<Member>,
     tls: Option<EtcdPki>,
+    /// Dropped after the members (fields drop in order): the namespaces
+    /// and the bridge go once nothing runs in them.
+    net: Option<Net>,
+}
+
+/// The network of a partitionable cluster: a bridge with the host on `.1`
+/// and one namespace per member on `.10`, `.11`, ...; removed on drop.
+struct Net {
+    bridge: String,
+    subnet: String,
+    namespaces: Vec<String>,
+}
+
+fn sh(args: &[&str]) -> Result<(), String> {
+    let out = Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .map_err(|e| format!("{}: {e}", args.join(" ")))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "{}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ))
+    }
+}
+
+impl Net {
+    /// `None` (the caller skips) without root, `ip` or `iptables`.
+    fn create(n: usize) -> Option<Net> {
+        use std::sync::atomic::{AtomicU32, Ordering};
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let tools = [("ip", "-V"), ("iptables", "--version")]
+            .iter()
+            .all(|(t, v)| {
+                Command::new(t)
+                    .arg(v)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            });
+        if !nix::unistd::geteuid().is_root() || !tools {
+            eprintln!("skipped: partitions need root, ip and iptables (apt-get install iptables)");
+            return None;
+        }
+        let k = NEXT.fetch_add(1, Ordering::SeqCst);
+        let pid = std::process::id();
+        // Interface names stay under 16 bytes; the /24 is unique per cluster.
+        let id = format!("{:x}{}", pid % 0xfff, k % 100);
+        let net = Net {
+            bridge: format!("blb{id}"),
+            subnet: format!("10.{}.{}", 200 + pid % 50, k % 250),
+            namespaces: (0..n).map(|i| format!("bln{id}m{i}")).collect(),
+        };
+        let (br, host) = (net.bridge.clone(), format!("{}.1/24", net.subnet));
+        // Leftovers of a killed run with these names go first.
+        let _ = sh(&["ip", "link", "del", &br]);
+        let mut steps: Vec<Vec<String>> = vec![
+            vec![
+                "ip".into(),
+                "link".into(),
+                "add".into(),
+                br.clone(),
+                "type".into(),
+                "bridge".into(),
+            ],
+            vec![
+                "ip".into(),
+                "addr".into(),
+                "add".into(),
+                host,
+                "dev".into(),
+                br.clone(),
+            ],
+            vec![
+                "ip".into(),
+                "link".into(),
+                "set".into(),
+                br.clone(),
+                "up".into(),
+            ],
+        ];
+        for (i, ns) in net.namespaces.iter().enumerate() {
+            let _ = sh(&["ip", "netns", "del", ns]);
+            let (vh, vn) = (format!("blv{id}h{i}"), format!("blv{id}n{i}"));
+            let addr = format!("{}/24", net.host(i));
+            for step in [
+                vec!["ip", "netns", "add", ns],
+                vec![
+                    "ip", "link", "add", &vh, "type", "veth", "peer", "name", &vn,
+                ],
+                vec!["ip", "link", "set", &vn, "netns", ns],
+                vec!["ip", "-n", ns, "link", "set", &vn, "name", "eth0"],
+                vec!["ip", "-n", ns, "addr", "add", &addr, "dev", "eth0"],
+                vec!["ip", "-n", ns, "link", "set", "eth0", "up"],
+                vec!["ip", "-n", ns, "link", "set", "lo", "up"],
+                vec!["ip", "link", "set", &vh, "master", &br],
+                vec!["ip", "link", "set", &vh, "up"],
+            ] {
+                steps.push(step.into_iter().map(String::from).collect());
+            }
+        }
+        for step in steps {
+            let args: Vec<&str> = step.iter().map(String::as_str).collect();
+            sh(&args).unwrap_or_else(|e| panic!("set up the test network: {e}"));
+        }
+        Some(net)
+    }
+
+    fn host(&self, i: usize) -> String {
+        format!("{}.{}", self.subnet, 10 + i)
+    }
+}
+
+impl Drop for Net {
+    fn drop(&mut self) {
+        // Deleting a namespace deletes its veth end, and so the pair.
+        for ns in &self.namespaces {
+            let _ = sh(&["ip", "netns", "del", ns]);
+        }
+        let _ = sh(&["ip", "link", "del", &self.bridge]);
+    }
 }
 
 /// Whether `etcd` can be run here; prints why a test is skipped if not.
@@ -143,18 +288,37 @@ impl EtcdCluster {
         Self::start_with(n, true, &[])
     }
 
+    /// Starts `n` members, each in a network namespace of its own on a
+    /// bridge, so that [`EtcdCluster::partition`] works; `None` (the test
+    /// skips) without etcd, root, `ip` or `iptables`.
+    pub fn start_partitionable(n: usize) -> Option<EtcdCluster> {
+        if !etcd_installed() {
+            return None;
+        }
+        let net = Net::create(n)?;
+        Self::start_on(n, false, &[], Some(net))
+    }
+
     /// Starts `n` members with `extra` flags each.
     pub fn start_with(n: usize, tls: bool, extra: &[&str]) -> Option<EtcdCluster> {
         if !etcd_installed() {
             return None;
         }
+        Self::start_on(n, tls, extra, None)
+    }
+
+    fn start_on(n: usize, tls: bool, extra: &[&str], net: Option<Net>) -> Option<EtcdCluster> {
         let dir = tempfile::tempdir().expect("etcd temp dir");
         let pki = tls.then(|| EtcdPki::generate(dir.path()));
+        let host = |i: usize| match &net {
+            Some(net) => net.host(i),
+            None => "127.0.0.1".to_owned(),
+        };
         let ports: Vec<(u16, u16)> = (0..n).map(|_| (free_port(), free_port())).collect();
         let initial: Vec<String> = ports
             .iter()
             .enumerate()
-            .map(|(i, (_, peer))| format!("m{i}=http://127.0.0.1:{peer}"))
+            .map(|(i, (_, peer))| format!("m{i}=http://{}:{peer}", host(i)))
             .collect();
         let scheme = if tls { "https" } else { "http" };
         let members = ports
@@ -162,19 +326,20 @@ impl EtcdCluster {
             .enumerate()
             .map(|(i, (client, peer))| {
                 let name = format!("m{i}");
+                let h = host(i);
                 let mut args: Vec<String> = [
                     "--name",
                     &name,
                     "--data-dir",
                     &dir.path().join(&name).display().to_string(),
                     "--listen-client-urls",
-                    &format!("{scheme}://127.0.0.1:{client}"),
+                    &format!("{scheme}://{h}:{client}"),
                     "--advertise-client-urls",
-                    &format!("{scheme}://127.0.0.1:{client}"),
+                    &format!("{scheme}://{h}:{client}"),
                     "--listen-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
+                    &format!("http://{h}:{peer}"),
                     "--initial-advertise-peer-urls",
-                    &format!("http://127.0.0.1:{peer}"),
+                    &format!("http://{h}:{peer}"),
                     "--initial-cluster",
                     &initial.join(","),
                     "--initial-cluster-state",
@@ -204,6 +369,8 @@ impl EtcdCluster {
                 Member {
                     log: dir.path().join(format!("{name}.log")),
                     name,
+                    netns: net.as_ref().map(|net| net.namespaces[i].clone()),
+                    host: h,
                     client_port: *client,
                     args,
                     child: None,
@@ -214,6 +381,7 @@ impl EtcdCluster {
             dir,
             members,
             tls: pki,
+            net,
         };
         for m in &mut cluster.members {
             m.spawn();
@@ -226,7 +394,7 @@ impl EtcdCluster {
     pub fn endpoints(&self) -> Vec<String> {
         self.members
             .iter()
-            .map(|m| format!("127.0.0.1:{}", m.client_port))
+            .map(|m| format!("{}:{}", m.host, m.client_port))
             .collect()
     }
 
@@ -263,7 +431,7 @@ impl EtcdCluster {
             .filter(|m| m.child.is_some())
             .map(|m| {
                 let scheme = if self.tls.is_some() { "https" } else { "http" };
-                format!("{scheme}://127.0.0.1:{}", m.client_port)
+                format!("{scheme}://{}:{}", m.host, m.client_port)
             })
             .collect();
         let mut cmd = Command::new("etcdctl");
@@ -315,6 +483,54 @@ impl EtcdCluster {
         self.members[i].kill();
         self.members[i].spawn();
         self.wait_healthy();
+    }
+
+    /// Cuts member `i` from its peers (not from the controllers): DROP
+    /// rules inside its namespace for every other member's address. Needs
+    /// [`EtcdCluster::start_partitionable`].
+    pub fn partition(&self, i: usize) {
+        let net = self.net.as_ref().expect("a partitionable cluster");
+        let ns = &net.namespaces[i];
+        for j in (0..self.members.len()).filter(|j| *j != i) {
+            let peer = net.host(j);
+            for (chain, dir) in [("INPUT", "-s"), ("OUTPUT", "-d")] {
+                sh(&[
+                    "ip", "netns", "exec", ns, "iptables", "-A", chain, dir, &peer, "-j", "DROP",
+                ])
+                .unwrap_or_else(|e| panic!("partition member {i}: {e}"));
+            }
+        }
+    }
+
+    /// Whether [`EtcdCluster::partition`] works on this cluster.
+    pub fn is_partitionable(&self) -> bool {
+        self.net.is_some()
+    }
+
+    /// The member that is raft leader now, as the members say.
+    pub fn leader(&self) -> Option<usize> {
+        let out = self.etcdctl(&["endpoint", "status", "-w", "json"]);
+        let doc: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+        doc.as_array()?.iter().find_map(|e| {
+            let status = &e["Status"];
+            let leads = status["leader"] == status["header"]["member_id"];
+            let endpoint = e["Endpoint"].as_str()?;
+            let i = self
+                .members
+                .iter()
+                .position(|m| endpoint.ends_with(&format!("//{}:{}", m.host, m.client_port)))?;
+            leads.then_some(i)
+        })
+    }
+
+    /// Undoes [`EtcdCluster::partition`] of member `i`.
+    pub fn heal(&self, i: usize) {
+        let net = self.net.as_ref().expect("a partitionable cluster");
+        let ns = &net.namespaces[i];
+        for chain in ["INPUT", "OUTPUT"] {
+            sh(&["ip", "netns", "exec", ns, "iptables", "-F", chain])
+                .unwrap_or_else(|e| panic!("heal member {i}: {e}"));
+        }
     }
 
     pub fn len(&self) -> usize {

@@ -1,10 +1,11 @@
 //! A bounded nemesis run against the replicated control plane: a 3-member
-//! etcd cluster and three `ballast serve` processes on one prefix, apply
-//! clients on random controllers and agents holding watches, while a nemesis
-//! SIGKILLs and SIGSTOPs etcd members and controllers in turn (one fault at a
-//! time, each healed before the next). Partitions (a network namespace per
-//! member) are not part of this run yet; a fenced ex-leader is covered in
-//! `store_etcd`.
+//! etcd cluster (each member in a network namespace of its own, on a bridge
+//! the test creates) and three `ballast serve` processes on one prefix,
+//! apply clients on random controllers and agents holding watches, while a
+//! nemesis SIGKILLs, SIGSTOPs and partitions etcd members (the raft leader
+//! first) and SIGKILLs and SIGSTOPs controllers in turn (one fault at a time,
+//! each healed before the next). A fenced ex-leader is covered at the store
+//! level in `store_etcd`.
 
 use ballast_proto::pb;
 use ballast_tests::etcd::EtcdCluster;
@@ -98,10 +99,34 @@ async fn applier(
 }
 
 /// One fault, held for a while, then healed.
-async fn fault(cluster: &mut EtcdCluster, controllers: &mut [ControllerProcess]) -> String {
+/// Cuts an etcd member from its peers (the leader when `leader`), holds,
+/// heals, and waits until the cluster is whole again.
+async fn partition(cluster: &EtcdCluster, leader: bool, hold: Duration) -> String {
+    let i = match cluster.leader() {
+        Some(l) if leader => l,
+        _ => random_below(cluster.len() as u64) as usize,
+    };
+    cluster.partition(i);
+    tokio::time::sleep(hold).await;
+    cluster.heal(i);
+    cluster.wait_healthy();
+    format!(
+        "etcd {i}{} partitioned",
+        if leader { " (the leader)" } else { "" }
+    )
+}
+
+async fn fault(
+    cluster: &mut EtcdCluster,
+    controllers: &mut [ControllerProcess],
+    round: usize,
+) -> String {
     let hold = Duration::from_millis(1000 + random_below(1500));
     let kill = random_below(2) == 0;
-    if random_below(2) == 0 {
+    if cluster.is_partitionable() && (round == 0 || random_below(3) == 0) {
+        // The first fault cuts off the raft leader; later ones any member.
+        partition(cluster, round == 0, hold).await
+    } else if random_below(2) == 0 {
         let i = random_below(cluster.len() as u64) as usize;
         if kill {
             cluster.kill(i);
@@ -130,7 +155,7 @@ async fn fault(cluster: &mut EtcdCluster, controllers: &mut [ControllerProcess])
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_control_plane_keeps_its_promises_under_kills_and_stops() {
-    let Some(mut cluster) = EtcdCluster::start(3) else {
+    let Some(mut cluster) = EtcdCluster::start_partitionable(3) else {
         return;
     };
     let url = cluster.url();
@@ -197,7 +222,8 @@ async fn the_control_plane_keeps_its_promises_under_kills_and_stops() {
     let started = Instant::now();
     let mut faults = Vec::new();
     while started.elapsed() < RUN {
-        faults.push(fault(&mut cluster, &mut controllers).await);
+        let round = faults.len();
+        faults.push(fault(&mut cluster, &mut controllers, round).await);
         tokio::time::sleep(Duration::from_millis(300 + random_below(700))).await;
     }
     stop.store(true, Ordering::SeqCst);
