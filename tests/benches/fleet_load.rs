@@ -9,7 +9,7 @@
 //!     cargo bench -p ballast-tests --bench fleet_load -- 1000 2000
 //!
 //! With `--etcd`, three controllers on a real etcd cluster instead (see
-//! `fleet_load_etcd.rs`):
+//! `fleet_load/etcd.rs`):
 //!
 //!     cargo bench -p ballast-tests --bench fleet_load -- --etcd 10000 20000
 //!
@@ -50,7 +50,7 @@ fn ms(d: Duration) -> String {
     format!("{:.1} ms", d.as_secs_f64() * 1000.0)
 }
 
-#[path = "fleet_load_etcd.rs"]
+#[path = "fleet_load/etcd.rs"]
 mod etcd_mode;
 
 /// Child mode: run the controller until killed; on etcd when `store` is an
