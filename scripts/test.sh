@@ -18,14 +18,15 @@ if [ "$(id -u)" -eq 0 ]; then
     if ! command -v shellcheck >/dev/null 2>&1 || ! command -v etcd >/dev/null 2>&1 \
         || ! command -v etcdctl >/dev/null 2>&1 || ! command -v protoc >/dev/null 2>&1 \
         || ! /usr/bin/python3 -c 'import prometheus_client' >/dev/null 2>&1 \
-        || ! command -v iptables >/dev/null 2>&1; then
+        || ! command -v iptables >/dev/null 2>&1 || ! command -v chromedriver >/dev/null 2>&1; then
         apt-get update -q >/dev/null
         # etcd-server/etcd-client: the real etcd the store tests run against;
         # protobuf-compiler: the etcd-client crate compiles etcd's protos with protoc.
         # python3-prometheus-client: the Prometheus project's parser reads /metrics in a test;
-        # iptables: the nemesis partitions etcd members inside their network namespaces.
+        # iptables: the nemesis partitions etcd members inside their network namespaces;
+        # chromium, chromium-driver: the dashboard's tests drive a real headless browser.
         apt-get install -y -q shellcheck etcd-server etcd-client protobuf-compiler \
-            python3-prometheus-client iptables >/dev/null
+            python3-prometheus-client iptables chromium chromium-driver >/dev/null
     fi
     scripts/node-root.sh
     export BALLAST_NODE_TESTS=1

@@ -63,11 +63,21 @@ fn store_exhaustion(e: &anyhow::Error) -> Option<&StoreError> {
 pub struct Api {
     fleet: Arc<Fleet>,
     ca: Arc<Ca>,
+    /// The dashboard's login links, when the dashboard is on.
+    dashboard: Option<Arc<crate::dashboard::Access>>,
 }
 
 impl Api {
-    pub fn new(fleet: Arc<Fleet>, ca: Arc<Ca>) -> Api {
-        Api { fleet, ca }
+    pub fn new(
+        fleet: Arc<Fleet>,
+        ca: Arc<Ca>,
+        dashboard: Option<Arc<crate::dashboard::Access>>,
+    ) -> Api {
+        Api {
+            fleet,
+            ca,
+            dashboard,
+        }
     }
 }
 
@@ -337,6 +347,23 @@ impl pb::admin_server::Admin for Api {
         let fleet = self.fleet.clone();
         blocking(move || fleet.revoke(&name)).await?;
         Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn create_dashboard_login(
+        &self,
+        _req: Request<pb::DashboardLoginRequest>,
+    ) -> Result<Response<pb::DashboardLoginResponse>, Status> {
+        let Some(access) = &self.dashboard else {
+            return Err(Status::failed_precondition(
+                "this controller's dashboard is off; start ballast serve with --dashboard-listen HOST:PORT (dashboard_listen: in controller.yaml)",
+            ));
+        };
+        let (url, expires_at_ms) = access.login_link();
+        tracing::info!("dashboard login link issued");
+        Ok(Response::new(pb::DashboardLoginResponse {
+            url,
+            expires_at_ms,
+        }))
     }
 
     async fn label_node(

@@ -136,6 +136,12 @@ pub struct ServeConfig {
     /// request with `Authorization: Bearer TOKEN` (besides the admin
     /// certificate, which always may).
     pub metrics_token_file: Option<PathBuf>,
+    /// The dashboard's address; off when unset.
+    pub dashboard_listen: Option<SocketAddr>,
+    /// A certificate chain and key (PEM) for the dashboard instead of the
+    /// controller's own (signed by the fleet's CA).
+    pub dashboard_cert: Option<PathBuf>,
+    pub dashboard_key: Option<PathBuf>,
 }
 
 impl ServeConfig {
@@ -153,6 +159,9 @@ impl ServeConfig {
             clock: crate::fleet::Clock::System,
             liveness: crate::fleet::Liveness::default(),
             metrics_token_file: None,
+            dashboard_listen: None,
+            dashboard_cert: None,
+            dashboard_key: None,
         }
     }
 }
@@ -172,6 +181,9 @@ pub struct FileConfig {
     pub max_connections_per_address: Option<usize>,
     pub store: StoreSettings,
     pub metrics_token_file: Option<PathBuf>,
+    pub dashboard_listen: Option<SocketAddr>,
+    pub dashboard_cert: Option<PathBuf>,
+    pub dashboard_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -198,7 +210,7 @@ impl FileConfig {
     }
 }
 
-const KEYS: &str = "listen, data_dir, advertise, stale_after, liveness_period, reconnect_grace, handshake_timeout, idle_timeout, max_connections, max_connections_per_address, store, store_prefix, etcd_ca, etcd_cert, etcd_key, metrics_token_file";
+const KEYS: &str = "listen, data_dir, advertise, stale_after, liveness_period, reconnect_grace, handshake_timeout, idle_timeout, max_connections, max_connections_per_address, store, store_prefix, etcd_ca, etcd_cert, etcd_key, metrics_token_file, dashboard_listen, dashboard_cert, dashboard_key";
 
 fn duration(n: usize, key: &str, value: &str) -> Result<Duration, String> {
     ballast_proto::parse_duration(value).map_err(|e| format!("{n}: {key}: {e}"))
@@ -219,7 +231,8 @@ fn count(n: usize, key: &str, value: &str) -> Result<usize, String> {
 /// connection limits `handshake_timeout`, `idle_timeout` (durations),
 /// `max_connections`, `max_connections_per_address` (counts), and the store:
 /// `store` (`etcd://HOST:PORT,...`), `store_prefix`, `etcd_ca`, `etcd_cert`, `etcd_key`,
-/// and `metrics_token_file` (the scrape token of `/metrics`).
+/// `metrics_token_file` (the scrape token of `/metrics`), and the dashboard:
+/// `dashboard_listen`, `dashboard_cert`, `dashboard_key`.
 pub fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("read config file {}", path.display()))?;
@@ -284,6 +297,13 @@ fn parse_file_config(text: &str) -> Result<FileConfig, String> {
             "etcd_cert" => cfg.store.etcd_cert = Some(PathBuf::from(value)),
             "etcd_key" => cfg.store.etcd_key = Some(PathBuf::from(value)),
             "metrics_token_file" => cfg.metrics_token_file = Some(PathBuf::from(value)),
+            "dashboard_listen" => {
+                cfg.dashboard_listen = Some(value.parse().map_err(|e| {
+                    format!("{n}: dashboard_listen: {e}; expected HOST:PORT such as 127.0.0.1:8441")
+                })?)
+            }
+            "dashboard_cert" => cfg.dashboard_cert = Some(PathBuf::from(value)),
+            "dashboard_key" => cfg.dashboard_key = Some(PathBuf::from(value)),
             other => {
                 return Err(format!("{n}: unknown key `{other}`; allowed: {KEYS}"));
             }

@@ -7,6 +7,7 @@ pub mod bootstrap;
 pub mod ca;
 pub mod cli;
 pub mod config;
+pub mod dashboard;
 pub mod fleet;
 pub mod leader;
 pub mod listener;

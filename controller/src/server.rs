@@ -7,6 +7,7 @@ use crate::authz::AuthzLayer;
 use crate::bootstrap;
 use crate::ca::Ca;
 use crate::config::{ServeConfig, StoreConfig};
+use crate::dashboard;
 use crate::fleet::Fleet;
 use crate::listener::Incoming;
 use crate::metrics::{self, MetricsLayer, ScrapeToken};
@@ -26,6 +27,8 @@ pub fn pki_dir(data_dir: &Path) -> PathBuf {
 /// A controller serving in this process.
 pub struct Running {
     pub addr: SocketAddr,
+    /// The dashboard's address, when it is on.
+    pub dashboard: Option<SocketAddr>,
     /// `sha256:HEX` of the CA certificate.
     pub fingerprint: String,
     shutdown: tokio::sync::oneshot::Sender<()>,
@@ -106,6 +109,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
     let (server_chain, server_key) = ca
         .ensure_server_cert(&pki, &cfg.advertise)
         .context("server certificate")?;
+    let dashboard_cert = (server_chain.clone(), server_key.clone());
     ca.ensure_admin_cert(&pki).context("admin certificate")?;
     let fleet = Fleet::open(store, cfg.stale_after, cfg.liveness, cfg.clock.clone())
         .context("load fleet state")?;
@@ -139,7 +143,37 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         cfg.clock.clone(),
         crate::leader::JOBS_EVERY,
     )));
-    let api = Api::new(fleet.clone(), ca.clone());
+    let scrape_token = cfg
+        .metrics_token_file
+        .as_deref()
+        .map(ScrapeToken::load)
+        .transpose()?
+        .map(Arc::new);
+    let dashboard = match cfg.dashboard_listen {
+        Some(listen) => {
+            let dcfg = dashboard::DashboardConfig {
+                listen,
+                cert: cfg.dashboard_cert.clone().zip(cfg.dashboard_key.clone()),
+                limits: cfg.connections.clone(),
+            };
+            Some(
+                dashboard::start(
+                    &dcfg,
+                    fleet.clone(),
+                    dashboard_cert,
+                    cfg.advertise.first().map(String::as_str),
+                    scrape_token.clone(),
+                )
+                .await?,
+            )
+        }
+        None => None,
+    };
+    let api = Api::new(
+        fleet.clone(),
+        ca.clone(),
+        dashboard.as_ref().map(|d| d.access.clone()),
+    );
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
         pb::enrollment_server::EnrollmentServer::new(api.clone())
@@ -177,11 +211,6 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
             ))
             .merge(metrics::routes(fleet.clone())),
     );
-    let scrape_token = cfg
-        .metrics_token_file
-        .as_deref()
-        .map(ScrapeToken::load)
-        .transpose()?;
     let router = Server::builder()
         .tls_config(tls)?
         .accept_http1(true)
@@ -198,8 +227,13 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         let _ = rx.await;
     }));
     tracing::info!(%addr, data_dir = %cfg.data_dir.display(), %fingerprint, "controller serving");
+    let dashboard_addr = dashboard.as_ref().map(|d| d.addr);
+    if let Some(d) = dashboard {
+        followers.push(d.task);
+    }
     Ok(Running {
         addr,
+        dashboard: dashboard_addr,
         fingerprint,
         shutdown,
         task,

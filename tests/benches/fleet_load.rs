@@ -34,8 +34,18 @@ fn rss_kib(pid: u32) -> u64 {
         .unwrap_or(0)
 }
 
+/// Every simulated agent holds a connection: lift the open-files limit, to
+/// the kernel's most (`fs.nr_open`) when allowed (root), else to the hard
+/// limit. Child processes (the controllers) inherit it.
 fn raise_nofile() {
     use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let most = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(0);
+    if most > 0 && setrlimit(Resource::RLIMIT_NOFILE, most, most).is_ok() {
+        return;
+    }
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
     }

@@ -81,6 +81,11 @@ impl TestController {
         &self.cfg.data_dir
     }
 
+    /// The dashboard's address, when started with `dashboard_listen`.
+    pub fn dashboard(&self) -> Option<SocketAddr> {
+        self.running.as_ref().and_then(|r| r.dashboard)
+    }
+
     pub fn controller(&self) -> String {
         self.addr.to_string()
     }
@@ -635,6 +640,7 @@ pub fn free_port() -> u16 {
 
 pub mod etcd;
 pub mod node;
+pub mod webdriver;
 
 #[cfg(test)]
 mod tests {

@@ -47,6 +47,35 @@ pub async fn create_token(
     Ok(ExitCode::SUCCESS)
 }
 
+/// `ballast dashboard url`: the link alone on the last line, so scripts
+/// can take it with `tail -n1`.
+pub async fn dashboard_url(
+    format: Format,
+    conn: &Conn,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let mut client = connect(conn).await?;
+    let resp = client
+        .create_dashboard_login(pb::DashboardLoginRequest {})
+        .await
+        .map_err(status_error)?
+        .into_inner();
+    emit(
+        out,
+        format,
+        || serde_json::json!({ "url": resp.url, "expires_at": time_json(resp.expires_at_ms) }),
+        |out| {
+            writeln!(
+                out,
+                "Open this link in a browser before {}; it works once:",
+                super::output::time(resp.expires_at_ms)
+            )?;
+            Ok(writeln!(out, "{}", super::output::esc(&resp.url))?)
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
 /// `ballast ca fingerprint`.
 pub fn ca_fingerprint(
     format: Format,
@@ -144,8 +173,19 @@ pub fn serve_config(args: ServeArgs) -> anyhow::Result<ServeConfig> {
         cfg.advertise = f.advertise;
         cfg.stale_after = f.stale_after.unwrap_or(cfg.stale_after);
         cfg.metrics_token_file = f.metrics_token_file;
+        cfg.dashboard_listen = f.dashboard_listen;
+        cfg.dashboard_cert = f.dashboard_cert;
+        cfg.dashboard_key = f.dashboard_key;
     }
     cfg.metrics_token_file = args.metrics_token_file.or(cfg.metrics_token_file);
+    cfg.dashboard_listen = args.dashboard_listen.or(cfg.dashboard_listen);
+    if args.dashboard_cert.is_some() {
+        cfg.dashboard_cert = args.dashboard_cert;
+        cfg.dashboard_key = args.dashboard_key;
+    }
+    if cfg.dashboard_cert.is_some() != cfg.dashboard_key.is_some() {
+        anyhow::bail!("dashboard_cert and dashboard_key go together: give both or neither");
+    }
     cfg.listen = args.listen.unwrap_or(cfg.listen);
     cfg.data_dir = args.data_dir.unwrap_or(cfg.data_dir);
     cfg.advertise.extend(args.advertise);

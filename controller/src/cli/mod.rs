@@ -38,7 +38,7 @@ pub struct Cli {
 #[derive(Subcommand, Debug)]
 pub enum Command {
     /// Run the controller.
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Validate YAML desired state and store it as a new revision.
     Apply {
         /// A YAML file or a directory of them; repeatable.
@@ -136,6 +136,23 @@ pub enum Command {
         #[command(subcommand)]
         command: BootstrapCommand,
     },
+    /// The web dashboard (ballast serve --dashboard-listen).
+    Dashboard {
+        #[command(subcommand)]
+        command: DashboardCommand,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum DashboardCommand {
+    /// Print a one-time login link to the controller's dashboard, alone on
+    /// the last line; it works once, within two minutes.
+    Url {
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -185,6 +202,16 @@ pub struct ServeArgs {
     /// Bearer TOKEN`; without it only the admin certificate may.
     #[arg(long)]
     pub metrics_token_file: Option<PathBuf>,
+    /// Serve the web dashboard here (HTTPS), e.g. 127.0.0.1:8441; off unless given.
+    /// `ballast dashboard url` prints a login link.
+    #[arg(long)]
+    pub dashboard_listen: Option<std::net::SocketAddr>,
+    /// Certificate chain (PEM) for the dashboard instead of the controller's; needs --dashboard-key.
+    #[arg(long, requires = "dashboard_key")]
+    pub dashboard_cert: Option<PathBuf>,
+    /// Private key (PEM) of --dashboard-cert.
+    #[arg(long, requires = "dashboard_cert")]
+    pub dashboard_key: Option<PathBuf>,
     /// Config file (`key: value` lines); default /etc/ballast/controller.yaml when present.
     #[arg(long)]
     pub config: Option<PathBuf>,
@@ -342,7 +369,7 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
     let wait = |wait: bool, timeout: Duration| wait.then_some(timeout);
     match command {
         Command::Serve(args) => {
-            let cfg = admin::serve_config(args)?;
+            let cfg = admin::serve_config(*args)?;
             let running = crate::server::start(&cfg).await?;
             running.wait_for_signal().await?;
             Ok(ExitCode::SUCCESS)
@@ -405,6 +432,9 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             BootstrapCommand::CloudInit(a) => admin::bootstrap(a, true, out),
             BootstrapCommand::Script(a) => admin::bootstrap(a, false, out),
         },
+        Command::Dashboard {
+            command: DashboardCommand::Url { output, conn },
+        } => admin::dashboard_url(output.output, &conn, out).await,
         Command::Admin {
             command:
                 AdminCommand::Credentials {

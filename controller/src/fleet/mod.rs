@@ -321,6 +321,11 @@ impl Fleet {
         }))
     }
 
+    /// The fleet's clock.
+    pub fn clock(&self) -> &Clock {
+        &self.clock
+    }
+
     /// This controller's metrics.
     pub fn metrics(&self) -> &Arc<Metrics> {
         &self.metrics

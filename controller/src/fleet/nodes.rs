@@ -185,23 +185,49 @@ impl Fleet {
     /// (enrolled nodes, then unexpired reservations of names not enrolled):
     /// what `ballast health` sums, for the metrics.
     pub fn status_counts(&self) -> Vec<(Status, u64)> {
+        self.overview(0).0
+    }
+
+    /// The fleet page in one pass: counts by status (as `status_counts`),
+    /// the first `problems` nodes that need attention (failed first, then by
+    /// name), and the current revision.
+    pub fn overview(&self, problems: usize) -> (Vec<(Status, u64)>, Vec<pb::NodeSummary>, u64) {
         let now = self.now_ms();
         let ages = self.ages();
         let inner = self.lock();
         let mut counts: std::collections::BTreeMap<Status, u64> = Default::default();
+        let mut bad: Vec<pb::NodeSummary> = Vec::new();
+        let mut failed = 0;
         for n in inner.nodes.values() {
-            *counts
-                .entry(view::status(&inner.view_of(n), now, ages))
-                .or_default() += 1;
+            let view = inner.view_of(n);
+            let status = view::status(&view, now, ages);
+            *counts.entry(status).or_default() += 1;
+            if status.needs_attention() && bad.len() < problems {
+                // Failed nodes go before the others, each group in name order.
+                if status == Status::Failed {
+                    bad.insert(failed, view::summary(&view, now, ages));
+                    failed += 1;
+                } else {
+                    bad.push(view::summary(&view, now, ages));
+                }
+            } else if status == Status::Failed && failed < problems {
+                bad.truncate(problems - 1);
+                bad.insert(failed, view::summary(&view, now, ages));
+                failed += 1;
+            }
         }
         for (name, p) in &inner.pending {
             if p.expires_at_ms > now && !inner.nodes.contains_key(name) {
-                let status = Status::try_from(view::pending_summary(p).status)
+                let summary = view::pending_summary(p);
+                let status = Status::try_from(summary.status)
                     .expect("pending summaries carry a known status");
                 *counts.entry(status).or_default() += 1;
+                if status.needs_attention() && bad.len() < problems {
+                    bad.push(summary);
+                }
             }
         }
-        counts.into_iter().collect()
+        (counts.into_iter().collect(), bad, inner.current.number)
     }
 
     pub fn list_nodes(

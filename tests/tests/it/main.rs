@@ -11,6 +11,7 @@ mod connections;
 mod contract;
 mod controller_faults;
 mod controllers_shared;
+mod dashboard;
 mod e2e;
 mod fleet_hardening;
 mod liveness_shared;

@@ -1,0 +1,462 @@
+//! The dashboard's pages: one request handler that checks the session and
+//! routes by path, and minijinja templates (`templates/*.html`, compiled in)
+//! with HTML autoescaping on, so whatever a node sent is text on the page.
+
+use super::{Access, COOKIE, SESSION_TTL};
+use crate::fleet::Fleet;
+use crate::metrics::ScrapeToken;
+use axum::body::Body;
+use axum::extract::Request;
+use axum::response::Response;
+use ballast_proto::enums::NodeStatus;
+use ballast_proto::pb;
+use http::{HeaderValue, StatusCode, header};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+const TEMPLATES: &[(&str, &str)] = &[
+    ("base.html", include_str!("templates/base.html")),
+    ("login.html", include_str!("templates/login.html")),
+    ("fleet.html", include_str!("templates/fleet.html")),
+    ("nodes.html", include_str!("templates/nodes.html")),
+    ("node.html", include_str!("templates/node.html")),
+    ("revisions.html", include_str!("templates/revisions.html")),
+    ("missing.html", include_str!("templates/missing.html")),
+];
+
+/// Nodes per page of `/nodes`.
+const PAGE: u32 = 100;
+/// Failing nodes listed on the fleet page.
+const PROBLEMS: usize = 50;
+
+/// The templates, with HTML autoescaping (by their `.html` names) and the
+/// one filter they need beyond minijinja's builtins.
+fn environment() -> minijinja::Environment<'static> {
+    let mut env = minijinja::Environment::new();
+    env.add_filter("urlencode", |v: String| urlencode(&v));
+    for (name, text) in TEMPLATES {
+        env.add_template(name, text)
+            .expect("the dashboard's templates parse");
+    }
+    env
+}
+
+/// Percent-encodes all but unreserved characters, for a path segment or a
+/// query value.
+fn urlencode(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+pub struct Pages {
+    env: minijinja::Environment<'static>,
+    fleet: Arc<Fleet>,
+    access: Arc<Access>,
+    scrape_token: Option<Arc<ScrapeToken>>,
+}
+
+fn time(ms: u64) -> String {
+    crate::cli::output::time(ms)
+}
+
+/// `application/x-www-form-urlencoded` decoding of one query value; a `%`
+/// not followed by two hex digits stays as it is.
+fn decode(s: &str) -> String {
+    let hex = |b: u8| (b as char).to_digit(16).map(|d| d as u8);
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' if i + 2 < bytes.len()
+                && hex(bytes[i + 1]).is_some()
+                && hex(bytes[i + 2]).is_some() =>
+            {
+                out.push(hex(bytes[i + 1]).unwrap_or(0) * 16 + hex(bytes[i + 2]).unwrap_or(0));
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query(req: &Request) -> Vec<(String, String)> {
+    req.uri()
+        .query()
+        .unwrap_or("")
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
+
+fn summary_json(n: &pb::NodeSummary) -> Value {
+    let status = NodeStatus::try_from(n.status)
+        .map(|s| s.as_str())
+        .unwrap_or("unknown");
+    let labels: std::collections::BTreeMap<&String, &String> = n.labels.iter().collect();
+    json!({
+        "name": n.name,
+        "status": status,
+        "labels": labels,
+        "desired_revision": n.desired_revision,
+        "applied_revision": n.applied_revision,
+        "last_seen": if n.last_seen_ms == 0 { "never".to_owned() } else { time(n.last_seen_ms) },
+        "failed_resources": n.failed_resources,
+        "failed_count": n.failed_count,
+    })
+}
+
+fn respond(status: StatusCode, body: String) -> Response {
+    let mut resp = Response::new(Body::from(body));
+    *resp.status_mut() = status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/html; charset=utf-8"),
+    );
+    // Nothing from elsewhere, no scripts, no framing; the login code in a
+    // URL is never sent on as a referrer; pages are not cached.
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
+impl Pages {
+    pub fn new(
+        fleet: Arc<Fleet>,
+        access: Arc<Access>,
+        scrape_token: Option<Arc<ScrapeToken>>,
+    ) -> Pages {
+        Pages {
+            env: environment(),
+            fleet,
+            access,
+            scrape_token,
+        }
+    }
+
+    fn render(&self, status: StatusCode, name: &str, ctx: Value) -> Response {
+        match self.env.get_template(name).and_then(|t| t.render(ctx)) {
+            Ok(html) => respond(status, html),
+            Err(e) => {
+                tracing::error!(template = name, error = %e, "dashboard page failed");
+                respond(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal error; see the controller's log".into(),
+                )
+            }
+        }
+    }
+
+    fn login_page(&self, status: StatusCode, why: &str) -> Response {
+        self.render(status, "login.html", json!({ "why": why }))
+    }
+
+    pub async fn handle(self: Arc<Self>, req: Request) -> Response {
+        let path = req.uri().path().to_owned();
+        if path == "/login" {
+            let code = query(&req)
+                .into_iter()
+                .find(|(k, _)| k == "code")
+                .map(|(_, v)| v)
+                .unwrap_or_default();
+            return match self.access.spend(&code) {
+                Some(session) => {
+                    let mut resp = respond(StatusCode::SEE_OTHER, String::new());
+                    resp.headers_mut()
+                        .insert(header::LOCATION, HeaderValue::from_static("/"));
+                    let cookie = format!(
+                        "{COOKIE}={session}; Path=/; Max-Age={}; HttpOnly; Secure; SameSite=Strict",
+                        SESSION_TTL.as_secs()
+                    );
+                    resp.headers_mut().insert(
+                        header::SET_COOKIE,
+                        HeaderValue::from_str(&cookie).expect("hex session id"),
+                    );
+                    resp
+                }
+                None => self.login_page(
+                    StatusCode::UNAUTHORIZED,
+                    "This login link is unknown, used already or expired. Run `ballast dashboard url` for a new one.",
+                ),
+            };
+        }
+        if path == crate::metrics::PATH
+            && let Some(token) = &self.scrape_token
+            && req
+                .headers()
+                .get(header::AUTHORIZATION)
+                .is_some_and(|v| token.matches(v.as_bytes()))
+        {
+            let fleet = self.fleet.clone();
+            let text =
+                tokio::task::spawn_blocking(move || fleet.metrics().render(&fleet.status_counts()))
+                    .await
+                    .unwrap_or_default();
+            let mut resp = Response::new(Body::from(text));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static(crate::metrics::CONTENT_TYPE),
+            );
+            return resp;
+        }
+        let cookie = req
+            .headers()
+            .get(header::COOKIE)
+            .and_then(|v| v.to_str().ok());
+        if !self.access.session_valid(cookie) {
+            return self.login_page(
+                StatusCode::UNAUTHORIZED,
+                "Run `ballast dashboard url` and open the link it prints.",
+            );
+        }
+        let q = query(&req);
+        let this = self.clone();
+        tokio::task::spawn_blocking(move || this.page(&path, &q))
+            .await
+            .unwrap_or_else(|e| {
+                tracing::error!(error = %e, "dashboard page panicked");
+                respond(StatusCode::INTERNAL_SERVER_ERROR, "internal error".into())
+            })
+    }
+
+    fn page(&self, path: &str, q: &[(String, String)]) -> Response {
+        match path {
+            "/" => self.fleet_page(),
+            "/nodes" => self.nodes_page(q),
+            "/revisions" => self.revisions_page(),
+            p if p.starts_with("/nodes/") => self.node_page(&decode(&p["/nodes/".len()..])),
+            _ => self.render(
+                StatusCode::NOT_FOUND,
+                "missing.html",
+                json!({ "what": path }),
+            ),
+        }
+    }
+
+    fn fleet_page(&self) -> Response {
+        let (counts, problems, revision) = self.fleet.overview(PROBLEMS);
+        let total: u64 = counts.iter().map(|(_, n)| n).sum();
+        let counts: Vec<Value> = NodeStatus::ALL
+            .iter()
+            .map(|s| {
+                let n = counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
+                json!({ "status": s.as_str(), "count": n, "attention": s.needs_attention() })
+            })
+            .collect();
+        let revisions: Vec<Value> = self
+            .fleet
+            .history(10)
+            .unwrap_or_default()
+            .iter()
+            .map(revision_json)
+            .collect();
+        self.render(
+            StatusCode::OK,
+            "fleet.html",
+            json!({
+                "revision": revision,
+                "total": total,
+                "counts": counts,
+                "problems": problems.iter().map(summary_json).collect::<Vec<_>>(),
+                "problems_shown": PROBLEMS,
+                "revisions": revisions,
+            }),
+        )
+    }
+
+    fn nodes_page(&self, q: &[(String, String)]) -> Response {
+        let filter = q
+            .iter()
+            .find(|(k, _)| k == "where")
+            .map(|(_, v)| v.trim().to_owned())
+            .unwrap_or_default();
+        let page = q
+            .iter()
+            .find(|(k, _)| k == "page")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let filters: Vec<String> = filter.split_whitespace().map(str::to_owned).collect();
+        match self.fleet.list_nodes(&filters, PAGE, &page) {
+            Ok(list) => self.render(
+                StatusCode::OK,
+                "nodes.html",
+                json!({
+                    "filter": filter,
+                    "nodes": list.nodes.iter().map(summary_json).collect::<Vec<_>>(),
+                    "next": list.next_page_token,
+                    "revision": list.current_revision,
+                }),
+            ),
+            Err(e) => self.render(
+                StatusCode::BAD_REQUEST,
+                "nodes.html",
+                json!({ "filter": filter, "error": e.to_string(), "nodes": [] }),
+            ),
+        }
+    }
+
+    fn node_page(&self, name: &str) -> Response {
+        let detail = match self.fleet.get_node(name) {
+            Ok(d) => d,
+            Err(_) => {
+                return self.render(
+                    StatusCode::NOT_FOUND,
+                    "missing.html",
+                    json!({ "what": format!("node {name}") }),
+                );
+            }
+        };
+        let summary = detail
+            .summary
+            .as_ref()
+            .map(summary_json)
+            .unwrap_or(Value::Null);
+        let facts = serde_json::from_str::<Value>(&detail.facts_json)
+            .ok()
+            .and_then(|f| serde_json::to_string_pretty(&f).ok())
+            .unwrap_or_default();
+        let run = detail.last_report.as_ref().map(|r| {
+            json!({
+                "revision": r.revision,
+                "started": time(r.started_at_ms),
+                "duration_ms": r.duration_ms,
+                "noop": r.noop,
+                "resources": r.resources.iter().map(|o| json!({
+                    "id": o.id,
+                    "outcome": ballast_proto::enums::Outcome::try_from(o.outcome)
+                        .map(|o| o.as_str()).unwrap_or("unknown"),
+                    "changes": o.changes,
+                    "error": o.error,
+                })).collect::<Vec<_>>(),
+            })
+        });
+        let timeline: Vec<Value> = detail
+            .timeline
+            .iter()
+            .map(|e| json!({ "at": time(e.at_ms), "stage": e.stage, "detail": e.detail }))
+            .collect();
+        self.render(
+            StatusCode::OK,
+            "node.html",
+            json!({
+                "node": summary,
+                "facts": facts,
+                "run": run,
+                "timeline": timeline,
+            }),
+        )
+    }
+
+    fn revisions_page(&self) -> Response {
+        let revisions: Vec<Value> = self
+            .fleet
+            .history(100)
+            .unwrap_or_default()
+            .iter()
+            .map(revision_json)
+            .collect();
+        self.render(
+            StatusCode::OK,
+            "revisions.html",
+            json!({ "revisions": revisions }),
+        )
+    }
+}
+
+fn revision_json(r: &pb::Revision) -> Value {
+    json!({
+        "number": r.number,
+        "author": r.author,
+        "created": time(r.created_at_ms),
+        "message": r.message,
+        "hash": r.hash.chars().take(19).collect::<String>(),
+        "restored_from": r.restored_from,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::decode;
+
+    #[test]
+    fn query_values_are_form_decoded() {
+        assert_eq!(decode("os.id%3Ddebian+role=web"), "os.id=debian role=web");
+        assert_eq!(decode("100%"), "100%");
+        assert_eq!(decode("%zz"), "%zz");
+    }
+}
+
+#[cfg(test)]
+mod template_tests {
+    use serde_json::json;
+
+    #[test]
+    fn every_template_renders_and_escapes() {
+        let env = super::environment();
+        let evil = "<b>x</b>";
+        let node = json!({"name": evil, "status": "failed", "labels": {"k": evil},
+            "desired_revision": 1, "applied_revision": 1, "last_seen": "never",
+            "failed_resources": [evil], "failed_count": 2});
+        let cases = [
+            ("login.html", json!({"why": evil})),
+            ("missing.html", json!({"what": evil})),
+            (
+                "fleet.html",
+                json!({"revision": 1, "total": 1, "problems_shown": 50,
+                "counts": [{"status": "failed", "count": 1, "attention": true}],
+                "problems": [node.clone()],
+                "revisions": [{"number": 1, "created": "t", "author": evil, "message": evil, "restored_from": 0}]}),
+            ),
+            (
+                "nodes.html",
+                json!({"filter": evil, "nodes": [node.clone()], "next": "a&b", "revision": 1}),
+            ),
+            (
+                "node.html",
+                json!({"node": node, "facts": evil, "timeline": [{"at": "t", "stage": "s", "detail": evil}],
+                "run": {"revision": 1, "started": "t", "duration_ms": 3, "noop": false,
+                    "resources": [{"id": evil, "outcome": "failed", "changes": [evil], "error": evil}]}}),
+            ),
+            (
+                "revisions.html",
+                json!({"revisions": [{"number": 1, "created": "t", "author": evil, "message": evil, "hash": "h", "restored_from": 0}]}),
+            ),
+        ];
+        for (name, ctx) in cases {
+            let html = env
+                .get_template(name)
+                .unwrap()
+                .render(ctx)
+                .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+            assert!(!html.contains(evil), "{name} let markup through:\n{html}");
+        }
+    }
+}
