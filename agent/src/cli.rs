@@ -1,12 +1,17 @@
-//! The `ballast-agent` command line: `enroll`, `run` (the daemon), `apply`
-//! (the same engine with no controller) and `facts`.
+//! The `ballast-agent` command line: `enroll`, `run` (the daemon, or one dry
+//! run against the controller's desired state), `apply` (the same engine
+//! with no controller) and `facts`.
+//!
+//! Invariant: a dry run (`--noop`) writes nothing, in the state dir
+//! included, and takes no lock; it exits 0 (no change), 2 (changes) or 1
+//! (an error, or a resource that would fail), as `ballast diff` does.
 
 use crate::cache::Cached;
 use crate::client;
 use crate::daemon::{self, DaemonConfig};
 use crate::engine::Outcome;
 use crate::host::Host;
-use crate::state::StateDir;
+use crate::state::{StateDir, StateFile};
 use anyhow::Context;
 use ballast_proto::enums::Trigger;
 use ballast_proto::spec::{self, NodeMeta};
@@ -71,6 +76,15 @@ pub enum Command {
         /// (HOST:PORT[,HOST:PORT...]).
         #[arg(long)]
         controller: Option<String>,
+        /// Run once and exit instead of running the daemon (with --noop,
+        /// the only one-shot run there is so far).
+        #[arg(long, requires = "noop")]
+        once: bool,
+        /// With --once: ask the controller for this node's desired state and
+        /// show what a run would change; apply, cache and report nothing.
+        /// Exits 0 (no change), 2 (changes), 1 (errors or failures).
+        #[arg(long, requires = "once")]
+        noop: bool,
     },
     /// Apply YAML desired state locally, with no controller.
     Apply {
@@ -80,7 +94,9 @@ pub enum Command {
         /// Manage paths under DIR instead of /.
         #[arg(long)]
         root: Option<PathBuf>,
-        /// Show what would change; change nothing.
+        /// Show what would change; change nothing, in the state dir
+        /// included (read only, no lock). Exits 0 (no change), 2 (changes),
+        /// 1 (errors or failures).
         #[arg(long)]
         noop: bool,
         /// Node label k=v (selects node groups); repeatable.
@@ -89,7 +105,8 @@ pub enum Command {
         /// Node name; defaults to the hostname.
         #[arg(long)]
         name: Option<String>,
-        /// Where backups and the record of managed things live.
+        /// Where backups and the record of managed things live (with
+        /// --noop only read: what the agent manages shows what it would remove).
         #[arg(long)]
         state_dir: Option<PathBuf>,
         /// Directory of custom facts (*.json, or executables printing JSON).
@@ -217,6 +234,8 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             state_dir,
             facts_dir,
             controller,
+            once,
+            noop,
         } => {
             let cfg = DaemonConfig {
                 state_dir: StateDir::new(state_dir.unwrap_or_else(StateDir::default_path)),
@@ -226,6 +245,9 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
                 facts_dir,
                 controller,
             };
+            if once && noop {
+                return dry_run_from_controller(&cfg, out).await;
+            }
             daemon::run(cfg, shutdown_signal()).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -247,7 +269,12 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
                         .with_context(|| format!("--label {l:?}: expected key=value"))
                 })
                 .collect::<anyhow::Result<_>>()?;
-            let state_dir = StateDir::create(state_dir.unwrap_or_else(StateDir::default_path))?;
+            let state_dir = state_dir.unwrap_or_else(StateDir::default_path);
+            let state_dir = if noop {
+                read_only(state_dir)?
+            } else {
+                StateDir::create(state_dir)?
+            };
             let node = NodeMeta {
                 name: name.unwrap_or_else(hostname),
                 labels,
@@ -265,6 +292,61 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
     }
 }
 
+/// `--noop`'s exit code when something would change, as `ballast diff`'s
+/// and Puppet's `--detailed-exitcodes` (0: no change; 1: an error or a
+/// resource that would fail).
+pub const NOOP_CHANGES: u8 = 2;
+
+/// The state dir as a dry run uses it: read only. It must know what the
+/// agent manages (`managed.json`) to show what a run would remove, and the
+/// restarts owed, so it reads them; it takes no lock (it changes nothing, so
+/// it need not wait for the daemon's run nor make it wait: each record is
+/// replaced atomically, so it reads a whole one) and creates nothing, not
+/// even the directory. A state dir that does not exist manages nothing; one
+/// that cannot be read is an error, since a dry run that silently showed no
+/// removals would lie.
+fn read_only(path: PathBuf) -> anyhow::Result<StateDir> {
+    let dir = StateDir::new(path);
+    for f in [StateFile::Managed, StateFile::PendingRestarts] {
+        dir.read(f).with_context(|| {
+            format!(
+                "a dry run reads what the agent manages in {}, to show what a run would remove (pass --state-dir for another)",
+                dir.path().display()
+            )
+        })?;
+    }
+    Ok(dir)
+}
+
+/// Facts, collected only when a template needs them (they cost milliseconds).
+fn facts_for(state: &spec::NodeState, facts_dir: &Path) -> serde_json::Value {
+    if state
+        .resources
+        .iter()
+        .any(|r| matches!(r, spec::Resource::File(f) if f.template))
+    {
+        crate::facts::collect(facts_dir)
+    } else {
+        serde_json::Value::Null
+    }
+}
+
+/// What a dry run shows beneath a change: what it waits for beyond `requires`.
+fn implied(state: &spec::NodeState) -> BTreeMap<String, Vec<String>> {
+    let all: Vec<&spec::Resource> = state.resources.iter().collect();
+    all.iter()
+        .zip(spec::dependencies(&all))
+        .map(|(r, deps)| {
+            let lines = deps
+                .iter()
+                .filter(|d| d.is_implicit())
+                .map(|d| format!("after {} ({}, implied)", d.on, d.why))
+                .collect();
+            (r.id(), lines)
+        })
+        .collect()
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn apply_local(
     paths: &[PathBuf],
@@ -279,43 +361,66 @@ async fn apply_local(
     let sources = spec::read_sources(paths).map_err(anyhow::Error::msg)?;
     let spec = spec::parse(&sources).map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = spec.render(&node);
-    // Facts cost milliseconds; only templates need them.
-    let facts = if state
-        .resources
-        .iter()
-        .any(|r| matches!(r, spec::Resource::File(f) if f.template))
-    {
-        crate::facts::collect(facts_dir)
-    } else {
-        serde_json::Value::Null
-    };
-    // A dry run shows what each change waits for beyond `requires`.
-    let implied: BTreeMap<String, Vec<String>> = if noop {
-        let all: Vec<&spec::Resource> = state.resources.iter().collect();
-        all.iter()
-            .zip(spec::dependencies(&all))
-            .map(|(r, deps)| {
-                let lines = deps
-                    .iter()
-                    .filter(|d| d.is_implicit())
-                    .map(|d| format!("after {} ({}, implied)", d.on, d.why))
-                    .collect();
-                (r.id(), lines)
-            })
-            .collect()
-    } else {
-        BTreeMap::new()
-    };
     let hash = state.hash();
-    let cached = Arc::new(Cached {
+    let cached = Cached {
         revision: 0,
         hash,
         state,
-    });
+    };
+    run_and_print(cached, root, noop, state_dir, facts_dir, quiet, out).await
+}
+
+/// `ballast-agent run --once --noop`: the node's current desired state from
+/// its controller (enrolled identity, mutual TLS), checked as the daemon
+/// checks it, and a dry run of it. Nothing is applied, nothing cached as
+/// desired, and nothing reported: the controller's record of a node is what
+/// its daemon did (its status, applied revision and last run), and a dry
+/// run did none of it; the operator who asked reads the answer here.
+async fn dry_run_from_controller(
+    cfg: &DaemonConfig,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let enrolled = client::Enrolled::load(&cfg.state_dir)?;
+    let state_dir = read_only(cfg.state_dir.path().to_owned())?;
+    let cached = daemon::fetch_desired(&enrolled, cfg.controller.as_deref()).await?;
+    writeln!(
+        out,
+        "desired state of {}: revision {}",
+        enrolled.config.name, cached.revision
+    )?;
+    run_and_print(
+        cached,
+        cfg.root.clone(),
+        true,
+        &state_dir,
+        &cfg.facts_dir,
+        false,
+        out,
+    )
+    .await
+}
+
+/// One run of `cached` (a dry run with `noop`), printed as operators read
+/// it, and its exit code.
+async fn run_and_print(
+    cached: Cached,
+    root: Option<PathBuf>,
+    noop: bool,
+    state_dir: &StateDir,
+    facts_dir: &Path,
+    quiet: bool,
+    out: &mut dyn Write,
+) -> anyhow::Result<ExitCode> {
+    let facts = facts_for(&cached.state, facts_dir);
+    let implied = if noop {
+        implied(&cached.state)
+    } else {
+        BTreeMap::new()
+    };
     let report = daemon::reconcile(
         state_dir,
         Arc::new(Host::new(root)),
-        cached,
+        Arc::new(cached),
         Arc::new(facts),
         noop,
         Trigger::Local,
@@ -359,6 +464,8 @@ async fn apply_local(
     )?;
     Ok(if failed > 0 {
         ExitCode::FAILURE
+    } else if noop && changed > 0 {
+        ExitCode::from(NOOP_CHANGES)
     } else {
         ExitCode::SUCCESS
     })
@@ -461,5 +568,141 @@ mod tests {
             would change file[/srv/app/a.conf]: create file (1 bytes)
                 after directory[/srv/app] (the directory it is in, implied)"#]]
         .assert_eq(&text.join("\n"));
+    }
+
+    /// `ballast-agent apply ARGS` with `--root`, `--state-dir` and `--name n1`.
+    async fn local(
+        root: &Path,
+        state: &Path,
+        site: &Path,
+        extra: &[&str],
+    ) -> (anyhow::Result<ExitCode>, String) {
+        let mut argv = vec![
+            "ballast-agent",
+            "apply",
+            "--root",
+            root.to_str().unwrap(),
+            "--state-dir",
+            state.to_str().unwrap(),
+            "--name",
+            "n1",
+            "-f",
+            site.to_str().unwrap(),
+        ];
+        argv.extend(extra);
+        let cli = Cli::try_parse_from(argv).unwrap();
+        let mut out = Vec::new();
+        let code = execute(cli.command, &mut out).await;
+        (code, String::from_utf8(out).unwrap())
+    }
+
+    const TWO_FILES: &str = "roles:\n  r:\n    files: [{path: /a.conf, content: a}, {path: /b.conf, content: b}]\ngroups:\n  all: {roles: [r]}\n";
+    const ONE_FILE: &str =
+        "roles:\n  r:\n    files: [{path: /a.conf, content: a}]\ngroups:\n  all: {roles: [r]}\n";
+
+    /// As `ballast diff` and Puppet's `--detailed-exitcodes`: 0 when nothing
+    /// would change, 2 when something would, 1 when a resource would fail.
+    #[tokio::test]
+    async fn a_dry_run_exits_0_without_changes_2_with_changes_1_on_failure() {
+        let root = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let site = root.path().join("site.yaml");
+        std::fs::write(&site, ONE_FILE).unwrap();
+        let (code, out) = local(root.path(), state.path(), &site, &["--noop"]).await;
+        assert_eq!(code.unwrap(), ExitCode::from(NOOP_CHANGES), "{out}");
+        let (code, out) = local(root.path(), state.path(), &site, &[]).await;
+        assert_eq!(
+            code.unwrap(),
+            ExitCode::SUCCESS,
+            "a real run stays 0: {out}"
+        );
+        let (code, out) = local(root.path(), state.path(), &site, &["--noop"]).await;
+        assert_eq!(code.unwrap(), ExitCode::SUCCESS, "{out}");
+        // A file where a directory must be: the dry run sees it fail.
+        std::fs::write(
+            &site,
+            "roles:\n  r:\n    files: [{path: /a.conf/x, content: a}, {path: /c.conf, content: c}]\ngroups:\n  all: {roles: [r]}\n",
+        )
+        .unwrap();
+        let (code, out) = local(root.path(), state.path(), &site, &["--noop"]).await;
+        assert_eq!(code.unwrap(), ExitCode::FAILURE, "{out}");
+        assert!(out.contains("failed file[/a.conf/x]"), "{out}");
+    }
+
+    /// Every file of `dir` with its content and modification time.
+    fn snapshot(dir: &Path) -> Vec<(String, Vec<u8>, std::time::SystemTime)> {
+        let mut all: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                let meta = e.metadata().unwrap();
+                let bytes = if meta.is_file() {
+                    std::fs::read(e.path()).unwrap()
+                } else {
+                    Vec::new()
+                };
+                (
+                    e.file_name().to_string_lossy().into_owned(),
+                    bytes,
+                    meta.modified().unwrap(),
+                )
+            })
+            .collect();
+        all.sort();
+        all
+    }
+
+    /// A dry run knows what the agent manages, so it shows what a run would
+    /// remove; it reads the state dir and nothing more: no lock taken (a
+    /// run holding it does not hold the dry run up), no file written or
+    /// removed, no directory made where there was none.
+    #[tokio::test]
+    async fn a_dry_run_reads_the_state_dir_without_locking_or_writing() {
+        let root = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let site = root.path().join("site.yaml");
+        std::fs::write(&site, TWO_FILES).unwrap();
+        let (code, out) = local(root.path(), state.path(), &site, &[]).await;
+        assert_eq!(code.unwrap(), ExitCode::SUCCESS, "{out}");
+        std::fs::write(&site, ONE_FILE).unwrap();
+        let dir = StateDir::new(state.path());
+        let _run = dir.lock(crate::state::Lock::Run).unwrap();
+        let before = snapshot(state.path());
+        let (code, out) = tokio::time::timeout(
+            Duration::from_secs(20),
+            local(root.path(), state.path(), &site, &["--noop"]),
+        )
+        .await
+        .expect("a dry run does not wait for the run lock");
+        assert_eq!(code.unwrap(), ExitCode::from(NOOP_CHANGES), "{out}");
+        assert!(
+            out.contains("would change file[/b.conf]: remove file")
+                && out.contains("(no longer in desired state)"),
+            "{out}"
+        );
+        assert_eq!(snapshot(state.path()), before);
+        assert!(root.path().join("b.conf").exists());
+
+        let fresh = state.path().join("never-made");
+        let (code, out) = local(root.path(), &fresh, &site, &["--noop"]).await;
+        assert_eq!(code.unwrap(), ExitCode::SUCCESS, "{out}");
+        assert!(!fresh.exists(), "a dry run made {}", fresh.display());
+    }
+
+    /// A record of managed things that cannot be read would make a dry run
+    /// show no removals that a real run (which can read it) would make.
+    #[tokio::test]
+    async fn a_dry_run_refuses_a_managed_record_it_cannot_read() {
+        let root = tempfile::tempdir().unwrap();
+        let state = tempfile::tempdir().unwrap();
+        let site = root.path().join("site.yaml");
+        std::fs::write(&site, ONE_FILE).unwrap();
+        std::fs::create_dir(state.path().join("managed.json")).unwrap();
+        let (code, out) = local(root.path(), state.path(), &site, &["--noop"]).await;
+        let err = format!("{:#}", code.unwrap_err());
+        assert!(
+            err.contains("to show what a run would remove") && err.contains("managed.json"),
+            "{err} {out}"
+        );
     }
 }

@@ -70,7 +70,13 @@ pub async fn reconcile(
 ) -> anyhow::Result<pb::RunReport> {
     let state_dir = state_dir.to_owned();
     tokio::task::spawn_blocking(move || {
-        let _run = state_dir.lock(Lock::Run)?;
+        // A dry run changes nothing, so it need not wait for a run, nor make
+        // one wait; it only reads the state dir (see `engine::reconcile`).
+        let _run = if noop {
+            None
+        } else {
+            Some(state_dir.lock(Lock::Run)?)
+        };
         let started = now_ms();
         let report = engine::reconcile(&cached.state, &host, &RunOptions { noop, state_dir: &state_dir, facts: &facts });
         tracing::info!(revision = cached.revision, trigger = %trigger, changed = report.changed(), failed = report.failed(), ms = report.duration.as_millis() as u64, "reconciled");
@@ -107,6 +113,43 @@ fn accept(msg: pb::DesiredState, name: &str) -> anyhow::Result<Cached> {
         hash,
         state,
     })
+}
+
+/// The node's current desired state, asked of its controllers in turn over
+/// mutual TLS: the first message of a Watch sent with no known hash (so the
+/// controller always sends it), checked by [`accept`] as the daemon checks
+/// every document, then the watch is closed. Nothing is cached.
+pub async fn fetch_desired(
+    enrolled: &Enrolled,
+    controller: Option<&str>,
+) -> anyhow::Result<Cached> {
+    let list = controller.unwrap_or(&enrolled.config.controller);
+    let controllers = ballast_proto::controllers(list).map_err(anyhow::Error::msg)?;
+    let mut failures = Vec::new();
+    for at in &controllers {
+        let attempt = async {
+            let channel = enrolled.channel(Some(at)).await?;
+            let mut client = client::agent_client(channel);
+            let mut stream = deadline("watch", client.watch(pb::WatchRequest::default()))
+                .await?
+                .into_inner();
+            match tokio::time::timeout(CALL_TIMEOUT, stream.next()).await {
+                Ok(Some(Ok(msg))) => Ok(msg),
+                Ok(Some(Err(s))) => Err(anyhow::anyhow!("watch: {}", s.message())),
+                Ok(None) => Err(anyhow::anyhow!("watch ended by the controller")),
+                Err(_) => Err(anyhow::anyhow!(
+                    "watch: no desired state from the controller within {CALL_TIMEOUT:?}"
+                )),
+            }
+        };
+        match attempt.await {
+            // A document that fails the checks is an answer, not an outage:
+            // asking another controller would hide it.
+            Ok(msg) => return accept(msg, &enrolled.config.name),
+            Err(e) => failures.push(format!("{at}: {e:#}")),
+        }
+    }
+    anyhow::bail!("no controller answered: {}", failures.join("; "))
 }
 
 /// What the enforcer tells the link: the state it enforces and the facts it saw.

@@ -353,7 +353,10 @@ pub fn reconcile(state: &NodeState, host: &Host, opts: &RunOptions<'_>) -> Repor
         node: &state.node,
     };
     host.begin_run();
-    opts.state_dir.remove_orphans();
+    // A dry run only reads the state dir: it may not even be allowed to write.
+    if !opts.noop {
+        opts.state_dir.remove_orphans();
+    }
     let (mut managed, stored) = opts.state_dir.load_managed();
     let desired: BTreeSet<String> = state.resources.iter().map(|r| r.id()).collect();
     // What left the desired state and the agent created: removed by its kind.

@@ -12,6 +12,7 @@ pub mod output;
 mod revisions;
 #[cfg(test)]
 mod tests;
+mod wait;
 
 pub use admin::fingerprint_of_pem;
 pub use conn::{Conn, NodeList, admin_channel, collect_pages, connect, credentials_dir};

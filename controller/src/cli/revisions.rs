@@ -1,16 +1,16 @@
 //! Commands over revisions: `apply` (and `--wait`), `rollback`, `diff`,
 //! `history`, and reading YAML sources for them.
 
-use super::conn::{self, Conn, author, connect, status_error};
+use super::conn::{Conn, author, connect, status_error};
 use super::output::{Format, emit, esc, esc_join, short_hash, time, time_json};
+use super::wait::wait_for;
 use anyhow::bail;
-use ballast_proto::enums::NodeStatus;
 use ballast_proto::pb;
 use ballast_proto::pb::admin_client::AdminClient;
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tonic::transport::Channel;
 
 /// Reads YAML sources (files, or directories of `*.yaml`/`*.yml`) for a
@@ -147,96 +147,6 @@ fn report_apply(out: &mut dyn Write, resp: &pb::ApplyResponse) -> anyhow::Result
         )?;
     }
     Ok(())
-}
-
-/// How a `--wait` ended.
-struct Waited {
-    converged: Vec<String>,
-    failed: Vec<(String, Vec<String>)>,
-    pending: Vec<String>,
-    timed_out: bool,
-    timeout: Duration,
-}
-
-impl Waited {
-    fn print(&self, out: &mut dyn Write) -> anyhow::Result<()> {
-        for (name, failing) in &self.failed {
-            writeln!(
-                out,
-                "node {} failed: {}",
-                esc(name),
-                esc_join(failing, ", ")
-            )?;
-        }
-        if self.timed_out {
-            writeln!(
-                out,
-                "timed out after {}s waiting for nodes to converge",
-                self.timeout.as_secs()
-            )?;
-        }
-        Ok(())
-    }
-
-    fn doc(&self) -> serde_json::Value {
-        serde_json::json!({
-            "converged": self.converged,
-            "failed": self.failed.iter().map(|(name, failing)| serde_json::json!({
-                "name": name, "failed_resources": failing,
-            })).collect::<Vec<_>>(),
-            "pending": self.pending,
-            "timed_out": self.timed_out,
-        })
-    }
-}
-
-/// Polls until every affected node reports the new state, one fails, or the
-/// timeout passes; with `progress`, prints `converged N/M` as it changes.
-async fn wait_for(
-    client: &mut AdminClient<Channel>,
-    out: &mut dyn Write,
-    progress: bool,
-    resp: &pb::ApplyResponse,
-    timeout: Duration,
-) -> anyhow::Result<Waited> {
-    let affected = &resp.affected_nodes;
-    let deadline = Instant::now() + timeout;
-    let mut last = usize::MAX;
-    loop {
-        let mut w = Waited {
-            converged: Vec::new(),
-            failed: Vec::new(),
-            pending: Vec::new(),
-            timed_out: false,
-            timeout,
-        };
-        if !affected.is_empty() {
-            let nodes = conn::list_nodes(client, &[]).await?.nodes;
-            for n in nodes.into_iter().filter(|n| affected.contains(&n.name)) {
-                let caught_up = n.applied_revision >= n.desired_revision;
-                match super::nodes::status_of(&n)? {
-                    NodeStatus::Converged | NodeStatus::Drifted if caught_up => {
-                        w.converged.push(n.name)
-                    }
-                    NodeStatus::Failed if caught_up => w.failed.push((n.name, n.failed_resources)),
-                    _ => w.pending.push(n.name),
-                }
-            }
-        }
-        let total = w.converged.len() + w.failed.len() + w.pending.len();
-        if progress && w.converged.len() != last && total > 0 {
-            writeln!(out, "converged {}/{total}", w.converged.len())?;
-            last = w.converged.len();
-        }
-        if !w.failed.is_empty() || w.pending.is_empty() {
-            return Ok(w);
-        }
-        if Instant::now() >= deadline {
-            w.timed_out = true;
-            return Ok(w);
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// `ballast diff`: per node, what an apply would add, change or remove.

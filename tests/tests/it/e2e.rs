@@ -326,7 +326,7 @@ async fn drift_repair_is_reported_as_drifted_and_failures_as_failed() {
         .await;
     assert_eq!(code, ExitCode::FAILURE, "{out}");
     assert!(
-        out.contains("node drifty failed: file[/etc/blocked]"),
+        out.contains("node drifty failed:\n  file[/etc/blocked]: "),
         "{out}"
     );
     let n = ctl
