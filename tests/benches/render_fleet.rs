@@ -3,7 +3,8 @@
 //! sets, a spec of many node groups and roles with templates. Measures what
 //! the controller does with no agent connected: `Fleet::open` (renders every
 //! node) and `Fleet::apply` (validate, store durably, render every node,
-//! push), so the figure is the apply RPC's own cost, without the network.
+//! push), so the figure is the apply RPC's own cost, without the network;
+//! and the dashboard's fleet page over all of them.
 //!
 //!     cargo bench -p ballast-tests --bench render_fleet -- 10000 50000
 //!
@@ -110,6 +111,16 @@ fn run(n: usize) {
         assert_eq!(resp.affected_nodes.len(), n, "every node changes");
     }
     applies.sort();
+    // The dashboard's fleet page over these nodes (one pass for the counts
+    // and the nodes that need attention, the template), as a request does.
+    let mut pages = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let html = ballast_controller::dashboard::fleet_html(&fleet);
+        pages.push(t.elapsed());
+        assert!(html.contains(&format!("<strong id=\"total\">{n}</strong>")));
+    }
+    pages.sort();
     // Rendering alone, both ways, for the same nodes: each node's state on
     // its own (what apply did before) and through the `Renderer` (now).
     let spec = ballast_proto::spec::parse(&[ballast_proto::spec::Source {
@@ -151,6 +162,11 @@ fn run(n: usize) {
         "  apply (validate, store, render {n} nodes, push), 5 applies: median {}, max {}",
         ms(applies[2]),
         ms(applies[4])
+    );
+    println!(
+        "  dashboard fleet page over {n} nodes, 5 renders: median {}, max {}",
+        ms(pages[2]),
+        ms(pages[4])
     );
     println!(
         "  render + hash {n} documents ({} bytes each): each node alone {}, once per selection {}",

@@ -14,6 +14,8 @@
 
 mod pages;
 
+pub use pages::fleet_html;
+
 use crate::fleet::Fleet;
 use crate::metrics::ScrapeToken;
 use anyhow::Context;

@@ -262,34 +262,7 @@ impl Pages {
     }
 
     fn fleet_page(&self) -> Response {
-        let (counts, problems, revision) = self.fleet.overview(PROBLEMS);
-        let total: u64 = counts.iter().map(|(_, n)| n).sum();
-        let counts: Vec<Value> = NodeStatus::ALL
-            .iter()
-            .map(|s| {
-                let n = counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
-                json!({ "status": s.as_str(), "count": n, "attention": s.needs_attention() })
-            })
-            .collect();
-        let revisions: Vec<Value> = self
-            .fleet
-            .history(10)
-            .unwrap_or_default()
-            .iter()
-            .map(revision_json)
-            .collect();
-        self.render(
-            StatusCode::OK,
-            "fleet.html",
-            json!({
-                "revision": revision,
-                "total": total,
-                "counts": counts,
-                "problems": problems.iter().map(summary_json).collect::<Vec<_>>(),
-                "problems_shown": PROBLEMS,
-                "revisions": revisions,
-            }),
-        )
+        self.render(StatusCode::OK, "fleet.html", fleet_context(&self.fleet))
     }
 
     fn nodes_page(&self, q: &[(String, String)]) -> Response {
@@ -389,6 +362,42 @@ impl Pages {
             json!({ "revisions": revisions }),
         )
     }
+}
+
+/// What the fleet page shows: one pass over the fleet (`Fleet::overview`)
+/// and the last ten revisions.
+pub(super) fn fleet_context(fleet: &Fleet) -> Value {
+    let (counts, problems, revision) = fleet.overview(PROBLEMS);
+    let total: u64 = counts.iter().map(|(_, n)| n).sum();
+    let counts: Vec<Value> = NodeStatus::ALL
+        .iter()
+        .map(|s| {
+            let n = counts.iter().find(|(c, _)| c == s).map_or(0, |(_, n)| *n);
+            json!({ "status": s.as_str(), "count": n, "attention": s.needs_attention() })
+        })
+        .collect();
+    let revisions: Vec<Value> = fleet
+        .history(10)
+        .unwrap_or_default()
+        .iter()
+        .map(revision_json)
+        .collect();
+    json!({
+        "revision": revision,
+        "total": total,
+        "counts": counts,
+        "problems": problems.iter().map(summary_json).collect::<Vec<_>>(),
+        "problems_shown": PROBLEMS,
+        "revisions": revisions,
+    })
+}
+
+/// The fleet page's HTML, rendered as a request would (for the benchmark).
+pub fn fleet_html(fleet: &Fleet) -> String {
+    environment()
+        .get_template("fleet.html")
+        .and_then(|t| t.render(fleet_context(fleet)))
+        .expect("the fleet page renders")
 }
 
 fn revision_json(r: &pb::Revision) -> Value {
