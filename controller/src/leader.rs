@@ -2,8 +2,14 @@
 //! `leader` key (on an etcd lease; always this process on redb) compacts the
 //! store's history and sweeps long-expired tokens, every `every`. Every write
 //! a job makes carries the leadership's fence (`Leadership::fence`), so a
-//! deposed leader that has not noticed yet cannot write. Rollouts will be
-//! the next job here.
+//! deposed leader that has not noticed yet cannot write. Compaction cannot
+//! carry a fence (etcd compacts outside transactions): right before it the
+//! leader reads the leader key, and steps down, saying so, when the key has
+//! moved on. Rollouts will be the next job here.
+//!
+//! Test hook: `BALLAST_TEST_JOBS_EVERY_MS` sets the period of the jobs (the
+//! fenced ex-leader test needs a round soon after the old leader resumes);
+//! the jobs themselves, and their fenced writes, are the real ones.
 
 use crate::fleet::{self, Clock};
 use crate::metrics::Metrics;
@@ -19,6 +25,12 @@ pub const JOBS_EVERY: Duration = Duration::from_secs(300);
 /// watch that fell a little behind to resume rather than relist.
 pub const KEEP_REVISIONS: u64 = 10_000;
 
+/// The test hook's period, when set (see the module doc).
+fn every_for_tests() -> Option<Duration> {
+    let ms = std::env::var("BALLAST_TEST_JOBS_EVERY_MS").ok()?;
+    ms.parse().ok().map(Duration::from_millis)
+}
+
 /// Tries to lead, and while leading runs the jobs every `every`; runs until
 /// the task is aborted.
 pub async fn run(
@@ -28,6 +40,7 @@ pub async fn run(
     clock: Clock,
     every: Duration,
 ) {
+    let every = every_for_tests().unwrap_or(every);
     loop {
         let (s, h) = (store.clone(), holder.clone());
         let tried =
@@ -72,10 +85,18 @@ async fn lead_while_held(
             }
         };
         match done {
-            Ok((swept, compacted)) if swept > 0 || compacted > 0 => {
+            Ok(Round::Deposed { swept }) => {
+                tracing::warn!(
+                    swept,
+                    key = %lead.key,
+                    "deposed: the leader key has moved on, so this controller's single-owner writes are refused (fenced); stepping down"
+                );
+                return;
+            }
+            Ok(Round::Done { swept, compacted }) if swept > 0 || compacted > 0 => {
                 tracing::info!(swept, compacted_to = compacted, "single-owner jobs done")
             }
-            Ok(_) => {}
+            Ok(Round::Done { .. }) => {}
             Err(e) => {
                 tracing::warn!(error = %e, "single-owner jobs failed; the next round retries")
             }
@@ -87,17 +108,34 @@ async fn lead_while_held(
     }
 }
 
-/// One round: sweep tokens (fenced), then compact. Returns (tokens swept,
-/// revision compacted to).
+/// What one round of the jobs did.
+enum Round {
+    /// Tokens swept, and the revision compacted to (0: none).
+    Done { swept: usize, compacted: u64 },
+    /// The leader key is no longer this leadership's: its fenced writes
+    /// were refused, and nothing unfenced (compaction) was done.
+    Deposed { swept: usize },
+}
+
+/// One round: sweep tokens (fenced), then, if the leader key is still
+/// ours, compact.
 fn jobs(
     store: &dyn Store,
     lead: &Leadership,
     clock: &Clock,
-) -> Result<(usize, u64), crate::store::StoreError> {
+) -> Result<Round, crate::store::StoreError> {
     let swept = fleet::sweep_expired_tokens(store, lead, clock.now_ms())?;
+    // Read whatever the keep-alive says: a deposed leader may not have
+    // heard yet.
+    if store.get(&lead.key)?.map(|e| e.version) != Some(lead.version) {
+        return Ok(Round::Deposed { swept });
+    }
     if !lead.is_held() {
-        return Ok((swept, 0));
+        return Ok(Round::Done {
+            swept,
+            compacted: 0,
+        });
     }
     let compacted = store.compact(KEEP_REVISIONS)?;
-    Ok((swept, compacted))
+    Ok(Round::Done { swept, compacted })
 }

@@ -36,6 +36,8 @@ pub struct Running {
     /// The fleet's watches of the store (see `fleet::follow`) and the
     /// single-owner jobs (`leader`): aborted at stop.
     followers: Vec<tokio::task::JoinHandle<()>>,
+    /// Withdraws its liveness summary at stop.
+    fleet: Arc<Fleet>,
 }
 
 impl Running {
@@ -48,6 +50,14 @@ impl Running {
         }
         for f in self.followers {
             let _ = f.await;
+        }
+        // Peers show this controller's nodes reconnecting now, not when its
+        // liveness lease runs out.
+        let fleet = self.fleet;
+        match tokio::task::spawn_blocking(move || fleet.withdraw_liveness()).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => tracing::warn!(error = %e, "could not withdraw the liveness summary"),
+            Err(e) => tracing::warn!(error = %e, "liveness withdrawal failed"),
         }
         served.context("server task")?.context("server")?;
         Ok(())
@@ -218,7 +228,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         .http2_keepalive_timeout(Some(cfg.connections.keepalive_timeout))
         // Outside authz, so refusals are counted too.
         .layer(MetricsLayer::new(fleet.metrics().clone()))
-        .layer(AuthzLayer::new(fleet, scrape_token))
+        .layer(AuthzLayer::new(fleet.clone(), scrape_token))
         .add_routes(routes);
     let (shutdown, rx) = tokio::sync::oneshot::channel::<()>();
     // Limits at the accept boundary: caps, idle timeout (see `listener`).
@@ -238,6 +248,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         shutdown,
         task,
         followers,
+        fleet,
     })
 }
 

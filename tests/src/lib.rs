@@ -351,6 +351,8 @@ pub struct ControllerProcess {
     config: PathBuf,
     /// Flags after `serve --config FILE`.
     args: Vec<String>,
+    /// Environment variables set for the process (test hooks).
+    env: Vec<(String, String)>,
     child: Option<std::process::Child>,
 }
 
@@ -364,19 +366,30 @@ impl ControllerProcess {
     /// Like [`ControllerProcess::start`], with the data dir at `data_dir`
     /// (default: inside the process's temp dir).
     pub async fn start_at(data_dir: Option<&Path>, extra_config: &str) -> ControllerProcess {
-        Self::start_full(data_dir, extra_config, &[]).await
+        Self::start_full(data_dir, extra_config, &[], &[]).await
     }
 
     /// Like [`ControllerProcess::start`], with `args` after `serve --config FILE`
     /// (e.g. `--store etcd://...`).
     pub async fn start_with_args(extra_config: &str, args: &[&str]) -> ControllerProcess {
-        Self::start_full(None, extra_config, args).await
+        Self::start_full(None, extra_config, args, &[]).await
+    }
+
+    /// Like [`ControllerProcess::start_with_args`], with environment
+    /// variables `env` (test hooks such as `BALLAST_TEST_JOBS_EVERY_MS`).
+    pub async fn start_with_env(
+        extra_config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ControllerProcess {
+        Self::start_full(None, extra_config, args, env).await
     }
 
     async fn start_full(
         data_dir: Option<&Path>,
         extra_config: &str,
         args: &[&str],
+        env: &[(&str, &str)],
     ) -> ControllerProcess {
         let dir = tempfile::tempdir().expect("temp dir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
@@ -399,6 +412,10 @@ impl ControllerProcess {
             data,
             config,
             args: args.iter().map(|a| a.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             child: None,
         };
         c.restart().await;
@@ -445,6 +462,7 @@ impl ControllerProcess {
             .arg(&self.config)
             .args(&self.args)
             .env("RUST_LOG", "warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

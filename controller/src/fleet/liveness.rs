@@ -10,7 +10,10 @@
 //! seen is the summary's. When the lease ends (the peer died), its keys
 //! vanish and its nodes that nobody else holds are marked lost now: they show
 //! `reconnecting` for the grace (see `view::status`). A controller's own
-//! start is such a loss for every node (`Fleet::open`).
+//! start is such a loss for every node (`Fleet::open`). A controller that
+//! stops gracefully does not leave its peers waiting for the lease: it
+//! withdraws its summary ([`Fleet::withdraw_liveness`]), so its nodes show
+//! `reconnecting` at once.
 
 use super::records::{self, ReportSummary};
 use super::{Fleet, Result, decode_report, keys};
@@ -113,6 +116,14 @@ impl Fleet {
     /// wrote last time). Nothing when it held nothing then and now. Returns
     /// how many chunks it wrote.
     pub(super) fn publish_liveness(&self, before: usize) -> Result<usize> {
+        // Held through the writes, so none lands after a withdrawal.
+        let withdrawn = self
+            .liveness_withdrawn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if *withdrawn {
+            return Ok(0);
+        }
         let chunks = self.own_chunks();
         if chunks.is_empty() && before == 0 {
             return Ok(0);
@@ -137,6 +148,31 @@ impl Fleet {
             self.store.put_leased(&ops, ttl)?;
         }
         Ok(chunks.len())
+    }
+
+    /// At a graceful stop: deletes this controller's summary and writes it
+    /// no more, so peers see its keys vanish now and show its nodes
+    /// `reconnecting` at once, not when its liveness lease runs out (a
+    /// lease with no keys left, which then expires unnoticed). Returns how
+    /// many chunks it deleted.
+    pub fn withdraw_liveness(&self) -> Result<usize> {
+        let mut withdrawn = self
+            .liveness_withdrawn
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *withdrawn = true;
+        let mine = format!("{}{}/", keys::CONTROLLERS, self.id);
+        let ops: Vec<Op> = self
+            .store
+            .list(&mine)?
+            .into_iter()
+            .map(|(key, _)| Op::Delete(key))
+            .collect();
+        // At most one chunk per `CHUNK_NODES` nodes: far under the bound.
+        for batch in ops.chunks(super::MAX_TXN_OPS) {
+            self.store.txn(&[], batch)?;
+        }
+        Ok(ops.len())
     }
 
     /// One followed event of `controllers/`: peers' chunks in, their nodes'

@@ -191,6 +191,9 @@ pub struct Fleet {
     liveness: Liveness,
     /// This controller's id among its peers (random per process).
     id: String,
+    /// Held while the liveness summary is written; true once it was
+    /// withdrawn at a graceful stop (`liveness::withdraw_liveness`).
+    liveness_withdrawn: Mutex<bool>,
     clock: Clock,
     /// This controller's metrics; `store` is metered into them.
     metrics: Arc<Metrics>,
@@ -316,6 +319,7 @@ impl Fleet {
             stale_after,
             liveness,
             id: liveness::new_id(),
+            liveness_withdrawn: Mutex::new(false),
             clock,
             metrics,
         }))

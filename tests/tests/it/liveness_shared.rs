@@ -1,7 +1,9 @@
 //! Liveness across controllers on one etcd prefix: a node held by one
 //! controller shows fresh through another (from the holder's leased
 //! summary), shows `reconnecting` once its controller's lease ends, and is
-//! back when the agent fails over.
+//! back when the agent fails over. A controller that stops gracefully
+//! (SIGTERM) withdraws its summary, so its nodes show `reconnecting` through
+//! the others at once, not when its lease runs out.
 
 use ballast_proto::enums::NodeStatus;
 use ballast_proto::pb;
@@ -143,4 +145,79 @@ async fn a_node_held_by_a_dead_controller_shows_reconnecting_then_converged_on_t
     );
     agent.stop().await;
     b.kill();
+}
+
+/// A summary every 10 s, on a lease of 30 s: a graceful stop must not wait
+/// for it to run out.
+const SLOW: &str = "liveness_period: 10s";
+
+/// SIGTERM, and waits (bounded) for a clean exit.
+async fn terminate(ctl: &ControllerProcess) {
+    use nix::sys::wait::{WaitPidFlag, WaitStatus, waitpid};
+    let pid = ctl.pid();
+    ctl.signal(Signal::SIGTERM);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        match waitpid(pid, Some(WaitPidFlag::WNOHANG)).expect("waitpid") {
+            WaitStatus::StillAlive => {}
+            WaitStatus::Exited(_, 0) => return,
+            other => panic!("controller ended with {other:?}; log:\n{}", ctl.log()),
+        }
+        assert!(
+            Instant::now() < deadline,
+            "controller still runs 10 s after SIGTERM; log:\n{}",
+            ctl.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_stopped_gracefully_shows_its_nodes_reconnecting_at_once() {
+    let Some(cluster) = EtcdCluster::start(1) else {
+        return;
+    };
+    let url = cluster.url();
+    let a = ControllerProcess::start_with_args(SLOW, &["--store", &url]).await;
+    let b = ControllerProcess::start_with_args(SLOW, &["--store", &url]).await;
+    assert!(a.apply(SPEC).await.expect("apply").created);
+    // The agent knows only A: once A is gone it has nowhere to go.
+    let token = a.token().await;
+    let mut agent = TestAgent::enroll_at(&a.controller(), &a.fingerprint, &token, "n1").await;
+    agent.start(Duration::from_secs(3600));
+    wait_status(
+        &a,
+        "n1",
+        NodeStatus::Converged,
+        Duration::from_secs(20),
+        |_| true,
+    )
+    .await;
+    // B shows it from A's summary (the next one, within a period).
+    wait_status(
+        &b,
+        "n1",
+        NodeStatus::Converged,
+        Duration::from_secs(25),
+        |n| n.last_seen_ms > 0,
+    )
+    .await;
+
+    // A stops gracefully: B shows n1 reconnecting well before A's lease
+    // (30 s, renewed every 10 s) could have run out.
+    terminate(&a).await;
+    let stopped = Instant::now();
+    wait_status(
+        &b,
+        "n1",
+        NodeStatus::Reconnecting,
+        Duration::from_secs(5),
+        |_| true,
+    )
+    .await;
+    println!(
+        "B shows n1 reconnecting {:?} after A stopped gracefully",
+        stopped.elapsed()
+    );
+    agent.stop().await;
 }

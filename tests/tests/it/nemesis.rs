@@ -4,8 +4,13 @@
 //! apply clients on random controllers and agents holding watches, while a
 //! nemesis SIGKILLs, SIGSTOPs and partitions etcd members (the raft leader
 //! first) and SIGKILLs and SIGSTOPs controllers in turn (one fault at a time,
-//! each healed before the next). A fenced ex-leader is covered at the store
-//! level in `store_etcd`.
+//! each healed before the next).
+//!
+//! Beside it, a fenced ex-leader as processes: the controller holding the
+//! leader key is frozen (SIGSTOP) past its lease, another controller takes
+//! the lead, and once the old one resumes, its single-owner write (a sweep
+//! of tokens it finds long expired) is refused: the tokens stay, and it
+//! says it was deposed. (`store_etcd` covers the fence at the store level.)
 
 use ballast_proto::pb;
 use ballast_tests::etcd::EtcdCluster;
@@ -330,4 +335,103 @@ async fn the_control_plane_keeps_its_promises_under_kills_and_stops() {
     for agent in &mut agents {
         agent.stop().await;
     }
+}
+
+/// A token record that expired long ago: any leader's sweep deletes it.
+fn long_expired_token() -> Vec<u8> {
+    br#"{"name":null,"labels":{},"created_at_ms":0,"expires_at_ms":1,"used_by":null}"#.to_vec()
+}
+
+/// Who holds the leader key now (its holder names the controller's address).
+fn leader_holder(store: &ballast_controller::store::EtcdStore) -> String {
+    use ballast_controller::store::Store;
+    store
+        .get(ballast_controller::fleet::LEADER_KEY)
+        .expect("read the leader key")
+        .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+        .unwrap_or_default()
+}
+
+async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !cond() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_ex_leaders_single_owner_write_is_refused_after_another_leads() {
+    use ballast_controller::store::{Op, Store};
+    let Some(cluster) = EtcdCluster::start(3) else {
+        return;
+    };
+    let url = cluster.url();
+    let store = cluster.store("/ballast/");
+    // A runs its jobs every 2 s (the test hook), so it has a round soon
+    // after it resumes; B keeps the default (a round when it takes the lead,
+    // the next in 5 minutes).
+    let a = ControllerProcess::start_with_env(
+        "",
+        &["--store", &url],
+        &[("BALLAST_TEST_JOBS_EVERY_MS", "2000")],
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "A leads", || {
+        leader_holder(&store).contains(&a.controller())
+    })
+    .await;
+    let b = ControllerProcess::start_with_args("", &["--store", &url]).await;
+
+    // A freezes past its lease (10 s): B takes the lead, and its first round
+    // sweeps a long-expired token.
+    a.signal(Signal::SIGSTOP);
+    let canary = "tokens/canary";
+    assert!(
+        store
+            .txn(&[], &[Op::Put(canary.into(), long_expired_token())])
+            .unwrap()
+    );
+    wait_for(
+        Duration::from_secs(30),
+        "B leads once A's lease ends",
+        || leader_holder(&store).contains(&b.controller()),
+    )
+    .await;
+    wait_for(Duration::from_secs(10), "B's first round sweeps", || {
+        store.get(canary).unwrap().is_none()
+    })
+    .await;
+
+    // Tokens only A will see before B's next round: A resumes, still
+    // thinking itself leader, and its round tries to sweep them.
+    let planted: Vec<String> = (0..5).map(|i| format!("tokens/fenced-{i}")).collect();
+    let ops: Vec<Op> = planted
+        .iter()
+        .map(|k| Op::Put(k.clone(), long_expired_token()))
+        .collect();
+    assert!(store.txn(&[], &ops).unwrap());
+    a.signal(Signal::SIGCONT);
+    wait_for(
+        Duration::from_secs(15),
+        "A says its fenced writes were refused",
+        || a.log().contains("deposed: the leader key has moved on"),
+    )
+    .await;
+    for k in &planted {
+        assert!(
+            store.get(k).unwrap().is_some(),
+            "the deposed leader deleted {k}; A's log:\n{}",
+            a.log()
+        );
+    }
+    assert!(
+        leader_holder(&store).contains(&b.controller()),
+        "B still leads"
+    );
+    assert!(
+        !a.log().contains("single-owner jobs failed"),
+        "A's round after resuming ran to the fence; A's log:\n{}",
+        a.log()
+    );
 }
