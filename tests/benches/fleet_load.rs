@@ -381,6 +381,7 @@ fn main() {
             );
         }
         Some("--agent") => return agent(&args[2], &args[3]),
+        Some("--sim") => return etcd_mode::sim(&args[2..]),
         _ => {}
     }
     raise_nofile();

@@ -40,6 +40,56 @@ struct Seen {
     first: bool,
 }
 
+/// Simulated agents per worker process.
+const SHARD: usize = 8_000;
+
+/// Worker mode (`--sim DIR FROM TO ADDRS`): agents FROM..TO, enrolled in
+/// DIR/agent-I, each line of stdout one `Seen`: `agent revision controller
+/// first`, flushed as soon as nothing else is waiting; the parent times it
+/// when it reads it (so a delivery's figure includes the pipe: an upper
+/// bound). Ends when the parent goes.
+pub fn sim(args: &[String]) {
+    super::raise_nofile();
+    let (dir, from, to) = (
+        std::path::PathBuf::from(&args[0]),
+        args[1].parse::<usize>().unwrap(),
+        args[2].parse::<usize>().unwrap(),
+    );
+    let addrs: Arc<Vec<String>> = Arc::new(args[3].split(',').map(str::to_owned).collect());
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async move {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Seen>();
+        let connecting = Arc::new(tokio::sync::Semaphore::new(32));
+        for i in from..to {
+            let (tx, addrs, connecting) = (tx.clone(), addrs.clone(), connecting.clone());
+            let state = dir.join(format!("agent-{i}"));
+            tokio::spawn(async move {
+                // Only the first connection waits its turn, as a fleet would not all boot at once.
+                drop(connecting.acquire().await.unwrap());
+                agent(i, state, addrs, tx).await
+            });
+        }
+        drop(tx);
+        let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+        while let Some(seen) = rx.recv().await {
+            use std::io::Write;
+            let line = format!(
+                "{} {} {} {}\n",
+                seen.agent, seen.revision, seen.ctl, seen.first as u8
+            );
+            if out.write_all(line.as_bytes()).is_err() {
+                return;
+            }
+            if rx.is_empty() && out.flush().is_err() {
+                return;
+            }
+        }
+    });
+}
+
 /// One simulated agent: watch the controllers in turn, for ever.
 async fn agent(
     i: usize,
@@ -206,18 +256,51 @@ pub async fn run(n: usize) {
     let enroll_time = t.elapsed();
     let rss_before: Vec<u64> = controllers.iter().map(|c| rss_kib(c.child.id())).collect();
 
-    // Every agent holds a watch on its controller.
+    // Every agent holds a watch on its controller. The agents run in worker
+    // processes of at most SHARD each: a process here may not hold more than
+    // 20,000 descriptors, and each agent holds a connection.
+    drop(states);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Seen>();
     let t = Instant::now();
-    let connecting = Arc::new(tokio::sync::Semaphore::new(32));
-    let mut agents = Vec::new();
-    for (i, state) in states.into_iter().enumerate() {
-        let (tx, addrs, connecting) = (tx.clone(), addrs.clone(), connecting.clone());
-        agents.push(tokio::spawn(async move {
-            // Only the first connection waits its turn, as a fleet would not all boot at once.
-            drop(connecting.acquire().await.unwrap());
-            agent(i, state, addrs, tx).await
-        }));
+    let mut workers = Vec::new();
+    for from in (0..n).step_by(SHARD) {
+        let to = (from + SHARD).min(n);
+        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--sim",
+                dir.path().to_str().unwrap(),
+                &from.to_string(),
+                &to.to_string(),
+            ])
+            .arg(addrs.join(","))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::inherit())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("start a worker of simulated agents");
+        let stdout = child.stdout.take().unwrap();
+        let tx = tx.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncBufReadExt;
+            let mut lines = tokio::io::BufReader::new(stdout).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let f: Vec<u64> = line.split(' ').filter_map(|v| v.parse().ok()).collect();
+                let [agent, revision, ctl, first] = f[..] else {
+                    continue;
+                };
+                let seen = Seen {
+                    agent: agent as usize,
+                    revision,
+                    at: Instant::now(),
+                    ctl: ctl as usize,
+                    first: first == 1,
+                };
+                if tx.send(seen).is_err() {
+                    return;
+                }
+            }
+        });
+        workers.push(child);
     }
     drop(tx);
     let mut on = vec![usize::MAX; n];
@@ -355,9 +438,7 @@ pub async fn run(n: usize) {
     );
     println!("  load average at the end: {}", load_average());
     drop(rx);
-    for a in agents {
-        a.abort();
-    }
+    drop(workers);
     drop(controllers);
     drop(cluster);
 }
