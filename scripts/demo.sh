@@ -53,8 +53,10 @@ stop
 mkdir -p "$demo/root"
 export BALLAST_CONTROLLER="127.0.0.1:$port" BALLAST_DATA_DIR="$demo/controller"
 
-echo "== starting the controller on 127.0.0.1:$port (data in $demo/controller)"
-"$bin/ballast" serve --listen "127.0.0.1:$port" >"$demo/controller.log" 2>&1 &
+dashboard_port=$((port + 1))
+echo "== starting the controller on 127.0.0.1:$port, its dashboard on 127.0.0.1:$dashboard_port (data in $demo/controller)"
+"$bin/ballast" serve --listen "127.0.0.1:$port" --dashboard-listen "127.0.0.1:$dashboard_port" \
+    >"$demo/controller.log" 2>&1 &
 echo $! >"$demo/controller.pid"
 for _ in $(seq 100); do
     "$bin/ballast" history >/dev/null 2>&1 && break
@@ -89,6 +91,8 @@ done
 
 echo "== ballast nodes"
 "$bin/ballast" nodes
+echo "== the dashboard (a one-time login link; open it in a browser within two minutes)"
+"$bin/ballast" dashboard url
 cat <<TXT
 
 The demo runs. Try:
@@ -97,6 +101,9 @@ The demo runs. Try:
   cat $demo/root/etc/ballast-demo/motd    # what the agent wrote
   echo drift > $demo/root/srv/www/index.html   # repaired within a minute
   $bin/ballast history ; $bin/ballast health
+  $bin/ballast dashboard url              # another login link to the dashboard
+  curl -s --cacert $demo/controller/pki/ca.pem --cert $demo/controller/pki/admin.pem \\
+       --key $demo/controller/pki/admin.key https://127.0.0.1:$port/metrics | head
 Stop with: scripts/demo.sh stop     Remove everything: scripts/demo.sh clean
 Logs: $demo/controller.log $demo/agent.log
 TXT
