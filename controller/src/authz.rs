@@ -46,7 +46,9 @@ pub fn rule_for(path: &str) -> Option<Rule> {
         | "/ballast.v1.Admin/ListNodes"
         | "/ballast.v1.Admin/GetNode"
         | "/ballast.v1.Admin/RevokeNode"
-        | "/ballast.v1.Admin/LabelNode" => Rule::Admin,
+        | "/ballast.v1.Admin/LabelNode"
+        | "/ballast.v1.Admin/GetRollout"
+        | "/ballast.v1.Admin/ControlRollout" => Rule::Admin,
         _ => return None,
     };
     Some(rule)

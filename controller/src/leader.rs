@@ -2,10 +2,11 @@
 //! `leader` key (on an etcd lease; always this process on redb) compacts the
 //! store's history and sweeps long-expired tokens, every `every`. Every write
 //! a job makes carries the leadership's fence (`Leadership::fence`), so a
-//! deposed leader that has not noticed yet cannot write. Rollouts will be
-//! the next job here.
+//! deposed leader that has not noticed yet cannot write. The rollout job
+//! (`Fleet::rollout_step`) runs every `ROLLOUT_EVERY`: it checks the current
+//! wave's gate and moves the rollout on, from the stored record alone.
 
-use crate::fleet::{self, Clock};
+use crate::fleet::{self, Clock, Fleet};
 use crate::store::{Leadership, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -17,10 +18,18 @@ pub const JOBS_EVERY: Duration = Duration::from_secs(300);
 /// How many of the newest store revisions compaction keeps: enough for a
 /// watch that fell a little behind to resume rather than relist.
 pub const KEEP_REVISIONS: u64 = 10_000;
+/// How often the leader checks the current rollout's gate.
+pub const ROLLOUT_EVERY: Duration = Duration::from_millis(500);
 
 /// Tries to lead, and while leading runs the jobs every `every`; runs until
 /// the task is aborted.
-pub async fn run(store: Arc<dyn Store>, holder: String, clock: Clock, every: Duration) {
+pub async fn run(
+    store: Arc<dyn Store>,
+    fleet: Arc<Fleet>,
+    holder: String,
+    clock: Clock,
+    every: Duration,
+) {
     loop {
         let (s, h) = (store.clone(), holder.clone());
         let tried =
@@ -29,7 +38,7 @@ pub async fn run(store: Arc<dyn Store>, holder: String, clock: Clock, every: Dur
         match tried {
             Ok(Ok(Some(lead))) => {
                 tracing::info!(holder, "leading the fleet's single-owner jobs");
-                lead_while_held(&store, lead, &clock, every).await;
+                lead_while_held(&store, &fleet, lead, &clock, every).await;
                 tracing::info!(holder, "no longer leading");
             }
             Ok(Ok(None)) => {}
@@ -42,6 +51,7 @@ pub async fn run(store: Arc<dyn Store>, holder: String, clock: Clock, every: Dur
 
 async fn lead_while_held(
     store: &Arc<dyn Store>,
+    fleet: &Arc<Fleet>,
     mut lead: Leadership,
     clock: &Clock,
     every: Duration,
@@ -71,11 +81,45 @@ async fn lead_while_held(
                 tracing::warn!(error = %e, "single-owner jobs failed; the next round retries")
             }
         }
+        lead = match rollouts_until(fleet, lead, every).await {
+            Some(lead) => lead,
+            None => return,
+        };
+    }
+}
+
+/// Runs the rollout job every `ROLLOUT_EVERY` for `every`; gives the
+/// leadership back, or `None` when it was lost.
+async fn rollouts_until(
+    fleet: &Arc<Fleet>,
+    mut lead: Leadership,
+    every: Duration,
+) -> Option<Leadership> {
+    let until = tokio::time::Instant::now() + every;
+    while tokio::time::Instant::now() < until {
         tokio::select! {
-            _ = lead.lost() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = lead.lost() => return None,
+            _ = tokio::time::sleep(ROLLOUT_EVERY.min(every)) => {}
+        }
+        let f = fleet.clone();
+        let stepped = tokio::task::spawn_blocking(move || {
+            let done = f.rollout_step(&lead);
+            (lead, done)
+        })
+        .await;
+        let done;
+        (lead, done) = match stepped {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "rollout job panicked");
+                return None;
+            }
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "rollout job failed; the next round retries");
         }
     }
+    Some(lead)
 }
 
 /// One round: sweep tokens (fenced), then compact. Returns (tokens swept,

@@ -133,6 +133,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
     );
     followers.push(tokio::spawn(crate::leader::run(
         store_for_jobs,
+        fleet.clone(),
         holder,
         cfg.clock.clone(),
         crate::leader::JOBS_EVERY,
