@@ -17,6 +17,7 @@ mod liveness_shared;
 mod nemesis;
 mod nodes;
 mod packaging;
+mod rollouts;
 mod security;
 mod store;
 mod store_etcd;
