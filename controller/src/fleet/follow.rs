@@ -94,12 +94,10 @@ impl Fleet {
             let labels_changed = node.record.labels != record.labels;
             node.record = record;
             node.record_version = version;
-            if labels_changed {
-                if desired.hash != node.desired.hash {
-                    node.desired = Arc::new(desired);
-                    if !node.record.revoked {
-                        node.feed.send_replace(Feed::State(node.desired.clone()));
-                    }
+            if labels_changed && desired.hash != node.desired.hash {
+                node.desired = Arc::new(desired);
+                if !node.record.revoked {
+                    node.feed.send_replace(Feed::State(node.desired.clone()));
                 }
             }
             if revoked_now {
