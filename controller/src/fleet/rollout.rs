@@ -484,3 +484,93 @@ impl Fleet {
         }))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::super::records::NodeRecord;
+    use super::super::{Clock, Liveness};
+    use super::*;
+    use crate::store::RedbStore;
+    use std::time::Duration;
+
+    fn site(content: &str, policy: bool) -> Vec<(String, String)> {
+        let rollout = if policy {
+            "rollout: {waves: [{match: {env: dev}}]}\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "roles:\n  r:\n    files: [{{path: /etc/v, content: {content}}}]\ngroups:\n  all: {{roles: [r]}}\n{rollout}"
+        );
+        vec![("s.yaml".to_owned(), text)]
+    }
+
+    fn desired(fleet: &Fleet) -> Vec<(String, u64)> {
+        let inner = fleet.lock();
+        inner
+            .nodes
+            .values()
+            .map(|n| (n.record.name.clone(), n.desired.revision))
+            .collect()
+    }
+
+    /// A new apply in flight keeps the rollout's base: prod, not yet moved,
+    /// never gets the superseded revision 2; a reopened fleet (a restart)
+    /// renders the same targets from the stored record.
+    #[test]
+    fn a_new_apply_supersedes_a_rollout_and_keeps_its_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let ops: Vec<Op> = [("dev-1", "dev"), ("prod-1", "prod")]
+            .iter()
+            .map(|(name, env)| {
+                let rec = NodeRecord {
+                    name: (*name).into(),
+                    labels: [("env".to_owned(), (*env).to_owned())].into(),
+                    cert_serial: format!("{name}-serial"),
+                    enrolled_at_ms: 1,
+                    revoked: false,
+                    timeline: Vec::new(),
+                    last_seen_ms: 0,
+                };
+                Op::Put(keys::node(name), to_json(&rec))
+            })
+            .collect();
+        assert!(store.txn(&[], &ops).unwrap());
+        let open = || {
+            Fleet::open(
+                store.clone(),
+                Duration::from_secs(60),
+                Liveness::default(),
+                Clock::manual(),
+            )
+            .unwrap()
+        };
+        let fleet = open();
+        fleet.apply(site("one", false), "t", "m", 0).unwrap();
+        let two = fleet.apply(site("two", true), "t", "m", 0).unwrap();
+        assert_eq!(two.affected_nodes, ["dev-1"]);
+        assert_eq!(desired(&fleet), [("dev-1".into(), 2), ("prod-1".into(), 1)]);
+        fleet.apply(site("three", true), "t", "m", 0).unwrap();
+        assert_eq!(desired(&fleet), [("dev-1".into(), 3), ("prod-1".into(), 1)]);
+        let r = fleet.rollout_record().unwrap();
+        assert_eq!((r.revision, r.base, r.phase), (3, 1, Phase::Running));
+        assert_eq!(
+            r.waves,
+            [vec!["dev-1".to_owned()], vec!["prod-1".to_owned()]]
+        );
+        assert_eq!(
+            desired(&open()),
+            [("dev-1".into(), 3), ("prod-1".into(), 1)]
+        );
+
+        fleet
+            .rollout_control(pb::RolloutAction::Abort, "t")
+            .unwrap();
+        assert_eq!(desired(&fleet), [("dev-1".into(), 1), ("prod-1".into(), 1)]);
+        // Without a policy, every node at once, as before rollouts existed.
+        fleet.apply(site("four", false), "t", "m", 0).unwrap();
+        assert_eq!(desired(&fleet), [("dev-1".into(), 4), ("prod-1".into(), 4)]);
+        assert!(fleet.rollout_record().is_none());
+    }
+}
