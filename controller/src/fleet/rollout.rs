@@ -19,6 +19,7 @@ use crate::store::{Compare, Leadership, Op, Store};
 use ballast_proto::pb;
 use ballast_proto::spec::{Labels, RolloutPolicy, Spec};
 use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
 use std::sync::Arc;
 
 /// Where a rollout stands.
@@ -88,24 +89,6 @@ impl RolloutRecord {
         }
     }
 
-    /// Whether `name` gets the new revision.
-    pub fn moved(&self, name: &str) -> bool {
-        match self.phase {
-            Phase::Done => true,
-            Phase::Aborted => false,
-            Phase::Running | Phase::Paused => self
-                .waves
-                .iter()
-                .take(self.wave + 1)
-                .any(|w| w.iter().any(|n| n == name)),
-        }
-    }
-
-    /// Where `name` stands: its wave's index, if it has one.
-    pub fn wave_of(&self, name: &str) -> Option<usize> {
-        self.waves.iter().position(|w| w.iter().any(|n| n == name))
-    }
-
     /// Still in flight: a new apply starts from this rollout's base.
     pub fn in_flight(&self) -> bool {
         matches!(self.phase, Phase::Running | Phase::Paused | Phase::Aborted)
@@ -151,20 +134,37 @@ fn load_spec(store: &dyn Store, number: u64) -> Result<Arc<Spec>> {
 /// Renders each node from its target revision.
 pub(super) struct TargetRender<'a> {
     new: Desired<'a>,
-    base: Option<(Desired<'a>, &'a RolloutRecord)>,
+    /// The base revision's renderer and the names that moved off it, while
+    /// a rollout is not done.
+    base: Option<(Desired<'a>, HashSet<&'a str>)>,
 }
 
 impl<'a> TargetRender<'a> {
     pub(super) fn new(spec: &'a Spec, number: u64, rollout: Option<&'a Active>) -> Self {
+        let base = rollout.and_then(|a| {
+            let r = &a.record;
+            let moved = match r.phase {
+                Phase::Done => return None,
+                Phase::Aborted => HashSet::new(),
+                Phase::Running | Phase::Paused => r
+                    .waves
+                    .iter()
+                    .take(r.wave + 1)
+                    .flatten()
+                    .map(String::as_str)
+                    .collect(),
+            };
+            Some((Desired::new(&a.base, r.base), moved))
+        });
         TargetRender {
             new: Desired::new(spec, number),
-            base: rollout.map(|a| (Desired::new(&a.base, a.record.base), &a.record)),
+            base,
         }
     }
 
     pub(super) fn of(&mut self, name: &str, labels: &Labels) -> pb::DesiredState {
         match &mut self.base {
-            Some((base, record)) if !record.moved(name) => base.of(name, labels),
+            Some((base, moved)) if !moved.contains(name) => base.of(name, labels),
             _ => self.new.of(name, labels),
         }
     }
