@@ -226,20 +226,34 @@ impl Fleet {
     /// Takes a stored rollout record (at `version` or later), from this
     /// controller's write or the watch; re-targets nodes when it changed.
     pub(super) fn apply_rollout(&self, record: RolloutRecord, version: u64) -> Result<()> {
-        let mut inner = self.lock();
-        if record.revision != inner.current.number {
-            // Older: superseded. Newer: `catch_up_current` reads it with its revision.
-            return Ok(());
-        }
-        let base = match &inner.rollout {
-            Some(a) if a.record.revision == record.revision => {
-                if version <= a.version {
+        let known = {
+            let inner = self.lock();
+            if record.revision != inner.current.number {
+                // Older: superseded. Newer: `catch_up_current` reads it with its revision.
+                return Ok(());
+            }
+            match &inner.rollout {
+                Some(a) if a.record.revision == record.revision && version <= a.version => {
                     return Ok(());
                 }
-                a.base.clone()
+                Some(a) if a.record.revision == record.revision => Some(a.base.clone()),
+                _ => None,
             }
-            _ => load_spec(self.store.as_ref(), record.base)?,
         };
+        // The base's sources are read without holding the fleet's lock.
+        let base = match known {
+            Some(base) => base,
+            None => load_spec(self.store.as_ref(), record.base)?,
+        };
+        let mut inner = self.lock();
+        if record.revision != inner.current.number
+            || inner
+                .rollout
+                .as_ref()
+                .is_some_and(|a| a.record.revision == record.revision && version <= a.version)
+        {
+            return Ok(());
+        }
         inner.rollout = Some(Active {
             record,
             version,
