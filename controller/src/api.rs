@@ -375,6 +375,31 @@ impl pb::admin_server::Admin for Api {
         blocking(move || fleet.label(&req.name, &req.labels.into_iter().collect())).await?;
         Ok(Response::new(pb::Ack {}))
     }
+
+    async fn get_rollout(
+        &self,
+        _req: Request<pb::GetRolloutRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let status = self.fleet.rollout_status().ok_or_else(|| {
+            Status::not_found(
+                "the current revision has no rollout (its spec has no rollout policy)",
+            )
+        })?;
+        Ok(Response::new(status))
+    }
+
+    async fn control_rollout(
+        &self,
+        req: Request<pb::ControlRolloutRequest>,
+    ) -> Result<Response<pb::RolloutStatus>, Status> {
+        let author = admin_author(&req, &req.get_ref().author);
+        let action = pb::RolloutAction::try_from(req.get_ref().action)
+            .unwrap_or(pb::RolloutAction::Unspecified);
+        let fleet = self.fleet.clone();
+        Ok(Response::new(
+            blocking(move || fleet.rollout_control(action, &author)).await?,
+        ))
+    }
 }
 
 #[cfg(test)]

@@ -52,7 +52,9 @@ pub fn rule_for(path: &str) -> Option<Rule> {
         | "/ballast.v1.Admin/GetNode"
         | "/ballast.v1.Admin/RevokeNode"
         | "/ballast.v1.Admin/LabelNode"
-        | "/ballast.v1.Admin/CreateDashboardLogin" => Rule::Admin,
+        | "/ballast.v1.Admin/CreateDashboardLogin"
+        | "/ballast.v1.Admin/GetRollout"
+        | "/ballast.v1.Admin/ControlRollout" => Rule::Admin,
         _ => return None,
     };
     Some(rule)
@@ -203,7 +205,7 @@ mod tests {
         let paths = ballast_proto::all_method_paths();
         assert_eq!(
             paths.len(),
-            15,
+            17,
             "descriptor lists the contract's methods: {paths:?}"
         );
         let missing: Vec<&String> = paths.iter().filter(|p| rule_for(p).is_none()).collect();

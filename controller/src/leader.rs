@@ -5,14 +5,15 @@
 //! deposed leader that has not noticed yet cannot write. Compaction cannot
 //! carry a fence (etcd compacts outside transactions): right before it the
 //! leader reads the leader key, and steps down, saying so, when the key has
-//! moved on. Rollouts will be the next job here.
+//! moved on. The rollout job (`Fleet::rollout_step`) runs every
+//! `ROLLOUT_EVERY`: it checks the current wave's gate and moves the rollout
+//! on, from the stored record alone.
 //!
 //! Test hook: `BALLAST_TEST_JOBS_EVERY_MS` sets the period of the jobs (the
 //! fenced ex-leader test needs a round soon after the old leader resumes);
 //! the jobs themselves, and their fenced writes, are the real ones.
 
-use crate::fleet::{self, Clock};
-use crate::metrics::Metrics;
+use crate::fleet::{self, Clock, Fleet};
 use crate::store::{Leadership, Store};
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +25,8 @@ pub const JOBS_EVERY: Duration = Duration::from_secs(300);
 /// How many of the newest store revisions compaction keeps: enough for a
 /// watch that fell a little behind to resume rather than relist.
 pub const KEEP_REVISIONS: u64 = 10_000;
+/// How often the leader checks the current rollout's gate.
+pub const ROLLOUT_EVERY: Duration = Duration::from_millis(500);
 
 /// The test hook's period, when set (see the module doc).
 fn every_for_tests() -> Option<Duration> {
@@ -35,7 +38,7 @@ fn every_for_tests() -> Option<Duration> {
 /// the task is aborted.
 pub async fn run(
     store: Arc<dyn Store>,
-    metrics: Arc<Metrics>,
+    fleet: Arc<Fleet>,
     holder: String,
     clock: Clock,
     every: Duration,
@@ -49,9 +52,9 @@ pub async fn run(
         match tried {
             Ok(Ok(Some(lead))) => {
                 tracing::info!(holder, "leading the fleet's single-owner jobs");
-                metrics.set_leader(true);
-                lead_while_held(&store, lead, &clock, every).await;
-                metrics.set_leader(false);
+                fleet.metrics().set_leader(true);
+                lead_while_held(&store, &fleet, lead, &clock, every).await;
+                fleet.metrics().set_leader(false);
                 tracing::info!(holder, "no longer leading");
             }
             Ok(Ok(None)) => {}
@@ -64,6 +67,7 @@ pub async fn run(
 
 async fn lead_while_held(
     store: &Arc<dyn Store>,
+    fleet: &Arc<Fleet>,
     mut lead: Leadership,
     clock: &Clock,
     every: Duration,
@@ -101,11 +105,45 @@ async fn lead_while_held(
                 tracing::warn!(error = %e, "single-owner jobs failed; the next round retries")
             }
         }
+        lead = match rollouts_until(fleet, lead, every).await {
+            Some(lead) => lead,
+            None => return,
+        };
+    }
+}
+
+/// Runs the rollout job every `ROLLOUT_EVERY` for `every`; gives the
+/// leadership back, or `None` when it was lost.
+async fn rollouts_until(
+    fleet: &Arc<Fleet>,
+    mut lead: Leadership,
+    every: Duration,
+) -> Option<Leadership> {
+    let until = tokio::time::Instant::now() + every;
+    while tokio::time::Instant::now() < until {
         tokio::select! {
-            _ = lead.lost() => return,
-            _ = tokio::time::sleep(every) => {}
+            _ = lead.lost() => return None,
+            _ = tokio::time::sleep(ROLLOUT_EVERY.min(every)) => {}
+        }
+        let f = fleet.clone();
+        let stepped = tokio::task::spawn_blocking(move || {
+            let done = f.rollout_step(&lead);
+            (lead, done)
+        })
+        .await;
+        let done;
+        (lead, done) = match stepped {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "rollout job panicked");
+                return None;
+            }
+        };
+        if let Err(e) = done {
+            tracing::warn!(error = %e, "rollout job failed; the next round retries");
         }
     }
+    Some(lead)
 }
 
 /// What one round of the jobs did.

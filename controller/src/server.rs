@@ -148,7 +148,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
     );
     followers.push(tokio::spawn(crate::leader::run(
         fleet.store(),
-        fleet.metrics().clone(),
+        fleet.clone(),
         holder,
         cfg.clock.clone(),
         crate::leader::JOBS_EVERY,

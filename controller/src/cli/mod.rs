@@ -10,6 +10,7 @@ mod conn;
 mod nodes;
 pub mod output;
 mod revisions;
+mod rollout;
 #[cfg(test)]
 mod tests;
 mod wait;
@@ -94,6 +95,11 @@ pub enum Command {
         output: OutputArg,
         #[command(flatten)]
         conn: Conn,
+    },
+    /// The rollout of the current revision: status, pause, resume, abort.
+    Rollout {
+        #[command(subcommand)]
+        command: RolloutCommand,
     },
     /// Enrollment tokens.
     Token {
@@ -232,6 +238,38 @@ pub struct ServeArgs {
     /// Private key (PEM) of --etcd-cert.
     #[arg(long)]
     pub etcd_key: Option<PathBuf>,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Show the waves, their nodes and the gate.
+    Status {
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Stop starting waves; nodes keep the revision they have.
+    Pause {
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Start checking the gate again (a failed wave pauses again).
+    Resume {
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Return every node already moved to the base revision.
+    Abort {
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        conn: Conn,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -400,6 +438,21 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             output,
             conn,
         } => revisions::rollback(revision, wait(w, timeout), output.output, &conn, out).await,
+        Command::Rollout { command } => {
+            let (action, output, conn) = match command {
+                RolloutCommand::Status { output, conn } => (None, output, conn),
+                RolloutCommand::Pause { output, conn } => {
+                    (Some(ballast_proto::pb::RolloutAction::Pause), output, conn)
+                }
+                RolloutCommand::Resume { output, conn } => {
+                    (Some(ballast_proto::pb::RolloutAction::Resume), output, conn)
+                }
+                RolloutCommand::Abort { output, conn } => {
+                    (Some(ballast_proto::pb::RolloutAction::Abort), output, conn)
+                }
+            };
+            rollout::run(action, output.output, &conn, out).await
+        }
         Command::Token {
             command:
                 TokenCommand::Create {

@@ -13,7 +13,8 @@
 //! it talks to.
 
 use super::records::{NodeRecord, PendingRecord, RevisionRecord};
-use super::revisions::{Desired, parse_sources};
+use super::revisions::parse_sources;
+use super::rollout::{Active, TargetRender};
 use super::{Current, Feed, Fleet, Node, Result, from_json, keys};
 use crate::store::{self, Followed};
 use std::sync::{Arc, Weak};
@@ -24,26 +25,19 @@ impl Fleet {
     /// revision at least as new is already current, and pushes every node
     /// whose rendered state changed. Returns the names it pushed (sorted)
     /// when it installed the revision.
-    pub(super) fn install_current(&self, current: Current) -> Option<Vec<String>> {
+    pub(super) fn install_current(
+        &self,
+        current: Current,
+        rollout: Option<Active>,
+    ) -> Option<Vec<String>> {
         let mut inner = self.lock();
         if current.number <= inner.current.number {
             return None;
         }
-        let (number, spec) = (current.number, current.spec.clone());
+        let number = current.number;
         inner.current = current;
-        let mut affected = Vec::new();
-        let mut render = Desired::new(&spec, number);
-        for node in inner.nodes.values_mut() {
-            let desired = render.of(&node.record.name, &node.record.labels);
-            if desired.hash != node.desired.hash {
-                affected.push(node.record.name.clone());
-                node.desired = Arc::new(desired);
-                if !node.record.revoked {
-                    node.feed.send_replace(Feed::State(node.desired.clone()));
-                }
-            }
-        }
-        affected.sort();
+        inner.rollout = rollout;
+        let affected = super::rollout::retarget(&mut inner);
         inner.last_affected = (number, affected.clone());
         Some(affected)
     }
@@ -64,11 +58,15 @@ impl Fleet {
         let rec: RevisionRecord = from_json(&key, &entry.value)?;
         let spec = parse_sources(&rec.sources)
             .map_err(|e| anyhow::anyhow!("stored revision {number} no longer parses: {e}"))?;
-        self.install_current(Current {
-            number,
-            spec: Arc::new(spec),
-            hash: rec.hash,
-        });
+        let rollout = super::rollout::load_active(self.store.as_ref(), number)?;
+        self.install_current(
+            Current {
+                number,
+                spec: Arc::new(spec),
+                hash: rec.hash,
+            },
+            rollout,
+        );
         Ok(())
     }
 
@@ -80,7 +78,12 @@ impl Fleet {
     pub(super) fn apply_node_record(&self, record: NodeRecord, version: u64) {
         let mut inner = self.lock();
         let (number, spec) = (inner.current.number, inner.current.spec.clone());
+        let active = inner.rollout.take();
+        let mut render = TargetRender::new(&spec, number, active.as_ref());
         let name = record.name.clone();
+        let desired = render.of(&name, &record.labels);
+        drop(render);
+        inner.rollout = active;
         if let Some(node) = inner.nodes.get_mut(&name)
             && node.record.cert_serial == record.cert_serial
         {
@@ -91,13 +94,10 @@ impl Fleet {
             let labels_changed = node.record.labels != record.labels;
             node.record = record;
             node.record_version = version;
-            if labels_changed {
-                let desired = Desired::new(&spec, number).of(&name, &node.record.labels);
-                if desired.hash != node.desired.hash {
-                    node.desired = Arc::new(desired);
-                    if !node.record.revoked {
-                        node.feed.send_replace(Feed::State(node.desired.clone()));
-                    }
+            if labels_changed && desired.hash != node.desired.hash {
+                node.desired = Arc::new(desired);
+                if !node.record.revoked {
+                    node.feed.send_replace(Feed::State(node.desired.clone()));
                 }
             }
             if revoked_now {
@@ -110,8 +110,7 @@ impl Fleet {
         {
             return;
         }
-        let desired = Arc::new(Desired::new(&spec, number).of(&name, &record.labels));
-        let mut node = Node::new(record, desired);
+        let mut node = Node::new(record, Arc::new(desired));
         node.record_version = version;
         // Replacing a node drops its old feed: any watch on it ends.
         inner.nodes.insert(name, node);
@@ -188,7 +187,11 @@ impl Fleet {
     }
 
     fn apply_change(&self, key: &str, value: Option<&[u8]>, version: u64) -> Result<()> {
-        if key == keys::CURRENT {
+        if key.starts_with(keys::ROLLOUTS) {
+            if let Some(v) = value {
+                self.apply_rollout(from_json(key, v)?, version)?;
+            }
+        } else if key == keys::CURRENT {
             if let Some(v) = value {
                 self.catch_up_current(from_json(key, v)?)?;
             }

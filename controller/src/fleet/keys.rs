@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | `meta/current` | number of the current revision (JSON) | apply |
 //! | `revisions/{n:020}` | `RevisionRecord` | apply |
+//! | `meta/rollouts/{n:020}` | `rollout::RolloutRecord` of revision `n` (under `meta/` so its watch is ordered with `meta/current`) | apply (creates), the leader's rollout job (fenced), rollout pause/resume/abort |
 //! | `tokens/{sha256 hex}` | `TokenRecord` | create_token, enroll |
 //! | `pending/{name}` | `PendingRecord`: a name reserved by a token, not enrolled | create_token, enroll (failures of that token) |
 //! | `nodes/{name}` | `NodeRecord`: what operators decide (labels, revoked, certificate serial, enrollment) | enroll, revoke, label |
@@ -27,6 +28,12 @@ pub const LEADER: &str = "leader";
 
 pub fn revision(n: u64) -> String {
     format!("{REVISIONS}{n:020}")
+}
+
+pub const ROLLOUTS: &str = "meta/rollouts/";
+
+pub fn rollout(n: u64) -> String {
+    format!("{ROLLOUTS}{n:020}")
 }
 
 pub fn token(hash: &str) -> String {

@@ -16,7 +16,8 @@
 //!
 //! Jobs: `keys` (every store key), `records` (stored types, bounded
 //! timelines), `enroll` (tokens, reserved names, enrollment), `revisions`
-//! (apply, diff, history, rollback), `nodes` (reports, facts, revoke, label,
+//! (apply, diff, history, rollback), `rollout` (waves, gates, the
+//! target revision of each node), `nodes` (reports, facts, revoke, label,
 //! list, show), `view` (pure status, filters, paging), `clock` (the one
 //! source of time: tests move a manual clock instead of sleeping).
 
@@ -28,6 +29,7 @@ mod liveness;
 mod nodes;
 mod records;
 mod revisions;
+mod rollout;
 mod sweep;
 #[cfg(test)]
 mod tests;
@@ -41,6 +43,7 @@ pub use clock::Clock;
 pub use keys::LEADER as LEADER_KEY;
 pub use liveness::{CHUNK_NODES, DEFAULT_LIVENESS_PERIOD, DEFAULT_RECONNECT_GRACE, Liveness};
 use records::{NodeRecord, NodeStatus, PendingRecord, ReportSummary};
+pub use rollout::{Phase as RolloutPhase, RolloutRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -153,6 +156,8 @@ struct Inner {
     nodes: BTreeMap<String, Node>,
     pending: BTreeMap<String, PendingRecord>,
     current: Current,
+    /// The rollout of the current revision, when its spec has a policy.
+    rollout: Option<rollout::Active>,
     /// The nodes the last installed revision pushed, for its apply's answer.
     last_affected: (u64, Vec<String>),
     /// Token hash → when its last refused enrollment was logged.
@@ -234,7 +239,9 @@ impl Fleet {
         let current = revisions::load_current(store.as_ref())?;
         let now = clock.now_ms();
         let mut nodes = BTreeMap::new();
-        let mut render = revisions::Desired::new(&current.spec, current.number);
+        let active = rollout::load_active(store.as_ref(), current.number)
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        let mut render = rollout::TargetRender::new(&current.spec, current.number, active.as_ref());
         for (key, entry) in store.list(keys::NODES)? {
             let record: NodeRecord = from_json(&key, &entry.value)?;
             let name = record.name.clone();
@@ -310,6 +317,7 @@ impl Fleet {
                 nodes,
                 pending,
                 current,
+                rollout: active,
                 last_affected: (0, Vec::new()),
                 refusals: HashMap::new(),
                 remote: BTreeMap::new(),

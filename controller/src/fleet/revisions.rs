@@ -111,6 +111,7 @@ impl Fleet {
             });
         }
         let number = current_number + 1;
+        let rollout = self.start_rollout(&spec, number);
         let rec = RevisionRecord {
             number,
             author: author.to_owned(),
@@ -124,12 +125,18 @@ impl Fleet {
             None => Compare::Absent(keys::CURRENT.into()),
             Some(e) => Compare::Version(keys::CURRENT.into(), e.version),
         };
+        let mut ops = vec![Op::Put(keys::revision(number), to_json(&rec))];
+        if let Some((r, _)) = &rollout {
+            ops.push(Op::Put(keys::rollout(number), to_json(r)));
+        }
+        ops.push(Op::Put(keys::CURRENT.into(), to_json(&number)));
         let ok = self.store.txn(
-            &[compare, Compare::Absent(keys::revision(number))],
             &[
-                Op::Put(keys::revision(number), to_json(&rec)),
-                Op::Put(keys::CURRENT.into(), to_json(&number)),
+                compare,
+                Compare::Absent(keys::revision(number)),
+                Compare::Absent(keys::rollout(number)),
             ],
+            &ops,
         )?;
         if !ok {
             return Err(FleetError::Conflict(
@@ -137,11 +144,13 @@ impl Fleet {
             ));
         }
         // The watch may have installed it already (see `follow`).
-        let affected = match self.install_current(Current {
+        let rollout = self.stored_rollout(rollout)?;
+        let current = Current {
             number,
             spec: Arc::new(spec),
             hash: hash.clone(),
-        }) {
+        };
+        let affected = match self.install_current(current, rollout) {
             Some(affected) => affected,
             None => {
                 let inner = self.lock();

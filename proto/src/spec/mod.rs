@@ -12,6 +12,7 @@ mod depend;
 mod model;
 mod parse;
 mod render;
+mod rollout;
 mod schema;
 #[cfg(feature = "files")]
 mod sources;
@@ -23,6 +24,7 @@ pub use depend::{Dependency, Why, dependencies, dependency_indices};
 pub use model::*;
 pub use parse::{Source, parse};
 pub use render::{Renderer, StateDiff, diff_states};
+pub use rollout::{MAX_BAKE_MS, MAX_WAVES, RolloutPolicy, Wave, parse_duration_ms};
 #[cfg(feature = "files")]
 pub use sources::read_sources;
 

@@ -14,6 +14,10 @@ pub struct Spec {
     pub roles: BTreeMap<String, Role>,
     /// Node groups (top-level `groups:`), which select nodes and give them roles.
     pub groups: BTreeMap<String, NodeGroup>,
+    /// How a change of this spec reaches the fleet (top-level `rollout:`);
+    /// none: every node at once.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::rollout::RolloutPolicy>,
 }
 
 /// A reusable bundle of resources.

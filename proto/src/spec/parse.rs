@@ -30,7 +30,7 @@ pub fn parse(sources: &[Source]) -> Result<Spec, SpecErrors> {
                 continue;
             }
         };
-        if let Some(top) = cx.fields(&doc, "", &["roles", "groups"]) {
+        if let Some(top) = cx.fields(&doc, "", &["roles", "groups", "rollout"]) {
             if let Some(roles) = top.get("roles") {
                 for (name, line, node) in cx.entries(roles, "roles") {
                     let path = join("roles", name);
@@ -76,6 +76,9 @@ pub fn parse(sources: &[Source]) -> Result<Spec, SpecErrors> {
                     spec.groups.insert(name.to_owned(), group);
                 }
             }
+            if let Some(r) = top.get("rollout") {
+                take_rollout(&mut cx, &mut spec, r, &src.name);
+            }
         }
         errors.extend(cx.errors);
     }
@@ -87,6 +90,19 @@ pub fn parse(sources: &[Source]) -> Result<Spec, SpecErrors> {
     } else {
         Err(SpecErrors(errors))
     }
+}
+
+/// The one top-level rollout policy, from whichever source gives it.
+fn take_rollout(cx: &mut Cx<'_>, spec: &mut Spec, node: &yaml::Node, file: &str) {
+    if spec.rollout.is_some() {
+        cx.err(
+            node.line,
+            "rollout",
+            format!("a rollout policy is already given before {file}; give it once"),
+        );
+        return;
+    }
+    spec.rollout = super::rollout::decode_rollout(cx, node, "rollout");
 }
 
 /// Parses one source named `site.yaml`: "ok", or its errors as printed.

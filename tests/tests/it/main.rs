@@ -20,6 +20,7 @@ mod nemesis;
 mod nodes;
 mod noop;
 mod packaging;
+mod rollouts;
 mod security;
 mod store;
 mod store_etcd;

@@ -1,0 +1,590 @@
+//! Rollouts: a revision whose spec has a `rollout:` policy reaches the fleet
+//! wave by wave. The record (`meta/rollouts/{n}`) is created by the apply
+//! that stores revision `n`, moved on by the leader's single-owner job
+//! ([`Fleet::rollout_step`], fenced) and by operators (pause, resume,
+//! abort); every controller follows it and renders each node from its
+//! target revision: the new one for nodes of passed and current waves, the
+//! base one for the others ([`TargetRender`]).
+//!
+//! Invariant: a node of wave `k` gets the new revision only once the record
+//! says wave `k` started, and a wave starts only after the one before it
+//! passed its gate (every node converged, no more than `max_failed` failed,
+//! healthy for `bake_ms` by the fleet's clock). The record is the only state,
+//! so a restart or a new leader resumes at the same gate.
+
+use super::records::RevisionRecord;
+use super::revisions::{Desired, parse_sources};
+use super::{Fleet, FleetError, Inner, Result, from_json, keys, to_json};
+use crate::store::{Compare, Leadership, Op, Store};
+use ballast_proto::pb;
+use ballast_proto::spec::{Labels, RolloutPolicy, Spec};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::sync::Arc;
+
+/// Where a rollout stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Running,
+    /// By an operator, or by a failure beyond the budget: no wave starts.
+    Paused,
+    /// Every node is back on the base revision.
+    Aborted,
+    /// Every wave passed: every node gets the new revision.
+    Done,
+}
+
+impl Phase {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Phase::Running => "running",
+            Phase::Paused => "paused",
+            Phase::Aborted => "aborted",
+            Phase::Done => "done",
+        }
+    }
+}
+
+/// The stored state of the rollout of one revision.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RolloutRecord {
+    pub revision: u64,
+    /// The revision nodes not yet moved stay on.
+    pub base: u64,
+    /// Node names per wave, fixed when the rollout starts; nodes enrolled
+    /// later are in no wave and move when the rollout is done.
+    pub waves: Vec<Vec<String>>,
+    /// The current wave: nodes of waves `0..=wave` have the new revision.
+    pub wave: usize,
+    pub bake_ms: u64,
+    pub max_failed: u32,
+    pub phase: Phase,
+    /// Since when every node of the current wave is converged (0: not yet).
+    pub healthy_since_ms: u64,
+    pub wave_started_ms: u64,
+    /// Why it paused (or who paused, resumed, aborted it).
+    pub reason: String,
+}
+
+impl RolloutRecord {
+    pub(super) fn new(
+        revision: u64,
+        base: u64,
+        policy: &RolloutPolicy,
+        waves: Vec<Vec<String>>,
+        now: u64,
+    ) -> Self {
+        RolloutRecord {
+            revision,
+            base,
+            waves,
+            wave: 0,
+            bake_ms: policy.bake_ms,
+            max_failed: policy.max_failed,
+            phase: Phase::Running,
+            healthy_since_ms: 0,
+            wave_started_ms: now,
+            reason: String::new(),
+        }
+    }
+
+    /// Still in flight: a new apply starts from this rollout's base.
+    pub fn in_flight(&self) -> bool {
+        matches!(self.phase, Phase::Running | Phase::Paused | Phase::Aborted)
+    }
+}
+
+/// The rollout of the current revision, with the base revision's spec.
+pub(super) struct Active {
+    pub(super) record: RolloutRecord,
+    pub(super) version: u64,
+    pub(super) base: Arc<Spec>,
+}
+
+/// Reads the rollout of revision `number` and its base revision's spec.
+pub(super) fn load_active(store: &dyn Store, number: u64) -> Result<Option<Active>> {
+    let key = keys::rollout(number);
+    let Some(entry) = store.get(&key)? else {
+        return Ok(None);
+    };
+    let record: RolloutRecord = from_json(&key, &entry.value)?;
+    let base = load_spec(store, record.base)?;
+    Ok(Some(Active {
+        record,
+        version: entry.version,
+        base,
+    }))
+}
+
+fn load_spec(store: &dyn Store, number: u64) -> Result<Arc<Spec>> {
+    if number == 0 {
+        return Ok(Arc::new(Spec::default()));
+    }
+    let key = keys::revision(number);
+    let entry = store
+        .get(&key)?
+        .ok_or_else(|| anyhow::anyhow!("rollout base revision {number} is not stored"))?;
+    let rec: RevisionRecord = from_json(&key, &entry.value)?;
+    Ok(Arc::new(parse_sources(&rec.sources).map_err(|e| {
+        anyhow::anyhow!("stored revision {number} no longer parses: {e}")
+    })?))
+}
+
+/// Renders each node from its target revision.
+pub(super) struct TargetRender<'a> {
+    new: Desired<'a>,
+    /// The base revision's renderer and the names that moved off it, while
+    /// a rollout is not done.
+    base: Option<(Desired<'a>, HashSet<&'a str>)>,
+}
+
+impl<'a> TargetRender<'a> {
+    pub(super) fn new(spec: &'a Spec, number: u64, rollout: Option<&'a Active>) -> Self {
+        let base = rollout.and_then(|a| {
+            let r = &a.record;
+            let moved = match r.phase {
+                Phase::Done => return None,
+                Phase::Aborted => HashSet::new(),
+                Phase::Running | Phase::Paused => r
+                    .waves
+                    .iter()
+                    .take(r.wave + 1)
+                    .flatten()
+                    .map(String::as_str)
+                    .collect(),
+            };
+            Some((Desired::new(&a.base, r.base), moved))
+        });
+        TargetRender {
+            new: Desired::new(spec, number),
+            base,
+        }
+    }
+
+    pub(super) fn of(&mut self, name: &str, labels: &Labels) -> pb::DesiredState {
+        match &mut self.base {
+            Some((base, moved)) if !moved.contains(name) => base.of(name, labels),
+            _ => self.new.of(name, labels),
+        }
+    }
+}
+
+/// Re-renders every node from its target and pushes those that changed;
+/// returns their names, sorted.
+pub(super) fn retarget(inner: &mut Inner) -> Vec<String> {
+    let spec = inner.current.spec.clone();
+    let active = inner.rollout.take();
+    let mut render = TargetRender::new(&spec, inner.current.number, active.as_ref());
+    let mut affected = Vec::new();
+    for node in inner.nodes.values_mut() {
+        let desired = render.of(&node.record.name, &node.record.labels);
+        if desired.hash != node.desired.hash {
+            affected.push(node.record.name.clone());
+            node.desired = Arc::new(desired);
+            if !node.record.revoked {
+                node.feed
+                    .send_replace(super::Feed::State(node.desired.clone()));
+            }
+        }
+    }
+    drop(render);
+    inner.rollout = active;
+    affected.sort();
+    affected
+}
+
+/// Counts of one wave's nodes.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct WaveCounts {
+    pub converged: Vec<String>,
+    pub failed: Vec<String>,
+    pub pending: Vec<String>,
+}
+
+fn counts(inner: &Inner, names: &[String]) -> WaveCounts {
+    let mut c = WaveCounts::default();
+    for name in names {
+        let Some(node) = inner.nodes.get(name) else {
+            continue; // removed from the fleet: nothing to wait for
+        };
+        if node.record.revoked {
+            continue;
+        }
+        match &node.report {
+            Some(r) if r.hash == node.desired.hash && r.failed_count > 0 => {
+                c.failed.push(name.clone())
+            }
+            Some(r) if r.hash == node.desired.hash => c.converged.push(name.clone()),
+            _ => c.pending.push(name.clone()),
+        }
+    }
+    c
+}
+
+impl Fleet {
+    /// Takes a stored rollout record (at `version` or later), from this
+    /// controller's write or the watch; re-targets nodes when it changed.
+    pub(super) fn apply_rollout(&self, record: RolloutRecord, version: u64) -> Result<()> {
+        let known = {
+            let inner = self.lock();
+            if record.revision != inner.current.number {
+                // Older: superseded. Newer: `catch_up_current` reads it with its revision.
+                return Ok(());
+            }
+            match &inner.rollout {
+                Some(a) if a.record.revision == record.revision && version <= a.version => {
+                    return Ok(());
+                }
+                Some(a) if a.record.revision == record.revision => Some(a.base.clone()),
+                _ => None,
+            }
+        };
+        // The base's sources are read without holding the fleet's lock.
+        let base = match known {
+            Some(base) => base,
+            None => load_spec(self.store.as_ref(), record.base)?,
+        };
+        let mut inner = self.lock();
+        if record.revision != inner.current.number
+            || inner
+                .rollout
+                .as_ref()
+                .is_some_and(|a| a.record.revision == record.revision && version <= a.version)
+        {
+            return Ok(());
+        }
+        inner.rollout = Some(Active {
+            record,
+            version,
+            base,
+        });
+        retarget(&mut inner);
+        Ok(())
+    }
+
+    /// The rollout of the current revision, if it has one.
+    pub fn rollout_record(&self) -> Option<RolloutRecord> {
+        self.lock().rollout.as_ref().map(|a| a.record.clone())
+    }
+
+    /// Writes `next` over the record stored at `version` (plus `fence`), then
+    /// applies it to memory. False when the record changed meanwhile.
+    fn write_rollout(
+        &self,
+        next: &RolloutRecord,
+        version: u64,
+        fence: Option<Compare>,
+    ) -> Result<bool> {
+        let key = keys::rollout(next.revision);
+        let mut compares = vec![Compare::Version(key.clone(), version)];
+        compares.extend(fence);
+        if !self.store.txn(&compares, &[Op::Put(key, to_json(next))])? {
+            return Ok(false);
+        }
+        self.apply_rollout(next.clone(), version + 1)?;
+        Ok(true)
+    }
+
+    /// One step of the leader's rollout job: checks the current wave's gate
+    /// and pauses, waits, or starts the next wave. Every write is fenced by
+    /// `lead`. Returns the record as written, if it wrote one.
+    pub fn rollout_step(&self, lead: &Leadership) -> Result<Option<RolloutRecord>> {
+        let now = self.now_ms();
+        let (mut next, version) = {
+            let inner = self.lock();
+            let Some(a) = &inner.rollout else {
+                return Ok(None);
+            };
+            if a.record.phase != Phase::Running {
+                return Ok(None);
+            }
+            let mut next = a.record.clone();
+            let wave = next.waves.get(next.wave).cloned().unwrap_or_default();
+            let c = counts(&inner, &wave);
+            if c.failed.len() > next.max_failed as usize {
+                next.phase = Phase::Paused;
+                next.healthy_since_ms = 0;
+                next.reason = format!(
+                    "wave {} failed on {} node(s), more than max_failed {}: {}",
+                    next.wave + 1,
+                    c.failed.len(),
+                    next.max_failed,
+                    c.failed.join(", ")
+                );
+            } else if !c.pending.is_empty() {
+                if next.healthy_since_ms == 0 {
+                    return Ok(None);
+                }
+                next.healthy_since_ms = 0;
+            } else if next.healthy_since_ms == 0 && !c.converged.is_empty() {
+                next.healthy_since_ms = now;
+            } else if c.converged.is_empty()
+                || now.saturating_sub(next.healthy_since_ms) >= next.bake_ms
+            {
+                // Passed (an empty wave has nothing to bake).
+                next.wave += 1;
+                next.healthy_since_ms = 0;
+                next.wave_started_ms = now;
+                if next.wave >= next.waves.len() {
+                    next.wave = next.waves.len().saturating_sub(1);
+                    next.phase = Phase::Done;
+                }
+            } else {
+                return Ok(None);
+            }
+            (next, a.version)
+        };
+        if !lead.is_held() {
+            return Ok(None);
+        }
+        next.reason = if next.phase == Phase::Paused {
+            next.reason
+        } else {
+            String::new()
+        };
+        match self.write_rollout(&next, version, Some(lead.fence()))? {
+            true => {
+                tracing::info!(
+                    revision = next.revision,
+                    wave = next.wave + 1,
+                    phase = next.phase.as_str(),
+                    "rollout moved"
+                );
+                Ok(Some(next))
+            }
+            false => Ok(None),
+        }
+    }
+
+    /// Pause, resume or abort the rollout of the current revision.
+    pub fn rollout_control(
+        &self,
+        action: pb::RolloutAction,
+        author: &str,
+    ) -> Result<pb::RolloutStatus> {
+        for _ in 0..super::OPERATOR_TRIES {
+            let (mut next, version) = {
+                let inner = self.lock();
+                let a = inner.rollout.as_ref().ok_or_else(|| {
+                    FleetError::NotFound(format!(
+                        "revision {} has no rollout (its spec has no rollout policy)",
+                        inner.current.number
+                    ))
+                })?;
+                (a.record.clone(), a.version)
+            };
+            let (allowed, phase, verb) = match action {
+                pb::RolloutAction::Pause => (next.phase == Phase::Running, Phase::Paused, "paused"),
+                pb::RolloutAction::Resume => {
+                    (next.phase == Phase::Paused, Phase::Running, "resumed")
+                }
+                pb::RolloutAction::Abort => (
+                    next.in_flight() && next.phase != Phase::Aborted,
+                    Phase::Aborted,
+                    "aborted",
+                ),
+                pb::RolloutAction::Unspecified => {
+                    return Err(FleetError::Invalid(
+                        "give an action: pause, resume or abort".into(),
+                    ));
+                }
+            };
+            if !allowed {
+                return Err(FleetError::Conflict(format!(
+                    "the rollout of revision {} is {}: it cannot be {verb}",
+                    next.revision,
+                    next.phase.as_str()
+                )));
+            }
+            next.phase = phase;
+            next.healthy_since_ms = 0;
+            next.reason = format!("{verb} by {author}");
+            if self.write_rollout(&next, version, None)? {
+                return Ok(self.rollout_status().unwrap_or_default());
+            }
+        }
+        Err(FleetError::Conflict(
+            "the rollout kept changing; retry".into(),
+        ))
+    }
+
+    /// The rollout of the current revision, for `ballast rollout status`.
+    pub fn rollout_status(&self) -> Option<pb::RolloutStatus> {
+        let inner = self.lock();
+        let a = inner.rollout.as_ref()?;
+        let r = &a.record;
+        let waves = r
+            .waves
+            .iter()
+            .enumerate()
+            .map(|(i, names)| {
+                let c = counts(&inner, names);
+                let state = match (r.phase, i.cmp(&r.wave)) {
+                    (Phase::Done, _) | (_, std::cmp::Ordering::Less) => "passed",
+                    (Phase::Aborted, _) => "aborted",
+                    (_, std::cmp::Ordering::Equal) => "current",
+                    (_, std::cmp::Ordering::Greater) => "waiting",
+                };
+                pb::RolloutWave {
+                    nodes: names.clone(),
+                    state: state.into(),
+                    converged: c.converged.len() as u32,
+                    failed: c.failed,
+                    pending: c.pending.len() as u32,
+                }
+            })
+            .collect();
+        Some(pb::RolloutStatus {
+            revision: r.revision,
+            base: r.base,
+            phase: r.phase.as_str().into(),
+            wave: r.wave as u32 + 1,
+            waves,
+            bake_ms: r.bake_ms,
+            max_failed: r.max_failed,
+            healthy_since_ms: r.healthy_since_ms,
+            reason: r.reason.clone(),
+        })
+    }
+}
+
+impl Fleet {
+    /// The rollout an apply of `spec` as revision `number` starts, with its
+    /// base spec: none without a policy (every node at once). A new apply
+    /// supersedes a rollout in flight and keeps its base: nodes not yet
+    /// moved never see the superseded revision.
+    pub(super) fn start_rollout(
+        &self,
+        spec: &Spec,
+        number: u64,
+    ) -> Option<(RolloutRecord, Arc<Spec>)> {
+        let policy = spec.rollout.as_ref()?;
+        let inner = self.lock();
+        let (base, base_spec) = match &inner.rollout {
+            Some(a) if a.record.in_flight() => (a.record.base, a.base.clone()),
+            _ => (inner.current.number, inner.current.spec.clone()),
+        };
+        let waves = policy.assign(
+            inner
+                .nodes
+                .values()
+                .filter(|n| !n.record.revoked)
+                .map(|n| (n.record.name.as_str(), &n.record.labels)),
+        );
+        Some((
+            RolloutRecord::new(number, base, policy, waves, self.now_ms()),
+            base_spec,
+        ))
+    }
+
+    /// The rollout an apply just stored, with its store version.
+    pub(super) fn stored_rollout(
+        &self,
+        started: Option<(RolloutRecord, Arc<Spec>)>,
+    ) -> Result<Option<Active>> {
+        let Some((record, base)) = started else {
+            return Ok(None);
+        };
+        let version = self
+            .store
+            .get(&keys::rollout(record.revision))?
+            .map(|e| e.version)
+            .unwrap_or(0);
+        Ok(Some(Active {
+            record,
+            version,
+            base,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::records::NodeRecord;
+    use super::super::{Clock, Liveness};
+    use super::*;
+    use crate::store::RedbStore;
+    use std::time::Duration;
+
+    fn site(content: &str, policy: bool) -> Vec<(String, String)> {
+        let rollout = if policy {
+            "rollout: {waves: [{match: {env: dev}}]}\n"
+        } else {
+            ""
+        };
+        let text = format!(
+            "roles:\n  r:\n    files: [{{path: /etc/v, content: {content}}}]\ngroups:\n  all: {{roles: [r]}}\n{rollout}"
+        );
+        vec![("s.yaml".to_owned(), text)]
+    }
+
+    fn desired(fleet: &Fleet) -> Vec<(String, u64)> {
+        let inner = fleet.lock();
+        inner
+            .nodes
+            .values()
+            .map(|n| (n.record.name.clone(), n.desired.revision))
+            .collect()
+    }
+
+    /// A new apply in flight keeps the rollout's base: prod, not yet moved,
+    /// never gets the superseded revision 2; a reopened fleet (a restart)
+    /// renders the same targets from the stored record.
+    #[test]
+    fn a_new_apply_supersedes_a_rollout_and_keeps_its_base() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let ops: Vec<Op> = [("dev-1", "dev"), ("prod-1", "prod")]
+            .iter()
+            .map(|(name, env)| {
+                let rec = NodeRecord {
+                    name: (*name).into(),
+                    labels: [("env".to_owned(), (*env).to_owned())].into(),
+                    cert_serial: format!("{name}-serial"),
+                    enrolled_at_ms: 1,
+                    revoked: false,
+                    timeline: Vec::new(),
+                    last_seen_ms: 0,
+                };
+                Op::Put(keys::node(name), to_json(&rec))
+            })
+            .collect();
+        assert!(store.txn(&[], &ops).unwrap());
+        let open = || {
+            Fleet::open(
+                store.clone(),
+                Duration::from_secs(60),
+                Liveness::default(),
+                Clock::manual(),
+            )
+            .unwrap()
+        };
+        let fleet = open();
+        fleet.apply(site("one", false), "t", "m", 0).unwrap();
+        let two = fleet.apply(site("two", true), "t", "m", 0).unwrap();
+        assert_eq!(two.affected_nodes, ["dev-1"]);
+        assert_eq!(desired(&fleet), [("dev-1".into(), 2), ("prod-1".into(), 1)]);
+        fleet.apply(site("three", true), "t", "m", 0).unwrap();
+        assert_eq!(desired(&fleet), [("dev-1".into(), 3), ("prod-1".into(), 1)]);
+        let r = fleet.rollout_record().unwrap();
+        assert_eq!((r.revision, r.base, r.phase), (3, 1, Phase::Running));
+        assert_eq!(
+            r.waves,
+            [vec!["dev-1".to_owned()], vec!["prod-1".to_owned()]]
+        );
+        assert_eq!(
+            desired(&open()),
+            [("dev-1".into(), 3), ("prod-1".into(), 1)]
+        );
+
+        fleet
+            .rollout_control(pb::RolloutAction::Abort, "t")
+            .unwrap();
+        assert_eq!(desired(&fleet), [("dev-1".into(), 1), ("prod-1".into(), 1)]);
+        // Without a policy, every node at once, as before rollouts existed.
+        fleet.apply(site("four", false), "t", "m", 0).unwrap();
+        assert_eq!(desired(&fleet), [("dev-1".into(), 4), ("prod-1".into(), 4)]);
+        assert!(fleet.rollout_record().is_none());
+    }
+}
