@@ -88,7 +88,7 @@ fn run(n: usize) {
         Clock::manual(),
     )
     .unwrap();
-    fleet.apply(sources(1), "bench", "first", 0).unwrap();
+    fleet.apply(sources(1), "bench", "first", 0, true).unwrap();
     drop(fleet);
     // Load: renders every node's state of revision 1.
     let t = Instant::now();

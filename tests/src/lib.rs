@@ -150,6 +150,7 @@ impl TestController {
                 sources,
                 author: "test".into(),
                 message: String::new(),
+                allow_prune: true,
             })
             .await
             .map(|r| r.into_inner())
@@ -514,6 +515,7 @@ impl ControllerProcess {
                 }],
                 author: "test".into(),
                 message: String::new(),
+                allow_prune: true,
             })
             .await?;
         Ok(resp.into_inner())

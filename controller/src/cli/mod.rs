@@ -10,6 +10,7 @@ mod conn;
 mod nodes;
 pub mod output;
 mod revisions;
+mod summary;
 #[cfg(test)]
 mod tests;
 
@@ -53,6 +54,13 @@ pub enum Command {
         /// A note kept in the history.
         #[arg(short = 'm', long, default_value = "")]
         message: String,
+        /// Consent to an apply that removes resources from nodes, leaves a
+        /// node with no roles, or defines a role no node group uses.
+        #[arg(long)]
+        prune: bool,
+        /// Answer yes to the consent question (for scripts): as --prune.
+        #[arg(long, short = 'y')]
+        yes: bool,
         #[command(flatten)]
         output: OutputArg,
         #[command(flatten)]
@@ -89,6 +97,13 @@ pub enum Command {
         /// How long --wait waits, e.g. 90s, 5m.
         #[arg(long, default_value = "5m", value_parser = ballast_proto::parse_duration)]
         timeout: Duration,
+        /// Consent to an apply that removes resources from nodes, leaves a
+        /// node with no roles, or defines a role no node group uses.
+        #[arg(long)]
+        prune: bool,
+        /// Answer yes to the consent question (for scripts): as --prune.
+        #[arg(long, short = 'y')]
+        yes: bool,
         #[command(flatten)]
         output: OutputArg,
         #[command(flatten)]
@@ -347,9 +362,15 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             wait: w,
             timeout,
             message,
+            prune,
+            yes,
             output,
             conn,
-        } => revisions::apply(&paths, message, wait(w, timeout), output.output, &conn, out).await,
+        } => {
+            let consent = summary::Consent::from_flags(prune, yes);
+            let wait = wait(w, timeout);
+            revisions::apply(&paths, message, consent, wait, output.output, &conn, out).await
+        }
         Command::Diff {
             paths,
             output,
@@ -364,9 +385,15 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             revision,
             wait: w,
             timeout,
+            prune,
+            yes,
             output,
             conn,
-        } => revisions::rollback(revision, wait(w, timeout), output.output, &conn, out).await,
+        } => {
+            let consent = summary::Consent::from_flags(prune, yes);
+            let wait = wait(w, timeout);
+            revisions::rollback(revision, consent, wait, output.output, &conn, out).await
+        }
         Command::Token {
             command:
                 TokenCommand::Create {

@@ -16,7 +16,8 @@
 //!
 //! Jobs: `keys` (every store key), `records` (stored types, bounded
 //! timelines), `enroll` (tokens, reserved names, enrollment), `revisions`
-//! (apply, diff, history, rollback), `nodes` (reports, facts, revoke, label,
+//! (apply, diff, history, rollback), `prune` (what an apply does
+//! per node and whether it needs consent to prune), `nodes` (reports, facts, revoke, label,
 //! list, show), `view` (pure status, filters, paging), `clock` (the one
 //! source of time: tests move a manual clock instead of sleeping).
 
@@ -26,6 +27,7 @@ mod follow;
 mod keys;
 mod liveness;
 mod nodes;
+mod prune;
 mod records;
 mod revisions;
 mod sweep;
@@ -39,6 +41,7 @@ use ballast_proto::spec::{self, Labels, Spec};
 pub use clock::Clock;
 pub use keys::LEADER as LEADER_KEY;
 pub use liveness::{CHUNK_NODES, DEFAULT_LIVENESS_PERIOD, DEFAULT_RECONNECT_GRACE, Liveness};
+pub use prune::{describe as describe_changes, prune_reasons, refusal_message};
 use records::{NodeRecord, NodeStatus, PendingRecord, ReportSummary};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -58,6 +61,10 @@ pub enum FleetError {
     Conflict(String),
     #[error("{0}")]
     Denied(String),
+    /// The apply needs the operator's consent to prune (see `prune`):
+    /// nothing was stored; the summary says what it would do.
+    #[error("{}", prune::refusal_message(.0))]
+    NeedsPrune(Box<pb::DiffResponse>),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

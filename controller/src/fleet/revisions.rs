@@ -6,7 +6,7 @@ use super::records::RevisionRecord;
 use super::{Current, Fleet, FleetError, Result, from_json, keys, to_json};
 use crate::store::{Compare, Op, Store};
 use ballast_proto::pb;
-use ballast_proto::spec::{self, Labels, NodeMeta, Spec};
+use ballast_proto::spec::{self, Labels, Spec};
 use std::sync::Arc;
 
 pub(super) fn parse_sources(sources: &[(String, String)]) -> Result<Spec> {
@@ -76,13 +76,16 @@ impl Fleet {
 
     /// Validates sources and stores them as a new revision, then pushes each
     /// node whose rendered state changed. Content equal to the current
-    /// revision's stores nothing (`created: false`).
+    /// revision's stores nothing (`created: false`). Without `allow_prune`,
+    /// an apply that needs consent to prune (see `prune`) stores nothing
+    /// and fails with [`FleetError::NeedsPrune`].
     pub fn apply(
         &self,
         sources: Vec<(String, String)>,
         author: &str,
         message: &str,
         restored_from: u64,
+        allow_prune: bool,
     ) -> Result<pb::ApplyResponse> {
         if sources.is_empty() {
             return Err(FleetError::Invalid(
@@ -98,17 +101,23 @@ impl Fleet {
         if let Some(e) = &stored {
             self.catch_up_current(from_json(keys::CURRENT, &e.value)?)?;
         }
-        let (current_number, current_hash) = {
+        let (current_number, summary) = {
             let inner = self.lock();
-            (inner.current.number, inner.current.hash.clone())
+            if inner.current.number > 0 && hash == inner.current.hash {
+                return Ok(pb::ApplyResponse {
+                    revision: inner.current.number,
+                    hash,
+                    created: false,
+                    affected_nodes: Vec::new(),
+                    changes: Vec::new(),
+                });
+            }
+            // Judged against the revision this one replaces, under the
+            // apply lock: what the operator consents to is what happens.
+            (inner.current.number, super::prune::summarize(&inner, &spec))
         };
-        if current_number > 0 && hash == current_hash {
-            return Ok(pb::ApplyResponse {
-                revision: current_number,
-                hash,
-                created: false,
-                affected_nodes: Vec::new(),
-            });
+        if !allow_prune && !super::prune::prune_reasons(&summary).is_empty() {
+            return Err(FleetError::NeedsPrune(Box::new(summary)));
         }
         let number = current_number + 1;
         let rec = RevisionRecord {
@@ -156,45 +165,15 @@ impl Fleet {
             hash,
             created: true,
             affected_nodes: affected,
+            changes: summary.nodes,
         })
     }
 
-    /// Per node, the resource ids an apply of these sources would add, change or remove.
+    /// Per node, the resource ids an apply of these sources would add,
+    /// change or remove, and what would need consent to prune.
     pub fn diff(&self, sources: Vec<(String, String)>) -> Result<pb::DiffResponse> {
         let spec = parse_sources(&sources)?;
-        let inner = self.lock();
-        let mut nodes = Vec::new();
-        let mut by_selections = std::collections::HashMap::new();
-        let mut names: Vec<&String> = inner.nodes.keys().collect();
-        names.sort();
-        for name in names {
-            let node = &inner.nodes[name];
-            if node.record.revoked {
-                continue;
-            }
-            let meta = NodeMeta {
-                name: name.clone(),
-                labels: node.record.labels.clone(),
-            };
-            // Resources follow from the selections of node groups: one
-            // diff per distinct pair of them.
-            let old = &inner.current.spec;
-            let d = by_selections
-                .entry((old.selection(&meta.labels), spec.selection(&meta.labels)))
-                .or_insert_with(|| spec::diff_states(&old.render(&meta), &spec.render(&meta)));
-            if !d.is_empty() {
-                nodes.push(pb::NodeChange {
-                    node: name.clone(),
-                    added: d.added.clone(),
-                    changed: d.changed.clone(),
-                    removed: d.removed.clone(),
-                });
-            }
-        }
-        Ok(pb::DiffResponse {
-            current_revision: inner.current.number,
-            nodes,
-        })
+        Ok(super::prune::summarize(&self.lock(), &spec))
     }
 
     pub fn history(&self, limit: usize) -> Result<Vec<pb::Revision>> {
@@ -219,8 +198,15 @@ impl Fleet {
         Ok(out)
     }
 
-    /// A new revision with the content of revision `number`.
-    pub fn rollback(&self, number: u64, author: &str) -> Result<pb::ApplyResponse> {
+    /// A new revision with the content of revision `number`, under the same
+    /// consent rule as [`Fleet::apply`]: going back usually removes what was
+    /// added since, and that is exactly what an operator must see first.
+    pub fn rollback(
+        &self,
+        number: u64,
+        author: &str,
+        allow_prune: bool,
+    ) -> Result<pb::ApplyResponse> {
         let key = keys::revision(number);
         let entry = self.store.get(&key)?.ok_or_else(|| {
             FleetError::NotFound(format!(
@@ -233,6 +219,7 @@ impl Fleet {
             author,
             &format!("rollback to revision {number}"),
             number,
+            allow_prune,
         )
     }
 }
@@ -289,7 +276,7 @@ mod tests {
         assert_eq!(diff.nodes[0].node, "n0");
         assert_eq!(diff.nodes[0].added.len(), 3);
         assert_eq!(diff.nodes[1].added, ["file[/etc/motd]"]);
-        let resp = fleet.apply(sources.clone(), "t", "m", 0).unwrap();
+        let resp = fleet.apply(sources.clone(), "t", "m", 0, false).unwrap();
         assert_eq!(resp.affected_nodes.len(), 40);
         let spec = parse_sources(&sources).unwrap();
         let reopened = Fleet::open(

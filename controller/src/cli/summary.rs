@@ -1,0 +1,137 @@
+//! What `apply`, `rollback` and `diff` show of a change per node, and the
+//! consent to prune: the controller refuses an apply that needs it
+//! (`ApplyRequest.allow_prune`); here the CLI shows why and, on a terminal,
+//! asks once before sending it again with consent.
+
+use super::output::{Format, emit, esc};
+use ballast_proto::pb;
+use std::io::{BufRead, IsTerminal, Write};
+
+/// How the operator consents to an apply that prunes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Consent {
+    /// `--prune` or `--yes`: sent with the first request.
+    Given,
+    /// Ask on the terminal when the controller says it is needed; without
+    /// a terminal, stop.
+    Ask,
+}
+
+impl Consent {
+    pub fn from_flags(prune: bool, yes: bool) -> Consent {
+        if prune || yes {
+            Consent::Given
+        } else {
+            Consent::Ask
+        }
+    }
+}
+
+/// The summary a refusal carries, when a controller refused for want of
+/// consent to prune (other refusals carry none).
+pub fn refusal(status: &tonic::Status) -> Option<pb::DiffResponse> {
+    if status.code() != tonic::Code::FailedPrecondition || status.details().is_empty() {
+        return None;
+    }
+    <pb::PruneRefusal as prost::Message>::decode(status.details())
+        .ok()
+        .and_then(|r| r.summary)
+}
+
+/// Every string a node, file or operator chose, escaped for a terminal.
+fn escaped(summary: &pb::DiffResponse) -> pb::DiffResponse {
+    let all = |v: &[String]| v.iter().map(|s| esc(s).into_owned()).collect();
+    pb::DiffResponse {
+        current_revision: summary.current_revision,
+        nodes: summary
+            .nodes
+            .iter()
+            .map(|n| pb::NodeChange {
+                node: esc(&n.node).into_owned(),
+                added: all(&n.added),
+                changed: all(&n.changed),
+                removed: all(&n.removed),
+            })
+            .collect(),
+        unused_roles: all(&summary.unused_roles),
+        roleless_nodes: all(&summary.roleless_nodes),
+    }
+}
+
+/// Per node, grouped by change: `+N ~N -N` and the resources removed (with
+/// `every_id`, every resource added, changed or removed).
+pub fn print(
+    out: &mut dyn Write,
+    summary: &pb::DiffResponse,
+    every_id: bool,
+) -> anyhow::Result<()> {
+    out.write_all(crate::fleet::describe_changes(&escaped(summary), every_id).as_bytes())?;
+    Ok(())
+}
+
+/// The summary as JSON, the same in `diff`, `apply` and a refusal.
+pub fn doc(summary: &pb::DiffResponse) -> serde_json::Value {
+    serde_json::json!({
+        "current_revision": summary.current_revision,
+        "nodes": summary.nodes.iter().map(|n| serde_json::json!({
+            "node": n.node, "added": n.added, "changed": n.changed, "removed": n.removed,
+        })).collect::<Vec<_>>(),
+        "roleless_nodes": summary.roleless_nodes,
+        "unused_roles": summary.unused_roles,
+    })
+}
+
+/// After a refusal: shows the summary and why, then asks on a terminal.
+/// True when the operator said yes (send again with consent); false after
+/// printing that nothing was stored.
+pub fn confirm(
+    summary: &pb::DiffResponse,
+    consent: Consent,
+    format: Format,
+    out: &mut dyn Write,
+) -> anyhow::Result<bool> {
+    let reasons = crate::fleet::prune_reasons(summary);
+    let interactive = consent == Consent::Ask
+        && format == Format::Table
+        && std::io::stdin().is_terminal()
+        && std::io::stderr().is_terminal();
+    if interactive {
+        print(out, summary, false)?;
+        out.flush()?;
+        let mut err = std::io::stderr();
+        write!(
+            err,
+            "this apply needs consent because {}; the files are the whole desired state. Apply it? [y/N] ",
+            esc(&reasons.join(", and "))
+        )?;
+        err.flush()?;
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        if matches!(line.trim(), "y" | "Y" | "yes" | "YES" | "Yes") {
+            return Ok(true);
+        }
+    }
+    emit(
+        out,
+        format,
+        || {
+            serde_json::json!({
+                "stored": false,
+                "needs_prune": reasons,
+                "summary": doc(summary),
+            })
+        },
+        |out| {
+            if !interactive {
+                print(out, summary, false)?;
+            }
+            writeln!(
+                out,
+                "nothing stored: this apply needs consent because {}; the files are the whole desired state. Pass --prune (or --yes) to apply it",
+                esc(&reasons.join(", and "))
+            )?;
+            Ok(())
+        },
+    )?;
+    Ok(false)
+}
