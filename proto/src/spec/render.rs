@@ -233,11 +233,37 @@ pub(super) fn check(spec: &Spec) -> Vec<SpecError> {
             }
         }
     }
-    // `requires`: the target must be declared for the same node group; no cycles.
-    for (gname, g) in &spec.groups {
+    // `requires` and `notify`: the target must be declared for the same
+    // node group (for a role no group uses, by the role itself); no cycles.
+    let used: BTreeSet<&String> = spec.groups.values().flat_map(|g| &g.roles).collect();
+    let scopes: Vec<Scope<'_>> = spec
+        .groups
+        .iter()
+        .map(|(gname, g)| Scope {
+            field: format!("groups.{gname}"),
+            nobody: format!("no role of node group {gname} declares"),
+            roles: &g.roles,
+            origin: &g.origin,
+            group: Some((gname, g)),
+        })
+        .chain(
+            spec.roles
+                .iter()
+                .filter(|(name, _)| !used.contains(name))
+                .map(|(name, r)| Scope {
+                    field: format!("roles.{name}"),
+                    nobody: format!("role {name} does not declare (no node group uses it)"),
+                    roles: std::slice::from_ref(name),
+                    origin: &r.origin,
+                    group: None,
+                }),
+        )
+        .collect();
+    for scope in &scopes {
+        let gname = &scope.field;
         let mut ids: BTreeMap<String, &Resource> = BTreeMap::new();
         let mut origin_of: BTreeMap<String, &Origin> = BTreeMap::new();
-        for role in &g.roles {
+        for role in scope.roles {
             let r = &spec.roles[role];
             for (res, origin) in r.resources.iter().zip(&r.origins) {
                 ids.entry(res.id()).or_insert(res);
@@ -252,10 +278,10 @@ pub(super) fn check(spec: &Spec) -> Vec<SpecError> {
                     if reported.insert(key) {
                         errors.push(err(
                             origin_of[id],
-                            format!("groups.{gname}"),
+                            scope.field.clone(),
                             format!(
-                                "{id} requires {}:{}, which no role of node group {gname} declares",
-                                req.kind, req.name
+                                "{id} requires {}:{}, which {}",
+                                req.kind, req.name, scope.nobody
                             ),
                         ));
                     }
@@ -274,24 +300,73 @@ pub(super) fn check(spec: &Spec) -> Vec<SpecError> {
                     if reported.insert(key) {
                         errors.push(err(
                             origin_of[id],
-                            format!("groups.{gname}"),
+                            scope.field.clone(),
                             format!(
-                                "{id} notifies service {service}, which no role of node group {gname} declares; declare it under services or drop it from notify"
+                                "{id} notifies service {service}, which {}; declare it under services or drop it from notify",
+                                scope.nobody
                             ),
                         ));
                     }
                 }
             }
         }
+        // Templates: every `vars.X` they read unguarded is a var of this group.
+        if let Some((gname, g)) = scope.group {
+            for role in &g.roles {
+                let r = &spec.roles[role];
+                for (res, origin) in r.resources.iter().zip(&r.origins) {
+                    let Resource::File(f) = res else { continue };
+                    let (true, Some(source)) = (f.template, &f.content) else {
+                        continue;
+                    };
+                    for name in super::template::vars_used(source) {
+                        if g.vars.contains_key(&name) {
+                            continue;
+                        }
+                        let key = (
+                            res.id(),
+                            format!("vars.{name}"),
+                            gname.clone(),
+                            origin.to_string(),
+                        );
+                        if reported.insert(key) {
+                            let defined: Vec<&str> = g.vars.keys().map(String::as_str).collect();
+                            errors.push(err(
+                            origin,
+                            format!("groups.{gname}.vars"),
+                            format!(
+                                "the template of {} (role {role}) uses vars.{name}, which node group {gname} ({}) does not define; defined vars: {}; add it under vars or guard it with `is defined` or `default`",
+                                res.id(),
+                                g.origin,
+                                if defined.is_empty() { "none".into() } else { defined.join(", ") }
+                            ),
+                        ));
+                        }
+                    }
+                }
+            }
+        }
         if let Some(cycle) = find_cycle(&ids) {
             errors.push(err(
-                &g.origin,
-                format!("groups.{gname}"),
+                scope.origin,
+                scope.field.clone(),
                 format!("requires form a cycle: {}", cycle.join(" -> ")),
             ));
         }
     }
     errors
+}
+
+/// Where references must resolve: a node group's roles, or one role that no
+/// node group uses (checked alone, so a typo there is caught before use).
+struct Scope<'a> {
+    /// `groups.NAME` or `roles.NAME`, the field errors name.
+    field: String,
+    /// How a missing target is said: "no role of node group web declares".
+    nobody: String,
+    roles: &'a [String],
+    origin: &'a Origin,
+    group: Option<(&'a String, &'a super::NodeGroup)>,
 }
 
 /// A cycle through `requires` and the implicit dependencies
