@@ -871,4 +871,33 @@ mod tests {
         assert!(d.removed.is_empty());
         assert_eq!(diff_states(&b, &a).removed.len(), 3);
     }
+
+    /// A template's `vars.X` must be a var of every node group that gives
+    /// the role to a node: the error names the template's file and line,
+    /// the variable and the group. A guarded name may be missing.
+    #[test]
+    fn template_vars_must_be_defined_by_every_group_that_uses_the_role() {
+        let yaml = "roles:\n  web:\n    files:\n      - {path: /etc/web.conf, content: \"listen {{ vars.port }}\", template: true}\ngroups:\n  web: {match: {role: web}, roles: [web], vars: {port: 80}}\n  eu: {match: {role: eu}, roles: [web], vars: {zone: eu}}\n";
+        expect_test::expect!["s.yaml:4: groups.eu.vars: the template of file[/etc/web.conf] (role web) uses vars.port, which node group eu (s.yaml:7) does not define; defined vars: zone; add it under vars or guard it with `is defined` or `default`"]
+            .assert_eq(&errs(yaml));
+        let guarded = yaml.replace(
+            "{{ vars.port }}",
+            "{{ vars.port | default(80) }}{% if vars.tls is defined %}{{ vars.tls }}{% endif %}",
+        );
+        assert_eq!(errs(&guarded), "ok");
+        let all = yaml.replace("vars: {zone: eu}", "vars: {port: 81}");
+        assert_eq!(errs(&all), "ok");
+    }
+
+    /// The issue's `notify: [ngnix]` in a file applied with one role and no
+    /// node groups: a role that no group uses is checked alone.
+    #[test]
+    fn references_in_a_role_no_group_uses_are_checked_alone() {
+        expect_test::expect![[r#"
+            s.yaml:4: roles.nt: service[nginx] requires package:nginx, which role nt does not declare (no node group uses it)
+            s.yaml:3: roles.nt: file[/etc/nginx/nginx.conf] notifies service ngnix, which role nt does not declare (no node group uses it); declare it under services or drop it from notify"#]]
+        .assert_eq(&errs(
+            "roles:\n  nt:\n    files: [{path: /etc/nginx/nginx.conf, content: x, notify: [ngnix]}]\n    services: [{name: nginx, requires: [\"package:nginx\"]}]\n",
+        ));
+    }
 }

@@ -333,4 +333,18 @@ mod tests {
             "{% for i in range(1000) %}{% for j in range(400) %}{{ j }}{% endfor %}{% endfor %}";
         assert_eq!(run(work).map(|s| s.len()), Ok(1_090_000));
     }
+
+    /// "render template: undefined value (in file:1)" named nothing: the
+    /// error now names the missing fact or var and the template line.
+    #[test]
+    fn an_undefined_value_is_named_with_its_template_line() {
+        expect_test::expect!["render template: undefined value vars.tls (template line 2): the node has no such fact or var; guard it with `is defined` or `default`"]
+            .assert_eq(&run("port {{ vars.port }}\ntls {{ vars.tls }}\n").unwrap_err());
+        expect_test::expect!["render template: undefined value facts.os.codename (template line 1): the node has no such fact or var; guard it with `is defined` or `default`"]
+            .assert_eq(&run("{{ facts.os.codename }}").unwrap_err());
+        assert_eq!(
+            vars_used("{{ vars.port }} {{ vars.host | default('x') }} {{ vars.a.b }}"),
+            ["a", "port"].map(String::from).into()
+        );
+    }
 }
