@@ -16,7 +16,8 @@
 //!
 //! Jobs: `keys` (every store key), `records` (stored types, bounded
 //! timelines), `enroll` (tokens, reserved names, enrollment), `revisions`
-//! (apply, diff, history, rollback), `prune` (what an apply does
+//! (apply, diff, history, rollback), `precheck` (templates rendered
+//! at apply for nodes whose facts are known), `prune` (what an apply does
 //! per node and whether it needs consent to prune), `nodes` (reports, facts, revoke, label,
 //! list, show), `view` (pure status, filters, paging), `clock` (the one
 //! source of time: tests move a manual clock instead of sleeping).
@@ -27,6 +28,7 @@ mod follow;
 mod keys;
 mod liveness;
 mod nodes;
+mod precheck;
 mod prune;
 mod records;
 mod revisions;

@@ -114,7 +114,11 @@ impl Fleet {
             }
             // Judged against the revision this one replaces, under the
             // apply lock: what the operator consents to is what happens.
-            (inner.current.number, super::prune::summarize(&inner, &spec))
+            let summary = super::prune::summarize(&inner, &spec);
+            if let Some(refusal) = super::precheck::templates(&inner, &spec, &summary) {
+                return Err(FleetError::Invalid(refusal));
+            }
+            (inner.current.number, summary)
         };
         if !allow_prune && !super::prune::prune_reasons(&summary).is_empty() {
             return Err(FleetError::NeedsPrune(Box::new(summary)));

@@ -209,3 +209,38 @@ async fn diff_groups_nodes_with_one_change_and_says_when_apply_needs_prune() {
          apply would need --prune: it removes 3 resource(s) from 3 node(s)\n"
     );
 }
+
+/// A template that cannot render with the facts a node already reported is
+/// refused at apply, naming the template's file and line, the node and the
+/// missing fact; nothing is stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn apply_refuses_a_template_that_cannot_render_with_a_nodes_known_facts() {
+    let (ctl, agents) = fleet_of_three_web_nodes().await;
+    let mut client = agents[0].agent_client().await.unwrap();
+    client
+        .put_facts(pb::Facts {
+            json: serde_json::json!({"os": {"id": "debian"}}).to_string(),
+        })
+        .await
+        .unwrap();
+    let templated = SITE.replace(
+        "content: hi}",
+        "content: \"{{ facts.os.codename }}\", template: true}",
+    );
+    let status = ctl.apply(&templated).await.unwrap_err();
+    assert_eq!(status.code(), tonic::Code::InvalidArgument);
+    assert_eq!(
+        status.message(),
+        "a template cannot render on nodes whose facts are known; nothing stored:\n\
+         file[/etc/motd] (spec.yaml:6): render template: undefined value facts.os.codename \
+         (template line 1): the node has no such fact or var; guard it with `is defined` or `default` \
+         (on node web-1, with the facts it reported)"
+    );
+    assert_eq!(revisions(&ctl).await, [1]);
+    // Guarded, it renders: stored.
+    let guarded = SITE.replace(
+        "content: hi}",
+        "content: \"{{ facts.os.codename | default('?') }}\", template: true}",
+    );
+    assert_eq!(ctl.apply(&guarded).await.unwrap().revision, 2);
+}
