@@ -104,7 +104,7 @@ fn run(n: usize) {
     for round in 0..5u32 {
         let t = Instant::now();
         let resp = fleet
-            .apply(sources(round + 2), "bench", "round", 0)
+            .apply(sources(round + 2), "bench", "round", 0, true)
             .unwrap();
         applies.push(t.elapsed());
         assert_eq!(resp.affected_nodes.len(), n, "every node changes");

@@ -111,13 +111,16 @@ fn names(all: &[String]) -> String {
     out
 }
 
+/// One node's added, changed and removed ids: nodes with equal ones group.
+type ChangeSet<'a> = (&'a [String], &'a [String], &'a [String]);
+
 /// The summary as an operator reads it: nodes with one change set grouped
 /// (`3 nodes (a, b, c): +1 ~0 -2`), each group's removals listed by id (with
 /// `every_id`, its additions and changes too), then the nodes left with no
 /// roles and the unused roles. Callers that print to a terminal escape the
 /// strings first.
 pub fn describe(summary: &pb::DiffResponse, every_id: bool) -> String {
-    let mut groups: BTreeMap<(&[String], &[String], &[String]), Vec<String>> = BTreeMap::new();
+    let mut groups: BTreeMap<ChangeSet<'_>, Vec<String>> = BTreeMap::new();
     for n in &summary.nodes {
         groups
             .entry((&n.added, &n.changed, &n.removed))

@@ -234,6 +234,7 @@ mod tests {
     use super::super::{Clock, Liveness};
     use super::*;
     use crate::store::{Op, RedbStore};
+    use ballast_proto::spec::NodeMeta;
     use std::time::Duration;
 
     const SITE: &str = "roles:\n  base:\n    files: [{path: /etc/motd, content: hi}]\n  web:\n    files: [{path: /etc/web, content: \"{{ vars.port }}\", template: true}]\n    packages: [{name: nginx}]\ngroups:\n  all: {roles: [base]}\n  web: {match: {role: web}, roles: [web], vars: {port: 80}}\n  eu: {match: {zone: eu}, roles: [web], vars: {port: 80}}\n";
