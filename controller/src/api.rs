@@ -23,9 +23,11 @@ impl From<FleetError> for Status {
             FleetError::Conflict(m) => Status::failed_precondition(m),
             FleetError::Denied(m) => Status::permission_denied(m),
             FleetError::NeedsPrune(summary) => {
-                let message = crate::fleet::refusal_message(&summary);
+                let reasons = crate::fleet::prune_reasons(&summary);
+                let message = crate::fleet::refusal_message(&reasons);
                 let details = prost::Message::encode_to_vec(&pb::PruneRefusal {
-                    summary: Some(*summary),
+                    reasons,
+                    summary: crate::fleet::describe_bounded(&summary),
                 });
                 Status::with_details(tonic::Code::FailedPrecondition, message, details.into())
             }

@@ -136,10 +136,7 @@ async fn finish_revision(
                     "hash": resp.hash,
                     "created": resp.created,
                     "affected_nodes": resp.affected_nodes,
-                    "changes": summary::doc(&pb::DiffResponse {
-                        nodes: resp.changes.clone(),
-                        ..Default::default()
-                    })["nodes"],
+                    "summary": resp.summary,
                 });
                 if let Some(w) = waited {
                     doc["wait"] = w.doc();
@@ -164,14 +161,7 @@ fn report_apply(out: &mut dyn Write, resp: &pb::ApplyResponse) -> anyhow::Result
             writeln!(out, "no node's desired state changed")?;
         } else {
             writeln!(out, "{} node(s) affected", resp.affected_nodes.len())?;
-            summary::print(
-                out,
-                &pb::DiffResponse {
-                    nodes: resp.changes.clone(),
-                    ..Default::default()
-                },
-                false,
-            )?;
+            summary::print_text(out, &resp.summary)?;
         }
     } else {
         writeln!(

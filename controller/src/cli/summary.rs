@@ -27,15 +27,23 @@ impl Consent {
     }
 }
 
-/// The summary a refusal carries, when a controller refused for want of
-/// consent to prune (other refusals carry none).
-pub fn refusal(status: &tonic::Status) -> Option<pb::DiffResponse> {
+/// What a refusal carries, when a controller refused for want of consent
+/// to prune (other refusals carry no details).
+pub fn refusal(status: &tonic::Status) -> Option<pb::PruneRefusal> {
     if status.code() != tonic::Code::FailedPrecondition || status.details().is_empty() {
         return None;
     }
     <pb::PruneRefusal as prost::Message>::decode(status.details())
         .ok()
-        .and_then(|r| r.summary)
+        .filter(|r| !r.reasons.is_empty())
+}
+
+/// A summary text from the controller, each line escaped.
+pub fn print_text(out: &mut dyn Write, text: &str) -> anyhow::Result<()> {
+    for line in text.lines() {
+        writeln!(out, "{}", esc(line))?;
+    }
+    Ok(())
 }
 
 /// Every string a node, file or operator chose, escaped for a terminal.
@@ -85,24 +93,24 @@ pub fn doc(summary: &pb::DiffResponse) -> serde_json::Value {
 /// True when the operator said yes (send again with consent); false after
 /// printing that nothing was stored.
 pub fn confirm(
-    summary: &pb::DiffResponse,
+    refusal: &pb::PruneRefusal,
     consent: Consent,
     format: Format,
     out: &mut dyn Write,
 ) -> anyhow::Result<bool> {
-    let reasons = crate::fleet::prune_reasons(summary);
+    let reasons = refusal.reasons.join(", and ");
     let interactive = consent == Consent::Ask
         && format == Format::Table
         && std::io::stdin().is_terminal()
         && std::io::stderr().is_terminal();
     if interactive {
-        print(out, summary, false)?;
+        print_text(out, &refusal.summary)?;
         out.flush()?;
         let mut err = std::io::stderr();
         write!(
             err,
             "this apply needs consent because {}; the files are the whole desired state. Apply it? [y/N] ",
-            esc(&reasons.join(", and "))
+            esc(&reasons)
         )?;
         err.flush()?;
         let mut line = String::new();
@@ -117,18 +125,18 @@ pub fn confirm(
         || {
             serde_json::json!({
                 "stored": false,
-                "needs_prune": reasons,
-                "summary": doc(summary),
+                "needs_prune": refusal.reasons,
+                "summary": refusal.summary,
             })
         },
         |out| {
             if !interactive {
-                print(out, summary, false)?;
+                print_text(out, &refusal.summary)?;
             }
             writeln!(
                 out,
                 "nothing stored: this apply needs consent because {}; the files are the whole desired state. Pass --prune (or --yes) to apply it",
-                esc(&reasons.join(", and "))
+                esc(&reasons)
             )?;
             Ok(())
         },

@@ -43,7 +43,7 @@ use ballast_proto::spec::{self, Labels, Spec};
 pub use clock::Clock;
 pub use keys::LEADER as LEADER_KEY;
 pub use liveness::{CHUNK_NODES, DEFAULT_LIVENESS_PERIOD, DEFAULT_RECONNECT_GRACE, Liveness};
-pub use prune::{describe as describe_changes, prune_reasons, refusal_message};
+pub use prune::{describe as describe_changes, describe_bounded, prune_reasons, refusal_message};
 use records::{NodeRecord, NodeStatus, PendingRecord, ReportSummary};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -65,7 +65,7 @@ pub enum FleetError {
     Denied(String),
     /// The apply needs the operator's consent to prune (see `prune`):
     /// nothing was stored; the summary says what it would do.
-    #[error("{}", prune::refusal_message(.0))]
+    #[error("{}", prune::refusal_message(&prune::prune_reasons(.0)))]
     NeedsPrune(Box<pb::DiffResponse>),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),

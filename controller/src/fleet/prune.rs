@@ -16,6 +16,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 /// Node names listed per group of nodes with one change set; past it, a count.
 pub const NAMES_SHOWN: usize = 5;
 
+/// Largest summary text an apply answers or a refusal carries (a refusal
+/// travels in the status's headers); past it, a count of lines left out.
+pub const MAX_SUMMARY_BYTES: usize = 4096;
+
 /// Per node, what `new` adds, changes and removes compared with the current
 /// revision (one diff per distinct pair of selections of node groups), the
 /// nodes it leaves with no roles and the roles it defines that no group uses.
@@ -91,7 +95,7 @@ pub fn prune_reasons(summary: &pb::DiffResponse) -> Vec<String> {
     if !summary.unused_roles.is_empty() {
         reasons.push(format!(
             "no node group uses role(s) {}",
-            summary.unused_roles.join(", ")
+            names(&summary.unused_roles)
         ));
     }
     reasons
@@ -163,18 +167,39 @@ pub fn describe(summary: &pb::DiffResponse, every_id: bool) -> String {
     if !summary.unused_roles.is_empty() {
         out.push_str(&format!(
             "roles no node group uses: {}\n",
-            summary.unused_roles.join(", ")
+            names(&summary.unused_roles)
         ));
     }
     out
 }
 
-/// The refusal's text, for clients that do not read its details.
-pub fn refusal_message(summary: &pb::DiffResponse) -> String {
+/// [`describe`] without every id, cut at a line to [`MAX_SUMMARY_BYTES`].
+pub fn describe_bounded(summary: &pb::DiffResponse) -> String {
+    let full = describe(summary, false);
+    if full.len() <= MAX_SUMMARY_BYTES {
+        return full;
+    }
+    let mut out = String::new();
+    let mut lines = full.lines();
+    for line in lines.by_ref() {
+        if out.len() + line.len() + 1 > MAX_SUMMARY_BYTES - 100 {
+            break;
+        }
+        out.push_str(line);
+        out.push('\n');
+    }
+    let left = lines.count() + 1;
+    out.push_str(&format!(
+        "... {left} more line(s); ballast diff lists every node\n"
+    ));
+    out
+}
+
+/// The refusal's text (the status message; `ballast diff` shows what).
+pub fn refusal_message(reasons: &[String]) -> String {
     format!(
-        "{}nothing stored: this apply needs consent because {}; the files are the whole desired state. Pass --prune (or --yes) to apply it",
-        describe(summary, false),
-        prune_reasons(summary).join(", and ")
+        "nothing stored: this apply needs consent because {}; the files are the whole desired state. Pass --prune (or --yes) to apply it",
+        reasons.join(", and ")
     )
 }
 
@@ -222,6 +247,24 @@ mod tests {
                 "it leaves 1 node(s) with no roles: web0",
                 "no node group uses role(s) web"
             ]
+        );
+        let many = pb::DiffResponse {
+            nodes: (0..2000)
+                .map(|i| {
+                    change(
+                        &format!("n{i}"),
+                        &[&format!("file[/etc/{i}]")],
+                        &["user[www]"],
+                    )
+                })
+                .collect(),
+            ..Default::default()
+        };
+        let text = describe_bounded(&many);
+        assert!(text.len() <= MAX_SUMMARY_BYTES, "{}", text.len());
+        assert!(
+            text.ends_with("more line(s); ballast diff lists every node\n"),
+            "{text}"
         );
         let adds_only = pb::DiffResponse {
             nodes: vec![change("db1", &["file[/etc/motd]"], &[])],

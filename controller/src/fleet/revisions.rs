@@ -109,7 +109,7 @@ impl Fleet {
                     hash,
                     created: false,
                     affected_nodes: Vec::new(),
-                    changes: Vec::new(),
+                    summary: String::new(),
                 });
             }
             // Judged against the revision this one replaces, under the
@@ -169,7 +169,7 @@ impl Fleet {
             hash,
             created: true,
             affected_nodes: affected,
-            changes: summary.nodes,
+            summary: super::prune::describe_bounded(&summary),
         })
     }
 

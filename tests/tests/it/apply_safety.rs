@@ -72,7 +72,17 @@ async fn apply_that_removes_resources_stores_nothing_without_prune() {
     assert_eq!(code, ExitCode::FAILURE, "{out}");
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(doc["stored"], false);
-    assert_eq!(doc["summary"]["nodes"][0]["removed"][2], "package[nginx]");
+    assert_eq!(
+        doc["needs_prune"][0],
+        "it removes 12 resource(s) from 3 node(s)"
+    );
+    assert!(
+        doc["summary"]
+            .as_str()
+            .unwrap()
+            .contains("  - package[nginx]\n"),
+        "{doc}"
+    );
 
     let (code, out) = ctl.cli(&["apply", "-f", &nt, "--prune"]).await;
     assert_eq!(code, ExitCode::SUCCESS, "{out}");
@@ -104,18 +114,17 @@ async fn controller_refuses_a_pruning_apply_from_a_client_that_does_not_ask() {
         .await
         .unwrap_err();
     assert_eq!(status.code(), tonic::Code::FailedPrecondition);
-    assert!(
-        status
-            .message()
-            .contains("3 nodes (web-1, web-2, web-3): +0 ~0 -1\n  - package[nginx]\n")
-            && status.message().contains("Pass --prune"),
-        "{}",
-        status.message()
+    assert_eq!(
+        status.message(),
+        "nothing stored: this apply needs consent because it removes 3 resource(s) from 3 node(s); \
+         the files are the whole desired state. Pass --prune (or --yes) to apply it"
     );
     let refusal: pb::PruneRefusal = prost::Message::decode(status.details()).unwrap();
-    let summary = refusal.summary.unwrap();
-    assert_eq!(summary.nodes.len(), 3);
-    assert_eq!(summary.nodes[0].removed, ["package[nginx]"]);
+    assert_eq!(refusal.reasons, ["it removes 3 resource(s) from 3 node(s)"]);
+    assert_eq!(
+        refusal.summary,
+        "3 nodes (web-1, web-2, web-3): +0 ~0 -1\n  - package[nginx]\n"
+    );
     assert_eq!(revisions(&ctl).await, [1]);
 
     // Adding and changing needs no consent.
@@ -134,8 +143,7 @@ async fn controller_refuses_a_pruning_apply_from_a_client_that_does_not_ask() {
         .unwrap()
         .into_inner();
     assert_eq!(resp.revision, 2);
-    assert_eq!(resp.changes.len(), 3);
-    assert_eq!(resp.changes[0].changed, ["file[/etc/motd]"]);
+    assert_eq!(resp.summary, "3 nodes (web-1, web-2, web-3): +0 ~1 -0\n");
 }
 
 /// A role that no node group uses reaches no node: applying it is the usual
