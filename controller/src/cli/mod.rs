@@ -314,6 +314,7 @@ pub fn run() -> ExitCode {
         }
     };
     let mut stdout = std::io::stdout();
+    summary::may_ask();
     let result = runtime
         .block_on(execute(cli.command, &mut stdout))
         .and_then(|code| {

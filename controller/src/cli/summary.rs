@@ -6,6 +6,17 @@
 use super::output::{Format, emit, esc};
 use ballast_proto::pb;
 use std::io::{BufRead, IsTerminal, Write};
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Whether this process may ask on its terminal: set only by the `ballast`
+/// binary's `run`, so that code calling `execute` (tests, embedders) never
+/// blocks on a question whatever its stdin is.
+static MAY_ASK: AtomicBool = AtomicBool::new(false);
+
+/// Lets `confirm` ask when standard input and error are terminals.
+pub fn may_ask() {
+    MAY_ASK.store(true, Ordering::Relaxed);
+}
 
 /// How the operator consents to an apply that prunes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -100,6 +111,7 @@ pub fn confirm(
 ) -> anyhow::Result<bool> {
     let reasons = refusal.reasons.join(", and ");
     let interactive = consent == Consent::Ask
+        && MAY_ASK.load(Ordering::Relaxed)
         && format == Format::Table
         && std::io::stdin().is_terminal()
         && std::io::stderr().is_terminal();
