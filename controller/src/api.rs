@@ -24,6 +24,15 @@ impl From<FleetError> for Status {
             FleetError::NotFound(m) => Status::not_found(m),
             FleetError::Conflict(m) => Status::failed_precondition(m),
             FleetError::Denied(m) => Status::permission_denied(m),
+            FleetError::NeedsPrune(summary) => {
+                let reasons = crate::fleet::prune_reasons(&summary);
+                let message = crate::fleet::refusal_message(&reasons);
+                let details = prost::Message::encode_to_vec(&pb::PruneRefusal {
+                    reasons,
+                    summary: crate::fleet::describe_bounded(&summary),
+                });
+                Status::with_details(tonic::Code::FailedPrecondition, message, details.into())
+            }
             FleetError::Internal(e) => match store_exhaustion(&e) {
                 Some(StoreError::NoSpace(_)) => {
                     tracing::error!(error = %format!("{e:#}"), "store full");
@@ -247,8 +256,10 @@ impl pb::admin_server::Admin for Api {
         let author = admin_author(&req, &req.get_ref().author);
         let req = req.into_inner();
         let message = req.message.clone();
+        let allow_prune = req.allow_prune;
         let fleet = self.fleet.clone();
-        let resp = blocking(move || fleet.apply(sources(req), &author, &message, 0)).await?;
+        let resp =
+            blocking(move || fleet.apply(sources(req), &author, &message, 0, allow_prune)).await?;
         if resp.created {
             self.fleet.metrics().revision_created("apply");
             tracing::info!(
@@ -289,9 +300,10 @@ impl pb::admin_server::Admin for Api {
         req: Request<pb::RollbackRequest>,
     ) -> Result<Response<pb::ApplyResponse>, Status> {
         let author = admin_author(&req, &req.get_ref().author);
-        let number = req.into_inner().revision;
+        let req = req.into_inner();
+        let (number, allow_prune) = (req.revision, req.allow_prune);
         let fleet = self.fleet.clone();
-        let resp = blocking(move || fleet.rollback(number, &author)).await?;
+        let resp = blocking(move || fleet.rollback(number, &author, allow_prune)).await?;
         if resp.created {
             self.fleet.metrics().revision_created("rollback");
         }

@@ -89,7 +89,7 @@ fn run(n: usize) {
         Clock::manual(),
     )
     .unwrap();
-    fleet.apply(sources(1), "bench", "first", 0).unwrap();
+    fleet.apply(sources(1), "bench", "first", 0, true).unwrap();
     drop(fleet);
     // Load: renders every node's state of revision 1.
     let t = Instant::now();
@@ -105,7 +105,7 @@ fn run(n: usize) {
     for round in 0..5u32 {
         let t = Instant::now();
         let resp = fleet
-            .apply(sources(round + 2), "bench", "round", 0)
+            .apply(sources(round + 2), "bench", "round", 0, true)
             .unwrap();
         applies.push(t.elapsed());
         assert_eq!(resp.affected_nodes.len(), n, "every node changes");

@@ -155,6 +155,7 @@ impl TestController {
                 sources,
                 author: "test".into(),
                 message: String::new(),
+                allow_prune: true,
             })
             .await
             .map(|r| r.into_inner())
@@ -537,6 +538,7 @@ impl ControllerProcess {
                 }],
                 author: "test".into(),
                 message: String::new(),
+                allow_prune: true,
             })
             .await?;
         Ok(resp.into_inner())

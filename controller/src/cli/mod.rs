@@ -11,6 +11,7 @@ mod nodes;
 pub mod output;
 mod revisions;
 mod rollout;
+mod summary;
 #[cfg(test)]
 mod tests;
 mod wait;
@@ -55,6 +56,13 @@ pub enum Command {
         /// A note kept in the history.
         #[arg(short = 'm', long, default_value = "")]
         message: String,
+        /// Consent to an apply that removes resources from nodes, leaves a
+        /// node with no roles, or defines a role no node group uses.
+        #[arg(long)]
+        prune: bool,
+        /// Answer yes to the consent question (for scripts): as --prune.
+        #[arg(long, short = 'y')]
+        yes: bool,
         #[command(flatten)]
         output: OutputArg,
         #[command(flatten)]
@@ -91,6 +99,13 @@ pub enum Command {
         /// How long --wait waits, e.g. 90s, 5m.
         #[arg(long, default_value = "5m", value_parser = ballast_proto::parse_duration)]
         timeout: Duration,
+        /// Consent to an apply that removes resources from nodes, leaves a
+        /// node with no roles, or defines a role no node group uses.
+        #[arg(long)]
+        prune: bool,
+        /// Answer yes to the consent question (for scripts): as --prune.
+        #[arg(long, short = 'y')]
+        yes: bool,
         #[command(flatten)]
         output: OutputArg,
         #[command(flatten)]
@@ -370,6 +385,7 @@ pub fn run() -> ExitCode {
         }
     };
     let mut stdout = std::io::stdout();
+    summary::may_ask();
     let result = runtime
         .block_on(execute(cli.command, &mut stdout))
         .and_then(|code| {
@@ -418,9 +434,15 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             wait: w,
             timeout,
             message,
+            prune,
+            yes,
             output,
             conn,
-        } => revisions::apply(&paths, message, wait(w, timeout), output.output, &conn, out).await,
+        } => {
+            let consent = summary::Consent::from_flags(prune, yes);
+            let wait = wait(w, timeout);
+            revisions::apply(&paths, message, consent, wait, output.output, &conn, out).await
+        }
         Command::Diff {
             paths,
             output,
@@ -435,9 +457,15 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             revision,
             wait: w,
             timeout,
+            prune,
+            yes,
             output,
             conn,
-        } => revisions::rollback(revision, wait(w, timeout), output.output, &conn, out).await,
+        } => {
+            let consent = summary::Consent::from_flags(prune, yes);
+            let wait = wait(w, timeout);
+            revisions::rollback(revision, consent, wait, output.output, &conn, out).await
+        }
         Command::Rollout { command } => {
             let (action, output, conn) = match command {
                 RolloutCommand::Status { output, conn } => (None, output, conn),

@@ -2,7 +2,8 @@
 //! `history`, and reading YAML sources for them.
 
 use super::conn::{Conn, author, connect, status_error};
-use super::output::{Format, emit, esc, esc_join, short_hash, time, time_json};
+use super::output::{Format, emit, esc, short_hash, time, time_json};
+use super::summary::{self, Consent};
 use super::wait::wait_for;
 use anyhow::bail;
 use ballast_proto::pb;
@@ -33,10 +34,12 @@ pub fn read_sources(paths: &[PathBuf]) -> anyhow::Result<Vec<pb::SourceFile>> {
         .collect())
 }
 
-/// `ballast apply`: stores a revision, then optionally waits for its nodes.
+/// `ballast apply`: stores a revision (with consent when it prunes, see
+/// [`summary`]), then optionally waits for its nodes.
 pub async fn apply(
     paths: &[PathBuf],
     message: String,
+    consent: Consent,
     wait: Option<Duration>,
     format: Format,
     conn: &Conn,
@@ -44,35 +47,59 @@ pub async fn apply(
 ) -> anyhow::Result<ExitCode> {
     let mut client = connect(conn).await?;
     let sources = read_sources(paths)?;
-    let resp = client
-        .apply(pb::ApplyRequest {
-            sources,
-            author: author(),
-            message,
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let mut req = pb::ApplyRequest {
+        sources,
+        author: author(),
+        message,
+        allow_prune: consent == Consent::Given,
+    };
+    let resp = loop {
+        match client.apply(req.clone()).await {
+            Ok(resp) => break resp.into_inner(),
+            Err(s) => match summary::refusal(&s) {
+                Some(sum) if !req.allow_prune => {
+                    if !summary::confirm(&sum, consent, format, out)? {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    req.allow_prune = true;
+                }
+                _ => return Err(status_error(s)),
+            },
+        }
+    };
     finish_revision(&mut client, resp, wait, format, out).await
 }
 
-/// `ballast rollback N`: a new revision with revision N's content.
+/// `ballast rollback N`: a new revision with revision N's content, under
+/// the same consent rule as `apply` (going back usually removes something).
 pub async fn rollback(
     revision: u64,
+    consent: Consent,
     wait: Option<Duration>,
     format: Format,
     conn: &Conn,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
     let mut client = connect(conn).await?;
-    let resp = client
-        .rollback(pb::RollbackRequest {
-            revision,
-            author: author(),
-        })
-        .await
-        .map_err(status_error)?
-        .into_inner();
+    let mut req = pb::RollbackRequest {
+        revision,
+        author: author(),
+        allow_prune: consent == Consent::Given,
+    };
+    let resp = loop {
+        match client.rollback(req.clone()).await {
+            Ok(resp) => break resp.into_inner(),
+            Err(s) => match summary::refusal(&s) {
+                Some(sum) if !req.allow_prune => {
+                    if !summary::confirm(&sum, consent, format, out)? {
+                        return Ok(ExitCode::FAILURE);
+                    }
+                    req.allow_prune = true;
+                }
+                _ => return Err(status_error(s)),
+            },
+        }
+    };
     finish_revision(&mut client, resp, wait, format, out).await
 }
 
@@ -109,6 +136,7 @@ async fn finish_revision(
                     "hash": resp.hash,
                     "created": resp.created,
                     "affected_nodes": resp.affected_nodes,
+                    "summary": resp.summary,
                 });
                 if let Some(w) = waited {
                     doc["wait"] = w.doc();
@@ -132,12 +160,8 @@ fn report_apply(out: &mut dyn Write, resp: &pb::ApplyResponse) -> anyhow::Result
         if resp.affected_nodes.is_empty() {
             writeln!(out, "no node's desired state changed")?;
         } else {
-            writeln!(
-                out,
-                "{} node(s) affected: {}",
-                resp.affected_nodes.len(),
-                esc_join(&resp.affected_nodes, ", ")
-            )?;
+            writeln!(out, "{} node(s) affected", resp.affected_nodes.len())?;
+            summary::print_text(out, &resp.summary)?;
         }
     } else {
         writeln!(
@@ -166,36 +190,35 @@ pub async fn diff(
             sources,
             author: author(),
             message: String::new(),
+            allow_prune: false,
         })
         .await
         .map_err(status_error)?
         .into_inner();
-    let doc = || {
-        serde_json::json!({
-            "current_revision": resp.current_revision,
-            "nodes": resp.nodes.iter().map(|n| serde_json::json!({
-                "node": n.node, "added": n.added, "changed": n.changed, "removed": n.removed,
-            })).collect::<Vec<_>>(),
-        })
-    };
-    emit(out, format, doc, |out| {
-        if resp.nodes.is_empty() {
-            writeln!(
-                out,
-                "no node would change (current revision {})",
-                resp.current_revision
-            )?;
-        }
-        for n in &resp.nodes {
-            writeln!(out, "node {}:", esc(&n.node))?;
-            for (mark, ids) in [('+', &n.added), ('~', &n.changed), ('-', &n.removed)] {
-                for id in ids {
-                    writeln!(out, "  {mark} {}", esc(id))?;
-                }
+    emit(
+        out,
+        format,
+        || summary::doc(&resp),
+        |out| {
+            if resp.nodes.is_empty() {
+                writeln!(
+                    out,
+                    "no node would change (current revision {})",
+                    resp.current_revision
+                )?;
             }
-        }
-        Ok(())
-    })?;
+            summary::print(out, &resp, true)?;
+            let reasons = crate::fleet::prune_reasons(&resp);
+            if !reasons.is_empty() {
+                writeln!(
+                    out,
+                    "apply would need --prune: {}",
+                    esc(&reasons.join(", and "))
+                )?;
+            }
+            Ok(())
+        },
+    )?;
     // As diff(1) and Puppet's --detailed-exitcodes: 0 no change, 2 changes
     // (1, an error, comes from the caller).
     Ok(if resp.nodes.is_empty() {

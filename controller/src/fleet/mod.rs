@@ -17,7 +17,9 @@
 //! Jobs: `keys` (every store key), `records` (stored types, bounded
 //! timelines), `enroll` (tokens, reserved names, enrollment), `revisions`
 //! (apply, diff, history, rollback), `rollout` (waves, gates, the
-//! target revision of each node), `nodes` (reports, facts, revoke, label,
+//! target revision of each node), `precheck` (templates rendered
+//! at apply for nodes whose facts are known), `prune` (what an apply does
+//! per node and whether it needs consent to prune), `nodes` (reports, facts, revoke, label,
 //! list, show), `view` (pure status, filters, paging), `clock` (the one
 //! source of time: tests move a manual clock instead of sleeping).
 
@@ -27,6 +29,8 @@ mod follow;
 mod keys;
 mod liveness;
 mod nodes;
+mod precheck;
+mod prune;
 mod records;
 mod revisions;
 mod rollout;
@@ -42,6 +46,7 @@ use ballast_proto::spec::{self, Labels, Spec};
 pub use clock::Clock;
 pub use keys::LEADER as LEADER_KEY;
 pub use liveness::{CHUNK_NODES, DEFAULT_LIVENESS_PERIOD, DEFAULT_RECONNECT_GRACE, Liveness};
+pub use prune::{describe as describe_changes, describe_bounded, prune_reasons, refusal_message};
 use records::{NodeRecord, NodeStatus, PendingRecord, ReportSummary};
 pub use rollout::{Phase as RolloutPhase, RolloutRecord};
 use serde::{Deserialize, Serialize};
@@ -62,6 +67,10 @@ pub enum FleetError {
     Conflict(String),
     #[error("{0}")]
     Denied(String),
+    /// The apply needs the operator's consent to prune (see `prune`):
+    /// nothing was stored; the summary says what it would do.
+    #[error("{}", prune::refusal_message(&prune::prune_reasons(.0)))]
+    NeedsPrune(Box<pb::DiffResponse>),
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
 }

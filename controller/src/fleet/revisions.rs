@@ -6,7 +6,7 @@ use super::records::RevisionRecord;
 use super::{Current, Fleet, FleetError, Result, from_json, keys, to_json};
 use crate::store::{Compare, Op, Store};
 use ballast_proto::pb;
-use ballast_proto::spec::{self, Labels, NodeMeta, Spec};
+use ballast_proto::spec::{self, Labels, Spec};
 use std::sync::Arc;
 
 pub(super) fn parse_sources(sources: &[(String, String)]) -> Result<Spec> {
@@ -76,13 +76,16 @@ impl Fleet {
 
     /// Validates sources and stores them as a new revision, then pushes each
     /// node whose rendered state changed. Content equal to the current
-    /// revision's stores nothing (`created: false`).
+    /// revision's stores nothing (`created: false`). Without `allow_prune`,
+    /// an apply that needs consent to prune (see `prune`) stores nothing
+    /// and fails with [`FleetError::NeedsPrune`].
     pub fn apply(
         &self,
         sources: Vec<(String, String)>,
         author: &str,
         message: &str,
         restored_from: u64,
+        allow_prune: bool,
     ) -> Result<pb::ApplyResponse> {
         if sources.is_empty() {
             return Err(FleetError::Invalid(
@@ -98,17 +101,27 @@ impl Fleet {
         if let Some(e) = &stored {
             self.catch_up_current(from_json(keys::CURRENT, &e.value)?)?;
         }
-        let (current_number, current_hash) = {
+        let (current_number, summary) = {
             let inner = self.lock();
-            (inner.current.number, inner.current.hash.clone())
+            if inner.current.number > 0 && hash == inner.current.hash {
+                return Ok(pb::ApplyResponse {
+                    revision: inner.current.number,
+                    hash,
+                    created: false,
+                    affected_nodes: Vec::new(),
+                    summary: String::new(),
+                });
+            }
+            // Judged against the revision this one replaces, under the
+            // apply lock: what the operator consents to is what happens.
+            let summary = super::prune::summarize(&inner, &spec);
+            if let Some(refusal) = super::precheck::templates(&inner, &spec, &summary) {
+                return Err(FleetError::Invalid(refusal));
+            }
+            (inner.current.number, summary)
         };
-        if current_number > 0 && hash == current_hash {
-            return Ok(pb::ApplyResponse {
-                revision: current_number,
-                hash,
-                created: false,
-                affected_nodes: Vec::new(),
-            });
+        if !allow_prune && !super::prune::prune_reasons(&summary).is_empty() {
+            return Err(FleetError::NeedsPrune(Box::new(summary)));
         }
         let number = current_number + 1;
         let rollout = self.start_rollout(&spec, number);
@@ -165,45 +178,15 @@ impl Fleet {
             hash,
             created: true,
             affected_nodes: affected,
+            summary: super::prune::describe_bounded(&summary),
         })
     }
 
-    /// Per node, the resource ids an apply of these sources would add, change or remove.
+    /// Per node, the resource ids an apply of these sources would add,
+    /// change or remove, and what would need consent to prune.
     pub fn diff(&self, sources: Vec<(String, String)>) -> Result<pb::DiffResponse> {
         let spec = parse_sources(&sources)?;
-        let inner = self.lock();
-        let mut nodes = Vec::new();
-        let mut by_selections = std::collections::HashMap::new();
-        let mut names: Vec<&String> = inner.nodes.keys().collect();
-        names.sort();
-        for name in names {
-            let node = &inner.nodes[name];
-            if node.record.revoked {
-                continue;
-            }
-            let meta = NodeMeta {
-                name: name.clone(),
-                labels: node.record.labels.clone(),
-            };
-            // Resources follow from the selections of node groups: one
-            // diff per distinct pair of them.
-            let old = &inner.current.spec;
-            let d = by_selections
-                .entry((old.selection(&meta.labels), spec.selection(&meta.labels)))
-                .or_insert_with(|| spec::diff_states(&old.render(&meta), &spec.render(&meta)));
-            if !d.is_empty() {
-                nodes.push(pb::NodeChange {
-                    node: name.clone(),
-                    added: d.added.clone(),
-                    changed: d.changed.clone(),
-                    removed: d.removed.clone(),
-                });
-            }
-        }
-        Ok(pb::DiffResponse {
-            current_revision: inner.current.number,
-            nodes,
-        })
+        Ok(super::prune::summarize(&self.lock(), &spec))
     }
 
     pub fn history(&self, limit: usize) -> Result<Vec<pb::Revision>> {
@@ -228,8 +211,15 @@ impl Fleet {
         Ok(out)
     }
 
-    /// A new revision with the content of revision `number`.
-    pub fn rollback(&self, number: u64, author: &str) -> Result<pb::ApplyResponse> {
+    /// A new revision with the content of revision `number`, under the same
+    /// consent rule as [`Fleet::apply`]: going back usually removes what was
+    /// added since, and that is exactly what an operator must see first.
+    pub fn rollback(
+        &self,
+        number: u64,
+        author: &str,
+        allow_prune: bool,
+    ) -> Result<pb::ApplyResponse> {
         let key = keys::revision(number);
         let entry = self.store.get(&key)?.ok_or_else(|| {
             FleetError::NotFound(format!(
@@ -242,6 +232,7 @@ impl Fleet {
             author,
             &format!("rollback to revision {number}"),
             number,
+            allow_prune,
         )
     }
 }
@@ -252,6 +243,7 @@ mod tests {
     use super::super::{Clock, Liveness};
     use super::*;
     use crate::store::{Op, RedbStore};
+    use ballast_proto::spec::NodeMeta;
     use std::time::Duration;
 
     const SITE: &str = "roles:\n  base:\n    files: [{path: /etc/motd, content: hi}]\n  web:\n    files: [{path: /etc/web, content: \"{{ vars.port }}\", template: true}]\n    packages: [{name: nginx}]\ngroups:\n  all: {roles: [base]}\n  web: {match: {role: web}, roles: [web], vars: {port: 80}}\n  eu: {match: {zone: eu}, roles: [web], vars: {port: 80}}\n";
@@ -298,7 +290,7 @@ mod tests {
         assert_eq!(diff.nodes[0].node, "n0");
         assert_eq!(diff.nodes[0].added.len(), 3);
         assert_eq!(diff.nodes[1].added, ["file[/etc/motd]"]);
-        let resp = fleet.apply(sources.clone(), "t", "m", 0).unwrap();
+        let resp = fleet.apply(sources.clone(), "t", "m", 0, false).unwrap();
         assert_eq!(resp.affected_nodes.len(), 40);
         let spec = parse_sources(&sources).unwrap();
         let reopened = Fleet::open(

@@ -561,11 +561,11 @@ mod tests {
             .unwrap()
         };
         let fleet = open();
-        fleet.apply(site("one", false), "t", "m", 0).unwrap();
-        let two = fleet.apply(site("two", true), "t", "m", 0).unwrap();
+        fleet.apply(site("one", false), "t", "m", 0, true).unwrap();
+        let two = fleet.apply(site("two", true), "t", "m", 0, true).unwrap();
         assert_eq!(two.affected_nodes, ["dev-1"]);
         assert_eq!(desired(&fleet), [("dev-1".into(), 2), ("prod-1".into(), 1)]);
-        fleet.apply(site("three", true), "t", "m", 0).unwrap();
+        fleet.apply(site("three", true), "t", "m", 0, true).unwrap();
         assert_eq!(desired(&fleet), [("dev-1".into(), 3), ("prod-1".into(), 1)]);
         let r = fleet.rollout_record().unwrap();
         assert_eq!((r.revision, r.base, r.phase), (3, 1, Phase::Running));
@@ -583,7 +583,7 @@ mod tests {
             .unwrap();
         assert_eq!(desired(&fleet), [("dev-1".into(), 1), ("prod-1".into(), 1)]);
         // Without a policy, every node at once, as before rollouts existed.
-        fleet.apply(site("four", false), "t", "m", 0).unwrap();
+        fleet.apply(site("four", false), "t", "m", 0, true).unwrap();
         assert_eq!(desired(&fleet), [("dev-1".into(), 4), ("prod-1".into(), 4)]);
         assert!(fleet.rollout_record().is_none());
     }

@@ -103,6 +103,89 @@ pub fn check(source: &str) -> Result<(), String> {
     Ok(())
 }
 
+/// The names a template reads as `vars.NAME` that it does not guard with
+/// `is defined`, `is undefined` or `default` (a guarded name may be
+/// missing: the template says what to do then). Empty when it does not parse.
+pub fn vars_used(source: &str) -> std::collections::BTreeSet<String> {
+    let mut env = env();
+    if env.add_template("file", source).is_err() {
+        return Default::default();
+    }
+    let t = env.get_template("file").expect("just added");
+    t.undeclared_variables(true)
+        .into_iter()
+        .filter_map(|path| {
+            let rest = path.strip_prefix("vars.")?;
+            Some(rest.split('.').next().unwrap_or(rest).to_owned())
+        })
+        .filter(|name| !guarded(source, name))
+        .collect()
+}
+
+/// Whether `source` tests `vars.NAME` before use or gives it a default.
+fn guarded(source: &str, name: &str) -> bool {
+    let squeezed: String = source.split_whitespace().collect::<Vec<_>>().join(" ");
+    let var = format!("vars.{name}");
+    squeezed.match_indices(&var).any(|(at, _)| {
+        let after = &squeezed[at + var.len()..];
+        // `vars.port_x` is another name.
+        if after.starts_with(|c: char| c.is_alphanumeric() || c == '_') {
+            return false;
+        }
+        let after = after.trim_start();
+        [
+            "is defined",
+            "is not defined",
+            "is undefined",
+            "|default",
+            "| default",
+            "|d(",
+            "| d(",
+        ]
+        .iter()
+        .any(|g| after.starts_with(g))
+    }) || [format!("'{name}' in vars"), format!("\"{name}\" in vars")]
+        .iter()
+        .any(|g| squeezed.contains(g.as_str()))
+}
+
+/// The dotted paths (`vars.port`, `facts.os.id`) a template reads that the
+/// context does not hold: what "undefined value" was about.
+fn missing_paths(source: &str, context: &serde_json::Value) -> Vec<String> {
+    let mut env = env();
+    if env.add_template("file", source).is_err() {
+        return Vec::new();
+    }
+    let t = env.get_template("file").expect("just added");
+    let mut missing: Vec<String> = t
+        .undeclared_variables(true)
+        .into_iter()
+        .filter(|path| {
+            let mut parts = path.split('.');
+            let top = parts.next().unwrap_or_default();
+            if !CONTEXT.contains(&top) {
+                return false;
+            }
+            let mut at = &context[top];
+            for p in parts {
+                match at.get(p) {
+                    Some(v) => at = v,
+                    // A lookup into a non-object fails differently.
+                    None => return at.is_object() || at.is_null(),
+                }
+            }
+            false
+        })
+        .filter(|path| {
+            !path
+                .strip_prefix("vars.")
+                .is_some_and(|n| guarded(source, n))
+        })
+        .collect();
+    missing.sort();
+    missing
+}
+
 /// Collects output up to [`MAX_OUTPUT`] bytes, then refuses more.
 struct Bounded {
     out: Vec<u8>,
@@ -154,6 +237,24 @@ pub fn render(
             "render template: output exceeds {} MiB, the most a template may produce",
             MAX_OUTPUT / (1024 * 1024)
         )),
+        Err(e) if e.kind() == minijinja::ErrorKind::UndefinedError => {
+            let context = serde_json::json!({"facts": facts, "vars": vars, "node": node});
+            let missing = missing_paths(source, &context);
+            let line = e
+                .line()
+                .map(|l| format!(" (template line {l})"))
+                .unwrap_or_default();
+            Err(match missing.as_slice() {
+                [] => format!("render template: {}", describe(&e)),
+                [one] => format!(
+                    "render template: undefined value {one}{line}: the node has no such fact or var; guard it with `is defined` or `default`"
+                ),
+                many => format!(
+                    "render template: undefined values {}{line}: the node has no such facts or vars; guard them with `is defined` or `default`",
+                    many.join(", ")
+                ),
+            })
+        }
         Err(e) => Err(format!("render template: {}", describe(&e))),
         Ok(()) => String::from_utf8(out.out)
             .map_err(|_| "render template: output is not UTF-8".to_owned()),
@@ -231,5 +332,19 @@ mod tests {
         let work =
             "{% for i in range(1000) %}{% for j in range(400) %}{{ j }}{% endfor %}{% endfor %}";
         assert_eq!(run(work).map(|s| s.len()), Ok(1_090_000));
+    }
+
+    /// "render template: undefined value (in file:1)" named nothing: the
+    /// error now names the missing fact or var and the template line.
+    #[test]
+    fn an_undefined_value_is_named_with_its_template_line() {
+        expect_test::expect!["render template: undefined value vars.tls (template line 2): the node has no such fact or var; guard it with `is defined` or `default`"]
+            .assert_eq(&run("port {{ vars.port }}\ntls {{ vars.tls }}\n").unwrap_err());
+        expect_test::expect!["render template: undefined value facts.os.codename (template line 1): the node has no such fact or var; guard it with `is defined` or `default`"]
+            .assert_eq(&run("{{ facts.os.codename }}").unwrap_err());
+        assert_eq!(
+            vars_used("{{ vars.port }} {{ vars.host | default('x') }} {{ vars.a.b }}"),
+            ["a", "port"].map(String::from).into()
+        );
     }
 }

@@ -54,6 +54,7 @@ async fn drift_is_repaired_while_the_controller_hangs() {
             }],
             author: "test".into(),
             message: String::new(),
+            allow_prune: true,
         })
         .await
         .expect("apply");
@@ -155,6 +156,7 @@ fn motd(text: &str) -> pb::ApplyRequest {
         }],
         author: "test".into(),
         message: String::new(),
+        allow_prune: true,
     }
 }
 

@@ -37,6 +37,7 @@ fn apply_request(motd: &str) -> pb::ApplyRequest {
         }],
         author: "test".into(),
         message: String::new(),
+        allow_prune: true,
     }
 }
 

@@ -68,6 +68,7 @@ async fn applier(
                 }],
                 author: "fault-test".into(),
                 message: message.clone(),
+                allow_prune: true,
             });
             match tokio::time::timeout(CALL_TIMEOUT, call).await {
                 Ok(Ok(resp)) => {
@@ -181,6 +182,7 @@ fn apply_request(tag: &str) -> pb::ApplyRequest {
         }],
         author: "fault-test".into(),
         message: tag.into(),
+        allow_prune: true,
     }
 }
 

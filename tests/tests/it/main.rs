@@ -3,6 +3,7 @@
 
 mod agent_faults;
 mod agent_link;
+mod apply_safety;
 mod bad_input;
 mod bootstrap;
 mod cli;

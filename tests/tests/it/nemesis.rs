@@ -64,6 +64,7 @@ async fn apply_on(
                 }],
                 author: "nemesis".into(),
                 message: message.into(),
+                allow_prune: true,
             })
             .await
             .ok()
