@@ -382,7 +382,7 @@ impl Link {
             .clone()
             .unwrap_or_else(|| enrolled.config.controller.clone());
         let controllers = match ballast_proto::controllers(&list) {
-            Ok(c) => c,
+            Ok(c) => controller_order(c, &self.name),
             Err(e) => {
                 // Checked at enrollment and on the command line: only a hand-edited
                 // agent.json gets here. Enforcing the cache goes on regardless.
@@ -417,6 +417,22 @@ impl Link {
             }
         }
     }
+}
+
+/// The order in which node `name` tries `controllers`: by a hash of the
+/// node's name and each address (rendezvous hashing), highest first. Every
+/// node of a fleet is given the same list; in list order they would all
+/// hold their streams on the first controller, and when it died all move
+/// to the second. Hashed, they spread evenly over the list, a dead
+/// controller's nodes spread evenly over the survivors, and a node comes
+/// back to the same controller after a restart.
+pub fn controller_order(mut controllers: Vec<String>, name: &str) -> Vec<String> {
+    controllers.sort_by_cached_key(|addr| {
+        std::cmp::Reverse(ballast_proto::sha256_tag(
+            format!("{name}\n{addr}").as_bytes(),
+        ))
+    });
+    controllers
 }
 
 /// Runs the daemon until `shutdown` completes: the enforcer and the link run
@@ -483,4 +499,48 @@ fn bounded_facts(facts: &serde_json::Value) -> Option<String> {
     CheckedFacts::try_from(pb::Facts { json: json.clone() })
         .ok()
         .map(|_| json)
+}
+
+#[cfg(test)]
+mod order_tests {
+    use super::controller_order;
+
+    fn list() -> Vec<String> {
+        ["a:8440", "b:8440", "c:8440"].map(String::from).to_vec()
+    }
+
+    #[test]
+    fn controller_order_spreads_nodes_and_a_dead_controllers_nodes_over_the_survivors() {
+        let mut first = [0usize; 3];
+        let mut second_after_a = [0usize; 3];
+        for i in 0..3000 {
+            let order = controller_order(list(), &format!("node-{i}"));
+            let mut sorted = order.clone();
+            sorted.sort();
+            assert_eq!(sorted, list(), "a permutation of the list");
+            let idx = |a: &String| list().iter().position(|l| l == a).unwrap();
+            first[idx(&order[0])] += 1;
+            if idx(&order[0]) == 0 {
+                second_after_a[idx(&order[1])] += 1;
+            }
+        }
+        // 1,000 each expected; list order would put all 3,000 on `a`.
+        assert!(first.iter().all(|n| (850..1150).contains(n)), "{first:?}");
+        let a = first[0];
+        assert_eq!(second_after_a[0], 0);
+        assert!(
+            second_after_a[1..]
+                .iter()
+                .all(|n| (a * 2 / 5..a * 3 / 5).contains(n)),
+            "{second_after_a:?} of {a}"
+        );
+    }
+
+    #[test]
+    fn controller_order_is_stable_for_a_node() {
+        let once = controller_order(list(), "web-1");
+        let mut reversed = list();
+        reversed.reverse();
+        assert_eq!(controller_order(reversed, "web-1"), once);
+    }
 }

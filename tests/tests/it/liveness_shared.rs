@@ -5,6 +5,7 @@
 //! (SIGTERM) withdraws its summary, so its nodes show `reconnecting` through
 //! the others at once, not when its lease runs out.
 
+use ballast_agent::daemon::controller_order;
 use ballast_proto::enums::NodeStatus;
 use ballast_proto::pb;
 use ballast_tests::etcd::EtcdCluster;
@@ -76,9 +77,14 @@ async fn a_node_held_by_a_dead_controller_shows_reconnecting_then_converged_on_t
     let url = cluster.url();
     let mut a = ControllerProcess::start_with_args(CONFIG, &["--store", &url]).await;
     let mut b = ControllerProcess::start_with_args(CONFIG, &["--store", &url]).await;
+    // A is the one n1 tries first (the agent orders its list by node name).
+    let order = controller_order(vec![a.controller(), b.controller()], "n1");
+    if order[0] != a.controller() {
+        std::mem::swap(&mut a, &mut b);
+    }
     let applied = a.apply(SPEC).await.expect("apply");
     assert!(applied.created);
-    // The agent knows both, and holds its stream on A (the first).
+    // The agent knows both, and holds its stream on A.
     let token = a.token().await;
     let list = format!("{},{}", a.controller(), b.controller());
     let mut agent = TestAgent::enroll_at(&list, &a.fingerprint, &token, "n1").await;
