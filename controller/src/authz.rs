@@ -37,7 +37,11 @@ pub fn rule_for(path: &str) -> Option<Rule> {
         "/ballast.v1.Agent/Watch"
         | "/ballast.v1.Agent/Report"
         | "/ballast.v1.Agent/PutFacts"
-        | "/ballast.v1.Agent/Heartbeat" => Rule::Node,
+        | "/ballast.v1.Agent/Heartbeat"
+        // Plans: the node is the certificate's; a result names only a plan
+        // sent to that node (checked by `fleet::plan::Hub`).
+        | "/ballast.v1.Agent/Plans"
+        | "/ballast.v1.Agent/PlanResult" => Rule::Node,
         "/ballast.v1.Admin/Apply"
         | "/ballast.v1.Admin/Diff"
         | "/ballast.v1.Admin/History"
@@ -46,7 +50,8 @@ pub fn rule_for(path: &str) -> Option<Rule> {
         | "/ballast.v1.Admin/ListNodes"
         | "/ballast.v1.Admin/GetNode"
         | "/ballast.v1.Admin/RevokeNode"
-        | "/ballast.v1.Admin/LabelNode" => Rule::Admin,
+        | "/ballast.v1.Admin/LabelNode"
+        | "/ballast.v1.Admin/Plan" => Rule::Admin,
         _ => return None,
     };
     Some(rule)
@@ -168,7 +173,7 @@ mod tests {
         let paths = ballast_proto::all_method_paths();
         assert_eq!(
             paths.len(),
-            14,
+            17,
             "descriptor lists the contract's methods: {paths:?}"
         );
         let missing: Vec<&String> = paths.iter().filter(|p| rule_for(p).is_none()).collect();
@@ -185,6 +190,13 @@ mod tests {
             rule_for("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
             None
         );
+    }
+
+    #[test]
+    fn plan_methods_need_the_right_certificate() {
+        assert_eq!(rule_for("/ballast.v1.Agent/Plans"), Some(Rule::Node));
+        assert_eq!(rule_for("/ballast.v1.Agent/PlanResult"), Some(Rule::Node));
+        assert_eq!(rule_for("/ballast.v1.Admin/Plan"), Some(Rule::Admin));
     }
 
     #[test]

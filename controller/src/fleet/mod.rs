@@ -26,6 +26,7 @@ mod follow;
 mod keys;
 mod liveness;
 mod nodes;
+pub mod plan;
 mod records;
 mod revisions;
 mod sweep;

@@ -17,6 +17,7 @@ mod liveness_shared;
 mod nemesis;
 mod nodes;
 mod packaging;
+mod plan;
 mod security;
 mod store;
 mod store_etcd;
