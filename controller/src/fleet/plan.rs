@@ -30,6 +30,9 @@ pub const MAX_PLANS_IN_FLIGHT: usize = 16;
 /// (node names are always all there: the counts and the exit code hold).
 pub const MAX_PLAN_GROUP_BYTES: usize = 3 * 1024 * 1024;
 
+/// One node's share of a plan: name, document, its hash.
+pub type Target = (String, Vec<u8>, String);
+
 /// One node's answer to a plan.
 #[derive(Debug, Clone)]
 pub enum Answer {
@@ -90,7 +93,7 @@ impl Hub {
     }
 
     /// Sends each node its document; nodes without a stream here are `unsent`.
-    pub fn start(&self, targets: Vec<(String, Vec<u8>, String)>) -> Result<Flight<'_>> {
+    pub fn start(&self, targets: Vec<Target>) -> Result<Flight<'_>> {
         let id = super::liveness::new_id();
         let (tx, answers) = mpsc::unbounded_channel();
         let mut inner = self.lock();
@@ -172,7 +175,7 @@ impl Fleet {
         &self,
         sources: Vec<(String, String)>,
         filters: &[String],
-    ) -> Result<(u64, Vec<(String, Vec<u8>, String)>)> {
+    ) -> Result<(u64, Vec<Target>)> {
         if sources.is_empty() {
             return Err(FleetError::Invalid(
                 "no sources given: pass YAML files with -f FILE or -f DIR".into(),
