@@ -72,6 +72,11 @@ impl Api {
             plans: Arc::new(plan::Hub::default()),
         }
     }
+
+    /// The plan routing, for the server to close at stop.
+    pub fn plans(&self) -> Arc<plan::Hub> {
+        self.plans.clone()
+    }
 }
 
 /// Runs store work off the async threads (the store fsyncs).

@@ -31,11 +31,14 @@ pub struct Running {
     /// The fleet's watches of the store (see `fleet::follow`) and the
     /// single-owner jobs (`leader`): aborted at stop.
     followers: Vec<tokio::task::JoinHandle<()>>,
+    /// Plan streams never end by themselves: closed at stop.
+    plans: Arc<crate::fleet::plan::Hub>,
 }
 
 impl Running {
     /// Stops accepting, closes streams, and waits for the server to end.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.plans.close();
         let _ = self.shutdown.send(());
         let served = self.task.await;
         for f in &self.followers {
@@ -138,6 +141,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         crate::leader::JOBS_EVERY,
     )));
     let api = Api::new(fleet.clone(), ca.clone());
+    let plans = api.plans();
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
         pb::enrollment_server::EnrollmentServer::new(api.clone())
@@ -191,6 +195,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         shutdown,
         task,
         followers,
+        plans,
     })
 }
 

@@ -54,6 +54,8 @@ struct HubInner {
     streams: HashMap<String, mpsc::Sender<pb::PlanRequest>>,
     /// Plan id → the nodes that have not answered yet.
     waiting: HashMap<String, Waiting>,
+    /// The server is stopping: streams end, none open.
+    closed: bool,
 }
 
 /// Routes plan requests to nodes' plan streams and their answers back.
@@ -88,8 +90,19 @@ impl Hub {
     /// A node opened its plan stream: plans for it go there from now on.
     pub fn open(&self, node: &str) -> mpsc::Receiver<pb::PlanRequest> {
         let (tx, rx) = mpsc::channel(PLAN_QUEUE);
-        self.lock().streams.insert(node.to_owned(), tx);
+        let mut inner = self.lock();
+        if !inner.closed {
+            inner.streams.insert(node.to_owned(), tx);
+        }
         rx
+    }
+
+    /// Ends every plan stream (and any opened later), so that a server's
+    /// graceful stop does not wait on them forever.
+    pub fn close(&self) {
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.streams.clear();
     }
 
     /// Sends each node its document; nodes without a stream here are `unsent`.
