@@ -462,6 +462,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> anyho
         next_resync: Instant::now(),
     };
     enforcer.publish(None);
+    let plans = crate::plan::run(cfg.clone());
     let link = Link {
         name: enrolled.config.name.clone(),
         cfg,
@@ -474,6 +475,7 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> anyho
     tokio::select! {
         _ = enforcer.run(desired_rx) => Ok(()),
         _ = link.run(enrolled) => Ok(()),
+        _ = plans => Ok(()),
         _ = shutdown => Ok(()),
     }
 }

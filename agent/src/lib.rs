@@ -10,6 +10,7 @@ pub mod engine;
 pub mod facts;
 pub mod host;
 pub mod outbox;
+pub mod plan;
 pub mod state;
 
 mod cron;

@@ -5,7 +5,7 @@
 //! (put in the request extensions by `authz`), never from the message.
 
 use crate::ca::{Ca, Identity};
-use crate::fleet::{Feed, Fleet, FleetError};
+use crate::fleet::{Feed, Fleet, FleetError, plan};
 use crate::metrics::Refusal;
 use crate::store::StoreError;
 use ballast_proto::enums::Outcome;
@@ -74,6 +74,7 @@ pub struct Api {
     ca: Arc<Ca>,
     /// The dashboard's login links, when the dashboard is on.
     dashboard: Option<Arc<crate::dashboard::Access>>,
+    plans: Arc<plan::Hub>,
 }
 
 impl Api {
@@ -86,7 +87,13 @@ impl Api {
             fleet,
             ca,
             dashboard,
+            plans: Arc::new(plan::Hub::default()),
         }
+    }
+
+    /// The plan routing, for the server to close at stop.
+    pub fn plans(&self) -> Arc<plan::Hub> {
+        self.plans.clone()
     }
 }
 
@@ -164,10 +171,47 @@ impl pb::enrollment_server::Enrollment for Api {
 }
 
 type WatchStream = Pin<Box<dyn Stream<Item = Result<pb::DesiredState, Status>> + Send>>;
+type PlansStream = Pin<Box<dyn Stream<Item = Result<pb::PlanRequest, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl pb::agent_server::Agent for Api {
     type WatchStream = WatchStream;
+    type PlansStream = PlansStream;
+
+    async fn plans(&self, req: Request<pb::PlansRequest>) -> Result<Response<PlansStream>, Status> {
+        let name = node_of(&req)?;
+        let rx = self.plans.open(&name);
+        tracing::debug!(node = %name, "plan stream opened");
+        Ok(Response::new(Box::pin(tokio_stream::StreamExt::map(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+            Ok,
+        ))))
+    }
+
+    async fn plan_result(
+        &self,
+        req: Request<pb::PlanResultRequest>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let name = node_of(&req)?;
+        let req = req.into_inner();
+        let answer = match req.report {
+            Some(r) => plan::Answer::Report(
+                CheckedReport::try_from(r)
+                    .map_err(Status::invalid_argument)?
+                    .into_inner(),
+            ),
+            None => {
+                let mut reason = req.error;
+                ballast_proto::limits::truncate(
+                    &mut reason,
+                    ballast_proto::limits::MAX_ERROR_BYTES,
+                );
+                plan::Answer::Refused(reason)
+            }
+        };
+        self.plans.answer(&name, &req.id, answer)?;
+        Ok(Response::new(pb::Ack {}))
+    }
 
     async fn watch(&self, req: Request<pb::WatchRequest>) -> Result<Response<WatchStream>, Status> {
         let name = node_of(&req)?;
@@ -411,6 +455,31 @@ impl pb::admin_server::Admin for Api {
         Ok(Response::new(
             blocking(move || fleet.rollout_control(action, &author)).await?,
         ))
+    }
+
+    async fn plan(
+        &self,
+        req: Request<pb::PlanNodesRequest>,
+    ) -> Result<Response<pb::PlanResponse>, Status> {
+        let req = req.into_inner();
+        let timeout = match req.timeout_ms {
+            0 => plan::DEFAULT_PLAN_TIMEOUT,
+            ms => Duration::from_millis(ms.into()).min(plan::MAX_PLAN_TIMEOUT),
+        };
+        let sources = req
+            .sources
+            .into_iter()
+            .map(|s| (s.name, s.content))
+            .collect();
+        let filters = req.r#where;
+        let fleet = self.fleet.clone();
+        let (current, targets) = blocking(move || fleet.plan_targets(sources, &filters)).await?;
+        let nodes = targets.len();
+        let flight = self.plans.start(targets)?;
+        let id = flight.id.clone();
+        let resp = plan::collect(flight, current, timeout).await;
+        tracing::info!(plan = %id, nodes, changed = resp.changed_nodes, failed = resp.failed_nodes, unanswered = resp.unanswered.len(), "plan answered");
+        Ok(Response::new(resp))
     }
 }
 

@@ -42,7 +42,11 @@ pub fn rule_for(path: &str) -> Option<Rule> {
         "/ballast.v1.Agent/Watch"
         | "/ballast.v1.Agent/Report"
         | "/ballast.v1.Agent/PutFacts"
-        | "/ballast.v1.Agent/Heartbeat" => Rule::Node,
+        | "/ballast.v1.Agent/Heartbeat"
+        // Plans: the node is the certificate's; a result names only a plan
+        // sent to that node (checked by `fleet::plan::Hub`).
+        | "/ballast.v1.Agent/Plans"
+        | "/ballast.v1.Agent/PlanResult" => Rule::Node,
         "/ballast.v1.Admin/Apply"
         | "/ballast.v1.Admin/Diff"
         | "/ballast.v1.Admin/History"
@@ -54,7 +58,8 @@ pub fn rule_for(path: &str) -> Option<Rule> {
         | "/ballast.v1.Admin/LabelNode"
         | "/ballast.v1.Admin/CreateDashboardLogin"
         | "/ballast.v1.Admin/GetRollout"
-        | "/ballast.v1.Admin/ControlRollout" => Rule::Admin,
+        | "/ballast.v1.Admin/ControlRollout"
+        | "/ballast.v1.Admin/Plan" => Rule::Admin,
         _ => return None,
     };
     Some(rule)
@@ -205,7 +210,7 @@ mod tests {
         let paths = ballast_proto::all_method_paths();
         assert_eq!(
             paths.len(),
-            17,
+            20,
             "descriptor lists the contract's methods: {paths:?}"
         );
         let missing: Vec<&String> = paths.iter().filter(|p| rule_for(p).is_none()).collect();
@@ -222,6 +227,13 @@ mod tests {
             rule_for("/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"),
             None
         );
+    }
+
+    #[test]
+    fn plan_methods_need_the_right_certificate() {
+        assert_eq!(rule_for("/ballast.v1.Agent/Plans"), Some(Rule::Node));
+        assert_eq!(rule_for("/ballast.v1.Agent/PlanResult"), Some(Rule::Node));
+        assert_eq!(rule_for("/ballast.v1.Admin/Plan"), Some(Rule::Admin));
     }
 
     #[test]

@@ -38,11 +38,14 @@ pub struct Running {
     followers: Vec<tokio::task::JoinHandle<()>>,
     /// Withdraws its liveness summary at stop.
     fleet: Arc<Fleet>,
+    /// Plan streams never end by themselves: closed at stop.
+    plans: Arc<crate::fleet::plan::Hub>,
 }
 
 impl Running {
     /// Stops accepting, closes streams, and waits for the server to end.
     pub async fn stop(self) -> anyhow::Result<()> {
+        self.plans.close();
         let _ = self.shutdown.send(());
         let served = self.task.await;
         for f in &self.followers {
@@ -184,6 +187,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         ca.clone(),
         dashboard.as_ref().map(|d| d.access.clone()),
     );
+    let plans = api.plans();
     let mut grpc = tonic::service::Routes::builder();
     grpc.add_service(
         pb::enrollment_server::EnrollmentServer::new(api.clone())
@@ -249,6 +253,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         task,
         followers,
         fleet,
+        plans,
     })
 }
 

@@ -9,6 +9,7 @@ mod admin;
 mod conn;
 mod nodes;
 pub mod output;
+mod plan;
 mod revisions;
 mod rollout;
 mod summary;
@@ -74,6 +75,25 @@ pub enum Command {
         /// A YAML file or a directory of them; repeatable.
         #[arg(short = 'f', long = "file", required = true)]
         paths: Vec<PathBuf>,
+        #[command(flatten)]
+        output: OutputArg,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Ask each selected node's agent for a dry run of these sources against
+    /// its real state; nothing is stored or applied. Groups nodes by change
+    /// set. Exits 0 when no node would change, 2 when some would, 1 when a
+    /// node would fail, refused or did not answer (or on error).
+    Plan {
+        /// A YAML file or a directory of them; repeatable.
+        #[arg(short = 'f', long = "file", required = true)]
+        paths: Vec<PathBuf>,
+        /// Only nodes matching `key=value` on labels or facts; repeatable.
+        #[arg(long = "where")]
+        filters: Vec<String>,
+        /// How long to wait for the agents' answers, e.g. 30s, 2m.
+        #[arg(long, default_value = "30s", value_parser = ballast_proto::parse_duration)]
+        timeout: Duration,
         #[command(flatten)]
         output: OutputArg,
         #[command(flatten)]
@@ -448,6 +468,13 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             output,
             conn,
         } => revisions::diff(&paths, output.output, &conn, out).await,
+        Command::Plan {
+            paths,
+            filters,
+            timeout,
+            output,
+            conn,
+        } => plan::plan(&paths, filters, timeout, output.output, &conn, out).await,
         Command::History {
             limit,
             output,

@@ -29,6 +29,7 @@ mod follow;
 mod keys;
 mod liveness;
 mod nodes;
+pub mod plan;
 mod precheck;
 mod prune;
 mod records;

@@ -21,6 +21,7 @@ mod nemesis;
 mod nodes;
 mod noop;
 mod packaging;
+mod plan;
 mod rollouts;
 mod security;
 mod store;
