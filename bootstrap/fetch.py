@@ -38,11 +38,15 @@ def fetch(addr, path, ctx, sink, limit):
             resp = conn.getresponse()
         except (OSError, http.client.HTTPException) as e:
             raise Unreachable("GET %s: %s" % (url, e))
+        if resp.status in (401, 403):
+            why = resp.read(300).decode("utf-8", "replace").strip()
+            fail("GET %s: refused by the controller: %s" % (url, why))
         if resp.status != 200:
             text = resp.read(300).decode("utf-8", "replace").strip()
             fail("GET %s: HTTP %d %s: %s" % (url, resp.status, resp.reason, text))
         if resp.getheader("grpc-status") is not None:
-            # The port also speaks gRPC: a refusal arrives as HTTP 200 with an empty body.
+            # Controllers before plain-HTTP refusals answered with a gRPC
+            # status: HTTP 200, an empty body and grpc-status.
             why = urllib.parse.unquote(resp.getheader("grpc-message", ""))
             fail("GET %s: refused by the controller: %s" % (url, why))
         total = 0

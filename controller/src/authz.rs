@@ -188,13 +188,20 @@ where
                 if grpc {
                     return Box::pin(async move { Ok(status.into_http()) });
                 }
-                // A plain HTTP client (a scraper) reads the HTTP status, not grpc-status.
+                // A plain HTTP client (a scraper, the bootstrap fetcher) reads
+                // the HTTP status and a text body, not grpc-status.
                 let code = match status.code() {
                     tonic::Code::Unauthenticated => http::StatusCode::UNAUTHORIZED,
                     _ => http::StatusCode::FORBIDDEN,
                 };
-                let mut resp = http::Response::new(tonic::body::Body::empty());
+                let text = format!("{}\n", status.message());
+                let mut resp =
+                    http::Response::new(tonic::body::Body::new(axum::body::Body::from(text)));
                 *resp.status_mut() = code;
+                resp.headers_mut().insert(
+                    http::header::CONTENT_TYPE,
+                    http::HeaderValue::from_static("text/plain; charset=utf-8"),
+                );
                 Box::pin(async move { Ok(resp) })
             }
         }
