@@ -160,6 +160,30 @@ async fn start_controller(dir: &Path, store: Option<&str>) -> Controller {
     }
 }
 
+/// Enrolls simulated node `i` (`sim-0000i`) through one controller, with a
+/// token made there, into the state dir `state`.
+async fn enroll_sim(
+    i: usize,
+    state: &Path,
+    addr: &str,
+    conn: &ballast_controller::cli::Conn,
+    fingerprint: &str,
+) {
+    let mut admin = ballast_controller::cli::connect(conn).await.unwrap();
+    let token = admin
+        .create_token(pb::CreateTokenRequest {
+            ttl_seconds: 600,
+            ..Default::default()
+        })
+        .await
+        .unwrap()
+        .into_inner()
+        .token;
+    ballast_agent::client::enroll(state, addr, &token, fingerprint, &format!("sim-{i:05}"))
+        .await
+        .unwrap();
+}
+
 fn spec(version: u32) -> String {
     format!(
         "roles:\n  base:\n    directories: [{{path: /srv/bench}}]\n    files: [{{path: /srv/bench/motd, content: \"version {version}\\n\"}}]\ngroups:\n  all:\n    roles: [base]\n"
@@ -194,23 +218,10 @@ async fn run(n: usize) {
             ctl.fingerprint.clone(),
             ctl.conn.clone(),
         );
-        let base = dir.path().to_owned();
+        let state = dir.path().join(format!("agent-{i}"));
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await.unwrap();
-            let mut admin = ballast_controller::cli::connect(&conn).await.unwrap();
-            let token = admin
-                .create_token(pb::CreateTokenRequest {
-                    ttl_seconds: 600,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .token;
-            let state = base.join(format!("agent-{i}"));
-            ballast_agent::client::enroll(&state, &addr, &token, &fp, &format!("sim-{i:05}"))
-                .await
-                .unwrap();
+            enroll_sim(i, &state, &addr, &conn, &fp).await;
             states.lock().await.push(state);
         }));
     }

@@ -233,19 +233,7 @@ pub async fn run(n: usize) {
         let state = dir.path().join(format!("agent-{i}"));
         tasks.push(tokio::spawn(async move {
             let _p = sem.acquire().await.unwrap();
-            let mut admin = ballast_controller::cli::connect(&conn).await.unwrap();
-            let token = admin
-                .create_token(pb::CreateTokenRequest {
-                    ttl_seconds: 600,
-                    ..Default::default()
-                })
-                .await
-                .unwrap()
-                .into_inner()
-                .token;
-            ballast_agent::client::enroll(&state, &addr, &token, &fp, &format!("sim-{i:05}"))
-                .await
-                .unwrap();
+            super::enroll_sim(i, &state, &addr, &conn, &fp).await;
             state
         }));
     }
