@@ -627,6 +627,50 @@ impl Drop for Tmpfs {
     }
 }
 
+/// A desired state under which nodes labelled `kind=broken` fail (see
+/// [`start_ok_and_broken`]) and the others converge.
+pub const OK_AND_BROKEN_SPEC: &str = r#"
+roles:
+  base:
+    directories: [{path: /etc/app, mode: "0755"}]
+    files: [{path: /etc/app/motd, content: "hello\n"}]
+  broken:
+    files: [{path: /etc/blocked, content: "x\n"}]
+groups:
+  all:
+    roles: [base]
+  broken:
+    match: {kind: broken}
+    roles: [broken]
+"#;
+
+/// Enrolls and starts one agent per `(name, kind)` (label `kind`); a
+/// `broken` one has a directory where [`OK_AND_BROKEN_SPEC`] wants a file.
+/// Applies that spec and waits until the others are converged and the
+/// broken ones failed. The agents come back in the order given.
+pub async fn start_ok_and_broken(ctl: &TestController, nodes: &[(&str, &str)]) -> Vec<TestAgent> {
+    let wait = Duration::from_secs(20);
+    let mut agents = Vec::new();
+    for (name, kind) in nodes {
+        let mut agent = TestAgent::enroll(ctl, name, &[("kind", kind)]).await;
+        if *kind == "broken" {
+            std::fs::create_dir_all(agent.path("/etc/blocked")).unwrap();
+        }
+        agent.start(Duration::from_secs(3600));
+        agents.push(agent);
+    }
+    ctl.apply(OK_AND_BROKEN_SPEC).await.expect("apply");
+    for (name, kind) in nodes {
+        let want = if *kind == "broken" {
+            pb::NodeStatus::Failed
+        } else {
+            pb::NodeStatus::Converged
+        };
+        ctl.wait_node(name, wait, |n| n.status() == want).await;
+    }
+    agents
+}
+
 /// A port nothing listens on right now, on loopback, that no other
 /// caller in this process has been given.
 ///

@@ -6,27 +6,12 @@
 
 use ballast_proto::pb;
 use ballast_tests::webdriver::{Browser, browser_installed};
-use ballast_tests::{TestAgent, TestController};
+use ballast_tests::{TestController, start_ok_and_broken};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 const WAIT: Duration = Duration::from_secs(20);
-
-const SPEC: &str = r#"
-roles:
-  base:
-    directories: [{path: /etc/app, mode: "0755"}]
-    files: [{path: /etc/app/motd, content: "hello\n"}]
-  broken:
-    files: [{path: /etc/blocked, content: "x\n"}]
-groups:
-  all:
-    roles: [base]
-  broken:
-    match: {kind: broken}
-    roles: [broken]
-"#;
 
 /// What a hostile node puts in its facts: markup and a script.
 const HOSTILE: &str = "<script>document.title='owned'</script><b id=\"injected\">x</b>";
@@ -52,22 +37,11 @@ async fn the_dashboard_works_in_a_real_browser_and_only_with_a_session() {
     })
     .await;
     let base = format!("https://{}", ctl.dashboard().expect("dashboard on"));
-    let mut agents = Vec::new();
-    for (name, kind) in [("web-1", "ok"), ("web-2", "ok"), ("bad-1", "broken")] {
-        let mut agent = TestAgent::enroll(&ctl, name, &[("kind", kind)]).await;
-        if kind == "broken" {
-            std::fs::create_dir_all(agent.path("/etc/blocked")).unwrap();
-        }
-        agent.start(Duration::from_secs(3600));
-        agents.push(agent);
-    }
-    ctl.apply(SPEC).await.expect("apply");
-    for name in ["web-1", "web-2"] {
-        ctl.wait_node(name, WAIT, |n| n.status() == pb::NodeStatus::Converged)
-            .await;
-    }
-    ctl.wait_node("bad-1", WAIT, |n| n.status() == pb::NodeStatus::Failed)
-        .await;
+    let mut agents = start_ok_and_broken(
+        &ctl,
+        &[("web-1", "ok"), ("web-2", "ok"), ("bad-1", "broken")],
+    )
+    .await;
     // The failing node also sends hostile facts.
     agents[2]
         .agent_client()

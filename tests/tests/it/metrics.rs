@@ -5,13 +5,10 @@
 //! the admin certificate or the scrape token, never a node or nobody.
 
 use ballast_proto::pb;
-use ballast_tests::{TestAgent, TestController};
+use ballast_tests::{TestAgent, TestController, start_ok_and_broken};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use std::time::Duration;
-
-const WAIT: Duration = Duration::from_secs(20);
 
 /// The scraper: GET /metrics with an optional client certificate or bearer
 /// token, then the OpenMetrics parser. Prints `{"status": N, "samples":
@@ -114,37 +111,14 @@ fn admin_cert(ctl: &TestController) -> (std::path::PathBuf, std::path::PathBuf) 
     (pki.join("admin.pem"), pki.join("admin.key"))
 }
 
-const SPEC: &str = r#"
-roles:
-  base:
-    directories: [{path: /etc/app, mode: "0755"}]
-    files: [{path: /etc/app/motd, content: "hello\n"}]
-  broken:
-    files: [{path: /etc/blocked, content: "x\n"}]
-groups:
-  all:
-    roles: [base]
-  broken:
-    match: {kind: broken}
-    roles: [broken]
-"#;
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_parse_as_openmetrics_and_agree_with_ballast_health() {
     if !parser_installed() {
         return;
     }
     let ctl = TestController::start().await;
-    let mut agents = Vec::new();
-    for (name, kind) in [("m1", "ok"), ("m2", "ok"), ("m3", "broken")] {
-        let mut agent = TestAgent::enroll(&ctl, name, &[("kind", kind)]).await;
-        if kind == "broken" {
-            // A directory where a file is wanted: that file fails.
-            std::fs::create_dir_all(agent.path("/etc/blocked")).unwrap();
-        }
-        agent.start(Duration::from_secs(3600));
-        agents.push(agent);
-    }
+    let mut agents =
+        start_ok_and_broken(&ctl, &[("m1", "ok"), ("m2", "ok"), ("m3", "broken")]).await;
     // A token created for a name that never enrolls: a pending node.
     ctl.admin()
         .await
@@ -154,13 +128,6 @@ async fn metrics_parse_as_openmetrics_and_agree_with_ballast_health() {
         })
         .await
         .expect("token");
-    ctl.apply(SPEC).await.expect("apply");
-    for name in ["m1", "m2"] {
-        ctl.wait_node(name, WAIT, |n| n.status() == pb::NodeStatus::Converged)
-            .await;
-    }
-    ctl.wait_node("m3", WAIT, |n| n.status() == pb::NodeStatus::Failed)
-        .await;
 
     let (cert, key) = admin_cert(&ctl);
     let got = scrape(&ctl, Some((&cert, &key)), "");
