@@ -47,25 +47,22 @@ pub async fn apply(
 ) -> anyhow::Result<ExitCode> {
     let mut client = connect(conn).await?;
     let sources = read_sources(paths)?;
-    let mut req = pb::ApplyRequest {
+    let req = pb::ApplyRequest {
         sources,
         author: author(),
         message,
-        allow_prune: consent == Consent::Given,
+        allow_prune: false,
     };
-    let resp = loop {
-        match client.apply(req.clone()).await {
-            Ok(resp) => break resp.into_inner(),
-            Err(s) => match summary::refusal(&s) {
-                Some(sum) if !req.allow_prune => {
-                    if !summary::confirm(&sum, consent, format, out)? {
-                        return Ok(ExitCode::FAILURE);
-                    }
-                    req.allow_prune = true;
-                }
-                _ => return Err(status_error(s)),
-            },
-        }
+    let sent = summary::with_consent(consent, format, out, async |allow_prune| {
+        let req = pb::ApplyRequest {
+            allow_prune,
+            ..req.clone()
+        };
+        client.apply(req).await
+    })
+    .await?;
+    let Some(resp) = sent else {
+        return Ok(ExitCode::FAILURE);
     };
     finish_revision(&mut client, resp, wait, format, out).await
 }
@@ -81,24 +78,18 @@ pub async fn rollback(
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
     let mut client = connect(conn).await?;
-    let mut req = pb::RollbackRequest {
-        revision,
-        author: author(),
-        allow_prune: consent == Consent::Given,
-    };
-    let resp = loop {
-        match client.rollback(req.clone()).await {
-            Ok(resp) => break resp.into_inner(),
-            Err(s) => match summary::refusal(&s) {
-                Some(sum) if !req.allow_prune => {
-                    if !summary::confirm(&sum, consent, format, out)? {
-                        return Ok(ExitCode::FAILURE);
-                    }
-                    req.allow_prune = true;
-                }
-                _ => return Err(status_error(s)),
-            },
-        }
+    let author = author();
+    let sent = summary::with_consent(consent, format, out, async |allow_prune| {
+        let req = pb::RollbackRequest {
+            revision,
+            author: author.clone(),
+            allow_prune,
+        };
+        client.rollback(req).await
+    })
+    .await?;
+    let Some(resp) = sent else {
+        return Ok(ExitCode::FAILURE);
     };
     finish_revision(&mut client, resp, wait, format, out).await
 }

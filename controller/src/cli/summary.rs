@@ -103,6 +103,33 @@ pub fn doc(summary: &pb::DiffResponse) -> serde_json::Value {
 /// After a refusal: shows the summary and why, then asks on a terminal.
 /// True when the operator said yes (send again with consent); false after
 /// printing that nothing was stored.
+/// Sends a call that the controller may refuse for want of consent to
+/// prune: with consent at once when `consent` is given, otherwise without,
+/// and again with it once the operator agrees (`confirm`). `None` when the
+/// operator did not agree; any other refusal is an error.
+pub async fn with_consent<T>(
+    consent: Consent,
+    format: Format,
+    out: &mut dyn std::io::Write,
+    mut send: impl AsyncFnMut(bool) -> Result<tonic::Response<T>, tonic::Status>,
+) -> anyhow::Result<Option<T>> {
+    let mut allow = consent == Consent::Given;
+    loop {
+        match send(allow).await {
+            Ok(resp) => return Ok(Some(resp.into_inner())),
+            Err(s) => match refusal(&s) {
+                Some(sum) if !allow => {
+                    if !confirm(&sum, consent, format, out)? {
+                        return Ok(None);
+                    }
+                    allow = true;
+                }
+                _ => return Err(super::conn::status_error(s)),
+            },
+        }
+    }
+}
+
 pub fn confirm(
     refusal: &pb::PruneRefusal,
     consent: Consent,
