@@ -55,6 +55,8 @@ pub enum StoreError {
     #[error("store request too large ({0}); nothing was written")]
     TooLarge(String),
     /// The store refuses writes for want of space (etcd's NOSPACE alarm).
+    /// The write was not made: one that etcd applied while raising the
+    /// alarm is found by reading it back and reported made.
     #[error("the store is full ({0}); nothing was written")]
     Full(String),
 }

@@ -291,34 +291,52 @@ async fn etcd_size_bounds_are_refused_clearly() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_full_etcd_refuses_writes_clearly_and_keeps_reads() {
+async fn a_full_etcd_refuses_writes_clearly_and_never_stores_a_refused_one() {
     // A 4 MiB quota: etcd raises its NOSPACE alarm after a few writes.
     let Some(cluster) = EtcdCluster::start_with(1, false, &["--quota-backend-bytes", "4194304"])
     else {
         return;
     };
-    let s = cluster.store("/fleet/");
-    let value = vec![b'v'; 1 << 20];
+    let s = Arc::new(cluster.store("/fleet/"));
+    // Writers in parallel keep several writes between etcd's two quota
+    // checks (before proposing, and while applying) when the quota is
+    // crossed: the one that crosses it at apply is made and still answered
+    // NOSPACE. Every write answered `Full` must be absent, every
+    // acknowledged one present.
+    let writers: Vec<_> = (0..6)
+        .map(|w| {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let value = vec![b'v'; 256 << 10];
+                let mut acked = Vec::new();
+                for i in 0..64 {
+                    let key = format!("k/{w}/{i:02}");
+                    match s.txn(&[], &[Op::Put(key.clone(), value.clone())]) {
+                        Ok(_) => acked.push(key),
+                        Err(e) => return (acked, Some((key, e))),
+                    }
+                }
+                (acked, None)
+            })
+        })
+        .collect();
     let mut acked = Vec::new();
-    let mut refused = None;
-    for i in 0..64 {
-        let key = format!("k/{i:02}");
-        match s.txn(&[], &[Op::Put(key.clone(), value.clone())]) {
-            Ok(_) => acked.push(key),
-            Err(e) => {
-                refused = Some(e);
-                break;
-            }
-        }
+    let mut refused = Vec::new();
+    for w in writers {
+        let (a, r) = w.join().unwrap();
+        acked.extend(a);
+        refused.push(r.expect("a full etcd refuses writes"));
     }
-    let refused = refused.expect("a full etcd refuses writes");
-    assert!(matches!(refused, StoreError::Full(_)), "{refused}");
-    assert!(
-        refused.to_string().contains("etcdctl alarm disarm"),
-        "says what to do: {refused}"
-    );
-    // Reads go on and see every acknowledged write.
+    for (key, e) in &refused {
+        assert!(matches!(e, StoreError::Full(_)), "{key}: {e}");
+        assert!(
+            e.to_string().contains("etcdctl alarm disarm"),
+            "says what to do: {e}"
+        );
+    }
+    // Reads go on and see every acknowledged write, and nothing refused.
     let keys: Vec<String> = s.list("k/").unwrap().into_iter().map(|(k, _)| k).collect();
+    acked.sort();
     assert_eq!(keys, acked);
 }
 

@@ -362,6 +362,48 @@ fn never_sent(e: &etcd_client::Error) -> bool {
     }
 }
 
+impl EtcdStore {
+    /// Whether a write answered NOSPACE was applied all the same: read at one
+    /// revision, every put holds its value at one shared revision (the
+    /// write's), no compared version is still in place, and every deleted
+    /// key is gone. A write whose every put finds its exact bytes already in
+    /// place reads as made: the store then holds what the caller asked for.
+    fn made_despite_refusal(&self, compares: &[Compare], ops: &[Op]) -> Result<bool, StoreError> {
+        let gets: Vec<TxnOp> = ops
+            .iter()
+            .map(|(Op::Put(k, _) | Op::Delete(k))| TxnOp::get(self.full(k), None))
+            .collect();
+        let resp = self
+            .read(|mut kv| {
+                let read = Txn::new().and_then(gets.clone());
+                async move { kv.txn(read).await }
+            })
+            .map_err(|e| self.error("read", e))?;
+        let mut revision = None;
+        for (op, answer) in ops.iter().zip(resp.op_responses()) {
+            let etcd_client::TxnOpResponse::Get(got) = answer else {
+                return Ok(false);
+            };
+            match (op, got.kvs().first()) {
+                (Op::Put(_, value), Some(kv)) if kv.value() == value.as_slice() => {
+                    if *revision.get_or_insert(kv.mod_revision()) != kv.mod_revision() {
+                        return Ok(false);
+                    }
+                }
+                (Op::Delete(_), None) => {}
+                _ => return Ok(false),
+            }
+        }
+        let unchanged = compares.iter().any(|c| match c {
+            Compare::Version(k, v) => {
+                revision == Some(*v as i64) && ops.iter().any(|o| matches!(o, Op::Put(p, _) if p == k))
+            }
+            Compare::Absent(_) => false,
+        });
+        Ok(!unchanged)
+    }
+}
+
 /// Maps etcd's answers to what callers branch on.
 fn classify(endpoints: &str, op: &str, e: etcd_client::Error) -> StoreError {
     if let etcd_client::Error::GRpcStatus(s) = &e {
@@ -530,17 +572,26 @@ impl Store for EtcdStore {
         let txn = Txn::new().when(when).and_then(then);
         // Tried on another member only when it was certainly not applied;
         // otherwise the caller hears of the error.
-        let resp = self
-            .on_members(
-                Members::kv,
-                |mut kv| {
-                    let txn = txn.clone();
-                    async move { kv.txn(txn).await }
-                },
-                never_sent,
-            )
-            .map_err(|e| self.error("write", e))?;
-        Ok(resp.succeeded())
+        let resp = self.on_members(
+            Members::kv,
+            |mut kv| {
+                let txn = txn.clone();
+                async move { kv.txn(txn).await }
+            },
+            never_sent,
+        );
+        match resp.map_err(|e| self.error("write", e)) {
+            Ok(resp) => Ok(resp.succeeded()),
+            // etcd checks its quota twice: before proposing a write (refused,
+            // nothing written) and again while applying it, where the write
+            // that crosses the quota is applied and still answered NOSPACE.
+            // Only the store can tell which, so that `Full` means refused.
+            Err(full @ StoreError::Full(_)) => match self.made_despite_refusal(compares, ops) {
+                Ok(true) => Ok(true),
+                _ => Err(full),
+            },
+            Err(e) => Err(e),
+        }
     }
 
     fn try_lead(
