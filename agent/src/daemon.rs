@@ -7,7 +7,7 @@
 //! validated document whose hash matches is cached or enforced.
 
 use crate::cache::{self, Cached};
-use crate::client::{self, Enrolled};
+use crate::client::{self, Enrolled, Target};
 use crate::engine::{self, RunOptions};
 use crate::host::Host;
 use crate::outbox::Outbox;
@@ -124,11 +124,11 @@ pub async fn fetch_desired(
     controller: Option<&str>,
 ) -> anyhow::Result<Cached> {
     let list = controller.unwrap_or(&enrolled.config.controller);
-    let controllers = ballast_proto::controllers(list).map_err(anyhow::Error::msg)?;
+    let controllers = client::targets(list).await?;
     let mut failures = Vec::new();
     for at in &controllers {
         let attempt = async {
-            let channel = enrolled.channel(Some(at)).await?;
+            let channel = enrolled.channel_to(at).await?;
             let mut client = client::agent_client(channel);
             let mut stream = deadline("watch", client.watch(pb::WatchRequest::default()))
                 .await?
@@ -335,8 +335,8 @@ impl Link {
     /// One connection to `controller`: watch, heartbeat, deliver reports,
     /// until it breaks. The watch sends the hash the agent has, so a new
     /// session (on any controller) sends nothing the agent already applied.
-    async fn session(&mut self, enrolled: &Enrolled, controller: &str) -> anyhow::Result<()> {
-        let channel = enrolled.channel(Some(controller)).await?;
+    async fn session(&mut self, enrolled: &Enrolled, controller: &Target) -> anyhow::Result<()> {
+        let channel = enrolled.channel_to(controller).await?;
         let mut client = client::agent_client(channel);
         let known = self.status.borrow().hash.clone();
         let mut stream = deadline(
@@ -345,7 +345,7 @@ impl Link {
         )
         .await?
         .into_inner();
-        tracing::info!(controller, "watching desired state");
+        tracing::info!(controller = %controller, "watching desired state");
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -381,39 +381,47 @@ impl Link {
             .controller
             .clone()
             .unwrap_or_else(|| enrolled.config.controller.clone());
-        let controllers = match ballast_proto::controllers(&list) {
-            Ok(c) => controller_order(c, &self.name),
-            Err(e) => {
-                // Checked at enrollment and on the command line: only a hand-edited
-                // agent.json gets here. Enforcing the cache goes on regardless.
-                tracing::error!(error = %e, "no usable controller address; enforcing the cached state only");
-                return;
-            }
-        };
+        if let Err(e) = ballast_proto::controllers(&list) {
+            // Checked at enrollment and on the command line: only a hand-edited
+            // agent.json gets here. Enforcing the cache goes on regardless.
+            tracing::error!(error = %e, "no usable controller address; enforcing the cached state only");
+            return;
+        }
         let mut backoff = BACKOFF_MIN;
-        let mut failed_in_a_row = 0usize;
-        for at in controllers.iter().cycle() {
-            let started = Instant::now();
-            let result = self.session(&enrolled, at).await;
-            if started.elapsed() > Duration::from_secs(30) {
-                backoff = BACKOFF_MIN;
-                failed_in_a_row = 0;
-            }
-            failed_in_a_row += 1;
-            let round_failed = failed_in_a_row.is_multiple_of(controllers.len());
-            let wait = if round_failed {
-                backoff.mul_f64(jitter(0.5, 1.0))
-            } else {
-                // The next controller at once, spread a little so that the
-                // agents of a dead controller do not all arrive together.
-                Duration::from_millis(200).mul_f64(jitter(0.0, 1.0))
+        loop {
+            let mut failed_in_a_row = 0usize;
+            // Names are resolved again every round: a controller added to
+            // (or removed from) a DNS name is seen without a restart.
+            let controllers = match client::targets(&list).await {
+                Ok(t) => controller_order(t, &self.name),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "no usable controller address; enforcing the cached state only");
+                    return;
+                }
             };
-            if let Err(e) = result {
-                tracing::warn!(controller = %at, error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, unsent_reports = self.outbox.len(), "controller unreachable; enforcing the cached state");
-            }
-            tokio::time::sleep(wait).await;
-            if round_failed {
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+            for at in &controllers {
+                let started = Instant::now();
+                let result = self.session(&enrolled, at).await;
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = BACKOFF_MIN;
+                    failed_in_a_row = 0;
+                }
+                failed_in_a_row += 1;
+                let round_failed = failed_in_a_row.is_multiple_of(controllers.len());
+                let wait = if round_failed {
+                    backoff.mul_f64(jitter(0.5, 1.0))
+                } else {
+                    // The next controller at once, spread a little so that the
+                    // agents of a dead controller do not all arrive together.
+                    Duration::from_millis(200).mul_f64(jitter(0.0, 1.0))
+                };
+                if let Err(e) = result {
+                    tracing::warn!(controller = %at, error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, unsent_reports = self.outbox.len(), "controller unreachable; enforcing the cached state");
+                }
+                tokio::time::sleep(wait).await;
+                if round_failed {
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
             }
         }
     }
@@ -426,7 +434,7 @@ impl Link {
 /// to the second. Hashed, they spread evenly over the list, a dead
 /// controller's nodes spread evenly over the survivors, and a node comes
 /// back to the same controller after a restart.
-pub fn controller_order(mut controllers: Vec<String>, name: &str) -> Vec<String> {
+pub fn controller_order<T: std::fmt::Display>(mut controllers: Vec<T>, name: &str) -> Vec<T> {
     controllers.sort_by_cached_key(|addr| {
         std::cmp::Reverse(ballast_proto::sha256_tag(
             format!("{name}\n{addr}").as_bytes(),
