@@ -1,12 +1,47 @@
 //! One etcd watch as a task: reconnects with jittered backoff to the
 //! current member, resumes from the revision after the last one delivered,
-//! and ends with `Relist` when etcd compacted that history.
+//! and ends with `Relist` when etcd compacted that history. It keeps its
+//! [`Progress`] (how far it has delivered) for the watch-lag figure.
 
 use super::{BACKOFF_MIN, Backoff, Members, key_str, prefix_end};
 use crate::store::{Change, WatchEvent};
 use etcd_client::{EventType, WatchOptions};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use tokio::sync::mpsc;
+
+/// How far one watch has delivered: every change under its prefix up to
+/// `through` has been handed to the watcher. Changes advance it, and so do
+/// etcd's progress notifications (asked for through `poke`), which say
+/// that nothing more up to their revision is coming.
+#[derive(Debug, Default)]
+pub(super) struct Progress {
+    through: AtomicU64,
+    poke: tokio::sync::Notify,
+}
+
+impl Progress {
+    pub(super) fn starting_at(next: u64) -> Progress {
+        Progress {
+            through: AtomicU64::new(next.saturating_sub(1)),
+            poke: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub(super) fn through(&self) -> u64 {
+        self.through.load(Ordering::SeqCst)
+    }
+
+    fn advance(&self, revision: u64) {
+        self.through.fetch_max(revision, Ordering::SeqCst);
+    }
+
+    /// Asks the watch to request a progress notification (once, however
+    /// often it is asked before it gets to it).
+    pub(super) fn poke(&self) {
+        self.poke.notify_one();
+    }
+}
 
 /// One watch: reconnects until the watcher is dropped or history is gone.
 pub(super) struct WatchTask {
@@ -16,6 +51,7 @@ pub(super) struct WatchTask {
     /// The next revision to deliver.
     pub(super) next: u64,
     pub(super) endpoints: String,
+    pub(super) progress: Arc<Progress>,
 }
 
 enum Outcome {
@@ -46,8 +82,8 @@ impl WatchTask {
             .with_range(prefix_end(&self.key))
             .with_start_revision(self.next as i64);
         let (member, mut client) = self.members.watch();
-        let mut stream = match client.watch(self.key.clone(), Some(opts)).await {
-            Ok(s) => s,
+        let (mut requests, mut stream) = match client.watch(self.key.clone(), Some(opts)).await {
+            Ok(s) => s.split(),
             Err(e) => {
                 tracing::warn!(endpoints = %self.endpoints, member, error = %e, next = self.next, "etcd watch failed; reconnecting");
                 self.members.failed(member);
@@ -57,6 +93,14 @@ impl WatchTask {
         loop {
             let msg = tokio::select! {
                 _ = tx.closed() => return Outcome::Stop,
+                _ = self.progress.poke.notified() => {
+                    if let Err(e) = requests.request_progress().await {
+                        tracing::warn!(endpoints = %self.endpoints, member, error = %e, next = self.next, "etcd watch progress request failed; reconnecting");
+                        self.members.failed(member);
+                        return Outcome::Reconnect;
+                    }
+                    continue;
+                }
                 m = stream.message() => m,
             };
             let resp = match msg {
@@ -88,6 +132,14 @@ impl WatchTask {
             }
             if resp.created() {
                 *backoff = Backoff(BACKOFF_MIN);
+            } else if resp.events().is_empty() {
+                // A progress notification: nothing up to its revision is
+                // still to come. (etcd before 3.4.26 may send it ahead of
+                // events in flight: the lag then reads low for a moment.)
+                if let Some(h) = resp.header() {
+                    self.progress.advance(h.revision() as u64);
+                }
+                continue;
             }
             // Group the events by revision: one transaction, one event.
             let mut current: Option<(u64, Vec<Change>)> = None;
@@ -138,8 +190,11 @@ impl WatchTask {
         changes: Vec<Change>,
     ) -> bool {
         self.next = revision + 1;
-        tx.send(WatchEvent::Changes { revision, changes })
+        let sent = tx
+            .send(WatchEvent::Changes { revision, changes })
             .await
-            .is_ok()
+            .is_ok();
+        self.progress.advance(revision);
+        sent
     }
 }
