@@ -256,9 +256,9 @@ fn disk_use(path: &Path, mounts: &[std::path::PathBuf]) -> pb::DiskUse {
     }
     let (total, used) = match nix::sys::statvfs::statvfs(&path) {
         Ok(s) => {
-            let unit = s.fragment_size() as u64;
-            let blocks = s.blocks() as u64;
-            let free = (s.blocks_free() as u64).min(blocks);
+            let unit = s.fragment_size();
+            let blocks = s.blocks();
+            let free = s.blocks_free().min(blocks);
             (blocks * unit, (blocks - free) * unit)
         }
         Err(e) => {
