@@ -136,11 +136,8 @@ pub struct EtcdStore {
     endpoints: String,
     /// This process's liveness lease (`Store::put_leased`), once made.
     liveness: std::sync::Mutex<Option<lease::Liveness>>,
-    /// The progress of every watch made, for [`Store::watch_lag`].
-    watches: std::sync::Mutex<Vec<std::sync::Weak<watch::Progress>>>,
-    /// When the live watches were last confirmed current, and the lag
-    /// last measured.
-    lag: std::sync::Mutex<(std::time::Instant, u64)>,
+    /// Every watch's progress, for [`Store::watch_lag`].
+    lag: watch::Lag,
 }
 
 impl Drop for EtcdStore {
@@ -227,8 +224,7 @@ impl EtcdStore {
             prefix: opts.prefix.clone(),
             endpoints,
             liveness: std::sync::Mutex::new(None),
-            watches: std::sync::Mutex::new(Vec::new()),
-            lag: std::sync::Mutex::new((std::time::Instant::now(), 0)),
+            lag: watch::Lag::default(),
         };
         store.current_revision()?;
         Ok(store)
@@ -617,55 +613,8 @@ impl Store for EtcdStore {
         self.leased_txn(ops, ttl)
     }
 
-    /// The newest revision (a linearizable read), compared with each live
-    /// watch's progress; those behind are asked for a progress
-    /// notification and waited for up to [`WATCH_LAG_WAIT`]. When the
-    /// cluster cannot be read, the last lag measured stands and the seconds
-    /// run on.
     fn watch_lag(&self) -> Option<WatchLag> {
-        let live: Vec<Arc<watch::Progress>> = {
-            let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
-            watches.retain(|w| w.strong_count() > 0);
-            watches
-                .iter()
-                .filter_map(std::sync::Weak::upgrade)
-                .collect()
-        };
-        if live.is_empty() {
-            return None;
-        }
-        let behind = |head: u64| {
-            live.iter()
-                .map(|p| head.saturating_sub(p.through()))
-                .max()
-                .unwrap_or(0)
-        };
-        let measured = self.current_revision().map(|head| {
-            live.iter()
-                .filter(|p| p.through() < head)
-                .for_each(|p| p.poke());
-            let deadline = std::time::Instant::now() + WATCH_LAG_WAIT;
-            let mut lag = behind(head);
-            while lag > 0 && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-                lag = behind(head);
-            }
-            lag
-        });
-        let mut last = self.lag.lock().unwrap_or_else(|p| p.into_inner());
-        match &measured {
-            Ok(0) => *last = (std::time::Instant::now(), 0),
-            Ok(lag) => last.1 = *lag,
-            Err(e) => tracing::warn!(error = %e, "watch lag: could not read the newest revision"),
-        }
-        Some(WatchLag {
-            revisions: last.1,
-            seconds: if measured.as_ref().is_ok_and(|l| *l == 0) {
-                0.0
-            } else {
-                last.0.elapsed().as_secs_f64()
-            },
-        })
+        self.lag.measure(|| self.current_revision())
     }
 
     fn watch(&self, prefix: &str, from_revision: u64) -> Result<Watch, StoreError> {
@@ -675,12 +624,7 @@ impl Store for EtcdStore {
             from_revision
         };
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
-        let progress = Arc::new(watch::Progress::starting_at(from));
-        {
-            let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
-            watches.retain(|w| w.strong_count() > 0);
-            watches.push(Arc::downgrade(&progress));
-        }
+        let progress = self.lag.track(from);
         let task = WatchTask {
             progress,
             members: self.members.clone(),

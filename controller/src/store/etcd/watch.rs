@@ -3,11 +3,12 @@
 //! and ends with `Relist` when etcd compacted that history. It keeps its
 //! [`Progress`] (how far it has delivered) for the watch-lag figure.
 
-use super::{BACKOFF_MIN, Backoff, Members, key_str, prefix_end};
-use crate::store::{Change, WatchEvent};
+use super::{BACKOFF_MIN, Backoff, Members, WATCH_LAG_WAIT, key_str, prefix_end};
+use crate::store::{Change, StoreError, WatchEvent, WatchLag};
 use etcd_client::{EventType, WatchOptions};
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Instant;
 use tokio::sync::mpsc;
 
 /// How far one watch has delivered: every change under its prefix up to
@@ -40,6 +41,86 @@ impl Progress {
     /// often it is asked before it gets to it).
     pub(super) fn poke(&self) {
         self.poke.notify_one();
+    }
+}
+
+/// The progress of every watch a store made, and the last lag measured.
+pub(super) struct Lag {
+    watches: Mutex<Vec<Weak<Progress>>>,
+    /// When the live watches were last confirmed current, and the last
+    /// lag measured in revisions.
+    last: Mutex<(Instant, u64)>,
+}
+
+impl Default for Lag {
+    fn default() -> Lag {
+        Lag {
+            watches: Mutex::default(),
+            last: Mutex::new((Instant::now(), 0)),
+        }
+    }
+}
+
+impl Lag {
+    /// The progress of a new watch starting at revision `next`.
+    pub(super) fn track(&self, next: u64) -> Arc<Progress> {
+        let progress = Arc::new(Progress::starting_at(next));
+        let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        watches.retain(|w| w.strong_count() > 0);
+        watches.push(Arc::downgrade(&progress));
+        progress
+    }
+
+    /// The newest revision (`head`, a linearizable read), compared with
+    /// each live watch's progress; those behind are asked for a progress
+    /// notification and waited for up to [`WATCH_LAG_WAIT`]. When the
+    /// cluster cannot be read, the last lag measured stands and the seconds
+    /// run on. `None` without a live watch.
+    pub(super) fn measure(
+        &self,
+        head: impl FnOnce() -> Result<u64, StoreError>,
+    ) -> Option<WatchLag> {
+        let live: Vec<Arc<Progress>> = {
+            let mut watches = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+            watches.retain(|w| w.strong_count() > 0);
+            watches.iter().filter_map(Weak::upgrade).collect()
+        };
+        if live.is_empty() {
+            return None;
+        }
+        let behind = |head: u64| {
+            live.iter()
+                .map(|p| head.saturating_sub(p.through()))
+                .max()
+                .unwrap_or(0)
+        };
+        let measured = head().map(|head| {
+            live.iter()
+                .filter(|p| p.through() < head)
+                .for_each(|p| p.poke());
+            let deadline = Instant::now() + WATCH_LAG_WAIT;
+            let mut lag = behind(head);
+            while lag > 0 && Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+                lag = behind(head);
+            }
+            lag
+        });
+        let mut last = self.last.lock().unwrap_or_else(|p| p.into_inner());
+        match &measured {
+            Ok(0) => *last = (Instant::now(), 0),
+            Ok(lag) => last.1 = *lag,
+            Err(e) => tracing::warn!(error = %e, "watch lag: could not read the newest revision"),
+        }
+        let current = matches!(measured, Ok(0));
+        Some(WatchLag {
+            revisions: last.1,
+            seconds: if current {
+                0.0
+            } else {
+                last.0.elapsed().as_secs_f64()
+            },
+        })
     }
 }
 
