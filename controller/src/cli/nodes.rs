@@ -304,12 +304,10 @@ pub fn write_node_detail(out: &mut dyn Write, d: &pb::NodeDetail) -> anyhow::Res
         )?;
     }
     if let Some(host) = &d.host {
-        let rows = super::host::rows(host);
-        let text: Vec<String> = rows
-            .iter()
-            .map(|(label, value)| format!("{label} {}", esc(value)))
-            .collect();
-        writeln!(out, "host:      {}", text.join(", "))?;
+        for (i, (label, value)) in super::host::rows(host).iter().enumerate() {
+            let head = if i == 0 { "host:" } else { "" };
+            writeln!(out, "{head:<10} {label:<9}{}", esc(value))?;
+        }
     }
     writeln!(out, "timeline:")?;
     for e in &d.timeline {

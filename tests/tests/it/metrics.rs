@@ -447,7 +447,7 @@ async fn host_figures_reach_node_show_and_repeated_passes_write_nothing() {
 
     let (_, text) = ctl.cli(&["node", "show", "h1"]).await;
     assert!(
-        text.contains("host:      load ") && text.contains("disk / "),
+        text.contains("host:      load     ") && text.contains("\n           disk     / "),
         "{text}"
     );
     let (_, json) = ctl.cli(&["node", "show", "h1", "-o", "json"]).await;
