@@ -35,6 +35,9 @@ pub struct DaemonConfig {
     pub facts_dir: PathBuf,
     /// Overrides the controller address recorded at enrollment.
     pub controller: Option<String>,
+    /// The least time between two sends of the host figures
+    /// (`facts::HostPacer`).
+    pub host_figures_every: Duration,
 }
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
@@ -283,9 +286,47 @@ struct Link {
     outbox: Arc<Outbox>,
     queued: Arc<tokio::sync::Notify>,
     facts_sent: Option<String>,
+    host: crate::facts::HostPacer,
 }
 
 impl Link {
+    /// Sends the host figures when the pacer says they are due and moved.
+    /// A controller that refuses them for good (too old to know the call,
+    /// or finding them invalid) is not asked again before the next interval.
+    async fn send_host(
+        &mut self,
+        client: &mut pb::agent_client::AgentClient<Channel>,
+    ) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if !self.host.due(now) {
+            return Ok(());
+        }
+        let dir = self.cfg.state_dir.path().to_owned();
+        let figures = tokio::task::spawn_blocking(move || crate::facts::host_figures(&dir))
+            .await
+            .context("host figures task")?;
+        if !self.host.worth_sending(&figures) {
+            return Ok(());
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, client.put_host_figures(figures.clone())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(s))
+                if matches!(
+                    s.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::Unimplemented
+                ) =>
+            {
+                tracing::warn!(error = %s.message(), "controller refused host figures");
+            }
+            Ok(Err(s)) => anyhow::bail!("host figures: {}", s.message()),
+            Err(_) => {
+                anyhow::bail!("host figures: no answer from the controller within {CALL_TIMEOUT:?}")
+            }
+        }
+        self.host.sent(now, figures);
+        Ok(())
+    }
+
     /// Sends facts if they changed since last sent, then every queued report, oldest first.
     async fn flush(
         &mut self,
@@ -301,6 +342,7 @@ impl Link {
             }
             self.facts_sent = Some(facts_hash);
         }
+        self.send_host(client).await?;
         loop {
             let outbox = self.outbox.clone();
             let Some((seq, report)) = tokio::task::spawn_blocking(move || outbox.front())
@@ -473,12 +515,13 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> anyho
     let plans = crate::plan::run(cfg.clone());
     let link = Link {
         name: enrolled.config.name.clone(),
-        cfg,
         status: status_rx,
         desired: desired_tx,
         outbox,
         queued,
         facts_sent: None,
+        host: crate::facts::HostPacer::new(cfg.host_figures_every),
+        cfg,
     };
     tokio::select! {
         _ = enforcer.run(desired_rx) => Ok(()),

@@ -9,7 +9,7 @@ use crate::fleet::{Feed, Fleet, FleetError, plan};
 use crate::metrics::Refusal;
 use crate::store::StoreError;
 use ballast_proto::enums::Outcome;
-use ballast_proto::limits::{CheckedFacts, CheckedReport};
+use ballast_proto::limits::{CheckedFacts, CheckedHost, CheckedReport};
 use ballast_proto::pb;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -278,6 +278,17 @@ impl pb::agent_server::Agent for Api {
         let facts = CheckedFacts::try_from(req.into_inner()).map_err(Status::invalid_argument)?;
         let fleet = self.fleet.clone();
         blocking(move || fleet.put_facts(&name, facts)).await?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn put_host_figures(
+        &self,
+        req: Request<pb::HostFigures>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let name = node_of(&req)?;
+        let host = CheckedHost::try_from(req.into_inner()).map_err(Status::invalid_argument)?;
+        let fleet = self.fleet.clone();
+        blocking(move || fleet.put_host(&name, host)).await?;
         Ok(Response::new(pb::Ack {}))
     }
 

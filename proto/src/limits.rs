@@ -30,6 +30,16 @@ pub const MAX_FACTS_BYTES: usize = 128 * 1024;
 /// Nesting depth of the facts document (arrays and objects).
 pub const MAX_FACTS_DEPTH: usize = 32;
 
+/// A mount point in a node's host figures.
+pub const MAX_MOUNT_BYTES: usize = 256;
+/// Largest load average accepted in host figures.
+pub const MAX_LOAD: f64 = 1e6;
+/// The shortest interval between two stored host records of one node: the
+/// least an agent may be set to (`--host-figures-every`), and what the
+/// controller holds to whatever an agent sends (more often is acknowledged,
+/// not stored). Its default on the agent is five minutes.
+pub const MIN_HOST_FIGURES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// `ListNodes` page size when the request says 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 500;
 /// Largest `ListNodes` page size; larger requests get this many.
@@ -171,6 +181,56 @@ impl TryFrom<pb::Facts> for CheckedFacts {
             json: f.json,
             value,
         })
+    }
+}
+
+/// Host figures with every field present and in range: finite loads in
+/// `0..=MAX_LOAD`, used at most total, mounts of at most
+/// [`MAX_MOUNT_BYTES`] without control characters. A stored record is then
+/// a few hundred bytes.
+#[derive(Debug, Clone)]
+pub struct CheckedHost(pb::HostFigures);
+
+impl CheckedHost {
+    pub fn into_inner(self) -> pb::HostFigures {
+        self.0
+    }
+}
+
+impl TryFrom<pb::HostFigures> for CheckedHost {
+    type Error = String;
+
+    fn try_from(h: pb::HostFigures) -> Result<Self, String> {
+        for (field, v) in [("load1", h.load1), ("load5", h.load5), ("load15", h.load15)] {
+            if !(0.0..=MAX_LOAD).contains(&v) {
+                return Err(format!(
+                    "host figures: {field} is {v}; allowed: 0 to {MAX_LOAD}"
+                ));
+            }
+        }
+        if h.memory_used_bytes > h.memory_total_bytes {
+            return Err("host figures: memory used exceeds memory total".into());
+        }
+        for (field, disk) in [("root", &h.root), ("state", &h.state)] {
+            let Some(d) = disk else {
+                return Err(format!("host figures: {field} is missing"));
+            };
+            if d.mount.len() > MAX_MOUNT_BYTES {
+                return Err(format!(
+                    "host figures: {field}.mount is {} bytes; the limit is {MAX_MOUNT_BYTES}",
+                    d.mount.len()
+                ));
+            }
+            if d.mount.chars().any(char::is_control) {
+                return Err(format!(
+                    "host figures: {field}.mount has control characters"
+                ));
+            }
+            if d.used_bytes > d.total_bytes {
+                return Err(format!("host figures: {field} used exceeds its total"));
+            }
+        }
+        Ok(CheckedHost(h))
     }
 }
 
@@ -329,6 +389,43 @@ mod tests {
             "{:?}",
             last.changes.last()
         );
+    }
+
+    #[test]
+    fn host_figures_out_of_range_are_refused_naming_the_field() {
+        fn disk(mount: &str, used: u64) -> Option<pb::DiskUse> {
+            Some(pb::DiskUse {
+                mount: mount.into(),
+                total_bytes: 100,
+                used_bytes: used,
+            })
+        }
+        let ok = pb::HostFigures {
+            load1: 0.5,
+            memory_total_bytes: 10,
+            memory_used_bytes: 5,
+            root: disk("/", 50),
+            state: disk("/var", 50),
+            ..Default::default()
+        };
+        assert!(CheckedHost::try_from(ok.clone()).is_ok());
+        let refused = |change: fn(&mut pb::HostFigures)| {
+            let mut h = ok.clone();
+            change(&mut h);
+            CheckedHost::try_from(h).unwrap_err()
+        };
+        assert!(refused(|h| h.load5 = f64::NAN).contains("load5"));
+        assert!(refused(|h| h.load15 = -1.0).contains("load15"));
+        assert!(refused(|h| h.memory_used_bytes = 11).contains("memory"));
+        assert!(refused(|h| h.state = None).contains("state is missing"));
+        assert!(refused(|h| h.root = disk("/", 101)).contains("root used"));
+        let long = refused(|h| h.root = disk(&"m".repeat(MAX_MOUNT_BYTES + 1), 0));
+        // (a fn pointer: the closure captures nothing)
+        assert!(
+            long.contains("root.mount") && long.contains("256"),
+            "{long}"
+        );
+        assert!(refused(|h| h.state = disk("/x\x1b[2J", 0)).contains("control"));
     }
 
     #[test]

@@ -282,6 +282,7 @@ impl TestAgent {
             heartbeat: Duration::from_millis(500),
             facts_dir: self.state.path().join("facts.d"),
             controller: None,
+            host_figures_every: ballast_agent::facts::DEFAULT_HOST_FIGURES_EVERY,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         self.shutdown = Some(tx);

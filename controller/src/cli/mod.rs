@@ -7,6 +7,7 @@
 
 mod admin;
 mod conn;
+pub mod host;
 mod nodes;
 pub mod output;
 mod plan;

@@ -264,6 +264,10 @@ fn detail_doc(d: &pb::NodeDetail) -> anyhow::Result<serde_json::Value> {
         .collect();
     let mut v = node_doc(&s)?;
     v["facts"] = facts;
+    v["host"] = d
+        .host
+        .as_ref()
+        .map_or(serde_json::Value::Null, super::host::doc);
     v["last_run"] = report.unwrap_or(serde_json::Value::Null);
     v["timeline"] = timeline.into();
     Ok(v)
@@ -298,6 +302,12 @@ pub fn write_node_detail(out: &mut dyn Write, d: &pb::NodeDetail) -> anyhow::Res
             text(facts.get("kernel")),
             text(facts.get("cpus")),
         )?;
+    }
+    if let Some(host) = &d.host {
+        for (i, (label, value)) in super::host::rows(host).iter().enumerate() {
+            let head = if i == 0 { "host:" } else { "" };
+            writeln!(out, "{head:<10} {label:<9}{}", esc(value))?;
+        }
     }
     writeln!(out, "timeline:")?;
     for e in &d.timeline {
@@ -373,6 +383,16 @@ mod tests {
                 stage: HOSTILE.into(),
                 detail: HOSTILE.into(),
             }],
+            host: Some(pb::HostRecord {
+                figures: Some(pb::HostFigures {
+                    root: Some(pb::DiskUse {
+                        mount: HOSTILE.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                received_ms: 1,
+            }),
         }
     }
 
@@ -395,7 +415,7 @@ mod tests {
             "{text}"
         );
         // Every field of the hostile detail shows up escaped, none is dropped.
-        assert!(text.matches("\\x1b[2J").count() >= 12, "{text}");
+        assert!(text.matches("\\x1b[2J").count() >= 13, "{text}");
     }
 
     #[test]
@@ -431,6 +451,7 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["last_run"]["resources"][0]["error"], HOSTILE);
         assert_eq!(v["timeline"][0]["detail"], HOSTILE);
+        assert_eq!(v["host"]["root"]["mount"], HOSTILE);
     }
 
     #[test]

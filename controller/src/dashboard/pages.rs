@@ -216,10 +216,9 @@ impl Pages {
                 .is_some_and(|v| token.matches(v.as_bytes()))
         {
             let fleet = self.fleet.clone();
-            let text =
-                tokio::task::spawn_blocking(move || fleet.metrics().render(&fleet.status_counts()))
-                    .await
-                    .unwrap_or_default();
+            let text = tokio::task::spawn_blocking(move || crate::metrics::scrape(&fleet))
+                .await
+                .unwrap_or_default();
             let mut resp = Response::new(Body::from(text));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -336,11 +335,18 @@ impl Pages {
             .iter()
             .map(|e| json!({ "at": time(e.at_ms), "stage": e.stage, "detail": e.detail }))
             .collect();
+        let host: Option<Vec<Value>> = detail.host.as_ref().map(|h| {
+            crate::cli::host::rows(h)
+                .into_iter()
+                .map(|(label, value)| json!({ "label": label, "value": value }))
+                .collect()
+        });
         self.render(
             StatusCode::OK,
             "node.html",
             json!({
                 "node": summary,
+                "host": host,
                 "facts": facts,
                 "run": run,
                 "timeline": timeline,
@@ -450,7 +456,7 @@ mod template_tests {
             ),
             (
                 "node.html",
-                json!({"node": node, "facts": evil, "timeline": [{"at": "t", "stage": "s", "detail": evil}],
+                json!({"node": node, "facts": evil, "host": [{"label": "disk", "value": evil}], "timeline": [{"at": "t", "stage": "s", "detail": evil}],
                 "run": {"revision": 1, "started": "t", "duration_ms": 3, "noop": false,
                     "resources": [{"id": evil, "outcome": "failed", "changes": [evil], "error": evil}]}}),
             ),

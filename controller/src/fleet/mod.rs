@@ -119,6 +119,8 @@ struct Node {
     feed: watch::Sender<Feed>,
     report: Option<ReportSummary>,
     facts: serde_json::Value,
+    /// When this controller last stored the node's host figures (0: never).
+    host_stored_ms: u64,
     /// Serialises this node's own status writes (concurrent reports).
     status_lock: Arc<Mutex<()>>,
     /// When its link was last lost without its doing (its controller died,
@@ -145,6 +147,7 @@ impl Node {
             feed: tx,
             report: None,
             facts: serde_json::Value::Null,
+            host_stored_ms: 0,
             status_lock: Arc::new(Mutex::new(())),
             lost_ms: 0,
         }

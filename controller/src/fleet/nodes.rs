@@ -8,7 +8,9 @@ use super::{
 };
 use crate::store::{Compare, Op};
 use ballast_proto::enums::NodeStatus as Status;
-use ballast_proto::limits::{CheckedFacts, CheckedReport, MAX_PAGE_BYTES};
+use ballast_proto::limits::{
+    CheckedFacts, CheckedHost, CheckedReport, MAX_PAGE_BYTES, MIN_HOST_FIGURES_INTERVAL,
+};
 use ballast_proto::pb;
 use ballast_proto::spec::{self, Labels};
 use std::ops::Bound;
@@ -109,6 +111,51 @@ impl Fleet {
             node.status.last_seen_ms = self.now_ms();
         }
         Ok(())
+    }
+
+    /// Stores a node's host figures (`host/{name}`) unless this controller
+    /// stored some for it less than `MIN_HOST_FIGURES_INTERVAL` ago: those
+    /// are dropped (`Ok(false)`). The agent holds itself to a longer
+    /// interval, so only a misbehaving one is dropped; whatever it sends,
+    /// its store writes stay bounded.
+    pub fn put_host(&self, name: &str, host: CheckedHost) -> Result<bool> {
+        let now = self.now_ms();
+        let serial = {
+            let mut inner = self.lock();
+            let node = inner
+                .nodes
+                .get_mut(name)
+                .ok_or_else(|| FleetError::NotFound(format!("node {name} is not enrolled")))?;
+            node.status.last_seen_ms = now;
+            let min = MIN_HOST_FIGURES_INTERVAL.as_millis() as u64;
+            if node.host_stored_ms != 0 && now < node.host_stored_ms.saturating_add(min) {
+                return Ok(false);
+            }
+            // Taken before the write, so concurrent calls write once.
+            node.host_stored_ms = now;
+            node.record.cert_serial.clone()
+        };
+        let record = pb::HostRecord {
+            figures: Some(host.into_inner()),
+            received_ms: now,
+        };
+        let written = self.store.txn(
+            &[],
+            &[Op::Put(
+                keys::host(name),
+                prost::Message::encode_to_vec(&record),
+            )],
+        );
+        if let Err(e) = written {
+            if let Some(node) = self.lock().nodes.get_mut(name)
+                && node.record.cert_serial == serial
+                && node.host_stored_ms == now
+            {
+                node.host_stored_ms = 0;
+            }
+            return Err(e.into());
+        }
+        Ok(true)
     }
 
     /// Changes a node's operator record. Nodes never write it, so this
@@ -333,7 +380,16 @@ impl Fleet {
                 None => None,
             },
         };
+        let host = match enrolled {
+            false => None,
+            true => self.store.get(&keys::host(name))?.and_then(|e| {
+                prost::Message::decode(e.value.as_slice())
+                    .inspect_err(|err| tracing::warn!(node = name, error = %err, "stored host figures do not decode; not shown"))
+                    .ok()
+            }),
+        };
         Ok(pb::NodeDetail {
+            host,
             summary: Some(summary),
             facts_json: facts,
             last_report,
