@@ -217,6 +217,11 @@ impl pb::agent_server::Agent for Api {
         let name = node_of(&req)?;
         let known = req.into_inner().known_hash;
         let mut rx = self.fleet.subscribe(&name)?;
+        // It may come from a controller that died with its last runs.
+        let (fleet, n) = (self.fleet.clone(), name.clone());
+        if let Err(e) = blocking(move || fleet.reload_reported(&n)).await {
+            tracing::warn!(node = %name, error = %e.message(), "could not reload the node's reports");
+        }
         let (tx, out) = tokio::sync::mpsc::channel(1);
         let open = self.fleet.metrics().watch_opened();
         tokio::spawn(async move {

@@ -100,6 +100,52 @@ impl Fleet {
         Ok(())
     }
 
+    /// Reads the node's own records (`status/`, `reports/`) again from the
+    /// store when its stream comes to this controller. The controller that
+    /// held it before may have died with runs its liveness summaries never
+    /// carried: without this, this controller would count the node from an
+    /// older report (holding a rollout's gate shut, showing an old
+    /// revision) until the node's next run, and its next report would
+    /// write the older timeline back. Under the node's status lock, so no
+    /// report of this controller's lands in between.
+    pub fn reload_reported(&self, name: &str) -> Result<()> {
+        let Some((status_lock, serial)) = self
+            .lock()
+            .nodes
+            .get(name)
+            .map(|n| (n.status_lock.clone(), n.record.cert_serial.clone()))
+        else {
+            return Ok(());
+        };
+        let _own = status_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let report = match self.store.get(&keys::report(name))? {
+            Some(e) => Some(decode_report(&keys::report(name), &e.value)?),
+            None => None,
+        };
+        let status = match self.store.get(&keys::status(name))? {
+            Some(e) => Some(from_json::<super::records::NodeStatus>(
+                &keys::status(name),
+                &e.value,
+            )?),
+            None => None,
+        };
+        let mut inner = self.lock();
+        let Some(node) = inner.nodes.get_mut(name) else {
+            return Ok(());
+        };
+        if node.record.cert_serial != serial {
+            return Ok(());
+        }
+        if let Some(r) = report.filter(|r| !r.noop) {
+            node.report = Some(summarize(&r));
+        }
+        if let Some(mut s) = status.filter(|s| s.cert_serial == serial) {
+            s.last_seen_ms = s.last_seen_ms.max(node.status.last_seen_ms);
+            node.status = s;
+        }
+        Ok(())
+    }
+
     pub fn put_facts(&self, name: &str, facts: CheckedFacts) -> Result<()> {
         if !self.lock().nodes.contains_key(name) {
             return Err(FleetError::NotFound(format!("node {name} is not enrolled")));

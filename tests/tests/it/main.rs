@@ -22,6 +22,8 @@ mod nodes;
 mod noop;
 mod packaging;
 mod plan;
+mod rollout_etcd;
+mod rollout_nodes;
 mod rollouts;
 mod security;
 mod store;
