@@ -65,6 +65,7 @@ pub(super) fn summarize(inner: &Inner, new: &Spec) -> pb::DiffResponse {
             .cloned()
             .collect(),
         roleless_nodes,
+        ..Default::default()
     }
 }
 
