@@ -903,7 +903,12 @@ mod content_diffs {
             )]
         );
         // A mode change alone has no content diff; a removal has none.
-        let r = sb.run(&wrap("    files: [{path: /etc/motd, content: \"one\\nTWO\\nthree\\n\", mode: '0600'}]\n"), false);
+        let r = sb.run(
+            &wrap(
+                "    files: [{path: /etc/motd, content: \"one\\nTWO\\nthree\\n\", mode: '0600'}]\n",
+            ),
+            false,
+        );
         assert_eq!(summary(&r)[0], "Changed file[/etc/motd] mode 0644 -> 0600");
         assert!(diffs(&r).is_empty(), "{:?}", diffs(&r));
         let pb = r.to_pb(1, "h", 0, false, Trigger::Change);

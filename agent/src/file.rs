@@ -217,7 +217,8 @@ impl Resource for FileRes<'_> {
     fn observe(&self, host: &Host) -> anyhow::Result<Observed> {
         let want = self.content.as_ref().map(|c| c.len() as u64);
         let diffable = |size: u64| size as usize <= MAX_DIFF_INPUT;
-        let read_if = |size: u64| want.is_some_and(|w| w == size || (diffable(w) && diffable(size)));
+        let read_if =
+            |size: u64| want.is_some_and(|w| w == size || (diffable(w) && diffable(size)));
         let (meta, current) = match host.observe_file(&self.spec.path, read_if)? {
             Some((m, c)) => (Some(m), c),
             None => (None, None),

@@ -418,7 +418,10 @@ mod tests {
         let mut fitted = big;
         fit_report(&mut fitted);
         let d = &fitted.resources[0].diff;
-        assert!(d.len() <= MAX_DIFF_BYTES && d.ends_with(crate::diff::CUT_MARK), "{d}");
+        assert!(
+            d.len() <= MAX_DIFF_BYTES && d.ends_with(crate::diff::CUT_MARK),
+            "{d}"
+        );
         assert!(CheckedReport::try_from(fitted).is_ok());
 
         let many = with_diffs(40, 3000);
@@ -439,7 +442,11 @@ mod tests {
             fitted.resources[kept].diff,
             "diff left out: this report's diffs reached their bound of 65536 bytes (19 files' diffs left out)\n"
         );
-        assert!(fitted.resources[kept + 1..].iter().all(|r| r.diff.is_empty()));
+        assert!(
+            fitted.resources[kept + 1..]
+                .iter()
+                .all(|r| r.diff.is_empty())
+        );
         assert!(CheckedReport::try_from(fitted).is_ok());
     }
 
