@@ -204,7 +204,6 @@ pub async fn diff(
                 )?;
             }
             summary::print(out, &resp, true)?;
-            print_content(out, &resp)?;
             let reasons = crate::fleet::prune_reasons(&resp);
             if !reasons.is_empty() {
                 writeln!(
@@ -213,7 +212,8 @@ pub async fn diff(
                     esc(&reasons.join(", and "))
                 )?;
             }
-            Ok(())
+            print_content(out, &resp)
+
         },
     )?;
     // As diff(1) and Puppet's --detailed-exitcodes: 0 no change, 2 changes
