@@ -213,7 +213,6 @@ pub async fn diff(
                 )?;
             }
             print_content(out, &resp)
-
         },
     )?;
     // As diff(1) and Puppet's --detailed-exitcodes: 0 no change, 2 changes

@@ -40,7 +40,9 @@ async fn node_show_shows_the_last_runs_content_diffs_escaped() {
     let ctl = TestController::start().await;
     let mut a = TestAgent::enroll(&ctl, "a", &[]).await;
     a.start(Duration::from_secs(300));
-    ctl.apply(&spec("one\\ntwo\\nthree\\n")).await.expect("apply");
+    ctl.apply(&spec("one\\ntwo\\nthree\\n"))
+        .await
+        .expect("apply");
     converged(&ctl, "a", 1).await;
     let first = ctl.node_detail("a").await.last_report.unwrap();
     let name = first
@@ -56,7 +58,9 @@ async fn node_show_shows_the_last_runs_content_diffs_escaped() {
     // Someone wrote a terminal escape into the file by hand; the next
     // revision replaces it.
     std::fs::write(a.path("/etc/app/motd"), "one\n\x1b[2Jtwo\nthree\n").unwrap();
-    ctl.apply(&spec("one\\nTWO\\nthree\\n")).await.expect("apply");
+    ctl.apply(&spec("one\\nTWO\\nthree\\n"))
+        .await
+        .expect("apply");
     converged(&ctl, "a", 2).await;
     let report = ctl.node_detail("a").await.last_report.unwrap();
     let motd = report
@@ -83,7 +87,10 @@ async fn node_show_shows_the_last_runs_content_diffs_escaped() {
         out.contains("              @@ -1,3 +1,3 @@\n               one\n              -\\x1b[2Jtwo\n              +TWO\n"),
         "{out}"
     );
-    assert!(!out.contains('\x1b'), "a raw escape reached the terminal:\n{out}");
+    assert!(
+        !out.contains('\x1b'),
+        "a raw escape reached the terminal:\n{out}"
+    );
     let (code, out) = ctl.cli(&["node", "show", "a", "-o", "json"]).await;
     assert_eq!(code, ExitCode::SUCCESS, "{out}");
     let doc: serde_json::Value = serde_json::from_str(&out).unwrap();
