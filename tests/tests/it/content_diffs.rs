@@ -150,3 +150,46 @@ async fn diff_shows_the_content_each_node_would_get() {
     );
     drop(agents);
 }
+
+/// A run whose diffs pass the report's bound is still reported and taken:
+/// the first diffs whole, then a note saying how many were left out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_run_with_more_diffs_than_a_report_holds_is_fitted_and_taken() {
+    use ballast_proto::limits::MAX_REPORT_DIFF_BYTES;
+    let ctl = TestController::start().await;
+    let mut a = TestAgent::enroll(&ctl, "a", &[]).await;
+    a.start(Duration::from_secs(300));
+    let body: String = (0..200)
+        .map(|i| format!("line {i:03} of a long file\\n"))
+        .collect();
+    let files: String = (0..40)
+        .map(|k| format!("      - {{path: /etc/app/f{k:02}, content: \"{body}\"}}\n"))
+        .collect();
+    let yaml = format!(
+        "roles:\n  base:\n    directories: [{{path: /etc/app}}]\n    files:\n{files}groups:\n  all: {{roles: [base]}}\n"
+    );
+    ctl.apply(&yaml).await.expect("apply");
+    converged(&ctl, "a", 1).await;
+    let report = ctl.node_detail("a").await.last_report.unwrap();
+    let diffs: Vec<&str> = report
+        .resources
+        .iter()
+        .map(|r| r.diff.as_str())
+        .filter(|d| !d.is_empty())
+        .collect();
+    let total: usize = diffs.iter().map(|d| d.len()).sum();
+    assert!(total <= MAX_REPORT_DIFF_BYTES, "{total}");
+    let whole = diffs
+        .iter()
+        .filter(|d| d.starts_with("diff (+200 -0 lines)"))
+        .count();
+    assert!((5..40).contains(&whole), "{whole} whole diffs");
+    assert_eq!(
+        diffs[whole],
+        format!(
+            "diff left out: this report's diffs reached their bound of {MAX_REPORT_DIFF_BYTES} bytes ({} files' diffs left out)\n",
+            40 - whole
+        )
+    );
+    a.stop().await;
+}

@@ -183,7 +183,10 @@ async fn the_node_page_shows_the_last_runs_content_diffs() {
     browser.goto(out.lines().last().expect("the link"));
     browser.goto(&format!("{base}/nodes/web-1"));
     assert_eq!(browser.text("#node"), "web-1");
-    assert_eq!(browser.text("#run pre.diff span.del"), format!("-{HOSTILE}"));
+    assert_eq!(
+        browser.text("#run pre.diff span.del"),
+        format!("-{HOSTILE}")
+    );
     assert_eq!(browser.text("#run pre.diff span.add"), "+TWO");
     assert_eq!(browser.text("#run pre.diff span.hunk"), "@@ -1,2 +1,2 @@");
     assert!(
