@@ -12,8 +12,9 @@
 use super::Inner;
 use ballast_proto::limits::{MAX_DIFF_ANSWER_BYTES, truncate};
 use ballast_proto::pb;
-use ballast_proto::spec::{File, NodeMeta, NodeState, Resource, Spec, template};
+use ballast_proto::spec::{File, Labels, NodeMeta, NodeState, Resource, Spec, template};
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 /// A template error shown instead of a diff is cut to this many bytes.
 const MAX_WHY_BYTES: usize = 1024;
@@ -21,28 +22,59 @@ const MAX_WHY_BYTES: usize = 1024;
 /// One node's file diffs: (id, diff), in id order.
 type FileDiffs = Vec<(String, String)>;
 
+/// What the diffs need of the fleet, taken under its lock so that the
+/// rendering and diffing run without it: the current spec, and the labels
+/// and facts of each node whose files change.
+pub(super) struct Inputs {
+    old: Arc<Spec>,
+    nodes: HashMap<String, (Labels, serde_json::Value)>,
+}
+
+/// The files a node change adds or changes.
+fn file_ids(change: &pb::NodeChange) -> BTreeSet<&String> {
+    change
+        .added
+        .iter()
+        .chain(&change.changed)
+        .filter(|id| id.starts_with("file["))
+        .collect()
+}
+
+pub(super) fn inputs(inner: &Inner, summary: &pb::DiffResponse) -> Inputs {
+    Inputs {
+        old: inner.current.spec.clone(),
+        nodes: summary
+            .nodes
+            .iter()
+            .filter(|c| !file_ids(c).is_empty())
+            .filter_map(|c| {
+                let node = inner.nodes.get(&c.node)?;
+                Some((
+                    c.node.clone(),
+                    (node.record.labels.clone(), node.facts.clone()),
+                ))
+            })
+            .collect(),
+    }
+}
+
 /// The content diffs of every node `summary` says changes, grouped by
 /// identical diffs in the order of the nodes' names, and how many nodes'
 /// diffs were left out past [`MAX_DIFF_ANSWER_BYTES`].
 pub(super) fn diffs(
-    inner: &Inner,
+    inputs: &Inputs,
     new: &Spec,
     summary: &pb::DiffResponse,
 ) -> (Vec<pb::ContentDiffGroup>, u32) {
-    let old = &inner.current.spec;
+    let old = &inputs.old;
     // Per selection of node groups, the files of the old and the new render.
     let mut renders: [HashMap<Vec<usize>, HashMap<String, File>>; 2] = Default::default();
     let mut groups: Vec<pb::ContentDiffGroup> = Vec::new();
     let mut index: HashMap<FileDiffs, usize> = HashMap::new();
     let (mut bytes, mut left_out) = (0usize, 0u32);
     for change in &summary.nodes {
-        let ids: BTreeSet<&String> = change
-            .added
-            .iter()
-            .chain(&change.changed)
-            .filter(|id| id.starts_with("file["))
-            .collect();
-        let Some(node) = inner.nodes.get(&change.node).filter(|_| !ids.is_empty()) else {
+        let ids = file_ids(change);
+        let Some((labels, facts)) = inputs.nodes.get(&change.node) else {
             continue;
         };
         if bytes >= MAX_DIFF_ANSWER_BYTES {
@@ -51,7 +83,7 @@ pub(super) fn diffs(
         }
         let meta = NodeMeta {
             name: change.node.clone(),
-            labels: node.record.labels.clone(),
+            labels: labels.clone(),
         };
         let mut file_in = |which: usize, spec: &Spec, id: &str| -> Option<File> {
             renders[which]
@@ -66,7 +98,7 @@ pub(super) fn diffs(
                 continue;
             };
             let was = file_in(0, old, id);
-            if let Some(d) = file_diff(was.as_ref(), &want, &node.facts, &meta) {
+            if let Some(d) = file_diff(was.as_ref(), &want, facts, &meta) {
                 files.push((id.clone(), d));
             }
         }

@@ -187,9 +187,14 @@ impl Fleet {
     /// diffs of the files it changes (see `content`).
     pub fn diff(&self, sources: Vec<(String, String)>) -> Result<pb::DiffResponse> {
         let spec = parse_sources(&sources)?;
-        let inner = self.lock();
-        let mut resp = super::prune::summarize(&inner, &spec);
-        (resp.content, resp.content_left_out) = super::content::diffs(&inner, &spec, &resp);
+        let (mut resp, inputs) = {
+            let inner = self.lock();
+            let resp = super::prune::summarize(&inner, &spec);
+            let inputs = super::content::inputs(&inner, &resp);
+            (resp, inputs)
+        };
+        // Rendering templates per node runs without the fleet's lock.
+        (resp.content, resp.content_left_out) = super::content::diffs(&inputs, &spec, &resp);
         Ok(resp)
     }
 
