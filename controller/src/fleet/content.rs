@@ -40,6 +40,7 @@ fn file_ids(change: &pb::NodeChange) -> BTreeSet<&String> {
         .collect()
 }
 
+/// Takes what [`diffs`] needs under the fleet's lock (see [`Inputs`]).
 pub(super) fn inputs(inner: &Inner, summary: &pb::DiffResponse) -> Inputs {
     Inputs {
         old: inner.current.spec.clone(),
