@@ -40,6 +40,22 @@ pub const MAX_LOAD: f64 = 1e6;
 /// not stored). Its default on the agent is five minutes.
 pub const MIN_HOST_FIGURES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Content larger than this (either side) is not compared: its diff says
+/// only the sizes (see [`crate::diff`]).
+pub const MAX_DIFF_INPUT: usize = 256 * 1024;
+/// Past this many cells (changed lines before × after) the middle of a diff
+/// is shown as all removed, then all added, instead of aligned.
+pub const MAX_DIFF_CELLS: usize = 1_000_000;
+/// One file's content diff, cut at a line with a visible mark (it also fits
+/// in one change line, [`MAX_CHANGE_BYTES`], where a plan carries it).
+pub const MAX_DIFF_BYTES: usize = 6 * 1024;
+/// All content diffs of one report together; past it, the diffs of later
+/// files are left out and the first one left out says how many.
+pub const MAX_REPORT_DIFF_BYTES: usize = 64 * 1024;
+/// What `ballast diff` answers of content diffs, all groups together; past
+/// it, later groups are left out (and counted).
+pub const MAX_DIFF_ANSWER_BYTES: usize = 1024 * 1024;
+
 /// `ListNodes` page size when the request says 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 500;
 /// Largest `ListNodes` page size; larger requests get this many.
@@ -138,6 +154,17 @@ impl TryFrom<pb::RunReport> for CheckedReport {
                     ));
                 }
             }
+            if res.diff.len() > MAX_DIFF_BYTES {
+                return Err(over(
+                    &format!("resources[{i}].diff"),
+                    res.diff.len(),
+                    MAX_DIFF_BYTES,
+                ));
+            }
+        }
+        let diffs: usize = r.resources.iter().map(|res| res.diff.len()).sum();
+        if diffs > MAX_REPORT_DIFF_BYTES {
+            return Err(over("the diffs together", diffs, MAX_REPORT_DIFF_BYTES));
         }
         // Fields first, so the error names the field that is too large.
         let len = r.encoded_len();
@@ -280,7 +307,9 @@ pub fn fit_report(r: &mut pb::RunReport) {
         for c in &mut res.changes {
             truncate(c, MAX_CHANGE_BYTES);
         }
+        crate::diff::cut(&mut res.diff, MAX_DIFF_BYTES);
     }
+    fit_diffs(r);
     if r.resources.len() > MAX_REPORT_RESOURCES || r.encoded_len() > MAX_REPORT_BYTES {
         r.resources
             .retain(|res| res.outcome != i32::from(Outcome::Unchanged));
@@ -299,6 +328,34 @@ pub fn fit_report(r: &mut pb::RunReport) {
         last.changes.push(format!(
             "…report truncated: {dropped} more resources left out"
         ));
+    }
+}
+
+/// Keeps a report's diffs within [`MAX_REPORT_DIFF_BYTES`]: in report order,
+/// a diff that would pass the bound and every later one are left out, and
+/// the first left out says how many.
+fn fit_diffs(r: &mut pb::RunReport) {
+    // Room for the note that says what was left out.
+    const NOTE: usize = 160;
+    let mut used = 0usize;
+    let mut first_out: Option<usize> = None;
+    let mut left_out = 0usize;
+    for (i, res) in r.resources.iter_mut().enumerate() {
+        if res.diff.is_empty() {
+            continue;
+        }
+        if first_out.is_none() && used + res.diff.len() <= MAX_REPORT_DIFF_BYTES - NOTE {
+            used += res.diff.len();
+            continue;
+        }
+        first_out.get_or_insert(i);
+        left_out += 1;
+        res.diff.clear();
+    }
+    if let Some(i) = first_out {
+        r.resources[i].diff = format!(
+            "diff left out: this report's diffs reached their bound of {MAX_REPORT_DIFF_BYTES} bytes ({left_out} files' diffs left out)\n"
+        );
     }
 }
 
@@ -389,6 +446,68 @@ mod tests {
             "{:?}",
             last.changes.last()
         );
+    }
+
+    fn with_diffs(n: usize, each: usize) -> pb::RunReport {
+        let mut r = report();
+        for i in 0..n {
+            r.resources.push(pb::ResourceOutcome {
+                id: format!("file[/srv/{i}]"),
+                outcome: Outcome::Changed.into(),
+                diff: "+x\n".repeat(each / 3),
+                ..Default::default()
+            });
+        }
+        r
+    }
+
+    /// One file's diff over its bound, or the diffs of a report over
+    /// theirs, are refused naming the field; the agent's fitting keeps the
+    /// first diffs whole and says how many it left out.
+    #[test]
+    fn report_diffs_are_bounded_per_file_and_per_report() {
+        let big = with_diffs(1, MAX_DIFF_BYTES + 3);
+        let e = CheckedReport::try_from(big.clone()).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "report: resources[0].diff is {} bytes; the limit is {MAX_DIFF_BYTES}",
+                MAX_DIFF_BYTES + 3
+            )
+        );
+        let mut fitted = big;
+        fit_report(&mut fitted);
+        let d = &fitted.resources[0].diff;
+        assert!(
+            d.len() <= MAX_DIFF_BYTES && d.ends_with(crate::diff::CUT_MARK),
+            "{d}"
+        );
+        assert!(CheckedReport::try_from(fitted).is_ok());
+
+        let many = with_diffs(40, 3000);
+        let e = CheckedReport::try_from(many.clone()).unwrap_err();
+        assert!(
+            e.starts_with("report: the diffs together is 120000 bytes; the limit is 65536"),
+            "{e}"
+        );
+        let mut fitted = many;
+        fit_report(&mut fitted);
+        let kept = fitted
+            .resources
+            .iter()
+            .take_while(|r| r.diff.starts_with("+x"))
+            .count();
+        assert_eq!(kept, 21, "whole diffs first, in report order");
+        assert_eq!(
+            fitted.resources[kept].diff,
+            "diff left out: this report's diffs reached their bound of 65536 bytes (19 files' diffs left out)\n"
+        );
+        assert!(
+            fitted.resources[kept + 1..]
+                .iter()
+                .all(|r| r.diff.is_empty())
+        );
+        assert!(CheckedReport::try_from(fitted).is_ok());
     }
 
     #[test]

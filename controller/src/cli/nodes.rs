@@ -251,7 +251,7 @@ fn detail_doc(d: &pb::NodeDetail) -> anyhow::Result<serde_json::Value> {
             "revision": r.revision, "state_hash": r.state_hash, "started_at": time_json(r.started_at_ms),
             "duration_ms": r.duration_ms, "trigger": trigger_name(r.trigger),
             "resources": r.resources.iter().map(|x| serde_json::json!({
-                "id": x.id, "outcome": outcome_name(x.outcome), "changes": x.changes, "error": x.error, "backup": x.backup,
+                "id": x.id, "outcome": outcome_name(x.outcome), "changes": x.changes, "error": x.error, "backup": x.backup, "diff": x.diff,
             })).collect::<Vec<_>>(),
         })
     });
@@ -335,6 +335,7 @@ pub fn write_node_detail(out: &mut dyn Write, d: &pb::NodeDetail) -> anyhow::Res
                 for c in &x.changes {
                     writeln!(out, "            {}", esc(c))?;
                 }
+                super::output::write_diff(out, "              ", &x.diff)?;
                 if !x.error.is_empty() {
                     writeln!(out, "            error: {}", esc(&x.error))?;
                 }
@@ -374,6 +375,7 @@ mod tests {
                     outcome: pb::Outcome::Failed as i32,
                     changes: vec![HOSTILE.into()],
                     error: HOSTILE.into(),
+                    diff: format!("diff (+1 -1 lines)\n@@ -1,1 +1,1 @@\n-{HOSTILE}\n+{HOSTILE}\n"),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -415,7 +417,12 @@ mod tests {
             "{text}"
         );
         // Every field of the hostile detail shows up escaped, none is dropped.
-        assert!(text.matches("\\x1b[2J").count() >= 13, "{text}");
+        assert!(text.matches("\\x1b[2J").count() >= 15, "{text}");
+        // The last run's content diff, a line at a time under its resource.
+        assert!(
+            text.contains("              diff (+1 -1 lines)\n              @@ -1,1 +1,1 @@\n              -x\\x1b[2J"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -450,6 +457,10 @@ mod tests {
         assert_no_control(&text);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["last_run"]["resources"][0]["error"], HOSTILE);
+        assert_eq!(
+            v["last_run"]["resources"][0]["diff"],
+            format!("diff (+1 -1 lines)\n@@ -1,1 +1,1 @@\n-{HOSTILE}\n+{HOSTILE}\n")
+        );
         assert_eq!(v["timeline"][0]["detail"], HOSTILE);
         assert_eq!(v["host"]["root"]["mount"], HOSTILE);
     }

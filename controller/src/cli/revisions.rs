@@ -189,7 +189,12 @@ pub async fn diff(
     emit(
         out,
         format,
-        || summary::doc(&resp),
+        || {
+            let mut doc = summary::doc(&resp);
+            doc["content"] = content_doc(&resp);
+            doc["content_left_out"] = resp.content_left_out.into();
+            doc
+        },
         |out| {
             if resp.nodes.is_empty() {
                 writeln!(
@@ -207,7 +212,7 @@ pub async fn diff(
                     esc(&reasons.join(", and "))
                 )?;
             }
-            Ok(())
+            print_content(out, &resp)
         },
     )?;
     // As diff(1) and Puppet's --detailed-exitcodes: 0 no change, 2 changes
@@ -217,6 +222,58 @@ pub async fn diff(
     } else {
         ExitCode::from(DIFF_CHANGES)
     })
+}
+
+/// Node names shown per group of content diffs (`-o json` lists all).
+const CONTENT_NAMES_SHOWN: usize = 10;
+
+fn content_doc(resp: &pb::DiffResponse) -> serde_json::Value {
+    resp.content
+        .iter()
+        .map(|g| {
+            serde_json::json!({
+                "nodes": g.nodes,
+                "files": g.files.iter().map(|f| serde_json::json!({"id": f.id, "diff": f.diff})).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+/// The content diffs, a group of nodes at a time, every line escaped.
+fn print_content(out: &mut dyn Write, resp: &pb::DiffResponse) -> anyhow::Result<()> {
+    for g in &resp.content {
+        let mut names: Vec<String> = g
+            .nodes
+            .iter()
+            .take(CONTENT_NAMES_SHOWN)
+            .map(|n| esc(n).into_owned())
+            .collect();
+        if g.nodes.len() > CONTENT_NAMES_SHOWN {
+            names.push(format!("and {} more", g.nodes.len() - CONTENT_NAMES_SHOWN));
+        }
+        let who = match g.nodes.len() {
+            1 => format!("node {}", names[0]),
+            n => format!("{n} nodes ({})", names.join(", ")),
+        };
+        writeln!(
+            out,
+            "
+content on {who}:"
+        )?;
+        for f in &g.files {
+            writeln!(out, "  ~ {}", esc(&f.id))?;
+            super::output::write_diff(out, "      ", &f.diff)?;
+        }
+    }
+    if resp.content_left_out > 0 {
+        writeln!(
+            out,
+            "
+content diffs of {} more node(s) left out to keep the answer within its bound",
+            resp.content_left_out
+        )?;
+    }
+    Ok(())
 }
 
 /// `ballast history`: revisions, newest first.

@@ -327,6 +327,7 @@ impl Pages {
                         .map(|o| o.as_str()).unwrap_or("unknown"),
                     "changes": o.changes,
                     "error": o.error,
+                    "diff": diff_lines(&o.diff),
                 })).collect::<Vec<_>>(),
             })
         });
@@ -406,6 +407,25 @@ pub fn fleet_html(fleet: &Fleet) -> String {
         .expect("the fleet page renders")
 }
 
+/// A content diff's lines, each with the CSS class of its kind (`add`,
+/// `del`, `hunk`, `head`, or none for context and notes); the text is
+/// escaped by the template like everything a node sends.
+fn diff_lines(diff: &str) -> Vec<Value> {
+    diff.lines()
+        .map(|l| {
+            let class = match l.as_bytes().first() {
+                _ if l.starts_with("+++ ") || l.starts_with("--- ") => "head",
+                _ if l.starts_with("diff ") => "head",
+                Some(b'+') => "add",
+                Some(b'-') => "del",
+                Some(b'@') if l.starts_with("@@ ") => "hunk",
+                _ => "",
+            };
+            json!({ "class": class, "text": l })
+        })
+        .collect()
+}
+
 fn revision_json(r: &pb::Revision) -> Value {
     json!({
         "number": r.number,
@@ -433,6 +453,30 @@ mod tests {
 mod template_tests {
     use serde_json::json;
 
+    /// A diff's lines carry the class of their kind, and each reaches the
+    /// page as escaped text in its own span.
+    #[test]
+    fn node_page_diff_lines_are_classed_and_escaped() {
+        let lines = super::diff_lines(
+            "diff (+1 -1 lines)\n--- /a\n+++ /a\n@@ -1,1 +1,1 @@\n same\n-<b>old</b>\n+new\n",
+        );
+        let classes: Vec<&str> = lines.iter().map(|l| l["class"].as_str().unwrap()).collect();
+        assert_eq!(classes, ["head", "head", "head", "hunk", "", "del", "add"]);
+        let html = super::environment()
+            .get_template("node.html")
+            .unwrap()
+            .render(json!({"node": {"name": "n", "labels": {}}, "facts": "", "timeline": [],
+                "run": {"revision": 1, "started": "t", "duration_ms": 3, "noop": false,
+                    "resources": [{"id": "file[/a]", "outcome": "changed", "changes": ["replace content (4 -> 4 bytes)"],
+                        "error": "", "diff": lines}]}}))
+            .unwrap();
+        assert!(
+            html.contains(r#"<span class="del">-&lt;b&gt;old&lt;&#x2f;b&gt;</span>"#),
+            "{html}"
+        );
+        assert!(html.contains(r#"<span class="add">+new</span>"#), "{html}");
+    }
+
     #[test]
     fn every_template_renders_and_escapes() {
         let env = super::environment();
@@ -458,7 +502,8 @@ mod template_tests {
                 "node.html",
                 json!({"node": node, "facts": evil, "host": [{"label": "disk", "value": evil}], "timeline": [{"at": "t", "stage": "s", "detail": evil}],
                 "run": {"revision": 1, "started": "t", "duration_ms": 3, "noop": false,
-                    "resources": [{"id": evil, "outcome": "failed", "changes": [evil], "error": evil}]}}),
+                    "resources": [{"id": evil, "outcome": "failed", "changes": [evil], "error": evil,
+                        "diff": super::diff_lines(&format!("diff (+1 -1 lines)\n-{evil}\n+{evil}\n"))}]}}),
             ),
             (
                 "revisions.html",

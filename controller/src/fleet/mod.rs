@@ -19,11 +19,13 @@
 //! (apply, diff, history, rollback), `rollout` (waves, gates, the
 //! target revision of each node), `precheck` (templates rendered
 //! at apply for nodes whose facts are known), `prune` (what an apply does
-//! per node and whether it needs consent to prune), `nodes` (reports, facts, revoke, label,
+//! per node and whether it needs consent to prune), `content` (the content
+//! diffs `diff` shows), `nodes` (reports, facts, revoke, label,
 //! list, show), `view` (pure status, filters, paging), `clock` (the one
 //! source of time: tests move a manual clock instead of sleeping).
 
 mod clock;
+mod content;
 mod enroll;
 mod follow;
 mod keys;

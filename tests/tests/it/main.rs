@@ -9,6 +9,7 @@ mod bootstrap;
 mod cli;
 mod code_map;
 mod connections;
+mod content_diffs;
 mod contract;
 mod controller_faults;
 mod controllers_shared;
