@@ -35,6 +35,7 @@ mod prune;
 mod records;
 mod revisions;
 mod rollout;
+mod rollout_view;
 mod sweep;
 #[cfg(test)]
 mod tests;
@@ -187,6 +188,7 @@ impl Inner {
             desired: &node.desired,
             held: node.held_here() || self.remote.values().any(|c| c.nodes.contains_key(name)),
             lost_ms: node.lost_ms,
+            rollout: self.rollout.as_ref(),
         }
     }
 }
