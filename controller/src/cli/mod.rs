@@ -406,6 +406,9 @@ pub fn run() -> ExitCode {
     };
     let mut stdout = std::io::stdout();
     summary::may_ask();
+    if std::io::IsTerminal::is_terminal(&stdout) {
+        rollout::redraw_in_place();
+    }
     let result = runtime
         .block_on(execute(cli.command, &mut stdout))
         .and_then(|code| {
