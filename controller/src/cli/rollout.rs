@@ -382,7 +382,16 @@ pub async fn follow(
                     .chain(&status.at_once)
                     .flat_map(|w| &w.failed);
                 for (i, name) in names.enumerate() {
-                    failed.push(failed_node(client, name, i < MAX_FAILED_DETAILED).await?);
+                    failed.push(match i < MAX_FAILED_DETAILED {
+                        true => failed_node(client, name).await?,
+                        // Named only: one call per node shown is bounded.
+                        false => FailedNode {
+                            name: name.clone(),
+                            failed_resources: Vec::new(),
+                            failed_count: 0,
+                            errors: None,
+                        },
+                    });
                 }
             }
             return Ok(Followed {

@@ -148,12 +148,10 @@ pub fn failed_doc(failed: &[FailedNode]) -> serde_json::Value {
         .collect()
 }
 
-/// A failed node as its summary has it, with the errors of its last run
-/// when `detailed` (one call each way).
+/// A failed node as its summary has it, with the errors of its last run.
 pub async fn failed_node(
     client: &mut AdminClient<Channel>,
     name: &str,
-    detailed: bool,
 ) -> anyhow::Result<FailedNode> {
     let detail = client
         .get_node(pb::GetNodeRequest { name: name.into() })
@@ -161,7 +159,7 @@ pub async fn failed_node(
         .map_err(conn::status_error)?
         .into_inner();
     let summary = detail.summary.unwrap_or_default();
-    let errors = detailed.then(|| errors_of(detail.last_report));
+    let errors = Some(errors_of(detail.last_report));
     Ok(FailedNode {
         name: name.to_owned(),
         failed_resources: summary.failed_resources,

@@ -35,6 +35,7 @@ mod prune;
 mod records;
 mod revisions;
 mod rollout;
+mod rollout_record;
 mod rollout_view;
 mod sweep;
 #[cfg(test)]
