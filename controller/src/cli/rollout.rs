@@ -410,7 +410,15 @@ pub async fn follow(
                 return Ok(superseded(status, newer, timeout));
             }
             Err(e) if e.code() == tonic::Code::NotFound => {
-                let newer = super::conn::list_nodes(client, &[]).await?.current_revision;
+                // A newer revision without a policy.
+                let newer = client
+                    .history(pb::HistoryRequest { limit: 1 })
+                    .await
+                    .map_err(status_error)?
+                    .into_inner()
+                    .revisions
+                    .first()
+                    .map_or(0, |r| r.number);
                 return Ok(superseded(status, newer, timeout));
             }
             Err(e) => return Err(status_error(e)),

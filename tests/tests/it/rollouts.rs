@@ -415,6 +415,32 @@ async fn apply_wait_follows_the_rollout_and_says_why_it_stopped() {
     for a in &agents[1..] {
         assert_eq!(on_disk(a), "two", "{}", a.name);
     }
+
+    // Aborted while it waits: it says so and fails; the rollout in flight
+    // kept its base, revision 2. (The fix drops the blocked file: --prune.)
+    let fix = dir.path().join("fix.yaml");
+    std::fs::write(&fix, spec("four", None, true)).unwrap();
+    let args = [
+        "apply",
+        "-f",
+        fix.to_str().unwrap(),
+        "--prune",
+        "--wait",
+        "--timeout",
+        "60s",
+    ];
+    let ((code, out), ()) = tokio::join!(ctl.cli(&args), async {
+        wait_rollout(&ctl, "revision 4 to roll", |s| s.revision == 4).await;
+        let (code, out) = ctl.cli(&["rollout", "abort"]).await;
+        assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    });
+    assert_eq!(code, ExitCode::FAILURE, "{out}");
+    let last = out.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("rollout of revision 4 aborted (aborted by ")
+            && last.ends_with("); moved nodes are back on revision 2"),
+        "{out}"
+    );
     for a in &mut agents {
         a.stop().await;
     }
