@@ -222,18 +222,18 @@ fn policy<'a>(s: &'a pb::RolloutStatus, name: &str) -> &'a pb::RolloutPolicyStat
 /// A spec whose node group db paces its nodes by its own policy (half,
 /// then the rest, baking 10 minutes) while the top-level policy paces
 /// the others (dev, then prod, baking 1 minute).
-fn two_policies(content: &str) -> String {
+fn two_policies(content: &str, extra_file: Option<&str>) -> String {
+    let extra = extra_file
+        .map(|p| format!(", {{path: {p}, content: x}}"))
+        .unwrap_or_default();
     format!(
-        "roles:\n  app:\n    directories: [{{path: /etc/app}}]\n    files: [{{path: /etc/app/v, content: \"{content}\"}}]\ngroups:\n  all: {{roles: [app]}}\n  db:\n    match: {{role: db}}\n    roles: [app]\n    rollout: {{waves: [{{percent: 50}}, {{percent: 100}}], bake: 10m}}\nrollout:\n  waves: [{{match: {{env: dev}}}}, {{match: {{env: prod}}}}]\n  bake: 1m\n"
+        "roles:\n  app:\n    directories: [{{path: /etc/app}}]\n    files: [{{path: /etc/app/v, content: \"{content}\"}}{extra}]\ngroups:\n  all: {{roles: [app]}}\n  db:\n    match: {{role: db}}\n    roles: [app]\n    rollout: {{waves: [{{percent: 50}}, {{percent: 100}}], bake: 10m}}\nrollout:\n  waves: [{{match: {{env: dev}}}}, {{match: {{env: prod}}}}]\n  bake: 1m\n"
     )
 }
 
-/// A node group's own policy overrides the top-level one for its nodes:
-/// each policy's waves move at their own bake, checked on the agents'
-/// disks; `ballast nodes` and `node show` say which rollout, policy and
-/// wave hold a node.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn two_groups_with_their_own_policies_progress_as_each_says() {
+/// web-dev and web-prod under the top-level policy, db-1 and db-2 under
+/// node group db's, all on revision 1.
+async fn two_policy_fleet() -> (TestController, Clock, Vec<TestAgent>) {
     let clock = Clock::manual();
     let c = clock.clone();
     let ctl = TestController::start_with(move |cfg| cfg.clock = c).await;
@@ -252,9 +252,52 @@ async fn two_groups_with_their_own_policies_progress_as_each_says() {
     for a in &agents {
         wait_disk(a, "one").await;
     }
+    (ctl, clock, agents)
+}
+
+/// A failure beyond one policy's budget pauses the whole rollout: the
+/// other policy's next wave never starts either, however long it waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_under_one_policy_pauses_every_policy() {
+    let (ctl, clock, mut agents) = two_policy_fleet().await;
+    // Only db-1 cannot write /etc/app/blocked: a directory is in the way.
+    std::fs::create_dir_all(agents[2].path("/etc/app/blocked")).unwrap();
+    ctl.apply(&two_policies("two", Some("/etc/app/blocked")))
+        .await
+        .unwrap();
+    let s = wait_rollout(&ctl, "the failed wave to pause", |s| s.phase == "paused").await;
+    assert!(s.gate_failed, "{s:?}");
+    assert_eq!(
+        s.reason,
+        "groups.db.rollout wave 1 failed on 1 node(s), more than max_failed 0: db-1"
+    );
+    wait_disk(&agents[0], "two").await;
+    clock.advance(Duration::from_secs(3600));
+    tokio::time::sleep(A_FEW_ROUNDS).await;
+    let s = status(&ctl).await;
+    assert_eq!(
+        (s.phase.as_str(), policy(&s, "rollout").wave),
+        ("paused", 1)
+    );
+    for a in [&agents[1], &agents[3]] {
+        assert_eq!(on_disk(a), "one", "{}", a.name);
+        assert!(!a.path("/etc/app/blocked").exists(), "{}", a.name);
+    }
+    for a in &mut agents {
+        a.stop().await;
+    }
+}
+
+/// A node group's own policy overrides the top-level one for its nodes:
+/// each policy's waves move at their own bake, checked on the agents'
+/// disks; `ballast nodes` and `node show` say which rollout, policy and
+/// wave hold a node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_groups_with_their_own_policies_progress_as_each_says() {
+    let (ctl, clock, mut agents) = two_policy_fleet().await;
     let disk = |name: &str| on_disk(agents.iter().find(|a| a.name == name).unwrap());
 
-    let resp = ctl.apply(&two_policies("two")).await.unwrap();
+    let resp = ctl.apply(&two_policies("two", None)).await.unwrap();
     assert_eq!(
         resp.affected_nodes,
         ["db-1", "web-dev"],
