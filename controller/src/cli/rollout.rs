@@ -80,6 +80,26 @@ fn print(s: &pb::RolloutStatus, format: Format, out: &mut dyn Write) -> anyhow::
         format,
         || status_doc(s),
         |out| {
+            // One policy and no unpaced nodes: the one-policy layout.
+            if let ([p], None) = (s.policies.as_slice(), &s.at_once)
+                && p.policy == "rollout"
+            {
+                writeln!(
+                    out,
+                    "revision {} from {}: {}, wave {} of {} (bake {} s, max_failed {})",
+                    s.revision,
+                    s.base,
+                    s.phase,
+                    p.wave,
+                    p.waves.len(),
+                    p.bake_ms / 1000,
+                    p.max_failed
+                )?;
+                if !s.reason.is_empty() {
+                    writeln!(out, "reason: {}", esc(&s.reason))?;
+                }
+                return write_waves(out, "", &p.waves);
+            }
             writeln!(out, "revision {} from {}: {}", s.revision, s.base, s.phase)?;
             if !s.reason.is_empty() {
                 writeln!(out, "reason: {}", esc(&s.reason))?;
@@ -95,27 +115,27 @@ fn print(s: &pb::RolloutStatus, format: Format, out: &mut dyn Write) -> anyhow::
                     p.bake_ms / 1000,
                     p.max_failed
                 )?;
-                write_waves(out, &p.waves)?;
+                write_waves(out, "  ", &p.waves)?;
             }
             if let Some(w) = &s.at_once {
                 writeln!(out, "no policy (at once): {} node(s)", w.nodes.len())?;
-                write_waves(out, std::slice::from_ref(w))?;
+                write_waves(out, "  ", std::slice::from_ref(w))?;
             }
             Ok(())
         },
     )
 }
 
-fn write_waves(out: &mut dyn Write, waves: &[pb::RolloutWave]) -> anyhow::Result<()> {
+fn write_waves(out: &mut dyn Write, indent: &str, waves: &[pb::RolloutWave]) -> anyhow::Result<()> {
     writeln!(
         out,
-        "  {:<5} {:<8} {:>5} {:>9} {:>6} {:>7}  FAILED NODES",
+        "{indent}{:<5} {:<8} {:>5} {:>9} {:>6} {:>7}  FAILED NODES",
         "WAVE", "STATE", "NODES", "CONVERGED", "FAILED", "PENDING"
     )?;
     for (i, w) in waves.iter().enumerate() {
         writeln!(
             out,
-            "  {:<5} {:<8} {:>5} {:>9} {:>6} {:>7}  {}",
+            "{indent}{:<5} {:<8} {:>5} {:>9} {:>6} {:>7}  {}",
             i + 1,
             esc(&w.state),
             w.nodes.len(),
@@ -570,5 +590,49 @@ mod tests {
         };
         expect!["desired 12: the rollout of 12, wave 1/4 of policy groups.web.rollout is rolling (the rollout is paused)"]
             .assert_eq(&node_why(&moved));
+    }
+
+    /// With several policies, `rollout status` shows each with its waves,
+    /// and the nodes no policy paces; with one, the one-policy layout.
+    #[test]
+    fn rollout_status_shows_every_policy_and_the_unpaced_nodes() {
+        let mut s = status("paused", 1, 0);
+        s.reason = "paused by ops@x".into();
+        s.at_once = Some(pb::RolloutWave {
+            nodes: vec!["e".into()],
+            state: "at-once".into(),
+            converged: 1,
+            ..Default::default()
+        });
+        let mut out = Vec::new();
+        print(&s, Format::Table, &mut out).unwrap();
+        expect![[r#"
+            revision 12 from 11: paused
+            reason: paused by ops@x
+            policy rollout: wave 1 of 2 (bake 0 s, max_failed 0)
+              WAVE  STATE    NODES CONVERGED FAILED PENDING  FAILED NODES
+              1     current      1         1      0       0  
+              2     waiting      1         0      0       1  
+            policy groups.db.rollout: wave 1 of 1 (bake 0 s, max_failed 0)
+              WAVE  STATE    NODES CONVERGED FAILED PENDING  FAILED NODES
+              1     current      2         2      0       0  
+            no policy (at once): 1 node(s)
+              WAVE  STATE    NODES CONVERGED FAILED PENDING  FAILED NODES
+              1     at-once      1         1      0       0  
+        "#]]
+        .assert_eq(&String::from_utf8(out).unwrap());
+        s.policies.pop();
+        s.at_once = None;
+        s.policies[0].bake_ms = 60_000;
+        let mut out = Vec::new();
+        print(&s, Format::Table, &mut out).unwrap();
+        expect![[r#"
+            revision 12 from 11: paused, wave 1 of 2 (bake 60 s, max_failed 0)
+            reason: paused by ops@x
+            WAVE  STATE    NODES CONVERGED FAILED PENDING  FAILED NODES
+            1     current      1         1      0       0  
+            2     waiting      1         0      0       1  
+        "#]]
+        .assert_eq(&String::from_utf8(out).unwrap());
     }
 }
