@@ -49,6 +49,8 @@ pub enum Command {
         #[arg(short = 'f', long = "file", required = true)]
         paths: Vec<PathBuf>,
         /// Wait until every affected node converged; fail if one fails.
+        /// When the apply starts a rollout, follow it wave by wave until it
+        /// is done; fail when a wave fails or it is aborted.
         #[arg(long)]
         wait: bool,
         /// How long --wait waits, e.g. 90s, 5m.
