@@ -190,6 +190,7 @@ fn node_doc(n: &pb::NodeSummary) -> anyhow::Result<serde_json::Value> {
         "last_seen": time_json(n.last_seen_ms),
         "failed_resources": n.failed_resources,
         "failed_count": n.failed_count,
+        "rollout": super::rollout::node_doc(n.rollout.as_ref()),
     }))
 }
 
@@ -208,17 +209,20 @@ fn failing(n: &pb::NodeSummary, sep: &str) -> String {
 fn write_node_table(out: &mut dyn Write, nodes: &[pb::NodeSummary]) -> anyhow::Result<()> {
     writeln!(
         out,
-        "{:<24} {:<11} {:>7} {:>7} {:<20} {:<28} FAILING",
-        "NAME", "STATUS", "DESIRED", "APPLIED", "LAST SEEN", "LABELS"
+        "{:<24} {:<11} {:>7} {:>7} {:<18} {:<20} {:<28} FAILING",
+        "NAME", "STATUS", "DESIRED", "APPLIED", "ROLLOUT", "LAST SEEN", "LABELS"
     )?;
     for n in nodes {
         writeln!(
             out,
-            "{:<24} {:<11} {:>7} {:>7} {:<20} {:<28} {}",
+            "{:<24} {:<11} {:>7} {:>7} {:<18} {:<20} {:<28} {}",
             esc(&n.name),
             status_of(n)?.as_str(),
             n.desired_revision,
             n.applied_revision,
+            n.rollout
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), super::rollout::node_short),
             time(n.last_seen_ms),
             labels_text(&n.labels),
             failing(n, ",")
@@ -286,6 +290,9 @@ pub fn write_node_detail(out: &mut dyn Write, d: &pb::NodeDetail) -> anyhow::Res
         "revision:  desired {}, applied {}",
         s.desired_revision, s.applied_revision
     )?;
+    if let Some(r) = &s.rollout {
+        writeln!(out, "rollout:   {}", super::rollout::node_why(r))?;
+    }
     writeln!(out, "last seen: {}", time(s.last_seen_ms))?;
     if let Some(os) = facts.get("os") {
         let text = |v: Option<&serde_json::Value>| match v {

@@ -101,24 +101,36 @@ async fn finish_revision(
     format: Format,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let waited = match wait {
-        None => None,
-        Some(timeout) => {
-            if format == Format::Table {
-                report_apply(out, &resp)?;
-            }
-            let progress = format == Format::Table;
-            Some(wait_for(client, out, progress, &resp, timeout).await?)
-        }
+    let progress = format == Format::Table;
+    // An apply that started a rollout is followed wave by wave.
+    let rollout = match wait {
+        Some(_) if resp.created => super::rollout::rollout_of(client, resp.revision).await?,
+        _ => None,
     };
-    let code = match &waited {
-        Some(w) if !w.failed.is_empty() || w.timed_out => ExitCode::FAILURE,
+    if wait.is_some() && progress {
+        report_apply(out, &resp)?;
+    }
+    let (waited, followed) = match (wait, rollout) {
+        (None, _) => (None, None),
+        (Some(timeout), Some(first)) => (
+            None,
+            Some(super::rollout::follow(client, out, progress, first, timeout).await?),
+        ),
+        (Some(timeout), None) => (
+            Some(wait_for(client, out, progress, &resp, timeout).await?),
+            None,
+        ),
+    };
+    let code = match (&waited, &followed) {
+        (Some(w), _) if !w.failed.is_empty() || w.timed_out => ExitCode::FAILURE,
+        (_, Some(f)) if f.end != super::rollout::End::Done => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,
     };
-    match (format, &waited) {
-        (Format::Table, None) => report_apply(out, &resp)?,
-        (Format::Table, Some(w)) => w.print(out)?,
-        (_, waited) => emit(
+    match (format, &waited, &followed) {
+        (Format::Table, None, None) => report_apply(out, &resp)?,
+        (Format::Table, Some(w), _) => w.print(out)?,
+        (Format::Table, None, Some(f)) => f.print(out)?,
+        (_, waited, followed) => emit(
             out,
             format,
             || {
@@ -131,6 +143,9 @@ async fn finish_revision(
                 });
                 if let Some(w) = waited {
                     doc["wait"] = w.doc();
+                }
+                if let Some(f) = followed {
+                    doc["wait"] = f.doc();
                 }
                 doc
             },

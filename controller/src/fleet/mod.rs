@@ -37,6 +37,8 @@ mod prune;
 mod records;
 mod revisions;
 mod rollout;
+mod rollout_record;
+mod rollout_view;
 mod sweep;
 #[cfg(test)]
 mod tests;
@@ -192,6 +194,7 @@ impl Inner {
             desired: &node.desired,
             held: node.held_here() || self.remote.values().any(|c| c.nodes.contains_key(name)),
             lost_ms: node.lost_ms,
+            rollout: self.rollout.as_ref(),
         }
     }
 }
