@@ -15,6 +15,7 @@
 use super::records::RevisionRecord;
 use super::revisions::{Desired, parse_sources};
 use super::{Fleet, FleetError, Inner, Result, from_json, keys, to_json};
+use crate::metrics::RolloutEvent;
 use crate::store::{Compare, Leadership, Op, Store};
 use ballast_proto::pb;
 use ballast_proto::spec::{Labels, RolloutPolicy, Spec};
@@ -291,6 +292,7 @@ impl Fleet {
     /// `lead`. Returns the record as written, if it wrote one.
     pub fn rollout_step(&self, lead: &Leadership) -> Result<Option<RolloutRecord>> {
         let now = self.now_ms();
+        let mut event = None;
         let (mut next, version) = {
             let inner = self.lock();
             let Some(a) = &inner.rollout else {
@@ -303,6 +305,7 @@ impl Fleet {
             let wave = next.waves.get(next.wave).cloned().unwrap_or_default();
             let c = counts(&inner, &wave);
             if c.failed.len() > next.max_failed as usize {
+                event = Some(RolloutEvent::PausedByFailure);
                 next.phase = Phase::Paused;
                 next.healthy_since_ms = 0;
                 next.reason = format!(
@@ -326,9 +329,11 @@ impl Fleet {
                 next.wave += 1;
                 next.healthy_since_ms = 0;
                 next.wave_started_ms = now;
+                event = Some(RolloutEvent::WavePassed);
                 if next.wave >= next.waves.len() {
                     next.wave = next.waves.len().saturating_sub(1);
                     next.phase = Phase::Done;
+                    event = Some(RolloutEvent::Done);
                 }
             } else {
                 return Ok(None);
@@ -345,6 +350,9 @@ impl Fleet {
         };
         match self.write_rollout(&next, version, Some(lead.fence()))? {
             true => {
+                if let Some(event) = event {
+                    self.metrics.rollout_event(event);
+                }
                 tracing::info!(
                     revision = next.revision,
                     wave = next.wave + 1,
@@ -401,6 +409,13 @@ impl Fleet {
             next.healthy_since_ms = 0;
             next.reason = format!("{verb} by {author}");
             if self.write_rollout(&next, version, None)? {
+                match action {
+                    pb::RolloutAction::Pause => {
+                        self.metrics.rollout_event(RolloutEvent::PausedByOperator)
+                    }
+                    pb::RolloutAction::Abort => self.metrics.rollout_event(RolloutEvent::Aborted),
+                    _ => {}
+                }
                 return Ok(self.rollout_status().unwrap_or_default());
             }
         }
