@@ -182,6 +182,35 @@ impl Browser {
             .unwrap_or_default()
     }
 
+    /// Waits until the visible text of what `css` finds contains `want`
+    /// (the page may change it by itself); panics after `within` with the
+    /// text last seen.
+    pub fn wait_text(&self, css: &str, want: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let el = self.find(css);
+            let text = el
+                .and_then(|el| self.call("GET", &format!("/element/{el}/text"), None).ok())
+                .and_then(|v| v.as_str().map(str::to_owned));
+            if text.as_deref().is_some_and(|t| t.contains(want)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} never showed {want:?} on {}; last: {text:?}",
+                self.url()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether an element found earlier is still in the page: a reference
+    /// goes stale when the page is loaded again (a reload or navigation).
+    pub fn still_attached(&self, el: &str) -> bool {
+        self.call("GET", &format!("/element/{el}/name"), None)
+            .is_ok()
+    }
+
     pub fn click(&self, css: &str) {
         let el = self
             .find(css)

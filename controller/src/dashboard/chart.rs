@@ -1,5 +1,5 @@
 //! The node page's chart of run durations: one bar per run of the node's
-//! bounded history (`fleet::RunPoint`, oldest left), red where resources
+//! bounded history (`fleet::RunPoint`, the latest at the right), red where resources
 //! failed, as numbers for an inline SVG the template draws. No script, and
 //! nothing a node sent but numbers.
 
@@ -19,6 +19,8 @@ pub fn runs(runs: &[RunPoint]) -> Value {
     let max = runs.iter().map(|r| r.duration_ms).max().unwrap_or(0).max(1);
     let slot = WIDTH / crate::fleet::RUNS_KEPT as u64;
     let plot = HEIGHT - 2 * PAD;
+    // The latest run at the right edge, however many there are.
+    let empty = crate::fleet::RUNS_KEPT.saturating_sub(runs.len()) as u64;
     let bars: Vec<Value> = runs
         .iter()
         .enumerate()
@@ -26,7 +28,7 @@ pub fn runs(runs: &[RunPoint]) -> Value {
             // At least a pixel, so a 0 ms run still shows.
             let h = (r.duration_ms.saturating_mul(plot) / max).max(1);
             json!({
-                "x": i as u64 * slot + 1,
+                "x": (empty + i as u64) * slot + 1,
                 "y": PAD + plot - h,
                 "w": slot - 2,
                 "h": h,
@@ -83,7 +85,12 @@ mod tests {
             (json!(400), json!(100))
         );
         let slot = WIDTH / crate::fleet::RUNS_KEPT as u64;
-        assert_eq!(c["bars"][2]["x"], 2 * slot + 1);
+        let last = crate::fleet::RUNS_KEPT as u64 - 1;
+        assert_eq!(
+            c["bars"][2]["x"],
+            last * slot + 1,
+            "the latest at the right"
+        );
         assert!(
             c["bars"][1]["title"]
                 .as_str()

@@ -17,8 +17,11 @@ pub(super) const SCRIPT: &str = include_str!("static/rollout.js");
 /// A duration as an operator reads it, to the second (`1m 30s`), or in
 /// milliseconds below one second.
 fn span(ms: u64) -> String {
-    if ms < 1000 {
+    if ms > 0 && ms < 1000 {
         return format!("{ms} ms");
+    }
+    if ms == 0 {
+        return "0s".into();
     }
     humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
 }
@@ -69,7 +72,7 @@ fn status_json(s: &pb::RolloutStatus, now: u64) -> Value {
                 "failed": failed,
                 "failed_more": failed_more,
                 "pending": w.pending,
-                "percent": if total == 0 { 100 } else { converged * 100 / total },
+                "percent": (converged * 100).checked_div(total).unwrap_or(100),
                 "names": names,
                 "names_more": names_more,
             })
@@ -80,7 +83,7 @@ fn status_json(s: &pb::RolloutStatus, now: u64) -> Value {
         json!({
             "done": span(done),
             "left": span(s.bake_ms - done),
-            "percent": if s.bake_ms == 0 { 100 } else { done * 100 / s.bake_ms },
+            "percent": (done * 100).checked_div(s.bake_ms).unwrap_or(100),
         })
     });
     let moved: u64 = s
