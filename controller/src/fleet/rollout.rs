@@ -602,4 +602,122 @@ mod tests {
         assert_eq!(desired(&fleet), [("dev-1".into(), 4), ("prod-1".into(), 4)]);
         assert!(fleet.rollout_record().is_none());
     }
+
+    /// Each transition is counted once, by the controller that wrote it:
+    /// the start at apply, waves and the end by the leader's step, pause
+    /// and abort by the operator's call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rollout_transitions_are_counted_where_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let ops: Vec<Op> = [("dev-1", "dev"), ("prod-1", "prod")]
+            .iter()
+            .map(|(name, env)| {
+                let rec = NodeRecord {
+                    name: (*name).into(),
+                    labels: [("env".to_owned(), (*env).to_owned())].into(),
+                    cert_serial: format!("{name}-serial"),
+                    enrolled_at_ms: 1,
+                    revoked: false,
+                    timeline: Vec::new(),
+                    last_seen_ms: 0,
+                };
+                Op::Put(keys::node(name), to_json(&rec))
+            })
+            .collect();
+        assert!(store.txn(&[], &ops).unwrap());
+        let lead = store
+            .try_lead("leader", "t", Duration::from_secs(10))
+            .unwrap()
+            .expect("the only holder leads");
+        let clock = Clock::manual();
+        let fleet = Arc::new(
+            Fleet::open(
+                store.clone(),
+                Duration::from_secs(60),
+                Liveness::default(),
+                clock.clone(),
+            )
+            .unwrap(),
+        );
+        // Memory learns a written record's exact store version from the
+        // watch; until then the next step's compare fails and it retries.
+        let followers = fleet.follow_store();
+        // Steps until `done` holds, past any bake; a step that wrote
+        // nothing is followed by a day of the manual clock.
+        let step_until = |done: &dyn Fn(&RolloutRecord) -> bool| {
+            for _ in 0..500 {
+                if done(&fleet.rollout_record().unwrap()) {
+                    return;
+                }
+                if fleet.rollout_step(&lead).unwrap().is_none() {
+                    clock.advance(Duration::from_secs(86_400));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            panic!("the rollout never got there: {:?}", fleet.rollout_record());
+        };
+        let converge = |name: &str| {
+            let (revision, hash) = {
+                let inner = fleet.lock();
+                let d = &inner.nodes[name].desired;
+                (d.revision, d.hash.clone())
+            };
+            let report = pb::RunReport {
+                revision,
+                state_hash: hash,
+                trigger: pb::Trigger::Change as i32,
+                ..Default::default()
+            };
+            fleet
+                .report(name, report.try_into().expect("a valid report"))
+                .unwrap();
+        };
+        let metrics = || fleet.metrics().render(&[]);
+        fleet.apply(site("one", false), "t", "m", 0, true).unwrap();
+        fleet.apply(site("two", true), "t", "m", 0, true).unwrap();
+        assert!(metrics().contains("ballast_rollouts_started_total 1"));
+        // Wave 1 (dev) converges, bakes (no bake time), passes.
+        converge("dev-1");
+        step_until(&|r| r.wave == 1);
+        assert!(metrics().contains("ballast_rollout_waves_passed_total 1"));
+        converge("prod-1");
+        step_until(&|r| r.phase == Phase::Done);
+        let text = metrics();
+        assert!(
+            text.contains("ballast_rollout_waves_passed_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ballast_rollouts_total{outcome=\"done\"} 1"),
+            "{text}"
+        );
+        // Nothing more to do: a done rollout's step writes and counts nothing.
+        assert!(fleet.rollout_step(&lead).unwrap().is_none());
+
+        fleet.apply(site("three", true), "t", "m", 0, true).unwrap();
+        fleet
+            .rollout_control(pb::RolloutAction::Pause, "t")
+            .unwrap();
+        fleet
+            .rollout_control(pb::RolloutAction::Abort, "t")
+            .unwrap();
+        let text = metrics();
+        assert!(text.contains("ballast_rollouts_started_total 2"), "{text}");
+        assert!(
+            text.contains("ballast_rollout_pauses_total{by=\"operator\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ballast_rollouts_total{outcome=\"aborted\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ballast_rollout_waves_passed_total 2"),
+            "{text}"
+        );
+        for f in followers {
+            f.abort();
+        }
+    }
 }
