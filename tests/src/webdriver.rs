@@ -90,6 +90,16 @@ impl Browser {
     /// not in its store (`--ignore-certificate-errors`), and keeps the
     /// console log.
     pub fn start() -> Browser {
+        Browser::launch(true)
+    }
+
+    /// As [`Browser::start`], with JavaScript turned off (the page's
+    /// fallbacks: what a browser without scripts sees).
+    pub fn start_without_javascript() -> Browser {
+        Browser::launch(false)
+    }
+
+    fn launch(javascript: bool) -> Browser {
         let port = crate::free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -108,6 +118,8 @@ impl Browser {
                 "binary": "/usr/bin/chromium",
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                          "--ignore-certificate-errors", "--window-size=1280,900"],
+                "prefs": {"profile.managed_default_content_settings.javascript":
+                          if javascript { 1 } else { 2 }},
             },
             "goog:loggingPrefs": {"browser": "ALL"},
         }}});

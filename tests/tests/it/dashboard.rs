@@ -260,11 +260,28 @@ async fn a_rollout_page_follows_the_rollout_live_without_a_reload() {
     // dev-1 converges and wave 1 starts baking: the page shows it by itself.
     browser.wait_text("#baking", "1m left", WAIT);
     browser.screenshot(&shots.join("rollout-baking.png"));
+    // A browser without JavaScript: the page says it reloads itself.
+    let plain = tokio::task::spawn_blocking(Browser::start_without_javascript)
+        .await
+        .unwrap();
+    let (code, out) = ctl.cli(&["dashboard", "url"]).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    plain.goto(out.lines().last().expect("the link"));
+    plain.goto(&format!("{base}/rollout"));
+    assert!(plain.text("#live").contains("reloads every 5 s"));
+    let plain_page = plain.find("#rollout").expect("the rollout page");
 
     // Past the bake: wave 2 starts, prod-1 moves, bakes, and it is done.
     clock.advance(Duration::from_secs(61));
     browser.wait_text("#wave", "2", WAIT);
     browser.wait_text("#wave-1 .state", "passed", WAIT);
+    // Without JavaScript the same change arrives by a reload.
+    plain.wait_text("#wave", "2", WAIT);
+    assert!(
+        !plain.still_attached(&plain_page),
+        "no reload without scripts"
+    );
+    drop(plain);
     browser.wait_text("#baking", "left", WAIT);
     clock.advance(Duration::from_secs(61));
     browser.wait_text("#phase", "done", WAIT);
