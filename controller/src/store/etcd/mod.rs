@@ -396,8 +396,7 @@ impl EtcdStore {
         }
         let unchanged = compares.iter().any(|c| match c {
             Compare::Version(k, v) => {
-                revision == Some(*v as i64)
-                    && ops.iter().any(|o| matches!(o, Op::Put(p, _) if p == k))
+                revision == Some(*v as i64) && ops.iter().any(|o| matches!(o, Op::Put(p, _) if p == k))
             }
             Compare::Absent(_) => false,
         });
