@@ -130,7 +130,7 @@ fn summary_json(n: &pb::NodeSummary) -> Value {
 /// Nothing from elsewhere; scripts only from this origin's files (the
 /// binary's own `static/`), never inline or evaluated; fetches only to this
 /// origin; no framing.
-pub(super) const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
 fn respond(status: StatusCode, body: String) -> Response {
     respond_as(status, "text/html; charset=utf-8", body)
@@ -567,6 +567,13 @@ mod template_tests {
                 html.contains("&lt;b&gt;"),
                 "{name} shows no escaped node text:\n{html}"
             );
+            // The policy allows no inline script: every script is a file.
+            for (i, _) in html.match_indices("<script") {
+                assert!(
+                    html[i..].starts_with("<script src=\"/static/"),
+                    "{name} has an inline script:\n{html}"
+                );
+            }
         }
     }
 }
