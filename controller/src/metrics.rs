@@ -69,6 +69,51 @@ struct OutcomeLabel {
     outcome: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PhaseLabel {
+    phase: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct StateLabel {
+    state: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ByLabel {
+    by: &'static str,
+}
+
+/// The phases of a rollout, every one rendered (0 or 1).
+const ROLLOUT_PHASES: [&str; 4] = ["running", "paused", "aborted", "done"];
+
+/// A rollout transition this controller wrote (closed set: the labels).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RolloutEvent {
+    /// An apply stored a revision with a rollout policy.
+    Started,
+    /// A wave passed its gate (one per wave, the last one included).
+    WavePassed,
+    /// Every wave of every policy passed: every node gets the revision.
+    Done,
+    /// More nodes of a wave failed than `max_failed`.
+    PausedByFailure,
+    PausedByOperator,
+    Aborted,
+}
+
+/// The rollout of the current revision at scrape time (`None`: it has none).
+pub struct RolloutGauge {
+    pub phase: &'static str,
+    /// 1-based.
+    pub wave: u32,
+    pub waves: u32,
+    /// The current wave's nodes: converged, failed, pending.
+    pub converged: u64,
+    pub failed: u64,
+    pub pending: u64,
+}
+
 type Histograms<L> = Family<L, Histogram, fn() -> Histogram>;
 
 /// Latency buckets from 0.5 ms to about 16 s.
@@ -178,6 +223,96 @@ pub struct Metrics {
     reports: Counter,
     run_duration: Histogram,
     run_resources: Family<OutcomeLabel, Counter>,
+    rollout: RolloutMetrics,
+}
+
+/// The rollout metrics: transitions this controller wrote (counters) and
+/// the current rollout at scrape time (gauges).
+struct RolloutMetrics {
+    started: Counter,
+    ended: Family<OutcomeLabel, Counter>,
+    waves_passed: Counter,
+    pauses: Family<ByLabel, Counter>,
+    wave: Gauge,
+    waves: Gauge,
+    phase: Family<PhaseLabel, Gauge>,
+    wave_nodes: Family<StateLabel, Gauge>,
+}
+
+impl RolloutMetrics {
+    fn register(registry: &mut Registry) -> RolloutMetrics {
+        let m = RolloutMetrics {
+            started: Counter::default(),
+            ended: Family::default(),
+            waves_passed: Counter::default(),
+            pauses: Family::default(),
+            wave: Gauge::default(),
+            waves: Gauge::default(),
+            phase: Family::default(),
+            wave_nodes: Family::default(),
+        };
+        registry.register(
+            "ballast_rollouts_started",
+            "Rollouts this controller started (applies of a spec with a rollout policy)",
+            m.started.clone(),
+        );
+        registry.register(
+            "ballast_rollouts",
+            "Rollouts that ended on this controller's write, by outcome (done, aborted)",
+            m.ended.clone(),
+        );
+        registry.register(
+            "ballast_rollout_waves_passed",
+            "Rollout waves whose gate this controller passed",
+            m.waves_passed.clone(),
+        );
+        registry.register(
+            "ballast_rollout_pauses",
+            "Rollouts paused on this controller's write, by whom (failure: past max_failed; operator)",
+            m.pauses.clone(),
+        );
+        registry.register(
+            "ballast_rollout_wave",
+            "The current rollout's current wave, 1-based (0: the current revision has no rollout)",
+            m.wave.clone(),
+        );
+        registry.register(
+            "ballast_rollout_waves",
+            "Waves of the current rollout (0: none)",
+            m.waves.clone(),
+        );
+        registry.register(
+            "ballast_rollout_phase",
+            "1 for the phase of the current rollout, 0 for the others (all 0: none)",
+            m.phase.clone(),
+        );
+        registry.register(
+            "ballast_rollout_wave_nodes",
+            "Nodes of the current rollout's current wave by state (converged, failed, pending)",
+            m.wave_nodes.clone(),
+        );
+        m
+    }
+
+    fn set(&self, now: Option<&RolloutGauge>) {
+        self.wave.set(now.map_or(0, |r| r.wave as i64));
+        self.waves.set(now.map_or(0, |r| r.waves as i64));
+        for phase in ROLLOUT_PHASES {
+            let on = now.is_some_and(|r| r.phase == phase);
+            self.phase
+                .get_or_create(&PhaseLabel { phase })
+                .set(on as i64);
+        }
+        for (state, n) in [
+            ("converged", now.map_or(0, |r| r.converged)),
+            ("failed", now.map_or(0, |r| r.failed)),
+            ("pending", now.map_or(0, |r| r.pending)),
+        ] {
+            self.wave_nodes
+                .get_or_create(&StateLabel { state })
+                .set(n as i64);
+        }
+    }
 }
 
 impl Default for Metrics {
@@ -278,6 +413,7 @@ impl Metrics {
             "Resources in agents' run reports, by outcome",
             run_resources.clone(),
         );
+        let rollout = RolloutMetrics::register(&mut registry);
         registry.register(
             "ballast_build",
             "The controller's build",
@@ -299,7 +435,42 @@ impl Metrics {
             reports,
             run_duration,
             run_resources,
+            rollout,
         }
+    }
+
+    /// Counts a rollout transition this controller wrote.
+    pub fn rollout_event(&self, event: RolloutEvent) {
+        let r = &self.rollout;
+        match event {
+            RolloutEvent::Started => {
+                r.started.inc();
+            }
+            RolloutEvent::WavePassed => {
+                r.waves_passed.inc();
+            }
+            RolloutEvent::Done => {
+                r.ended
+                    .get_or_create(&OutcomeLabel { outcome: "done" })
+                    .inc();
+            }
+            RolloutEvent::Aborted => {
+                r.ended
+                    .get_or_create(&OutcomeLabel { outcome: "aborted" })
+                    .inc();
+            }
+            RolloutEvent::PausedByFailure => {
+                r.pauses.get_or_create(&ByLabel { by: "failure" }).inc();
+            }
+            RolloutEvent::PausedByOperator => {
+                r.pauses.get_or_create(&ByLabel { by: "operator" }).inc();
+            }
+        }
+    }
+
+    /// Sets the gauges of the current rollout (before a render).
+    pub fn set_rollout(&self, now: Option<&RolloutGauge>) {
+        self.rollout.set(now);
     }
 
     /// The registry in the OpenMetrics text format, with the node counts
@@ -404,12 +575,28 @@ impl Metrics {
     }
 }
 
-/// A scrape: the store watches' lag and the node counts measured now, then
-/// the registry. Blocks (the lag reads the store): call it off the async
-/// threads.
+/// A scrape: the store watches' lag, the node counts and the current
+/// rollout's gauges measured now, then the registry. Blocks (the lag reads
+/// the store): call it off the async threads.
 pub fn scrape(fleet: &crate::fleet::Fleet) -> String {
-    fleet.metrics().set_watch_lag(fleet.store().watch_lag());
-    fleet.metrics().render(&fleet.status_counts())
+    let rollout = fleet.rollout_status().map(|s| {
+        let current = s.waves.get(s.wave.saturating_sub(1) as usize);
+        RolloutGauge {
+            phase: ROLLOUT_PHASES
+                .into_iter()
+                .find(|p| *p == s.phase)
+                .unwrap_or("running"),
+            wave: s.wave,
+            waves: s.waves.len() as u32,
+            converged: current.map_or(0, |w| w.converged as u64),
+            failed: current.map_or(0, |w| w.failed.len() as u64),
+            pending: current.map_or(0, |w| w.pending as u64),
+        }
+    });
+    let metrics = fleet.metrics();
+    metrics.set_watch_lag(fleet.store().watch_lag());
+    metrics.set_rollout(rollout.as_ref());
+    metrics.render(&fleet.status_counts())
 }
 
 /// `GET /metrics`: the registry, with the node counts of this moment.
@@ -590,6 +777,46 @@ mod tests {
     use super::*;
 
     #[test]
+    fn rollout_gauges_and_transitions_are_rendered_without_node_labels() {
+        let m = Metrics::new();
+        m.rollout_event(RolloutEvent::Started);
+        m.rollout_event(RolloutEvent::WavePassed);
+        m.rollout_event(RolloutEvent::WavePassed);
+        m.rollout_event(RolloutEvent::Done);
+        m.rollout_event(RolloutEvent::PausedByFailure);
+        m.set_rollout(Some(&RolloutGauge {
+            phase: "paused",
+            wave: 2,
+            waves: 3,
+            converged: 4,
+            failed: 1,
+            pending: 0,
+        }));
+        let text = m.render(&[]);
+        for line in [
+            "ballast_rollouts_started_total 1",
+            "ballast_rollouts_total{outcome=\"done\"} 1",
+            "ballast_rollout_waves_passed_total 2",
+            "ballast_rollout_pauses_total{by=\"failure\"} 1",
+            "ballast_rollout_wave 2",
+            "ballast_rollout_waves 3",
+            "ballast_rollout_phase{phase=\"paused\"} 1",
+            "ballast_rollout_phase{phase=\"running\"} 0",
+            "ballast_rollout_wave_nodes{state=\"converged\"} 4",
+            "ballast_rollout_wave_nodes{state=\"failed\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing:\n{text}");
+        }
+        m.set_rollout(None);
+        let text = m.render(&[]);
+        assert!(text.contains("ballast_rollout_wave 0"), "{text}");
+        assert!(
+            text.contains("ballast_rollout_phase{phase=\"paused\"} 0"),
+            "{text}"
+        );
+    }
+
+    #[test]
     fn method_labels_come_only_from_the_contract() {
         assert_eq!(method_label("/ballast.v1.Admin/Apply"), "Admin/Apply");
         assert_eq!(method_label("/ballast.v1.Admin/DropEverything"), "other");
@@ -618,6 +845,7 @@ mod tests {
                 && text.contains("ballast_store_watch_lag_seconds 0"),
             "{text}"
         );
+        assert!(text.contains("ballast_rollout_wave 0"), "{text}");
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

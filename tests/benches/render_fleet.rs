@@ -4,7 +4,8 @@
 //! the controller does with no agent connected: `Fleet::open` (renders every
 //! node) and `Fleet::apply` (validate, store durably, render every node,
 //! push), so the figure is the apply RPC's own cost, without the network;
-//! and the dashboard's fleet page over all of them.
+//! and the dashboard's fleet page over all of them, without and with a
+//! rollout in flight.
 //!
 //!     cargo bench -p ballast-tests --bench render_fleet -- 10000 50000
 //!
@@ -121,6 +122,21 @@ fn run(n: usize) {
         assert!(html.contains(&format!("<strong id=\"total\">{n}</strong>")));
     }
     pages.sort();
+    // The same page while a rollout is in flight: its waves counted from
+    // every node's state (10% first, then the rest), as the page shows it.
+    let mut rolled = sources(8);
+    rolled[0]
+        .1
+        .push_str("rollout:\n  waves: [{percent: 10}]\n  bake: 1m\n");
+    fleet.apply(rolled, "bench", "rollout", 0, true).unwrap();
+    let mut rollout_pages = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        let html = ballast_controller::dashboard::fleet_html(&fleet);
+        rollout_pages.push(t.elapsed());
+        assert!(html.contains("wave 1 of 2"), "the rollout is on the page");
+    }
+    rollout_pages.sort();
     // Rendering alone, both ways, for the same nodes: each node's state on
     // its own (what apply did before) and through the `Renderer` (now).
     let spec = ballast_proto::spec::parse(&[ballast_proto::spec::Source {
@@ -167,6 +183,11 @@ fn run(n: usize) {
         "  dashboard fleet page over {n} nodes, 5 renders: median {}, max {}",
         ms(pages[2]),
         ms(pages[4])
+    );
+    println!(
+        "  dashboard fleet page with a rollout of 2 waves in flight, 5 renders: median {}, max {}",
+        ms(rollout_pages[2]),
+        ms(rollout_pages[4])
     );
     println!(
         "  render + hash {n} documents ({} bytes each): each node alone {}, once per selection {}",

@@ -90,6 +90,16 @@ impl Browser {
     /// not in its store (`--ignore-certificate-errors`), and keeps the
     /// console log.
     pub fn start() -> Browser {
+        Browser::launch(true)
+    }
+
+    /// As [`Browser::start`], with JavaScript turned off (the page's
+    /// fallbacks: what a browser without scripts sees).
+    pub fn start_without_javascript() -> Browser {
+        Browser::launch(false)
+    }
+
+    fn launch(javascript: bool) -> Browser {
         let port = crate::free_port();
         let driver = Command::new("chromedriver")
             .arg(format!("--port={port}"))
@@ -108,6 +118,8 @@ impl Browser {
                 "binary": "/usr/bin/chromium",
                 "args": ["--headless=new", "--no-sandbox", "--disable-gpu",
                          "--ignore-certificate-errors", "--window-size=1280,900"],
+                "prefs": {"profile.managed_default_content_settings.javascript":
+                          if javascript { 1 } else { 2 }},
             },
             "goog:loggingPrefs": {"browser": "ALL"},
         }}});
@@ -180,6 +192,35 @@ impl Browser {
             .ok()
             .and_then(|v| v.as_str().map(str::to_owned))
             .unwrap_or_default()
+    }
+
+    /// Waits until the visible text of what `css` finds contains `want`
+    /// (the page may change it by itself); panics after `within` with the
+    /// text last seen.
+    pub fn wait_text(&self, css: &str, want: &str, within: Duration) {
+        let deadline = Instant::now() + within;
+        loop {
+            let el = self.find(css);
+            let text = el
+                .and_then(|el| self.call("GET", &format!("/element/{el}/text"), None).ok())
+                .and_then(|v| v.as_str().map(str::to_owned));
+            if text.as_deref().is_some_and(|t| t.contains(want)) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{css} never showed {want:?} on {}; last: {text:?}",
+                self.url()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Whether an element found earlier is still in the page: a reference
+    /// goes stale when the page is loaded again (a reload or navigation).
+    pub fn still_attached(&self, el: &str) -> bool {
+        self.call("GET", &format!("/element/{el}/name"), None)
+            .is_ok()
     }
 
     pub fn click(&self, css: &str) {

@@ -10,9 +10,14 @@
 //! with the login page alone. Read-only: no page changes anything.
 //!
 //! Every value a node sent reaches the page through the templates'
-//! autoescaping (`pages`), never through string concatenation.
+//! autoescaping (`pages`), never through string concatenation. The one
+//! script (`static/rollout.js`, compiled in) only swaps in a fragment the
+//! server rendered; the policy allows no inline script.
 
+mod chart;
+mod diff;
 mod pages;
+mod rollout;
 
 pub use pages::fleet_html;
 

@@ -21,6 +21,11 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("nodes.html", include_str!("templates/nodes.html")),
     ("node.html", include_str!("templates/node.html")),
     ("revisions.html", include_str!("templates/revisions.html")),
+    ("rollout.html", include_str!("templates/rollout.html")),
+    (
+        "rollout_progress.html",
+        include_str!("templates/rollout_progress.html"),
+    ),
     ("missing.html", include_str!("templates/missing.html")),
 ];
 
@@ -28,6 +33,8 @@ const TEMPLATES: &[(&str, &str)] = &[
 const PAGE: u32 = 100;
 /// Failing nodes listed on the fleet page.
 const PROBLEMS: usize = 50;
+/// Revisions listed (and offered for a diff) on the revisions page.
+const HISTORY: usize = 100;
 
 /// The templates, with HTML autoescaping (by their `.html` names) and the
 /// one filter they need beyond minijinja's builtins.
@@ -62,7 +69,7 @@ pub struct Pages {
     scrape_token: Option<Arc<ScrapeToken>>,
 }
 
-fn time(ms: u64) -> String {
+pub(super) fn time(ms: u64) -> String {
     crate::cli::output::time(ms)
 }
 
@@ -120,21 +127,24 @@ fn summary_json(n: &pb::NodeSummary) -> Value {
     })
 }
 
+/// Nothing from elsewhere; scripts only from this origin's files (the
+/// binary's own `static/`), never inline or evaluated; fetches only to this
+/// origin; no framing.
+const CSP: &str = "default-src 'none'; script-src 'self'; connect-src 'self'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
+
 fn respond(status: StatusCode, body: String) -> Response {
+    respond_as(status, "text/html; charset=utf-8", body)
+}
+
+fn respond_as(status: StatusCode, content_type: &'static str, body: String) -> Response {
     let mut resp = Response::new(Body::from(body));
     *resp.status_mut() = status;
     let h = resp.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/html; charset=utf-8"),
-    );
-    // Nothing from elsewhere, no scripts, no framing; the login code in a
-    // URL is never sent on as a referrer; pages are not cached.
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(content_type));
+    // The login code in a URL is never sent on as a referrer; nothing is cached.
     h.insert(
         header::CONTENT_SECURITY_POLICY,
-        HeaderValue::from_static(
-            "default-src 'none'; style-src 'unsafe-inline'; img-src 'self' data:; form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
-        ),
+        HeaderValue::from_static(CSP),
     );
     h.insert(
         header::X_CONTENT_TYPE_OPTIONS,
@@ -250,7 +260,22 @@ impl Pages {
         match path {
             "/" => self.fleet_page(),
             "/nodes" => self.nodes_page(q),
-            "/revisions" => self.revisions_page(),
+            "/revisions" => self.revisions_page(q),
+            "/rollout" => self.render(
+                StatusCode::OK,
+                "rollout.html",
+                super::rollout::context(&self.fleet),
+            ),
+            "/rollout/progress" => self.render(
+                StatusCode::OK,
+                "rollout_progress.html",
+                super::rollout::context(&self.fleet),
+            ),
+            "/static/rollout.js" => respond_as(
+                StatusCode::OK,
+                "text/javascript; charset=utf-8",
+                super::rollout::SCRIPT.to_owned(),
+            ),
             p if p.starts_with("/nodes/") => self.node_page(&decode(&p["/nodes/".len()..])),
             _ => self.render(
                 StatusCode::NOT_FOUND,
@@ -342,6 +367,13 @@ impl Pages {
                 .map(|(label, value)| json!({ "label": label, "value": value }))
                 .collect()
         });
+        let chart = match self.fleet.recent_runs(name) {
+            Ok(runs) => super::chart::runs(&runs),
+            Err(e) => {
+                tracing::warn!(node = name, error = %e, "dashboard: run history unreadable");
+                Value::Null
+            }
+        };
         self.render(
             StatusCode::OK,
             "node.html",
@@ -350,29 +382,70 @@ impl Pages {
                 "host": host,
                 "facts": facts,
                 "run": run,
+                "chart": chart,
                 "timeline": timeline,
             }),
         )
     }
 
-    fn revisions_page(&self) -> Response {
+    /// The history, and with `from` and `to` the diff of their sources.
+    fn revisions_page(&self, q: &[(String, String)]) -> Response {
         let revisions: Vec<Value> = self
             .fleet
-            .history(100)
+            .history(HISTORY)
             .unwrap_or_default()
             .iter()
             .map(revision_json)
             .collect();
-        self.render(
-            StatusCode::OK,
-            "revisions.html",
-            json!({ "revisions": revisions }),
-        )
+        let arg = |name: &str| q.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim());
+        let mut ctx = json!({
+            "revisions": revisions,
+            "diff": Value::Null,
+            "max_lines": super::diff::MAX_LINES,
+        });
+        let (from, to) = match (arg("from"), arg("to")) {
+            (None, None) => return self.render(StatusCode::OK, "revisions.html", ctx),
+            (from, to) => (from.unwrap_or(""), to.unwrap_or("")),
+        };
+        match self.revision_diff(from, to) {
+            Ok((from, to, files)) => {
+                ctx["from"] = from.into();
+                ctx["to"] = to.into();
+                ctx["diff"] = json!(files);
+                self.render(StatusCode::OK, "revisions.html", ctx)
+            }
+            Err(e) => {
+                ctx["error"] = e.into();
+                self.render(StatusCode::BAD_REQUEST, "revisions.html", ctx)
+            }
+        }
+    }
+
+    /// The diff of two stored revisions' sources, or what is wrong with
+    /// the request.
+    fn revision_diff(
+        &self,
+        from: &str,
+        to: &str,
+    ) -> Result<(u64, u64, Vec<super::diff::FileDiff>), String> {
+        let number = |what: &str, v: &str| {
+            v.parse::<u64>()
+                .ok()
+                .filter(|n| *n > 0)
+                .ok_or_else(|| format!("{what}: give a revision number (1 or more), not {v:?}"))
+        };
+        let (a, b) = (number("from", from)?, number("to", to)?);
+        let sources = |n: u64| match self.fleet.revision_sources(n) {
+            Ok(Some(s)) => Ok(s),
+            Ok(None) => Err(format!("revision {n} does not exist")),
+            Err(e) => Err(format!("revision {n}: {e}")),
+        };
+        Ok((a, b, super::diff::sources(&sources(a)?, &sources(b)?)))
     }
 }
 
-/// What the fleet page shows: one pass over the fleet (`Fleet::overview`)
-/// and the last ten revisions.
+/// What the fleet page shows: one pass over the fleet (`Fleet::overview`),
+/// the current rollout and the last ten revisions.
 pub(super) fn fleet_context(fleet: &Fleet) -> Value {
     let (counts, problems, revision) = fleet.overview(PROBLEMS);
     let total: u64 = counts.iter().map(|(_, n)| n).sum();
@@ -396,6 +469,7 @@ pub(super) fn fleet_context(fleet: &Fleet) -> Value {
         "problems": problems.iter().map(summary_json).collect::<Vec<_>>(),
         "problems_shown": PROBLEMS,
         "revisions": revisions,
+        "rollout": super::rollout::summary(fleet),
     })
 }
 
@@ -484,6 +558,15 @@ mod template_tests {
         let node = json!({"name": evil, "status": "failed", "labels": {"k": evil},
             "desired_revision": 1, "applied_revision": 1, "last_seen": "never",
             "failed_resources": [evil], "failed_count": 2});
+        let rollout = json!({"revision": 2, "base": 1, "phase": "paused", "final": false,
+            "reason": evil, "wave": 1, "wave_count": 2, "bake": "1m", "max_failed": 0,
+            "baking": null, "moved": 1, "nodes": 2, "waves": [
+                {"number": 1, "state": "current", "total": 1, "started": true, "converged": 0,
+                 "failed_count": 1, "failed": [evil], "failed_more": 0, "pending": 0,
+                 "percent": 0, "names": [evil], "names_more": 0},
+                {"number": 2, "state": "waiting", "total": 1, "started": false, "converged": 1,
+                 "failed_count": 0, "failed": [], "failed_more": 0, "pending": 0,
+                 "percent": 100, "names": [evil], "names_more": 0}]});
         let cases = [
             ("login.html", json!({"why": evil})),
             ("missing.html", json!({"what": evil})),
@@ -491,8 +574,8 @@ mod template_tests {
                 "fleet.html",
                 json!({"revision": 1, "total": 1, "problems_shown": 50,
                 "counts": [{"status": "failed", "count": 1, "attention": true}],
-                "problems": [node.clone()],
-                "revisions": [{"number": 1, "created": "t", "author": evil, "message": evil, "restored_from": 0}]}),
+                "problems": [node.clone()], "rollout": rollout.clone(),
+                "revisions": [{"number": 2, "created": "t", "author": evil, "message": evil, "restored_from": 0}]}),
             ),
             (
                 "nodes.html",
@@ -501,13 +584,28 @@ mod template_tests {
             (
                 "node.html",
                 json!({"node": node, "facts": evil, "host": [{"label": "disk", "value": evil}], "timeline": [{"at": "t", "stage": "s", "detail": evil}],
+                "chart": super::super::chart::runs(&[crate::fleet::RunPoint { started_at_ms: 1, duration_ms: 5, failed: 1 }]),
                 "run": {"revision": 1, "started": "t", "duration_ms": 3, "noop": false,
                     "resources": [{"id": evil, "outcome": "failed", "changes": [evil], "error": evil,
                         "diff": super::diff_lines(&format!("diff (+1 -1 lines)\n-{evil}\n+{evil}\n"))}]}}),
             ),
             (
                 "revisions.html",
-                json!({"revisions": [{"number": 1, "created": "t", "author": evil, "message": evil, "hash": "h", "restored_from": 0}]}),
+                json!({"revisions": [{"number": 2, "created": "t", "author": evil, "message": evil, "hash": "h", "restored_from": 0}],
+                "from": 1, "to": 2, "error": evil, "max_lines": 5,
+                "diff": super::super::diff::sources(&[("a.yaml".into(), evil.into())], &[("a.yaml".into(), format!("{evil}\n{evil}"))])}),
+            ),
+            (
+                "rollout.html",
+                json!({"rollout": rollout.clone(), "current_revision": 2, "updated": evil}),
+            ),
+            (
+                "rollout_progress.html",
+                json!({"rollout": rollout, "current_revision": 2, "updated": "t"}),
+            ),
+            (
+                "rollout_progress.html",
+                json!({"rollout": null, "current_revision": 2, "updated": evil}),
             ),
         ];
         for (name, ctx) in cases {
@@ -517,6 +615,17 @@ mod template_tests {
                 .render(ctx)
                 .unwrap_or_else(|e| panic!("{name}: {e:#}"));
             assert!(!html.contains(evil), "{name} let markup through:\n{html}");
+            assert!(
+                html.contains("&lt;b&gt;"),
+                "{name} shows no escaped node text:\n{html}"
+            );
+            // The policy allows no inline script: every script is a file.
+            for (i, _) in html.match_indices("<script") {
+                assert!(
+                    html[i..].starts_with("<script src=\"/static/"),
+                    "{name} has an inline script:\n{html}"
+                );
+            }
         }
     }
 }

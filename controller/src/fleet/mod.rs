@@ -53,6 +53,7 @@ pub use keys::LEADER as LEADER_KEY;
 pub use liveness::{CHUNK_NODES, DEFAULT_LIVENESS_PERIOD, DEFAULT_RECONNECT_GRACE, Liveness};
 pub use prune::{describe as describe_changes, describe_bounded, prune_reasons, refusal_message};
 use records::{NodeRecord, NodeStatus, PendingRecord, ReportSummary};
+pub use records::{RUNS_KEPT, RunPoint};
 pub use rollout::{Phase as RolloutPhase, RolloutRecord};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -281,6 +282,7 @@ impl Fleet {
                     .iter()
                     .any(|e| e.stage == records::Stage::FirstReport),
                 timeline: Vec::new(),
+                runs: Vec::new(),
             });
             let facts = match store.get(&keys::facts(&name))? {
                 Some(e) => serde_json::from_slice(&e.value).unwrap_or(serde_json::Value::Null),
@@ -354,6 +356,11 @@ impl Fleet {
     /// The fleet's clock.
     pub fn clock(&self) -> &Clock {
         &self.clock
+    }
+
+    /// The number of the current revision (0: none yet).
+    pub fn current_revision(&self) -> u64 {
+        self.lock().current.number
     }
 
     /// This controller's metrics.

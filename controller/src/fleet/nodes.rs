@@ -2,7 +2,7 @@
 //! the node's own calls), what operators decide (revoke, label: written only
 //! by admin calls), and the fleet views over both.
 
-use super::records::{NodeRecord, Stage, push_event, summarize};
+use super::records::{NodeRecord, NodeStatus, RunPoint, Stage, push_event, push_run, summarize};
 use super::{
     Fleet, FleetError, OPERATOR_TRIES, Result, decode_report, from_json, keys, to_json, view,
 };
@@ -77,6 +77,14 @@ impl Fleet {
             if last.map(|e| (&e.stage, &e.detail)) != Some((&new.stage, &new.detail)) {
                 push_event(&mut status.timeline, now, new.stage, new.detail);
             }
+            push_run(
+                &mut status.runs,
+                RunPoint {
+                    started_at_ms: report.started_at_ms,
+                    duration_ms: report.duration_ms,
+                    failed: summary.failed_count.min(u32::MAX as usize) as u32,
+                },
+            );
         }
         status.last_seen_ms = now;
         status.cert_serial = serial.clone();
@@ -392,6 +400,17 @@ impl Fleet {
             nodes: page,
             current_revision: inner.current.number,
             next_page_token,
+        })
+    }
+
+    /// The node's last runs (at most `records::RUNS_KEPT`, oldest first), as
+    /// stored with its status: the store is read, so a node held by another
+    /// controller shows its latest runs too.
+    pub fn recent_runs(&self, name: &str) -> Result<Vec<RunPoint>> {
+        let key = keys::status(name);
+        Ok(match self.store.get(&key)? {
+            Some(e) => from_json::<NodeStatus>(&key, &e.value)?.runs,
+            None => Vec::new(),
         })
     }
 

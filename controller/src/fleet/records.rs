@@ -13,6 +13,8 @@ pub const TIMELINE_CAP: usize = 64;
 pub const TIMELINE_MAX_BYTES: usize = 32 * 1024;
 /// Longest event detail; longer ones are truncated visibly.
 pub const EVENT_DETAIL_MAX_BYTES: usize = 1024;
+/// Runs whose duration a node's status keeps (the dashboard's chart).
+pub const RUNS_KEPT: usize = 32;
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RevisionRecord {
@@ -129,6 +131,28 @@ pub struct NodeStatus {
     /// Run events (first-report, converged, failing, drifted).
     #[serde(default)]
     pub timeline: Vec<Event>,
+    /// The last [`RUNS_KEPT`] runs (dry runs left out), oldest first.
+    #[serde(default)]
+    pub runs: Vec<RunPoint>,
+}
+
+/// One run in a node's status: when it started, how long it took, how many
+/// resources failed. Short keys: every report rewrites the status.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunPoint {
+    #[serde(rename = "t")]
+    pub started_at_ms: u64,
+    #[serde(rename = "ms")]
+    pub duration_ms: u64,
+    #[serde(rename = "f", default)]
+    pub failed: u32,
+}
+
+/// Appends a run, dropping the oldest past [`RUNS_KEPT`].
+pub fn push_run(runs: &mut Vec<RunPoint>, run: RunPoint) {
+    runs.push(run);
+    let over = runs.len().saturating_sub(RUNS_KEPT);
+    runs.drain(..over);
 }
 
 /// A name reserved by a token (`token create --name`), not enrolled yet.
@@ -205,6 +229,29 @@ mod tests {
         assert!(bytes <= TIMELINE_MAX_BYTES, "{bytes}");
         assert!(t.len() > 1 && t.last().unwrap().at_ms == 199);
         assert!(t[0].detail.contains("…[truncated"), "{}", t[0].detail.len());
+    }
+
+    #[test]
+    fn run_history_keeps_the_last_runs_in_compact_form() {
+        let mut runs = Vec::new();
+        for i in 0..100u64 {
+            push_run(
+                &mut runs,
+                RunPoint {
+                    started_at_ms: i,
+                    duration_ms: i * 10,
+                    failed: 0,
+                },
+            );
+        }
+        assert_eq!(runs.len(), RUNS_KEPT);
+        assert_eq!((runs[0].started_at_ms, runs[31].duration_ms), (68, 990));
+        let json = serde_json::to_string(&runs[31]).unwrap();
+        assert_eq!(json, r#"{"t":99,"ms":990,"f":0}"#);
+        // A status stored before the history existed reads with none.
+        let old: NodeStatus =
+            serde_json::from_str(r#"{"cert_serial":"s","last_seen_ms":1}"#).unwrap();
+        assert!(old.runs.is_empty());
     }
 
     #[test]

@@ -156,6 +156,10 @@ impl Fleet {
                 "another apply stored a revision at the same time; retry".into(),
             ));
         }
+        if rollout.is_some() {
+            self.metrics
+                .rollout_event(crate::metrics::RolloutEvent::Started);
+        }
         // The watch may have installed it already (see `follow`).
         let rollout = self.stored_rollout(rollout)?;
         let current = Current {
@@ -196,6 +200,15 @@ impl Fleet {
         // Rendering templates per node runs without the fleet's lock.
         (resp.content, resp.content_left_out) = super::content::diffs(&inputs, &spec, &resp);
         Ok(resp)
+    }
+
+    /// The sources revision `number` was applied with, if it is stored.
+    pub fn revision_sources(&self, number: u64) -> Result<Option<Vec<(String, String)>>> {
+        let key = keys::revision(number);
+        match self.store.get(&key)? {
+            Some(e) => Ok(Some(from_json::<RevisionRecord>(&key, &e.value)?.sources)),
+            None => Ok(None),
+        }
     }
 
     pub fn history(&self, limit: usize) -> Result<Vec<pb::Revision>> {

@@ -20,6 +20,7 @@ use super::records::RevisionRecord;
 use super::revisions::{Desired, parse_sources};
 pub use super::rollout_record::{Phase, RolloutRecord, TrackState};
 use super::{Fleet, FleetError, Inner, Result, from_json, keys, to_json};
+use crate::metrics::RolloutEvent;
 use crate::store::{Compare, Leadership, Op, Store};
 use ballast_proto::pb;
 use ballast_proto::spec::{Labels, Spec};
@@ -276,6 +277,7 @@ impl Fleet {
     /// `lead`. Returns the record as written, if it wrote one.
     pub fn rollout_step(&self, lead: &Leadership) -> Result<Option<RolloutRecord>> {
         let now = self.now_ms();
+        let mut events = Vec::new();
         let (next, version) = {
             let inner = self.lock();
             let Some(a) = &inner.rollout else {
@@ -294,7 +296,13 @@ impl Fleet {
                     Gate::Moved => moved = true,
                 }
             }
+            // A wave passed moves its track on, or ends it at its last wave.
+            for (was, now) in a.record.tracks.iter().zip(&next.tracks) {
+                let passed = now.wave - was.wave.min(now.wave) + usize::from(now.done && !was.done);
+                events.extend(std::iter::repeat_n(RolloutEvent::WavePassed, passed));
+            }
             if !failed.is_empty() {
+                events = vec![RolloutEvent::PausedByFailure];
                 // Nothing moves on: the tracks as they were, paused.
                 next = a.record.clone();
                 next.phase = Phase::Paused;
@@ -304,6 +312,7 @@ impl Fleet {
                     t.healthy_since_ms = 0;
                 }
             } else if next.tracks.iter().all(|t| t.done) {
+                events.push(RolloutEvent::Done);
                 next.phase = Phase::Done;
                 next.reason.clear();
             } else if !moved {
@@ -318,6 +327,9 @@ impl Fleet {
         }
         match self.write_rollout(&next, version, Some(lead.fence()))? {
             true => {
+                for event in events {
+                    self.metrics.rollout_event(event);
+                }
                 tracing::info!(
                     revision = next.revision,
                     waves = %next
@@ -382,6 +394,13 @@ impl Fleet {
             }
             next.reason = format!("{verb} by {author}");
             if self.write_rollout(&next, version, None)? {
+                match action {
+                    pb::RolloutAction::Pause => {
+                        self.metrics.rollout_event(RolloutEvent::PausedByOperator)
+                    }
+                    pb::RolloutAction::Abort => self.metrics.rollout_event(RolloutEvent::Aborted),
+                    _ => {}
+                }
                 return Ok(self.rollout_status().unwrap_or_default());
             }
         }
@@ -523,5 +542,127 @@ mod tests {
         fleet.apply(site("four", false), "t", "m", 0, true).unwrap();
         assert_eq!(desired(&fleet), [("dev-1".into(), 4), ("prod-1".into(), 4)]);
         assert!(fleet.rollout_record().is_none());
+    }
+
+    /// Each transition is counted once, by the controller that wrote it:
+    /// the start at apply, waves and the end by the leader's step, pause
+    /// and abort by the operator's call.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rollout_transitions_are_counted_where_they_are_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+        let ops: Vec<Op> = [("dev-1", "dev"), ("prod-1", "prod")]
+            .iter()
+            .map(|(name, env)| {
+                let rec = NodeRecord {
+                    name: (*name).into(),
+                    labels: [("env".to_owned(), (*env).to_owned())].into(),
+                    cert_serial: format!("{name}-serial"),
+                    enrolled_at_ms: 1,
+                    revoked: false,
+                    timeline: Vec::new(),
+                    last_seen_ms: 0,
+                };
+                Op::Put(keys::node(name), to_json(&rec))
+            })
+            .collect();
+        assert!(store.txn(&[], &ops).unwrap());
+        let lead = store
+            .try_lead("leader", "t", Duration::from_secs(10))
+            .unwrap()
+            .expect("the only holder leads");
+        let clock = Clock::manual();
+        let fleet = Arc::new(
+            Fleet::open(
+                store.clone(),
+                Duration::from_secs(60),
+                Liveness::default(),
+                clock.clone(),
+            )
+            .unwrap(),
+        );
+        // Memory learns a written record's exact store version from the
+        // watch; until then the next step's compare fails and it retries.
+        let followers = fleet.follow_store();
+        // Steps until `done` holds, past any bake; a step that wrote
+        // nothing is followed by a day of the manual clock.
+        let step_until = |done: &dyn Fn(&RolloutRecord) -> bool| {
+            for _ in 0..500 {
+                if done(&fleet.rollout_record().unwrap()) {
+                    return;
+                }
+                if fleet.rollout_step(&lead).unwrap().is_none() {
+                    clock.advance(Duration::from_secs(86_400));
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            }
+            panic!("the rollout never got there: {:?}", fleet.rollout_record());
+        };
+        let converge = |name: &str| {
+            let (revision, hash) = {
+                let inner = fleet.lock();
+                let d = &inner.nodes[name].desired;
+                (d.revision, d.hash.clone())
+            };
+            let report = pb::RunReport {
+                revision,
+                state_hash: hash,
+                trigger: pb::Trigger::Change as i32,
+                ..Default::default()
+            };
+            fleet
+                .report(name, report.try_into().expect("a valid report"))
+                .unwrap();
+        };
+        let metrics = || fleet.metrics().render(&[]);
+        fleet.apply(site("one", false), "t", "m", 0, true).unwrap();
+        fleet.apply(site("two", true), "t", "m", 0, true).unwrap();
+        assert!(metrics().contains("ballast_rollouts_started_total 1"));
+        // Wave 1 (dev) converges, bakes (no bake time), passes.
+        converge("dev-1");
+        step_until(&|r| r.tracks[0].wave == 1);
+        assert!(
+            metrics().contains("ballast_rollout_waves_passed_total 1"),
+            "{}",
+            metrics()
+        );
+        converge("prod-1");
+        step_until(&|r| r.phase == Phase::Done);
+        let text = metrics();
+        assert!(
+            text.contains("ballast_rollout_waves_passed_total 2"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ballast_rollouts_total{outcome=\"done\"} 1"),
+            "{text}"
+        );
+        // Nothing more to do: a done rollout's step writes and counts nothing.
+        assert!(fleet.rollout_step(&lead).unwrap().is_none());
+
+        fleet.apply(site("three", true), "t", "m", 0, true).unwrap();
+        fleet
+            .rollout_control(pb::RolloutAction::Pause, "t")
+            .unwrap();
+        fleet
+            .rollout_control(pb::RolloutAction::Abort, "t")
+            .unwrap();
+        let text = metrics();
+        assert!(text.contains("ballast_rollouts_started_total 2"), "{text}");
+        assert!(
+            text.contains("ballast_rollout_pauses_total{by=\"operator\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ballast_rollouts_total{outcome=\"aborted\"} 1"),
+            "{text}"
+        );
+        assert!(
+            text.contains("ballast_rollout_waves_passed_total 2"),
+            "{text}"
+        );
+        for f in followers {
+            f.abort();
+        }
     }
 }

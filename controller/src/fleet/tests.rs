@@ -261,6 +261,7 @@ fn right_after_a_restart_a_node_not_back_yet_is_reconnecting() {
             last_seen_ms: seen,
             reported: true,
             timeline: Vec::new(),
+            runs: Vec::new(),
         };
         let ops = [
             Op::Put(keys::node("n1"), to_json(&record("n1", "aa", false))),

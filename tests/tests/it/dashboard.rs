@@ -2,11 +2,14 @@
 //! the one-time link, the fleet page's counts, filtering nodes, a failing
 //! node's error, what a node sends shown as text, the link refused a second
 //! time, nothing but the login page without a session, and no console error
-//! on any page. Screenshots go to `$CARGO_TARGET_TMPDIR/dashboard/`.
+//! on any page; a rollout followed live on its page while it moves through
+//! its waves, and the diff of two revisions. Screenshots go to
+//! `$CARGO_TARGET_TMPDIR/dashboard/`.
 
+use ballast_controller::fleet::Clock;
 use ballast_proto::pb;
 use ballast_tests::webdriver::{Browser, browser_installed};
-use ballast_tests::{TestController, start_ok_and_broken};
+use ballast_tests::{TestAgent, TestController, start_ok_and_broken};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -120,12 +123,65 @@ async fn the_dashboard_works_in_a_real_browser_and_only_with_a_session() {
         "a node's markup became markup"
     );
     assert!(browser.source().contains("&lt;script&gt;"));
+    // The chart of its run durations: one bar per run, a failed one red.
+    assert!(
+        browser.find("#durations rect.run.failed").is_some(),
+        "{}",
+        browser.source()
+    );
     browser.screenshot(&shots.join("node.png"));
     assert_no_console_errors(&browser, "the node page");
 
     browser.goto(&format!("{base}/revisions"));
     assert!(browser.text("#revisions").contains("1"));
     assert_no_console_errors(&browser, "the revisions page");
+
+    // A hostile node's report: markup in resource ids, changes and errors
+    // is text on every page that shows it.
+    let hash = ctl
+        .node_detail("bad-1")
+        .await
+        .last_report
+        .expect("a report")
+        .state_hash;
+    agents[2]
+        .agent_client()
+        .await
+        .unwrap()
+        .report(pb::RunReport {
+            revision: 1,
+            state_hash: hash,
+            started_at_ms: 1,
+            duration_ms: 7,
+            trigger: pb::Trigger::Resync as i32,
+            resources: vec![pb::ResourceOutcome {
+                id: format!("file[/etc/{HOSTILE}]"),
+                outcome: pb::Outcome::Failed as i32,
+                changes: vec![HOSTILE.into()],
+                error: HOSTILE.into(),
+                backup: String::new(),
+            }],
+            ..Default::default()
+        })
+        .await
+        .expect("report");
+    for page in ["/", "/nodes", "/nodes/bad-1", "/rollout", "/revisions"] {
+        browser.goto(&format!("{base}{page}"));
+        assert!(
+            browser.find("#injected").is_none(),
+            "a node's markup became markup on {page}"
+        );
+        assert_ne!(browser.text("main"), "", "{page}");
+        assert_no_console_errors(&browser, page);
+    }
+    browser.goto(&format!("{base}/"));
+    assert!(
+        browser.text("#problems").contains("<b id=\"injected\">"),
+        "{}",
+        browser.source()
+    );
+    browser.goto(&format!("{base}/nodes/bad-1"));
+    assert!(browser.text("#run").contains("<script>document.title"));
 
     // The link works once.
     browser.goto(&link);
@@ -197,4 +253,120 @@ async fn the_node_page_shows_the_last_runs_content_diffs() {
     assert_no_console_errors(&browser, "the node page with diffs");
     drop(browser);
     agent.stop().await;
+/// The spec of the rollout test: revision 1 without a policy, then a
+/// change rolled out to `env=dev`, then `env=prod`, each baking a minute
+/// of the controller's manual clock.
+fn rollout_spec(content: &str, policy: bool) -> String {
+    let rollout = if policy {
+        "rollout:\n  waves: [{match: {env: dev}}, {match: {env: prod}}]\n  bake: 1m\n"
+    } else {
+        ""
+    };
+    format!(
+        "roles:\n  app:\n    directories: [{{path: /etc/app}}]\n    files: [{{path: /etc/app/v, content: \"{content}\"}}]\ngroups:\n  all: {{roles: [app]}}\n{rollout}"
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rollout_page_follows_the_rollout_live_without_a_reload() {
+    if !browser_installed() {
+        return;
+    }
+    let clock = Clock::manual();
+    let c = clock.clone();
+    let ctl = TestController::start_with(move |cfg| {
+        cfg.dashboard_listen = Some("127.0.0.1:0".parse().unwrap());
+        cfg.clock = c;
+    })
+    .await;
+    let base = format!("https://{}", ctl.dashboard().expect("dashboard on"));
+    let mut agents = Vec::new();
+    for env in ["dev", "prod"] {
+        let mut a = TestAgent::enroll(&ctl, &format!("{env}-1"), &[("env", env)]).await;
+        a.start(Duration::from_secs(300));
+        agents.push(a);
+    }
+    ctl.apply(&rollout_spec("one", false)).await.unwrap();
+    for name in ["dev-1", "prod-1"] {
+        ctl.wait_node(name, WAIT, |n| n.status() == pb::NodeStatus::Converged)
+            .await;
+    }
+    let resp = ctl.apply(&rollout_spec("two", true)).await.unwrap();
+    assert_eq!(resp.affected_nodes, ["dev-1"], "only the first wave moves");
+
+    let shots = shots();
+    let browser = tokio::task::spawn_blocking(Browser::start).await.unwrap();
+    let (code, out) = ctl.cli(&["dashboard", "url"]).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    browser.goto(out.lines().last().expect("the link"));
+    assert!(browser.text("#fleet-rollout").contains("wave 1 of 2"));
+    browser.screenshot(&shots.join("fleet-rollout.png"));
+    assert_no_console_errors(&browser, "the fleet page");
+    browser.click("#rollout-link");
+    browser.wait_url("/rollout", WAIT);
+    let page = browser.find("#rollout").expect("the rollout page");
+    assert_eq!(browser.text("#phase"), "running");
+    assert_eq!(browser.text("#wave"), "1");
+    assert!(browser.text("#waves").contains("not started"));
+    // dev-1 converges and wave 1 starts baking: the page shows it by itself.
+    browser.wait_text("#baking", "1m left", WAIT);
+    browser.screenshot(&shots.join("rollout-baking.png"));
+    // A browser without JavaScript: the page says it reloads itself.
+    let plain = tokio::task::spawn_blocking(Browser::start_without_javascript)
+        .await
+        .unwrap();
+    let (code, out) = ctl.cli(&["dashboard", "url"]).await;
+    assert_eq!(code, ExitCode::SUCCESS, "{out}");
+    plain.goto(out.lines().last().expect("the link"));
+    plain.goto(&format!("{base}/rollout"));
+    assert!(plain.text("#live").contains("reloads every 5 s"));
+    let plain_page = plain.find("#rollout").expect("the rollout page");
+
+    // Past the bake: wave 2 starts, prod-1 moves, bakes, and it is done.
+    clock.advance(Duration::from_secs(61));
+    browser.wait_text("#wave", "2", WAIT);
+    browser.wait_text("#wave-1 .state", "passed", WAIT);
+    // Without JavaScript the same change arrives by a reload.
+    plain.wait_text("#wave", "2", WAIT);
+    assert!(
+        !plain.still_attached(&plain_page),
+        "no reload without scripts"
+    );
+    drop(plain);
+    browser.wait_text("#baking", "left", WAIT);
+    clock.advance(Duration::from_secs(61));
+    browser.wait_text("#phase", "done", WAIT);
+    browser.wait_text("#wave-2 .state", "passed", WAIT);
+    assert_eq!(browser.text("#moved"), "2");
+    browser.wait_text("#live", "no longer refreshes", WAIT);
+    assert!(
+        browser.still_attached(&page),
+        "the page was loaded again instead of updated in place"
+    );
+    browser.screenshot(&shots.join("rollout.png"));
+    assert_no_console_errors(&browser, "the rollout page");
+
+    // The two revisions' sources, diffed.
+    browser.goto(&format!("{base}/revisions"));
+    browser.click("#revisions a.changes");
+    browser.wait_url("from=1&to=2", WAIT);
+    let diff = browser.text("#diff");
+    assert!(
+        diff.contains("-    files: [{path: /etc/app/v, content: \"one\"}]"),
+        "{diff}"
+    );
+    assert!(diff.contains("+rollout:"), "{diff}");
+    browser.screenshot(&shots.join("revisions-diff.png"));
+    assert_no_console_errors(&browser, "the revisions page");
+    browser.goto(&format!("{base}/revisions?from=1&to=9"));
+    assert!(
+        browser
+            .text("#diff-error")
+            .contains("revision 9 does not exist")
+    );
+
+    drop(browser);
+    for a in &mut agents {
+        a.stop().await;
+    }
 }
