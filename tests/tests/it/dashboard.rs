@@ -253,6 +253,8 @@ async fn the_node_page_shows_the_last_runs_content_diffs() {
     assert_no_console_errors(&browser, "the node page with diffs");
     drop(browser);
     agent.stop().await;
+}
+
 /// The spec of the rollout test: revision 1 without a policy, then a
 /// change rolled out to `env=dev`, then `env=prod`, each baking a minute
 /// of the controller's manual clock.
