@@ -566,7 +566,16 @@ mod template_tests {
                  "percent": 0, "names": [evil], "names_more": 0},
                 {"number": 2, "state": "waiting", "total": 1, "started": false, "converged": 1,
                  "failed_count": 0, "failed": [], "failed_more": 0, "pending": 0,
-                 "percent": 100, "names": [evil], "names_more": 0}]});
+                 "percent": 100, "names": [evil], "names_more": 0}],
+            "policy": evil,
+            "tracks": [{"policy": evil, "prefix": "", "waves": []}, {"policy": evil, "prefix": "policy-2-", "wave": 1, "wave_count": 1, "bake": "1m", "max_failed": 0,
+                "baking": {"done": "1s", "left": "59s", "percent": 1}, "done": false, "waves": [
+                {"number": 1, "state": "current", "total": 1, "started": true, "converged": 0,
+                 "failed_count": 1, "failed": [evil], "failed_more": 0, "pending": 0,
+                 "percent": 0, "names": [evil], "names_more": 0}]}],
+            "at_once": {"number": 1, "state": "at-once", "total": 1, "started": true, "converged": 1,
+                 "failed_count": 0, "failed": [], "failed_more": 0, "pending": 0,
+                 "percent": 100, "names": [evil], "names_more": 0}});
         let cases = [
             ("login.html", json!({"why": evil})),
             ("missing.html", json!({"what": evil})),

@@ -50,62 +50,115 @@ pub(super) fn summary(fleet: &Fleet) -> Value {
     }
 }
 
-fn status_json(s: &pb::RolloutStatus, now: u64) -> Value {
-    let waves: Vec<Value> = s
-        .waves
-        .iter()
-        .enumerate()
-        .map(|(i, w)| {
-            let started = matches!(w.state.as_str(), "passed" | "current");
-            let total = w.nodes.len() as u64;
-            let converged = w.converged as u64;
-            let (names, names_more) = first(&w.nodes);
-            let (failed, failed_more) = first(&w.failed);
-            json!({
-                "number": i + 1,
-                "state": w.state,
-                "total": total,
-                // Counts of a wave not started are against the base revision.
-                "started": started,
-                "converged": converged,
-                "failed_count": w.failed.len(),
-                "failed": failed,
-                "failed_more": failed_more,
-                "pending": w.pending,
-                "percent": (converged * 100).checked_div(total).unwrap_or(100),
-                "names": names,
-                "names_more": names_more,
-            })
-        })
-        .collect();
-    let baking = (s.phase == "running" && s.healthy_since_ms > 0).then(|| {
-        let done = now.saturating_sub(s.healthy_since_ms).min(s.bake_ms);
+/// One wave as the templates show it.
+fn wave_json(i: usize, w: &pb::RolloutWave) -> Value {
+    let started = matches!(w.state.as_str(), "passed" | "current" | "at-once");
+    let total = w.nodes.len() as u64;
+    let converged = w.converged as u64;
+    let (names, names_more) = first(&w.nodes);
+    let (failed, failed_more) = first(&w.failed);
+    json!({
+        "number": i + 1,
+        "state": w.state,
+        "total": total,
+        // Counts of a wave not started are against the base revision.
+        "started": started,
+        "converged": converged,
+        "failed_count": w.failed.len(),
+        "failed": failed,
+        "failed_more": failed_more,
+        "pending": w.pending,
+        "percent": (converged * 100).checked_div(total).unwrap_or(100),
+        "names": names,
+        "names_more": names_more,
+    })
+}
+
+/// One policy's track: its gate, how far its current wave has baked, its
+/// waves.
+fn policy_json(p: &pb::RolloutPolicyStatus, phase: &str, now: u64) -> Value {
+    let baking = (phase == "running" && p.healthy_since_ms > 0 && !p.done).then(|| {
+        let done = now.saturating_sub(p.healthy_since_ms).min(p.bake_ms);
         json!({
             "done": span(done),
-            "left": span(s.bake_ms - done),
-            "percent": (done * 100).checked_div(s.bake_ms).unwrap_or(100),
+            "left": span(p.bake_ms - done),
+            "percent": (done * 100).checked_div(p.bake_ms).unwrap_or(100),
         })
     });
-    let moved: u64 = s
-        .waves
+    json!({
+        "policy": p.policy,
+        "wave": p.wave,
+        "wave_count": p.waves.len(),
+        "bake": span(p.bake_ms),
+        "max_failed": p.max_failed,
+        "baking": baking,
+        "done": p.done,
+        "waves": p.waves.iter().enumerate().map(|(i, w)| wave_json(i, w)).collect::<Vec<_>>(),
+    })
+}
+
+fn status_json(s: &pb::RolloutStatus, now: u64) -> Value {
+    // An older controller's answer has no per-policy list: its one policy
+    // is in the top-level fields.
+    let policies: Vec<pb::RolloutPolicyStatus> = if s.policies.is_empty() {
+        vec![pb::RolloutPolicyStatus {
+            policy: "rollout".into(),
+            wave: s.wave,
+            waves: s.waves.clone(),
+            bake_ms: s.bake_ms,
+            max_failed: s.max_failed,
+            healthy_since_ms: s.healthy_since_ms,
+            done: s.phase == "done",
+        }]
+    } else {
+        s.policies.clone()
+    };
+    let moved: u64 = policies
         .iter()
-        .filter(|w| matches!(w.state.as_str(), "passed" | "current"))
+        .flat_map(|p| &p.waves)
+        .chain(&s.at_once)
+        .filter(|w| matches!(w.state.as_str(), "passed" | "current" | "at-once"))
         .map(|w| w.nodes.len() as u64)
         .sum();
+    let nodes: u64 = policies
+        .iter()
+        .flat_map(|p| &p.waves)
+        .chain(&s.at_once)
+        .map(|w| w.nodes.len() as u64)
+        .sum();
+    let tracks: Vec<Value> = policies
+        .iter()
+        .enumerate()
+        .map(|(i, p)| {
+            let mut v = policy_json(p, &s.phase, now);
+            // Element ids: the first policy's waves keep the plain ones.
+            v["prefix"] = match i {
+                0 => json!(""),
+                i => json!(format!("policy-{}-", i + 1)),
+            };
+            v
+        })
+        .collect();
+    let first = tracks[0].clone();
     json!({
         "revision": s.revision,
         "base": s.base,
         "phase": s.phase,
         "final": matches!(s.phase.as_str(), "done" | "aborted"),
         "reason": s.reason,
-        "wave": s.wave,
-        "wave_count": s.waves.len(),
-        "bake": span(s.bake_ms),
-        "max_failed": s.max_failed,
-        "baking": baking,
+        // The first policy's track, shown first (the only one's when there
+        // is one); the others after it, each with its own gate and waves.
+        "policy": first["policy"],
+        "wave": first["wave"],
+        "wave_count": first["wave_count"],
+        "bake": first["bake"],
+        "max_failed": first["max_failed"],
+        "baking": first["baking"],
+        "waves": first["waves"],
+        "tracks": tracks,
+        "at_once": s.at_once.as_ref().map(|w| wave_json(0, w)),
         "moved": if s.phase == "aborted" { 0 } else { moved },
-        "nodes": s.waves.iter().map(|w| w.nodes.len() as u64).sum::<u64>(),
-        "waves": waves,
+        "nodes": nodes,
     })
 }
 
@@ -155,5 +208,54 @@ mod tests {
             NAMES_SHOWN
         );
         assert_eq!(v["waves"][1]["names_more"], 15);
+    }
+
+    /// Every policy of a rollout is shown, each with its own gate and
+    /// waves, and the nodes no policy paces are counted as moved.
+    #[test]
+    fn rollout_context_shows_every_policy_and_the_nodes_moved_at_once() {
+        let policy = |name: &str, wave: u32, waves: Vec<pb::RolloutWave>| pb::RolloutPolicyStatus {
+            policy: name.into(),
+            wave,
+            waves,
+            bake_ms: 120_000,
+            max_failed: 2,
+            healthy_since_ms: 0,
+            done: false,
+        };
+        let s = pb::RolloutStatus {
+            revision: 3,
+            base: 2,
+            phase: "running".into(),
+            policies: vec![
+                policy("rollout", 1, vec![wave("current", &["web-1"], 1, &[])]),
+                policy(
+                    "groups.db.rollout",
+                    2,
+                    vec![
+                        wave("passed", &["db-1"], 1, &[]),
+                        wave("current", &["db-2", "db-3"], 0, &["db-3"]),
+                    ],
+                ),
+            ],
+            at_once: Some(pb::RolloutWave {
+                state: "at-once".into(),
+                ..wave("at-once", &["lone-1"], 1, &[])
+            }),
+            ..Default::default()
+        };
+        let v = status_json(&s, 0);
+        assert_eq!(v["policy"], "rollout");
+        assert_eq!(v["tracks"].as_array().unwrap().len(), 2);
+        assert_eq!(v["tracks"][1]["policy"], "groups.db.rollout");
+        assert_eq!(v["tracks"][1]["prefix"], "policy-2-");
+        assert_eq!(v["tracks"][1]["max_failed"], 2);
+        assert_eq!(v["tracks"][1]["waves"][1]["failed_count"], 1);
+        assert_eq!(v["at_once"]["total"], 1);
+        assert_eq!(v["nodes"], 5);
+        assert_eq!(
+            v["moved"], 5,
+            "every wave passed or current, and the one at once"
+        );
     }
 }

@@ -160,6 +160,7 @@ async fn the_dashboard_works_in_a_real_browser_and_only_with_a_session() {
                 changes: vec![HOSTILE.into()],
                 error: HOSTILE.into(),
                 backup: String::new(),
+                diff: format!("diff (+1 -0 lines)\n+{HOSTILE}\n"),
             }],
             ..Default::default()
         })
