@@ -76,6 +76,9 @@ pub fn changes_of(report: pb::RunReport) -> Vec<pb::PlanItem> {
         .collect()
 }
 
+/// Nodes a plan was not sent to, and why (`None`: no open stream here).
+type NotSent = Vec<(String, Option<&'static str>)>;
+
 /// Where a selected node's plan stream may be, as the asker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Reach {
@@ -120,7 +123,7 @@ impl HubInner {
         &mut self,
         id: &str,
         targets: Vec<Target>,
-    ) -> (HashMap<String, String>, Vec<(String, Option<&'static str>)>) {
+    ) -> (HashMap<String, String>, NotSent) {
         let mut nodes = HashMap::new();
         let mut unsent = Vec::new();
         for (name, document, hash) in targets {
@@ -248,7 +251,6 @@ impl Hub {
     /// Starts a plan asked of this controller: sends each target its
     /// document. Returns the sink's receiver, the nodes sent, and those not
     /// sent with why (`None`: no open stream here).
-    #[allow(clippy::type_complexity)]
     fn start_local(
         &self,
         id: &str,
@@ -257,7 +259,7 @@ impl Hub {
         mpsc::UnboundedReceiver<(String, Answered)>,
         mpsc::UnboundedSender<(String, Answered)>,
         HashSet<String>,
-        Vec<(String, Option<&'static str>)>,
+        NotSent,
     )> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut inner = self.lock();
@@ -683,10 +685,7 @@ mod tests {
                 ("n2".into(), changes(&same)),
                 ("n1".into(), changes(&same)),
                 ("n3".into(), changes(&[("user[x]", Outcome::Unchanged, "")])),
-                (
-                    "n4".into(),
-                    changes(&[("package[p]", Outcome::Failed, "")]),
-                ),
+                ("n4".into(), changes(&[("package[p]", Outcome::Failed, "")])),
                 ("n5".into(), Answered::Refused("bad document".into())),
                 ("n7".into(), Answered::Unsent("busy".into())),
             ],

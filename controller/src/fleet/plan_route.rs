@@ -177,8 +177,11 @@ impl Fleet {
         let id_of = |key: &str| key.strip_prefix(keys::PLANS).map(str::to_owned);
         match event {
             Followed::Reset(listing) => {
-                let listed: HashSet<String> =
-                    listing.entries.iter().filter_map(|(k, _)| id_of(k)).collect();
+                let listed: HashSet<String> = listing
+                    .entries
+                    .iter()
+                    .filter_map(|(k, _)| id_of(k))
+                    .collect();
                 for id in hub.remote_ids() {
                     if !listed.contains(&id) {
                         hub.end_remote(&id);
@@ -219,8 +222,7 @@ impl Fleet {
             Ok(t) => t,
             Err(e) => return tracing::warn!(plan = %id, error = %e, "cannot serve a peer's plan"),
         };
-        let timeout = Duration::from_millis(record.timeout_ms)
-            .min(super::plan::MAX_PLAN_TIMEOUT);
+        let timeout = Duration::from_millis(record.timeout_ms).min(super::plan::MAX_PLAN_TIMEOUT);
         let nodes = targets.len();
         if self.plan_hub().start_remote(id, targets, timeout) {
             tracing::debug!(plan = %id, asker = %record.asker, nodes, "serving a peer's plan");
@@ -309,7 +311,9 @@ impl Writer {
                     self.written.entry(id).or_default().push(key);
                 }
             }
-            Err(e) => tracing::warn!(answers = ops.len(), error = %e, "could not store plan answers"),
+            Err(e) => {
+                tracing::warn!(answers = ops.len(), error = %e, "could not store plan answers")
+            }
         }
     }
 
@@ -409,7 +413,10 @@ mod tests {
     fn a_stored_plan_answer_stays_bounded_and_keeps_its_verdict() {
         let small = Answered::Changes(vec![item("file[/a]", Outcome::Changed, "x".into())]);
         assert_eq!(decode_answer("k", &encode_answer(&small)).unwrap(), small);
-        for a in [Answered::Refused("bad".into()), Answered::Unsent("busy".into())] {
+        for a in [
+            Answered::Refused("bad".into()),
+            Answered::Unsent("busy".into()),
+        ] {
             assert_eq!(decode_answer("k", &encode_answer(&a)).unwrap(), a);
         }
         // A few large diffs: the texts give way, the items stay.
@@ -427,7 +434,13 @@ mod tests {
         assert!(items[0].changes[0].starts_with("changes left out"));
         // Very many resources with a failure: one item, still failed.
         let mut many: Vec<pb::PlanItem> = (0..20_000)
-            .map(|i| item(&format!("file[/very/long/path/{i:08}]"), Outcome::Changed, "c".into()))
+            .map(|i| {
+                item(
+                    &format!("file[/very/long/path/{i:08}]"),
+                    Outcome::Changed,
+                    "c".into(),
+                )
+            })
             .collect();
         many.push(item("user[x]", Outcome::Failed, String::new()));
         let bytes = encode_answer(&Answered::Changes(many));
@@ -437,6 +450,9 @@ mod tests {
         };
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].outcome, i32::from(Outcome::Failed));
-        assert!(items[0].changes[0].starts_with("20001 resources"), "{items:?}");
+        assert!(
+            items[0].changes[0].starts_with("20001 resources"),
+            "{items:?}"
+        );
     }
 }
