@@ -78,6 +78,9 @@ pub fn changes_of(report: pb::RunReport) -> Vec<pb::PlanItem> {
 
 /// Nodes a plan was not sent to, and why (`None`: no open stream here).
 type NotSent = Vec<(String, Option<&'static str>)>;
+/// A plan's answers by node, on their way to its flight.
+pub(super) type AnswerTx = mpsc::UnboundedSender<(String, Answered)>;
+type AnswerRx = mpsc::UnboundedReceiver<(String, Answered)>;
 
 /// Where a selected node's plan stream may be, as the asker sees it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -93,7 +96,7 @@ enum Reach {
 /// Where a plan's answers go.
 enum Sink {
     /// A plan asked of this controller: to its flight.
-    Local(mpsc::UnboundedSender<(String, Answered)>),
+    Local(AnswerTx),
     /// A plan asked of another controller: to the store, by the writer.
     Remote { expires: Instant },
 }
@@ -179,9 +182,9 @@ pub struct Flight {
     hub: Arc<Hub>,
     pub id: String,
     pub current_revision: u64,
-    answers: mpsc::UnboundedReceiver<(String, Answered)>,
+    answers: AnswerRx,
     /// For answers that come through the store.
-    pub(super) tx: mpsc::UnboundedSender<(String, Answered)>,
+    pub(super) tx: AnswerTx,
     /// Every node selected: answers from others are ignored.
     selected: HashSet<String>,
     /// The nodes whose answers the plan waits for: sent here, or held by
@@ -255,12 +258,7 @@ impl Hub {
         &self,
         id: &str,
         targets: Vec<Target>,
-    ) -> Result<(
-        mpsc::UnboundedReceiver<(String, Answered)>,
-        mpsc::UnboundedSender<(String, Answered)>,
-        HashSet<String>,
-        NotSent,
-    )> {
+    ) -> Result<(AnswerRx, AnswerTx, HashSet<String>, NotSent)> {
         let (tx, rx) = mpsc::unbounded_channel();
         let mut inner = self.lock();
         let local = inner.waiting.len() - inner.remote_count();
