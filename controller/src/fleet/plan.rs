@@ -122,11 +122,7 @@ struct HubInner {
 impl HubInner {
     /// Queues each target on its stream; the nodes sent, then those not sent
     /// with why (`None`: no open stream here).
-    fn send(
-        &mut self,
-        id: &str,
-        targets: Vec<Target>,
-    ) -> (HashMap<String, String>, NotSent) {
+    fn send(&mut self, id: &str, targets: Vec<Target>) -> (HashMap<String, String>, NotSent) {
         let mut nodes = HashMap::new();
         let mut unsent = Vec::new();
         for (name, document, hash) in targets {
