@@ -76,6 +76,11 @@ pub enum Command {
         /// (HOST:PORT[,HOST:PORT...]).
         #[arg(long)]
         controller: Option<String>,
+        /// The least time between two sends of the host figures (load,
+        /// memory, disk use, uptime); they are sent only when one moved
+        /// past its threshold. At least 1m.
+        #[arg(long, default_value = "5m", value_parser = host_figures_every)]
+        host_figures_every: Duration,
         /// Run once and exit instead of running the daemon (with --noop,
         /// the only one-shot run there is so far).
         #[arg(long, requires = "noop")]
@@ -122,6 +127,19 @@ pub enum Command {
         #[arg(long, default_value = daemon::DEFAULT_FACTS_DIR)]
         facts_dir: PathBuf,
     },
+}
+
+/// `--host-figures-every`: a duration of at least the controller's floor.
+fn host_figures_every(s: &str) -> Result<Duration, String> {
+    let every = ballast_proto::parse_duration(s)?;
+    let min = ballast_proto::limits::MIN_HOST_FIGURES_INTERVAL;
+    if every < min {
+        return Err(format!(
+            "{s} is shorter than {}s, the least the controller stores host figures at",
+            min.as_secs()
+        ));
+    }
+    Ok(every)
 }
 
 fn hostname() -> String {
@@ -234,10 +252,12 @@ pub async fn execute(command: Command, out: &mut dyn Write) -> anyhow::Result<Ex
             state_dir,
             facts_dir,
             controller,
+            host_figures_every,
             once,
             noop,
         } => {
             let cfg = DaemonConfig {
+                host_figures_every,
                 state_dir: StateDir::new(state_dir.unwrap_or_else(StateDir::default_path)),
                 root,
                 interval,

@@ -14,6 +14,7 @@ use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, RootCertStore, SignatureScheme};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,6 +185,64 @@ fn tls_config(
     Ok(config)
 }
 
+/// Addresses kept for one controller name: a name that resolves to more
+/// is cut to its first ones.
+pub const MAX_ADDRESSES_PER_NAME: usize = 8;
+
+/// One place to reach a controller: the `HOST:PORT` as listed (the name its
+/// certificate must cover) and, once resolved, one of its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Target {
+    pub name: String,
+    /// `None` when the name did not resolve: connecting then says why.
+    pub addr: Option<SocketAddr>,
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.addr {
+            Some(a) if a.to_string() != self.name => write!(f, "{} ({a})", self.name),
+            _ => f.write_str(&self.name),
+        }
+    }
+}
+
+/// Every address of every controller in `list` (`HOST:PORT[,...]`), resolved
+/// now: a DNS name that resolves to several controllers gives one target
+/// each, so that a controller that accepts connections but never answers
+/// (frozen, half-dead) is passed over for the next address rather than
+/// tried again under the same name.
+pub async fn targets(list: &str) -> anyhow::Result<Vec<Target>> {
+    let names = ballast_proto::controllers(list).map_err(anyhow::Error::msg)?;
+    let mut out: Vec<Target> = Vec::new();
+    for name in names {
+        let addrs: Vec<SocketAddr> = match tokio::net::lookup_host(name.as_str()).await {
+            Ok(found) => found.collect(),
+            Err(e) => {
+                tracing::warn!(controller = %name, error = %e, "controller name does not resolve");
+                Vec::new()
+            }
+        };
+        let mut kept = 0;
+        for addr in addrs {
+            if kept == MAX_ADDRESSES_PER_NAME {
+                break;
+            }
+            if !out.iter().any(|t| t.name == name && t.addr == Some(addr)) {
+                out.push(Target {
+                    name: name.clone(),
+                    addr: Some(addr),
+                });
+                kept += 1;
+            }
+        }
+        if kept == 0 {
+            out.push(Target { name, addr: None });
+        }
+    }
+    Ok(out)
+}
+
 /// Opens a gRPC channel over our own TLS (the URI says `http` because tonic
 /// must not add its own TLS layer on top of ours).
 pub async fn channel(
@@ -191,11 +250,26 @@ pub async fn channel(
     trust: &Trust,
     identity: Option<&ClientCert>,
 ) -> anyhow::Result<Channel> {
+    let target = Target {
+        name: controller.to_owned(),
+        addr: None,
+    };
+    channel_to(&target, trust, identity).await
+}
+
+/// Like [`channel`], connecting to the target's resolved address and
+/// verifying the certificate against its listed name.
+pub async fn channel_to(
+    target: &Target,
+    trust: &Trust,
+    identity: Option<&ClientCert>,
+) -> anyhow::Result<Channel> {
+    let controller = target.name.as_str();
     let config = Arc::new(tls_config(trust, identity)?);
     let connector = tokio_rustls::TlsConnector::from(config);
     let server_name = ServerName::try_from(ballast_proto::host_of(controller).to_owned())
         .with_context(|| format!("controller address {controller:?}: expected HOST:PORT"))?;
-    let addr = controller.to_owned();
+    let addr = target.clone();
     let endpoint = Endpoint::from_shared(format!("http://{controller}"))
         .with_context(|| format!("controller address {controller:?}: expected HOST:PORT"))?
         .connect_timeout(CONNECT_TIMEOUT)
@@ -205,7 +279,10 @@ pub async fn channel(
     let connect = endpoint.connect_with_connector(tower::service_fn(move |_: http::Uri| {
         let (connector, server_name, addr) = (connector.clone(), server_name.clone(), addr.clone());
         async move {
-            let tcp = tokio::net::TcpStream::connect(&addr).await?;
+            let tcp = match addr.addr {
+                Some(at) => tokio::net::TcpStream::connect(at).await?,
+                None => tokio::net::TcpStream::connect(addr.name.as_str()).await?,
+            };
             tcp.set_nodelay(true)?;
             let tls = connector.connect(server_name, tcp).await?;
             Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
@@ -213,9 +290,9 @@ pub async fn channel(
     }));
     // The connector's timeout covers TCP and TLS; this one the whole set-up.
     match tokio::time::timeout(CONNECT_TIMEOUT, connect).await {
-        Ok(channel) => channel.with_context(|| format!("connect to controller at {controller}")),
+        Ok(channel) => channel.with_context(|| format!("connect to controller at {target}")),
         Err(_) => {
-            bail!("connect to controller at {controller}: no answer within {CONNECT_TIMEOUT:?}")
+            bail!("connect to controller at {target}: no answer within {CONNECT_TIMEOUT:?}")
         }
     }
 }
@@ -246,6 +323,11 @@ impl Enrolled {
                 key_pem: e.key_pem,
             },
         })
+    }
+
+    /// A mutual-TLS channel to one resolved address of a controller.
+    pub async fn channel_to(&self, target: &Target) -> anyhow::Result<Channel> {
+        channel_to(target, &Trust::Ca(self.ca_pem.clone()), Some(&self.cert)).await
     }
 
     /// A mutual-TLS channel to `controller`, or to the first controller

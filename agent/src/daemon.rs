@@ -7,7 +7,7 @@
 //! validated document whose hash matches is cached or enforced.
 
 use crate::cache::{self, Cached};
-use crate::client::{self, Enrolled};
+use crate::client::{self, Enrolled, Target};
 use crate::engine::{self, RunOptions};
 use crate::host::Host;
 use crate::outbox::Outbox;
@@ -35,6 +35,9 @@ pub struct DaemonConfig {
     pub facts_dir: PathBuf,
     /// Overrides the controller address recorded at enrollment.
     pub controller: Option<String>,
+    /// The least time between two sends of the host figures
+    /// (`facts::HostPacer`).
+    pub host_figures_every: Duration,
 }
 
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(300);
@@ -124,11 +127,11 @@ pub async fn fetch_desired(
     controller: Option<&str>,
 ) -> anyhow::Result<Cached> {
     let list = controller.unwrap_or(&enrolled.config.controller);
-    let controllers = ballast_proto::controllers(list).map_err(anyhow::Error::msg)?;
+    let controllers = client::targets(list).await?;
     let mut failures = Vec::new();
     for at in &controllers {
         let attempt = async {
-            let channel = enrolled.channel(Some(at)).await?;
+            let channel = enrolled.channel_to(at).await?;
             let mut client = client::agent_client(channel);
             let mut stream = deadline("watch", client.watch(pb::WatchRequest::default()))
                 .await?
@@ -283,9 +286,47 @@ struct Link {
     outbox: Arc<Outbox>,
     queued: Arc<tokio::sync::Notify>,
     facts_sent: Option<String>,
+    host: crate::facts::HostPacer,
 }
 
 impl Link {
+    /// Sends the host figures when the pacer says they are due and moved.
+    /// A controller that refuses them for good (too old to know the call,
+    /// or finding them invalid) is not asked again before the next interval.
+    async fn send_host(
+        &mut self,
+        client: &mut pb::agent_client::AgentClient<Channel>,
+    ) -> anyhow::Result<()> {
+        let now = Instant::now();
+        if !self.host.due(now) {
+            return Ok(());
+        }
+        let dir = self.cfg.state_dir.path().to_owned();
+        let figures = tokio::task::spawn_blocking(move || crate::facts::host_figures(&dir))
+            .await
+            .context("host figures task")?;
+        if !self.host.worth_sending(&figures) {
+            return Ok(());
+        }
+        match tokio::time::timeout(CALL_TIMEOUT, client.put_host_figures(figures.clone())).await {
+            Ok(Ok(_)) => {}
+            Ok(Err(s))
+                if matches!(
+                    s.code(),
+                    tonic::Code::InvalidArgument | tonic::Code::Unimplemented
+                ) =>
+            {
+                tracing::warn!(error = %s.message(), "controller refused host figures");
+            }
+            Ok(Err(s)) => anyhow::bail!("host figures: {}", s.message()),
+            Err(_) => {
+                anyhow::bail!("host figures: no answer from the controller within {CALL_TIMEOUT:?}")
+            }
+        }
+        self.host.sent(now, figures);
+        Ok(())
+    }
+
     /// Sends facts if they changed since last sent, then every queued report, oldest first.
     async fn flush(
         &mut self,
@@ -301,6 +342,7 @@ impl Link {
             }
             self.facts_sent = Some(facts_hash);
         }
+        self.send_host(client).await?;
         loop {
             let outbox = self.outbox.clone();
             let Some((seq, report)) = tokio::task::spawn_blocking(move || outbox.front())
@@ -335,8 +377,8 @@ impl Link {
     /// One connection to `controller`: watch, heartbeat, deliver reports,
     /// until it breaks. The watch sends the hash the agent has, so a new
     /// session (on any controller) sends nothing the agent already applied.
-    async fn session(&mut self, enrolled: &Enrolled, controller: &str) -> anyhow::Result<()> {
-        let channel = enrolled.channel(Some(controller)).await?;
+    async fn session(&mut self, enrolled: &Enrolled, controller: &Target) -> anyhow::Result<()> {
+        let channel = enrolled.channel_to(controller).await?;
         let mut client = client::agent_client(channel);
         let known = self.status.borrow().hash.clone();
         let mut stream = deadline(
@@ -345,7 +387,7 @@ impl Link {
         )
         .await?
         .into_inner();
-        tracing::info!(controller, "watching desired state");
+        tracing::info!(controller = %controller, "watching desired state");
         let mut heartbeat = tokio::time::interval(self.cfg.heartbeat);
         heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -381,39 +423,47 @@ impl Link {
             .controller
             .clone()
             .unwrap_or_else(|| enrolled.config.controller.clone());
-        let controllers = match ballast_proto::controllers(&list) {
-            Ok(c) => controller_order(c, &self.name),
-            Err(e) => {
-                // Checked at enrollment and on the command line: only a hand-edited
-                // agent.json gets here. Enforcing the cache goes on regardless.
-                tracing::error!(error = %e, "no usable controller address; enforcing the cached state only");
-                return;
-            }
-        };
+        if let Err(e) = ballast_proto::controllers(&list) {
+            // Checked at enrollment and on the command line: only a hand-edited
+            // agent.json gets here. Enforcing the cache goes on regardless.
+            tracing::error!(error = %e, "no usable controller address; enforcing the cached state only");
+            return;
+        }
         let mut backoff = BACKOFF_MIN;
-        let mut failed_in_a_row = 0usize;
-        for at in controllers.iter().cycle() {
-            let started = Instant::now();
-            let result = self.session(&enrolled, at).await;
-            if started.elapsed() > Duration::from_secs(30) {
-                backoff = BACKOFF_MIN;
-                failed_in_a_row = 0;
-            }
-            failed_in_a_row += 1;
-            let round_failed = failed_in_a_row.is_multiple_of(controllers.len());
-            let wait = if round_failed {
-                backoff.mul_f64(jitter(0.5, 1.0))
-            } else {
-                // The next controller at once, spread a little so that the
-                // agents of a dead controller do not all arrive together.
-                Duration::from_millis(200).mul_f64(jitter(0.0, 1.0))
+        loop {
+            let mut failed_in_a_row = 0usize;
+            // Names are resolved again every round: a controller added to
+            // (or removed from) a DNS name is seen without a restart.
+            let controllers = match client::targets(&list).await {
+                Ok(t) => controller_order(t, &self.name),
+                Err(e) => {
+                    tracing::error!(error = %format!("{e:#}"), "no usable controller address; enforcing the cached state only");
+                    return;
+                }
             };
-            if let Err(e) = result {
-                tracing::warn!(controller = %at, error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, unsent_reports = self.outbox.len(), "controller unreachable; enforcing the cached state");
-            }
-            tokio::time::sleep(wait).await;
-            if round_failed {
-                backoff = (backoff * 2).min(BACKOFF_MAX);
+            for at in &controllers {
+                let started = Instant::now();
+                let result = self.session(&enrolled, at).await;
+                if started.elapsed() > Duration::from_secs(30) {
+                    backoff = BACKOFF_MIN;
+                    failed_in_a_row = 0;
+                }
+                failed_in_a_row += 1;
+                let round_failed = failed_in_a_row.is_multiple_of(controllers.len());
+                let wait = if round_failed {
+                    backoff.mul_f64(jitter(0.5, 1.0))
+                } else {
+                    // The next controller at once, spread a little so that the
+                    // agents of a dead controller do not all arrive together.
+                    Duration::from_millis(200).mul_f64(jitter(0.0, 1.0))
+                };
+                if let Err(e) = result {
+                    tracing::warn!(controller = %at, error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, unsent_reports = self.outbox.len(), "controller unreachable; enforcing the cached state");
+                }
+                tokio::time::sleep(wait).await;
+                if round_failed {
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
             }
         }
     }
@@ -426,7 +476,7 @@ impl Link {
 /// to the second. Hashed, they spread evenly over the list, a dead
 /// controller's nodes spread evenly over the survivors, and a node comes
 /// back to the same controller after a restart.
-pub fn controller_order(mut controllers: Vec<String>, name: &str) -> Vec<String> {
+pub fn controller_order<T: std::fmt::Display>(mut controllers: Vec<T>, name: &str) -> Vec<T> {
     controllers.sort_by_cached_key(|addr| {
         std::cmp::Reverse(ballast_proto::sha256_tag(
             format!("{name}\n{addr}").as_bytes(),
@@ -465,12 +515,13 @@ pub async fn run(cfg: DaemonConfig, shutdown: impl Future<Output = ()>) -> anyho
     let plans = crate::plan::run(cfg.clone());
     let link = Link {
         name: enrolled.config.name.clone(),
-        cfg,
         status: status_rx,
         desired: desired_tx,
         outbox,
         queued,
         facts_sent: None,
+        host: crate::facts::HostPacer::new(cfg.host_figures_every),
+        cfg,
     };
     tokio::select! {
         _ = enforcer.run(desired_rx) => Ok(()),

@@ -43,6 +43,11 @@ pub trait Resource {
     fn creates(_change: &Self::Change) -> bool {
         false
     }
+    /// Pure: the content diff these changes make, for kinds with content
+    /// (files), bounded (see `ballast_proto::diff`).
+    fn content_diff(&self, _actual: &Self::State, _changes: &[Self::Change]) -> Option<String> {
+        None
+    }
 }
 
 pub struct RunOptions<'a> {
@@ -63,6 +68,8 @@ pub struct ResourceReport {
     pub backup: Option<String>,
     /// The run created the thing (see [`Resource::creates`]).
     pub created: bool,
+    /// The content diff of the changes (see [`Resource::content_diff`]).
+    pub diff: Option<String>,
 }
 
 impl ResourceReport {
@@ -79,6 +86,7 @@ impl ResourceReport {
             error,
             backup: None,
             created: false,
+            diff: None,
         }
     }
 
@@ -134,6 +142,7 @@ impl Report {
                     changes: r.changes.clone(),
                     error: r.error.clone().unwrap_or_default(),
                     backup: r.backup.clone().unwrap_or_default(),
+                    diff: r.diff.clone().unwrap_or_default(),
                 })
                 .collect(),
         }
@@ -164,9 +173,11 @@ fn plan<R: Resource>(r: &R, host: &Host) -> Plan<R> {
     }
     let text: Vec<String> = changes.iter().map(|c| c.to_string()).collect();
     let created = changes.iter().any(R::creates);
+    let diff = r.content_diff(&actual, &changes);
     (
         ResourceReport {
             created,
+            diff,
             ..ResourceReport::new(id, Outcome::Changed, text, None)
         },
         Some((actual, changes)),
@@ -186,6 +197,8 @@ impl ResourceReport {
         self.outcome = Outcome::Failed;
         self.error = Some(format!("{e:#}"));
         self.backup = None;
+        // Nothing changed: no diff of a change.
+        self.diff = None;
     }
 }
 

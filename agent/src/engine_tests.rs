@@ -833,3 +833,85 @@ mod sysctl {
         );
     }
 }
+
+/// Every changed file's report carries its content diff, made by the same
+/// observe and diff in a dry run and a real run, in the batch and alone.
+mod content_diffs {
+    use super::*;
+
+    fn diffs(r: &Report) -> Vec<(String, String)> {
+        r.resources
+            .iter()
+            .filter_map(|x| Some((x.id.clone(), x.diff.clone()?)))
+            .collect()
+    }
+
+    #[test]
+    fn a_run_reports_the_content_diff_of_each_file_it_changed() {
+        let sb = Sandbox::new();
+        std::fs::create_dir_all(sb.path("/etc")).unwrap();
+        let site = |motd: &str| {
+            format!(
+                "roles:\n  r:\n    directories: [{{path: /srv}}]\n    files:\n      - {{path: /etc/motd, content: \"{motd}\"}}\n      - {{path: /srv/app.conf, content: \"port = {{{{ vars.port }}}}\\n\", template: true, requires: [\"directory:/srv\"]}}\ngroups:\n  all: {{roles: [r], vars: {{port: '80'}}}}\n"
+            )
+        };
+        let first = sb.run(&site("one\\ntwo\\nthree\\n"), false);
+        expect_test::expect![[r#"
+            [
+                (
+                    "file[/etc/motd]",
+                    "diff (+3 -0 lines)\n--- /dev/null\n+++ /etc/motd\n@@ -1,0 +1,3 @@\n+one\n+two\n+three\n",
+                ),
+                (
+                    "file[/srv/app.conf]",
+                    "diff (+1 -0 lines)\n--- /dev/null\n+++ /srv/app.conf\n@@ -1,0 +1,1 @@\n+port = 80\n",
+                ),
+            ]
+        "#]]
+        .assert_debug_eq(&diffs(&first));
+        // Unchanged: no diff.
+        assert!(diffs(&sb.run(&site("one\\ntwo\\nthree\\n"), false)).is_empty());
+        // A new content, then drift by hand: the diff is of what was there.
+        let want = site("one\\nTWO\\nthree\\n");
+        let dry = sb.run(&want, true);
+        let real = sb.run(&want, false);
+        assert_eq!(diffs(&dry), diffs(&real), "a dry run shows the same diff");
+        assert_eq!(
+            diffs(&real),
+            [(
+                "file[/etc/motd]".to_owned(),
+                "diff (+1 -1 lines)\n--- /etc/motd\n+++ /etc/motd\n@@ -1,3 +1,3 @@\n one\n-two\n+TWO\n three\n".to_owned()
+            )]
+        );
+        std::fs::write(sb.path("/srv/app.conf"), "port = 8080\n").unwrap();
+        let r = sb.run(&want, false);
+        assert_eq!(
+            diffs(&r),
+            [(
+                "file[/srv/app.conf]".to_owned(),
+                "diff (+1 -1 lines)\n--- /srv/app.conf\n+++ /srv/app.conf\n@@ -1,1 +1,1 @@\n-port = 8080\n+port = 80\n".to_owned()
+            )]
+        );
+        // What is there is binary: only its size is told.
+        std::fs::write(sb.path("/etc/motd"), b"\x7fELF\0\0").unwrap();
+        let r = sb.run(&want, false);
+        assert_eq!(
+            diffs(&r),
+            [(
+                "file[/etc/motd]".to_owned(),
+                "diff not shown (binary, 6 -> 14 bytes)".to_owned()
+            )]
+        );
+        // A mode change alone has no content diff; a removal has none.
+        let r = sb.run(
+            &wrap(
+                "    files: [{path: /etc/motd, content: \"one\\nTWO\\nthree\\n\", mode: '0600'}]\n",
+            ),
+            false,
+        );
+        assert_eq!(summary(&r)[0], "Changed file[/etc/motd] mode 0644 -> 0600");
+        assert!(diffs(&r).is_empty(), "{:?}", diffs(&r));
+        let pb = r.to_pb(1, "h", 0, false, Trigger::Change);
+        assert!(pb.resources.iter().all(|x| x.diff.is_empty()));
+    }
+}

@@ -1,10 +1,18 @@
-//! What the agent knows about its node: system facts and custom facts.
+//! What the agent knows about its node: system facts, custom facts, and the
+//! host figures operators want at a glance.
 //!
 //! Custom facts come from a directory (default `/etc/ballast/facts.d`):
 //! `NAME.json` files, and executables whose standard output is JSON. Both land
 //! under `custom.NAME`. A broken fact is recorded as `{"error": ...}`, never a
 //! failure of the whole collection.
+//!
+//! Host figures (load, memory, disk use of `/` and of the state dir's
+//! filesystem, uptime) change all the time, so they are not facts: they go
+//! in their own small record, and [`HostPacer`] sends them at most once per
+//! interval and only when one moved past its threshold ([`moved`]): an idle
+//! fleet sends none, a busy one at most one per node per interval.
 
+use ballast_proto::pb;
 use serde_json::{Map, Value, json};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::Path;
@@ -205,9 +213,219 @@ pub fn stable_hash(facts: &Value) -> String {
     ballast_proto::sha256_tag(f.to_string().as_bytes())
 }
 
+/// How often host figures may be sent by default (`--host-figures-every`).
+pub const DEFAULT_HOST_FIGURES_EVERY: Duration = Duration::from_secs(300);
+
+/// Samples the host figures: `/proc` through sysinfo, and `statvfs` of `/`
+/// and of `state_dir`.
+pub fn host_figures(state_dir: &Path) -> pb::HostFigures {
+    let mut sys = sysinfo::System::new();
+    sys.refresh_memory();
+    let load = sysinfo::System::load_average();
+    let total = sys.total_memory();
+    let mounts: Vec<std::path::PathBuf> = sysinfo::Disks::new_with_refreshed_list()
+        .list()
+        .iter()
+        .map(|d| d.mount_point().to_owned())
+        .collect();
+    let finite = |v: f64| if v.is_finite() { v.max(0.0) } else { 0.0 };
+    pb::HostFigures {
+        load1: finite(load.one),
+        load5: finite(load.five),
+        load15: finite(load.fifteen),
+        memory_total_bytes: total,
+        memory_used_bytes: total.saturating_sub(sys.available_memory()).min(total),
+        root: Some(disk_use(Path::new("/"), &mounts)),
+        state: Some(disk_use(state_dir, &mounts)),
+        uptime_seconds: sysinfo::System::uptime(),
+    }
+}
+
+/// The filesystem holding `path`: its mount point (the longest of `mounts`
+/// above the path) and its size and use as `df` counts them.
+fn disk_use(path: &Path, mounts: &[std::path::PathBuf]) -> pb::DiskUse {
+    let path = path.canonicalize().unwrap_or_else(|_| path.to_owned());
+    let mount = mounts
+        .iter()
+        .filter(|m| path.starts_with(m))
+        .max_by_key(|m| m.as_os_str().len())
+        .map_or_else(|| "/".to_owned(), |m| m.display().to_string());
+    let mut mount: String = mount.chars().filter(|c| !c.is_control()).collect();
+    if mount.len() > ballast_proto::limits::MAX_MOUNT_BYTES {
+        mount = "(too long)".to_owned();
+    }
+    let (total, used) = match nix::sys::statvfs::statvfs(&path) {
+        Ok(s) => {
+            let unit = s.fragment_size();
+            let blocks = s.blocks();
+            let free = s.blocks_free().min(blocks);
+            (blocks * unit, (blocks - free) * unit)
+        }
+        Err(e) => {
+            tracing::warn!(path = %path.display(), error = %e, "statvfs for host figures");
+            (0, 0)
+        }
+    };
+    pb::DiskUse {
+        mount,
+        total_bytes: total,
+        used_bytes: used,
+    }
+}
+
+/// Whether `new` differs from `old` enough to be worth a store write: a
+/// reboot (uptime went back), a load average by at least 0.5 and a quarter
+/// of its old value, memory use by 5% of the total, a filesystem's use by
+/// 1% of its size, or any size or mount point.
+pub fn moved(old: &pb::HostFigures, new: &pb::HostFigures) -> bool {
+    let load = |a: f64, b: f64| (a - b).abs() >= (0.25 * a).max(0.5);
+    let share = |a: u64, b: u64, total: u64, percent: u64| {
+        a.abs_diff(b).saturating_mul(100) >= total.saturating_mul(percent).max(1)
+    };
+    let disk = |a: &Option<pb::DiskUse>, b: &Option<pb::DiskUse>| match (a, b) {
+        (Some(a), Some(b)) => {
+            a.mount != b.mount
+                || a.total_bytes != b.total_bytes
+                || share(a.used_bytes, b.used_bytes, a.total_bytes, 1)
+        }
+        (a, b) => a.is_some() != b.is_some(),
+    };
+    new.uptime_seconds < old.uptime_seconds
+        || load(old.load1, new.load1)
+        || load(old.load5, new.load5)
+        || load(old.load15, new.load15)
+        || old.memory_total_bytes != new.memory_total_bytes
+        || share(
+            old.memory_used_bytes,
+            new.memory_used_bytes,
+            old.memory_total_bytes,
+            5,
+        )
+        || disk(&old.root, &new.root)
+        || disk(&old.state, &new.state)
+}
+
+/// The rate bound of host figures: the first figures go at once; after
+/// that a pass samples only once `every` has passed since the last send,
+/// and sends only figures that [`moved`] from the last sent.
+#[derive(Debug)]
+pub struct HostPacer {
+    every: Duration,
+    last: Option<(Instant, pb::HostFigures)>,
+}
+
+impl HostPacer {
+    pub fn new(every: Duration) -> HostPacer {
+        HostPacer { every, last: None }
+    }
+
+    /// Whether a pass at `now` should sample the figures at all.
+    pub fn due(&self, now: Instant) -> bool {
+        self.last
+            .as_ref()
+            .is_none_or(|(at, _)| now.saturating_duration_since(*at) >= self.every)
+    }
+
+    /// Whether figures sampled at a due pass are worth sending.
+    pub fn worth_sending(&self, figures: &pb::HostFigures) -> bool {
+        self.last
+            .as_ref()
+            .is_none_or(|(_, last)| moved(last, figures))
+    }
+
+    /// The figures were sent (or refused for good) at `now`.
+    pub fn sent(&mut self, now: Instant, figures: pb::HostFigures) {
+        self.last = Some((now, figures));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn figures(load1: f64, mem_used: u64, root_used: u64, uptime: u64) -> pb::HostFigures {
+        let disk = |mount: &str, used| {
+            Some(pb::DiskUse {
+                mount: mount.into(),
+                total_bytes: 1000,
+                used_bytes: used,
+            })
+        };
+        pb::HostFigures {
+            load1,
+            load5: 1.0,
+            load15: 1.0,
+            memory_total_bytes: 1000,
+            memory_used_bytes: mem_used,
+            root: disk("/", root_used),
+            state: disk("/var", 100),
+            uptime_seconds: uptime,
+        }
+    }
+
+    #[test]
+    fn host_figures_move_only_past_their_thresholds() {
+        let base = figures(1.0, 500, 500, 1000);
+        // Noise: uptime runs on, load within 0.5, memory within 5%, disk within 1%.
+        assert!(!moved(&base, &figures(1.4, 540, 509, 99_999)));
+        for (what, new) in [
+            ("load", figures(1.5, 500, 500, 1000)),
+            ("memory", figures(1.0, 450, 500, 1000)),
+            ("disk", figures(1.0, 500, 510, 1000)),
+            ("reboot", figures(1.0, 500, 500, 10)),
+        ] {
+            assert!(moved(&base, &new), "{what} should count as moved");
+        }
+        // A high load moves by a quarter of itself, not by 0.5.
+        assert!(!moved(&figures(8.0, 0, 0, 1), &figures(9.9, 0, 0, 2)));
+        assert!(moved(&figures(8.0, 0, 0, 1), &figures(10.0, 0, 0, 2)));
+        let mut remounted = base.clone();
+        remounted.state.as_mut().unwrap().mount = "/srv".into();
+        assert!(moved(&base, &remounted));
+    }
+
+    #[test]
+    fn host_pacer_sends_at_most_once_per_interval_and_only_what_moved() {
+        let every = Duration::from_secs(300);
+        let mut pacer = HostPacer::new(every);
+        let t0 = Instant::now();
+        let first = figures(0.1, 100, 100, 10);
+        assert!(
+            pacer.due(t0) && pacer.worth_sending(&first),
+            "the first goes at once"
+        );
+        pacer.sent(t0, first.clone());
+        let busy = figures(50.0, 900, 900, 20);
+        // Within the interval nothing is even sampled, however much moved.
+        for secs in [0, 1, 60, 299] {
+            assert!(!pacer.due(t0 + Duration::from_secs(secs)), "{secs}s");
+        }
+        let later = t0 + every;
+        assert!(pacer.due(later));
+        // Due, but unchanged: nothing sent, and it stays due.
+        assert!(!pacer.worth_sending(&figures(0.2, 110, 105, 400)));
+        assert!(pacer.due(later + Duration::from_secs(30)));
+        assert!(pacer.worth_sending(&busy));
+        pacer.sent(later, busy);
+        assert!(!pacer.due(later + Duration::from_secs(299)));
+    }
+
+    #[test]
+    fn host_figures_of_this_machine_are_in_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let h = host_figures(dir.path());
+        let checked = ballast_proto::limits::CheckedHost::try_from(h.clone());
+        assert!(checked.is_ok(), "{checked:?}");
+        assert!(h.memory_total_bytes > 0 && h.uptime_seconds > 0, "{h:?}");
+        let root = h.root.unwrap();
+        assert_eq!(root.mount, "/");
+        assert!(root.total_bytes > 0 && root.used_bytes <= root.total_bytes);
+        let state = h.state.unwrap();
+        assert!(
+            state.total_bytes > 0 && state.mount.starts_with('/'),
+            "{state:?}"
+        );
+    }
 
     #[test]
     fn facts_have_every_documented_key() {

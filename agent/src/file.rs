@@ -19,6 +19,8 @@ use crate::engine::{Context, Resource};
 use crate::host::{Host, Kind, Meta, PENDING_ID, Staged};
 use crate::state::StateDir;
 use anyhow::bail;
+use ballast_proto::diff;
+use ballast_proto::limits::MAX_DIFF_INPUT;
 use ballast_proto::spec::{Ensure, File};
 use std::fmt;
 
@@ -33,6 +35,9 @@ pub struct Observed {
     meta: Option<Meta>,
     /// Whether the content equals the desired one (only read when sizes match).
     same_content: bool,
+    /// The content there now, when it was read: to compare (same size as
+    /// the desired content) or for the diff (both within its input bound).
+    old: Option<Vec<u8>>,
     /// The desired owner and group as ids on this host.
     uid: Option<u32>,
     gid: Option<u32>,
@@ -190,13 +195,31 @@ impl Resource for FileRes<'_> {
         matches!(change, Change::Create { .. } | Change::Replace { .. })
     }
 
+    /// New content is diffed against nothing; replaced content against what
+    /// was read (or, above the diff's input bound, given by its sizes).
+    fn content_diff(&self, actual: &Observed, changes: &[Change]) -> Option<String> {
+        let new = self.content.as_deref()?;
+        let path = &self.spec.path;
+        changes.iter().find_map(|c| match c {
+            Change::Create { .. } | Change::Replace { .. } => Some(diff::content(path, None, new)),
+            Change::Content { from, to } => Some(match &actual.old {
+                Some(old) => diff::content(path, Some(old), new),
+                None => diff::too_large(Some(*from), *to as u64),
+            }),
+            _ => None,
+        })
+    }
+
     fn id(&self) -> String {
         format!("file[{}]", self.spec.path)
     }
 
     fn observe(&self, host: &Host) -> anyhow::Result<Observed> {
         let want = self.content.as_ref().map(|c| c.len() as u64);
-        let (meta, current) = match host.observe_file(&self.spec.path, want)? {
+        let diffable = |size: u64| size as usize <= MAX_DIFF_INPUT;
+        let read_if =
+            |size: u64| want.is_some_and(|w| w == size || (diffable(w) && diffable(size)));
+        let (meta, current) = match host.observe_file(&self.spec.path, read_if)? {
             Some((m, c)) => (Some(m), c),
             None => (None, None),
         };
@@ -216,6 +239,7 @@ impl Resource for FileRes<'_> {
         Ok(Observed {
             meta,
             same_content,
+            old: current,
             uid,
             gid,
             replaces,

@@ -48,6 +48,7 @@ fn diff_table() {
     let seen = |m: Option<Meta>, same: bool, replaces: Option<Replaced>| Observed {
         meta: m,
         same_content: same,
+        old: None,
         uid: Some(1000),
         gid: Some(1000),
         replaces,

@@ -376,13 +376,13 @@ impl Host {
         read_capped(fd, path)
     }
 
-    /// What is at `path` and, for a regular file whose size is `read_if_size`,
-    /// its content, both through one descriptor opened without following
-    /// symlinks: the metadata and the content are of the same file.
+    /// What is at `path` and, for a regular file whose size `read_if`
+    /// accepts, its content, both through one descriptor opened without
+    /// following symlinks: the metadata and the content are of the same file.
     pub fn observe_file(
         &self,
         path: &str,
-        read_if_size: Option<u64>,
+        read_if: impl Fn(u64) -> bool,
     ) -> anyhow::Result<Option<(Meta, Option<Vec<u8>>)>> {
         let Some(seen) = self.lstat(path)? else {
             return Ok(None);
@@ -393,9 +393,9 @@ impl Host {
         }
         let fd = self.open_same(path, &seen)?;
         let meta = meta_of(&nix::sys::stat::fstat(&fd).with_context(|| format!("stat {path}"))?);
-        let content = match read_if_size {
-            Some(size) if size == meta.size => Some(read_capped(fd, path)?),
-            _ => None,
+        let content = match read_if(meta.size) {
+            true => Some(read_capped(fd, path)?),
+            false => None,
         };
         Ok(Some((meta, content)))
     }

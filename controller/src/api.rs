@@ -9,7 +9,7 @@ use crate::fleet::{Feed, Fleet, FleetError, plan};
 use crate::metrics::Refusal;
 use crate::store::StoreError;
 use ballast_proto::enums::Outcome;
-use ballast_proto::limits::{CheckedFacts, CheckedReport};
+use ballast_proto::limits::{CheckedFacts, CheckedHost, CheckedReport};
 use ballast_proto::pb;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -217,6 +217,11 @@ impl pb::agent_server::Agent for Api {
         let name = node_of(&req)?;
         let known = req.into_inner().known_hash;
         let mut rx = self.fleet.subscribe(&name)?;
+        // It may come from a controller that died with its last runs.
+        let (fleet, n) = (self.fleet.clone(), name.clone());
+        if let Err(e) = blocking(move || fleet.reload_reported(&n)).await {
+            tracing::warn!(node = %name, error = %e.message(), "could not reload the node's reports");
+        }
         let (tx, out) = tokio::sync::mpsc::channel(1);
         let open = self.fleet.metrics().watch_opened();
         tokio::spawn(async move {
@@ -278,6 +283,17 @@ impl pb::agent_server::Agent for Api {
         let facts = CheckedFacts::try_from(req.into_inner()).map_err(Status::invalid_argument)?;
         let fleet = self.fleet.clone();
         blocking(move || fleet.put_facts(&name, facts)).await?;
+        Ok(Response::new(pb::Ack {}))
+    }
+
+    async fn put_host_figures(
+        &self,
+        req: Request<pb::HostFigures>,
+    ) -> Result<Response<pb::Ack>, Status> {
+        let name = node_of(&req)?;
+        let host = CheckedHost::try_from(req.into_inner()).map_err(Status::invalid_argument)?;
+        let fleet = self.fleet.clone();
+        blocking(move || fleet.put_host(&name, host)).await?;
         Ok(Response::new(pb::Ack {}))
     }
 

@@ -42,6 +42,7 @@ pub fn rule_for(path: &str) -> Option<Rule> {
         "/ballast.v1.Agent/Watch"
         | "/ballast.v1.Agent/Report"
         | "/ballast.v1.Agent/PutFacts"
+        | "/ballast.v1.Agent/PutHostFigures"
         | "/ballast.v1.Agent/Heartbeat"
         // Plans: the node is the certificate's; a result names only a plan
         // sent to that node (checked by `fleet::plan::Hub`).
@@ -217,7 +218,7 @@ mod tests {
         let paths = ballast_proto::all_method_paths();
         assert_eq!(
             paths.len(),
-            20,
+            21,
             "descriptor lists the contract's methods: {paths:?}"
         );
         let missing: Vec<&String> = paths.iter().filter(|p| rule_for(p).is_none()).collect();

@@ -12,7 +12,7 @@
 //! certificate, or the scrape token when one is configured.
 
 use crate::store::{
-    Compare, Entry, Leadership, Listing, Op, Store, StoreError, Watch as StoreWatch,
+    Compare, Entry, Leadership, Listing, Op, Store, StoreError, Watch as StoreWatch, WatchLag,
 };
 use ballast_proto::enums::{NodeStatus, Outcome};
 use prometheus_client::encoding::EncodeLabelSet;
@@ -173,6 +173,8 @@ pub struct Metrics {
     store_duration: Histograms<OpLabel>,
     store_errors: Family<OpLabel, Counter>,
     leader: Gauge,
+    watch_lag_revisions: Gauge,
+    watch_lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
     reports: Counter,
     run_duration: Histogram,
     run_resources: Family<OutcomeLabel, Counter>,
@@ -243,6 +245,20 @@ impl Metrics {
             "1 while this controller holds the leader key (single-owner jobs)",
             leader.clone(),
         );
+        let watch_lag_revisions = Gauge::default();
+        registry.register_with_unit(
+            "ballast_store_watch_lag",
+            "Store revisions committed that this controller's watches have not delivered yet (etcd; measured at scrape)",
+            Unit::Other("revisions".into()),
+            watch_lag_revisions.clone(),
+        );
+        let watch_lag_seconds = Gauge::<f64, std::sync::atomic::AtomicU64>::default();
+        registry.register_with_unit(
+            "ballast_store_watch_lag",
+            "Time since this controller's watches were last confirmed to have every change (etcd; 0 when they have)",
+            Unit::Seconds,
+            watch_lag_seconds.clone(),
+        );
         let reports = Counter::default();
         registry.register(
             "ballast_agent_reports",
@@ -278,6 +294,8 @@ impl Metrics {
             store_duration,
             store_errors,
             leader,
+            watch_lag_revisions,
+            watch_lag_seconds,
             reports,
             run_duration,
             run_resources,
@@ -346,6 +364,18 @@ impl Metrics {
         self.leader.set(leading as i64);
     }
 
+    /// The store watches' lag as just measured; `None` (redb, no watch)
+    /// leaves both at 0.
+    pub fn set_watch_lag(&self, lag: Option<WatchLag>) {
+        let lag = lag.unwrap_or(WatchLag {
+            revisions: 0,
+            seconds: 0.0,
+        });
+        self.watch_lag_revisions
+            .set(i64::try_from(lag.revisions).unwrap_or(i64::MAX));
+        self.watch_lag_seconds.set(lag.seconds);
+    }
+
     fn rpc(&self, method: String, code: String, seconds: f64) {
         self.rpc_duration
             .get_or_create(&MethodLabel {
@@ -374,6 +404,14 @@ impl Metrics {
     }
 }
 
+/// A scrape: the store watches' lag and the node counts measured now, then
+/// the registry. Blocks (the lag reads the store): call it off the async
+/// threads.
+pub fn scrape(fleet: &crate::fleet::Fleet) -> String {
+    fleet.metrics().set_watch_lag(fleet.store().watch_lag());
+    fleet.metrics().render(&fleet.status_counts())
+}
+
 /// `GET /metrics`: the registry, with the node counts of this moment.
 pub fn routes(fleet: Arc<crate::fleet::Fleet>) -> axum::Router {
     axum::Router::new().route(
@@ -381,11 +419,9 @@ pub fn routes(fleet: Arc<crate::fleet::Fleet>) -> axum::Router {
         axum::routing::get(move || {
             let fleet = fleet.clone();
             async move {
-                let text = tokio::task::spawn_blocking(move || {
-                    fleet.metrics().render(&fleet.status_counts())
-                })
-                .await
-                .unwrap_or_default();
+                let text = tokio::task::spawn_blocking(move || scrape(&fleet))
+                    .await
+                    .unwrap_or_default();
                 ([(http::header::CONTENT_TYPE, CONTENT_TYPE)], text)
             }
         }),
@@ -454,6 +490,10 @@ impl Store for MeteredStore {
     fn put_leased(&self, ops: &[Op], ttl: std::time::Duration) -> Result<(), StoreError> {
         self.metrics
             .store_op("put_leased", || self.inner.put_leased(ops, ttl))
+    }
+
+    fn watch_lag(&self) -> Option<WatchLag> {
+        self.inner.watch_lag()
     }
 }
 
@@ -573,6 +613,11 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("ballast_build_info{version=\""), "{text}");
+        assert!(
+            text.contains("# UNIT ballast_store_watch_lag_revisions revisions")
+                && text.contains("ballast_store_watch_lag_seconds 0"),
+            "{text}"
+        );
         assert!(text.ends_with("# EOF\n"), "{text}");
     }
 }

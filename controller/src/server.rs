@@ -119,8 +119,13 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         StoreConfig::Etcd(_) => Ca::load_or_share(store.as_ref(), &pki),
     }
     .context("certificate authority")?;
+    // A controller listening on one address serves clients that dial it.
+    let mut names = cfg.advertise.clone();
+    if !cfg.listen.ip().is_unspecified() {
+        names.push(cfg.listen.ip().to_string());
+    }
     let (server_chain, server_key) = ca
-        .ensure_server_cert(&pki, &cfg.advertise)
+        .ensure_server_cert(&pki, &names)
         .context("server certificate")?;
     let dashboard_cert = (server_chain.clone(), server_key.clone());
     ca.ensure_admin_cert(&pki).context("admin certificate")?;

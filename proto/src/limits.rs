@@ -30,6 +30,32 @@ pub const MAX_FACTS_BYTES: usize = 128 * 1024;
 /// Nesting depth of the facts document (arrays and objects).
 pub const MAX_FACTS_DEPTH: usize = 32;
 
+/// A mount point in a node's host figures.
+pub const MAX_MOUNT_BYTES: usize = 256;
+/// Largest load average accepted in host figures.
+pub const MAX_LOAD: f64 = 1e6;
+/// The shortest interval between two stored host records of one node: the
+/// least an agent may be set to (`--host-figures-every`), and what the
+/// controller holds to whatever an agent sends (more often is acknowledged,
+/// not stored). Its default on the agent is five minutes.
+pub const MIN_HOST_FIGURES_INTERVAL: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Content larger than this (either side) is not compared: its diff says
+/// only the sizes (see [`crate::diff`]).
+pub const MAX_DIFF_INPUT: usize = 256 * 1024;
+/// Past this many cells (changed lines before × after) the middle of a diff
+/// is shown as all removed, then all added, instead of aligned.
+pub const MAX_DIFF_CELLS: usize = 1_000_000;
+/// One file's content diff, cut at a line with a visible mark (it also fits
+/// in one change line, [`MAX_CHANGE_BYTES`], where a plan carries it).
+pub const MAX_DIFF_BYTES: usize = 6 * 1024;
+/// All content diffs of one report together; past it, the diffs of later
+/// files are left out and the first one left out says how many.
+pub const MAX_REPORT_DIFF_BYTES: usize = 64 * 1024;
+/// What `ballast diff` answers of content diffs, all groups together; past
+/// it, later groups are left out (and counted).
+pub const MAX_DIFF_ANSWER_BYTES: usize = 1024 * 1024;
+
 /// `ListNodes` page size when the request says 0.
 pub const DEFAULT_PAGE_SIZE: u32 = 500;
 /// Largest `ListNodes` page size; larger requests get this many.
@@ -128,6 +154,17 @@ impl TryFrom<pb::RunReport> for CheckedReport {
                     ));
                 }
             }
+            if res.diff.len() > MAX_DIFF_BYTES {
+                return Err(over(
+                    &format!("resources[{i}].diff"),
+                    res.diff.len(),
+                    MAX_DIFF_BYTES,
+                ));
+            }
+        }
+        let diffs: usize = r.resources.iter().map(|res| res.diff.len()).sum();
+        if diffs > MAX_REPORT_DIFF_BYTES {
+            return Err(over("the diffs together", diffs, MAX_REPORT_DIFF_BYTES));
         }
         // Fields first, so the error names the field that is too large.
         let len = r.encoded_len();
@@ -171,6 +208,56 @@ impl TryFrom<pb::Facts> for CheckedFacts {
             json: f.json,
             value,
         })
+    }
+}
+
+/// Host figures with every field present and in range: finite loads in
+/// `0..=MAX_LOAD`, used at most total, mounts of at most
+/// [`MAX_MOUNT_BYTES`] without control characters. A stored record is then
+/// a few hundred bytes.
+#[derive(Debug, Clone)]
+pub struct CheckedHost(pb::HostFigures);
+
+impl CheckedHost {
+    pub fn into_inner(self) -> pb::HostFigures {
+        self.0
+    }
+}
+
+impl TryFrom<pb::HostFigures> for CheckedHost {
+    type Error = String;
+
+    fn try_from(h: pb::HostFigures) -> Result<Self, String> {
+        for (field, v) in [("load1", h.load1), ("load5", h.load5), ("load15", h.load15)] {
+            if !(0.0..=MAX_LOAD).contains(&v) {
+                return Err(format!(
+                    "host figures: {field} is {v}; allowed: 0 to {MAX_LOAD}"
+                ));
+            }
+        }
+        if h.memory_used_bytes > h.memory_total_bytes {
+            return Err("host figures: memory used exceeds memory total".into());
+        }
+        for (field, disk) in [("root", &h.root), ("state", &h.state)] {
+            let Some(d) = disk else {
+                return Err(format!("host figures: {field} is missing"));
+            };
+            if d.mount.len() > MAX_MOUNT_BYTES {
+                return Err(format!(
+                    "host figures: {field}.mount is {} bytes; the limit is {MAX_MOUNT_BYTES}",
+                    d.mount.len()
+                ));
+            }
+            if d.mount.chars().any(char::is_control) {
+                return Err(format!(
+                    "host figures: {field}.mount has control characters"
+                ));
+            }
+            if d.used_bytes > d.total_bytes {
+                return Err(format!("host figures: {field} used exceeds its total"));
+            }
+        }
+        Ok(CheckedHost(h))
     }
 }
 
@@ -220,7 +307,9 @@ pub fn fit_report(r: &mut pb::RunReport) {
         for c in &mut res.changes {
             truncate(c, MAX_CHANGE_BYTES);
         }
+        crate::diff::cut(&mut res.diff, MAX_DIFF_BYTES);
     }
+    fit_diffs(r);
     if r.resources.len() > MAX_REPORT_RESOURCES || r.encoded_len() > MAX_REPORT_BYTES {
         r.resources
             .retain(|res| res.outcome != i32::from(Outcome::Unchanged));
@@ -239,6 +328,34 @@ pub fn fit_report(r: &mut pb::RunReport) {
         last.changes.push(format!(
             "…report truncated: {dropped} more resources left out"
         ));
+    }
+}
+
+/// Keeps a report's diffs within [`MAX_REPORT_DIFF_BYTES`]: in report order,
+/// a diff that would pass the bound and every later one are left out, and
+/// the first left out says how many.
+fn fit_diffs(r: &mut pb::RunReport) {
+    // Room for the note that says what was left out.
+    const NOTE: usize = 160;
+    let mut used = 0usize;
+    let mut first_out: Option<usize> = None;
+    let mut left_out = 0usize;
+    for (i, res) in r.resources.iter_mut().enumerate() {
+        if res.diff.is_empty() {
+            continue;
+        }
+        if first_out.is_none() && used + res.diff.len() <= MAX_REPORT_DIFF_BYTES - NOTE {
+            used += res.diff.len();
+            continue;
+        }
+        first_out.get_or_insert(i);
+        left_out += 1;
+        res.diff.clear();
+    }
+    if let Some(i) = first_out {
+        r.resources[i].diff = format!(
+            "diff left out: this report's diffs reached their bound of {MAX_REPORT_DIFF_BYTES} bytes ({left_out} files' diffs left out)\n"
+        );
     }
 }
 
@@ -329,6 +446,105 @@ mod tests {
             "{:?}",
             last.changes.last()
         );
+    }
+
+    fn with_diffs(n: usize, each: usize) -> pb::RunReport {
+        let mut r = report();
+        for i in 0..n {
+            r.resources.push(pb::ResourceOutcome {
+                id: format!("file[/srv/{i}]"),
+                outcome: Outcome::Changed.into(),
+                diff: "+x\n".repeat(each / 3),
+                ..Default::default()
+            });
+        }
+        r
+    }
+
+    /// One file's diff over its bound, or the diffs of a report over
+    /// theirs, are refused naming the field; the agent's fitting keeps the
+    /// first diffs whole and says how many it left out.
+    #[test]
+    fn report_diffs_are_bounded_per_file_and_per_report() {
+        let big = with_diffs(1, MAX_DIFF_BYTES + 3);
+        let e = CheckedReport::try_from(big.clone()).unwrap_err();
+        assert_eq!(
+            e,
+            format!(
+                "report: resources[0].diff is {} bytes; the limit is {MAX_DIFF_BYTES}",
+                MAX_DIFF_BYTES + 3
+            )
+        );
+        let mut fitted = big;
+        fit_report(&mut fitted);
+        let d = &fitted.resources[0].diff;
+        assert!(
+            d.len() <= MAX_DIFF_BYTES && d.ends_with(crate::diff::CUT_MARK),
+            "{d}"
+        );
+        assert!(CheckedReport::try_from(fitted).is_ok());
+
+        let many = with_diffs(40, 3000);
+        let e = CheckedReport::try_from(many.clone()).unwrap_err();
+        assert!(
+            e.starts_with("report: the diffs together is 120000 bytes; the limit is 65536"),
+            "{e}"
+        );
+        let mut fitted = many;
+        fit_report(&mut fitted);
+        let kept = fitted
+            .resources
+            .iter()
+            .take_while(|r| r.diff.starts_with("+x"))
+            .count();
+        assert_eq!(kept, 21, "whole diffs first, in report order");
+        assert_eq!(
+            fitted.resources[kept].diff,
+            "diff left out: this report's diffs reached their bound of 65536 bytes (19 files' diffs left out)\n"
+        );
+        assert!(
+            fitted.resources[kept + 1..]
+                .iter()
+                .all(|r| r.diff.is_empty())
+        );
+        assert!(CheckedReport::try_from(fitted).is_ok());
+    }
+
+    #[test]
+    fn host_figures_out_of_range_are_refused_naming_the_field() {
+        fn disk(mount: &str, used: u64) -> Option<pb::DiskUse> {
+            Some(pb::DiskUse {
+                mount: mount.into(),
+                total_bytes: 100,
+                used_bytes: used,
+            })
+        }
+        let ok = pb::HostFigures {
+            load1: 0.5,
+            memory_total_bytes: 10,
+            memory_used_bytes: 5,
+            root: disk("/", 50),
+            state: disk("/var", 50),
+            ..Default::default()
+        };
+        assert!(CheckedHost::try_from(ok.clone()).is_ok());
+        let refused = |change: fn(&mut pb::HostFigures)| {
+            let mut h = ok.clone();
+            change(&mut h);
+            CheckedHost::try_from(h).unwrap_err()
+        };
+        assert!(refused(|h| h.load5 = f64::NAN).contains("load5"));
+        assert!(refused(|h| h.load15 = -1.0).contains("load15"));
+        assert!(refused(|h| h.memory_used_bytes = 11).contains("memory"));
+        assert!(refused(|h| h.state = None).contains("state is missing"));
+        assert!(refused(|h| h.root = disk("/", 101)).contains("root used"));
+        let long = refused(|h| h.root = disk(&"m".repeat(MAX_MOUNT_BYTES + 1), 0));
+        // (a fn pointer: the closure captures nothing)
+        assert!(
+            long.contains("root.mount") && long.contains("256"),
+            "{long}"
+        );
+        assert!(refused(|h| h.state = disk("/x\x1b[2J", 0)).contains("control"));
     }
 
     #[test]

@@ -111,6 +111,7 @@ fn agent(state_dir: &str, root: &str) {
             heartbeat: Duration::from_secs(30),
             facts_dir: Path::new(state_dir).join("facts.d"),
             controller: None,
+            host_figures_every: ballast_agent::facts::DEFAULT_HOST_FIGURES_EVERY,
         };
         ballast_agent::daemon::run(cfg, std::future::pending())
             .await

@@ -282,6 +282,7 @@ impl TestAgent {
             heartbeat: Duration::from_millis(500),
             facts_dir: self.state.path().join("facts.d"),
             controller: None,
+            host_figures_every: ballast_agent::facts::DEFAULT_HOST_FIGURES_EVERY,
         };
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         self.shutdown = Some(tx);
@@ -386,14 +387,31 @@ impl ControllerProcess {
         Self::start_full(None, extra_config, args, env).await
     }
 
+    /// Like [`ControllerProcess::start_with_args`], listening on `addr`
+    /// (another loopback address such as 127.0.0.2, to stand for a second
+    /// machine behind one name).
+    pub async fn start_listening(addr: SocketAddr, args: &[&str]) -> ControllerProcess {
+        Self::start_on(addr, None, "", args, &[]).await
+    }
+
     async fn start_full(
         data_dir: Option<&Path>,
         extra_config: &str,
         args: &[&str],
         env: &[(&str, &str)],
     ) -> ControllerProcess {
-        let dir = tempfile::tempdir().expect("temp dir");
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        Self::start_on(addr, data_dir, extra_config, args, env).await
+    }
+
+    async fn start_on(
+        addr: SocketAddr,
+        data_dir: Option<&Path>,
+        extra_config: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> ControllerProcess {
+        let dir = tempfile::tempdir().expect("temp dir");
         let config = dir.path().join("controller.yaml");
         let data = data_dir
             .map(Path::to_owned)

@@ -7,6 +7,7 @@
 
 mod admin;
 mod conn;
+pub mod host;
 mod nodes;
 pub mod output;
 mod plan;
@@ -49,6 +50,8 @@ pub enum Command {
         #[arg(short = 'f', long = "file", required = true)]
         paths: Vec<PathBuf>,
         /// Wait until every affected node converged; fail if one fails.
+        /// When the apply starts a rollout, follow it wave by wave until it
+        /// is done; fail when a wave fails or it is aborted.
         #[arg(long)]
         wait: bool,
         /// How long --wait waits, e.g. 90s, 5m.
@@ -406,6 +409,9 @@ pub fn run() -> ExitCode {
     };
     let mut stdout = std::io::stdout();
     summary::may_ask();
+    if std::io::IsTerminal::is_terminal(&stdout) {
+        rollout::redraw_in_place();
+    }
     let result = runtime
         .block_on(execute(cli.command, &mut stdout))
         .and_then(|code| {

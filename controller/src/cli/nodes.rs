@@ -190,6 +190,7 @@ fn node_doc(n: &pb::NodeSummary) -> anyhow::Result<serde_json::Value> {
         "last_seen": time_json(n.last_seen_ms),
         "failed_resources": n.failed_resources,
         "failed_count": n.failed_count,
+        "rollout": super::rollout::node_doc(n.rollout.as_ref()),
     }))
 }
 
@@ -208,17 +209,20 @@ fn failing(n: &pb::NodeSummary, sep: &str) -> String {
 fn write_node_table(out: &mut dyn Write, nodes: &[pb::NodeSummary]) -> anyhow::Result<()> {
     writeln!(
         out,
-        "{:<24} {:<11} {:>7} {:>7} {:<20} {:<28} FAILING",
-        "NAME", "STATUS", "DESIRED", "APPLIED", "LAST SEEN", "LABELS"
+        "{:<24} {:<11} {:>7} {:>7} {:<18} {:<20} {:<28} FAILING",
+        "NAME", "STATUS", "DESIRED", "APPLIED", "ROLLOUT", "LAST SEEN", "LABELS"
     )?;
     for n in nodes {
         writeln!(
             out,
-            "{:<24} {:<11} {:>7} {:>7} {:<20} {:<28} {}",
+            "{:<24} {:<11} {:>7} {:>7} {:<18} {:<20} {:<28} {}",
             esc(&n.name),
             status_of(n)?.as_str(),
             n.desired_revision,
             n.applied_revision,
+            n.rollout
+                .as_ref()
+                .map_or_else(|| "-".to_owned(), super::rollout::node_short),
             time(n.last_seen_ms),
             labels_text(&n.labels),
             failing(n, ",")
@@ -251,7 +255,7 @@ fn detail_doc(d: &pb::NodeDetail) -> anyhow::Result<serde_json::Value> {
             "revision": r.revision, "state_hash": r.state_hash, "started_at": time_json(r.started_at_ms),
             "duration_ms": r.duration_ms, "trigger": trigger_name(r.trigger),
             "resources": r.resources.iter().map(|x| serde_json::json!({
-                "id": x.id, "outcome": outcome_name(x.outcome), "changes": x.changes, "error": x.error, "backup": x.backup,
+                "id": x.id, "outcome": outcome_name(x.outcome), "changes": x.changes, "error": x.error, "backup": x.backup, "diff": x.diff,
             })).collect::<Vec<_>>(),
         })
     });
@@ -264,6 +268,10 @@ fn detail_doc(d: &pb::NodeDetail) -> anyhow::Result<serde_json::Value> {
         .collect();
     let mut v = node_doc(&s)?;
     v["facts"] = facts;
+    v["host"] = d
+        .host
+        .as_ref()
+        .map_or(serde_json::Value::Null, super::host::doc);
     v["last_run"] = report.unwrap_or(serde_json::Value::Null);
     v["timeline"] = timeline.into();
     Ok(v)
@@ -282,6 +290,9 @@ pub fn write_node_detail(out: &mut dyn Write, d: &pb::NodeDetail) -> anyhow::Res
         "revision:  desired {}, applied {}",
         s.desired_revision, s.applied_revision
     )?;
+    if let Some(r) = &s.rollout {
+        writeln!(out, "rollout:   {}", super::rollout::node_why(r))?;
+    }
     writeln!(out, "last seen: {}", time(s.last_seen_ms))?;
     if let Some(os) = facts.get("os") {
         let text = |v: Option<&serde_json::Value>| match v {
@@ -298,6 +309,12 @@ pub fn write_node_detail(out: &mut dyn Write, d: &pb::NodeDetail) -> anyhow::Res
             text(facts.get("kernel")),
             text(facts.get("cpus")),
         )?;
+    }
+    if let Some(host) = &d.host {
+        for (i, (label, value)) in super::host::rows(host).iter().enumerate() {
+            let head = if i == 0 { "host:" } else { "" };
+            writeln!(out, "{head:<10} {label:<9}{}", esc(value))?;
+        }
     }
     writeln!(out, "timeline:")?;
     for e in &d.timeline {
@@ -325,6 +342,7 @@ pub fn write_node_detail(out: &mut dyn Write, d: &pb::NodeDetail) -> anyhow::Res
                 for c in &x.changes {
                     writeln!(out, "            {}", esc(c))?;
                 }
+                super::output::write_diff(out, "              ", &x.diff)?;
                 if !x.error.is_empty() {
                     writeln!(out, "            error: {}", esc(&x.error))?;
                 }
@@ -364,6 +382,7 @@ mod tests {
                     outcome: pb::Outcome::Failed as i32,
                     changes: vec![HOSTILE.into()],
                     error: HOSTILE.into(),
+                    diff: format!("diff (+1 -1 lines)\n@@ -1,1 +1,1 @@\n-{HOSTILE}\n+{HOSTILE}\n"),
                     ..Default::default()
                 }],
                 ..Default::default()
@@ -373,6 +392,16 @@ mod tests {
                 stage: HOSTILE.into(),
                 detail: HOSTILE.into(),
             }],
+            host: Some(pb::HostRecord {
+                figures: Some(pb::HostFigures {
+                    root: Some(pb::DiskUse {
+                        mount: HOSTILE.into(),
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                received_ms: 1,
+            }),
         }
     }
 
@@ -395,7 +424,12 @@ mod tests {
             "{text}"
         );
         // Every field of the hostile detail shows up escaped, none is dropped.
-        assert!(text.matches("\\x1b[2J").count() >= 12, "{text}");
+        assert!(text.matches("\\x1b[2J").count() >= 15, "{text}");
+        // The last run's content diff, a line at a time under its resource.
+        assert!(
+            text.contains("              diff (+1 -1 lines)\n              @@ -1,1 +1,1 @@\n              -x\\x1b[2J"),
+            "{text}"
+        );
     }
 
     #[test]
@@ -430,7 +464,12 @@ mod tests {
         assert_no_control(&text);
         let v: serde_json::Value = serde_json::from_str(&text).unwrap();
         assert_eq!(v["last_run"]["resources"][0]["error"], HOSTILE);
+        assert_eq!(
+            v["last_run"]["resources"][0]["diff"],
+            format!("diff (+1 -1 lines)\n@@ -1,1 +1,1 @@\n-{HOSTILE}\n+{HOSTILE}\n")
+        );
         assert_eq!(v["timeline"][0]["detail"], HOSTILE);
+        assert_eq!(v["host"]["root"]["mount"], HOSTILE);
     }
 
     #[test]

@@ -67,6 +67,15 @@ fn escape_char(out: &mut String, c: char) {
     }
 }
 
+/// A content diff (a node's, or rendered from sources), each line indented
+/// and escaped: a file's bytes never reach the terminal raw.
+pub fn write_diff(out: &mut dyn Write, indent: &str, diff: &str) -> anyhow::Result<()> {
+    for line in diff.lines() {
+        writeln!(out, "{indent}{}", esc(line))?;
+    }
+    Ok(())
+}
+
 /// The one escaping function for human-readable output: control characters
 /// become `\xNN` (`\u{1b}` prints as `\x1b`), bidi overrides `\uNNNN`;
 /// everything else is kept, so ordinary text reads as it is.

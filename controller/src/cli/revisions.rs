@@ -101,24 +101,36 @@ async fn finish_revision(
     format: Format,
     out: &mut dyn Write,
 ) -> anyhow::Result<ExitCode> {
-    let waited = match wait {
-        None => None,
-        Some(timeout) => {
-            if format == Format::Table {
-                report_apply(out, &resp)?;
-            }
-            let progress = format == Format::Table;
-            Some(wait_for(client, out, progress, &resp, timeout).await?)
-        }
+    let progress = format == Format::Table;
+    // An apply that started a rollout is followed wave by wave.
+    let rollout = match wait {
+        Some(_) if resp.created => super::rollout::rollout_of(client, resp.revision).await?,
+        _ => None,
     };
-    let code = match &waited {
-        Some(w) if !w.failed.is_empty() || w.timed_out => ExitCode::FAILURE,
+    if wait.is_some() && progress {
+        report_apply(out, &resp)?;
+    }
+    let (waited, followed) = match (wait, rollout) {
+        (None, _) => (None, None),
+        (Some(timeout), Some(first)) => (
+            None,
+            Some(super::rollout::follow(client, out, progress, first, timeout).await?),
+        ),
+        (Some(timeout), None) => (
+            Some(wait_for(client, out, progress, &resp, timeout).await?),
+            None,
+        ),
+    };
+    let code = match (&waited, &followed) {
+        (Some(w), _) if !w.failed.is_empty() || w.timed_out => ExitCode::FAILURE,
+        (_, Some(f)) if f.end != super::rollout::End::Done => ExitCode::FAILURE,
         _ => ExitCode::SUCCESS,
     };
-    match (format, &waited) {
-        (Format::Table, None) => report_apply(out, &resp)?,
-        (Format::Table, Some(w)) => w.print(out)?,
-        (_, waited) => emit(
+    match (format, &waited, &followed) {
+        (Format::Table, None, None) => report_apply(out, &resp)?,
+        (Format::Table, Some(w), _) => w.print(out)?,
+        (Format::Table, None, Some(f)) => f.print(out)?,
+        (_, waited, followed) => emit(
             out,
             format,
             || {
@@ -131,6 +143,9 @@ async fn finish_revision(
                 });
                 if let Some(w) = waited {
                     doc["wait"] = w.doc();
+                }
+                if let Some(f) = followed {
+                    doc["wait"] = f.doc();
                 }
                 doc
             },
@@ -189,7 +204,12 @@ pub async fn diff(
     emit(
         out,
         format,
-        || summary::doc(&resp),
+        || {
+            let mut doc = summary::doc(&resp);
+            doc["content"] = content_doc(&resp);
+            doc["content_left_out"] = resp.content_left_out.into();
+            doc
+        },
         |out| {
             if resp.nodes.is_empty() {
                 writeln!(
@@ -207,7 +227,7 @@ pub async fn diff(
                     esc(&reasons.join(", and "))
                 )?;
             }
-            Ok(())
+            print_content(out, &resp)
         },
     )?;
     // As diff(1) and Puppet's --detailed-exitcodes: 0 no change, 2 changes
@@ -217,6 +237,58 @@ pub async fn diff(
     } else {
         ExitCode::from(DIFF_CHANGES)
     })
+}
+
+/// Node names shown per group of content diffs (`-o json` lists all).
+const CONTENT_NAMES_SHOWN: usize = 10;
+
+fn content_doc(resp: &pb::DiffResponse) -> serde_json::Value {
+    resp.content
+        .iter()
+        .map(|g| {
+            serde_json::json!({
+                "nodes": g.nodes,
+                "files": g.files.iter().map(|f| serde_json::json!({"id": f.id, "diff": f.diff})).collect::<Vec<_>>(),
+            })
+        })
+        .collect()
+}
+
+/// The content diffs, a group of nodes at a time, every line escaped.
+fn print_content(out: &mut dyn Write, resp: &pb::DiffResponse) -> anyhow::Result<()> {
+    for g in &resp.content {
+        let mut names: Vec<String> = g
+            .nodes
+            .iter()
+            .take(CONTENT_NAMES_SHOWN)
+            .map(|n| esc(n).into_owned())
+            .collect();
+        if g.nodes.len() > CONTENT_NAMES_SHOWN {
+            names.push(format!("and {} more", g.nodes.len() - CONTENT_NAMES_SHOWN));
+        }
+        let who = match g.nodes.len() {
+            1 => format!("node {}", names[0]),
+            n => format!("{n} nodes ({})", names.join(", ")),
+        };
+        writeln!(
+            out,
+            "
+content on {who}:"
+        )?;
+        for f in &g.files {
+            writeln!(out, "  ~ {}", esc(&f.id))?;
+            super::output::write_diff(out, "      ", &f.diff)?;
+        }
+    }
+    if resp.content_left_out > 0 {
+        writeln!(
+            out,
+            "
+content diffs of {} more node(s) left out to keep the answer within its bound",
+            resp.content_left_out
+        )?;
+    }
+    Ok(())
 }
 
 /// `ballast history`: revisions, newest first.

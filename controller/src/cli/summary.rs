@@ -74,6 +74,7 @@ fn escaped(summary: &pb::DiffResponse) -> pb::DiffResponse {
             .collect(),
         unused_roles: all(&summary.unused_roles),
         roleless_nodes: all(&summary.roleless_nodes),
+        ..Default::default()
     }
 }
 

@@ -3,6 +3,8 @@
 //! says why it ended: the failing resources with their error text, per node,
 //! or the nodes still pending with their status and when each was last seen.
 //! Everything a node sent passes through `output::esc` before it is printed.
+//! When the apply started a rollout, `--wait` follows it instead
+//! (`rollout::follow`) and shows failures the same way.
 
 use super::conn;
 use super::output::{esc, time, time_json};
@@ -52,35 +54,7 @@ pub struct Waited {
 
 impl Waited {
     pub fn print(&self, out: &mut dyn Write) -> anyhow::Result<()> {
-        for (i, n) in self.failed.iter().enumerate() {
-            writeln!(out, "node {} failed:", esc(&n.name))?;
-            match &n.errors {
-                Some(errors) => {
-                    for (id, error) in errors {
-                        writeln!(out, "  {}: {}", esc(id), esc(error))?;
-                    }
-                    let more = (n.failed_count as usize).saturating_sub(errors.len());
-                    if more > 0 {
-                        writeln!(
-                            out,
-                            "  and {more} more (ballast node show {})",
-                            esc(&n.name)
-                        )?;
-                    }
-                }
-                None => {
-                    for id in &n.failed_resources {
-                        writeln!(out, "  {}", esc(id))?;
-                    }
-                    if i == MAX_FAILED_DETAILED {
-                        writeln!(
-                            out,
-                            "  (errors shown for the first {MAX_FAILED_DETAILED} failed nodes; ballast node show NAME has the rest)"
-                        )?;
-                    }
-                }
-            }
-        }
+        print_failed(out, &self.failed)?;
         if self.timed_out {
             writeln!(
                 out,
@@ -106,17 +80,7 @@ impl Waited {
     pub fn doc(&self) -> serde_json::Value {
         serde_json::json!({
             "converged": self.converged,
-            "failed": self.failed.iter().map(|n| {
-                let mut doc = serde_json::json!({
-                    "name": n.name, "failed_resources": n.failed_resources,
-                });
-                if let Some(errors) = &n.errors {
-                    doc["errors"] = errors.iter().map(|(id, error)| serde_json::json!({
-                        "id": id, "error": error,
-                    })).collect();
-                }
-                doc
-            }).collect::<Vec<_>>(),
+            "failed": failed_doc(&self.failed),
             "pending": self.pending.iter().map(|n| &n.name).collect::<Vec<_>>(),
             "pending_nodes": self.pending.iter().map(|n| serde_json::json!({
                 "name": n.name,
@@ -128,6 +92,80 @@ impl Waited {
             "timed_out": self.timed_out,
         })
     }
+}
+
+/// Failed nodes as `--wait` shows them: per node its failing resources
+/// with their errors when fetched, else their ids.
+pub fn print_failed(out: &mut dyn Write, failed: &[FailedNode]) -> anyhow::Result<()> {
+    for (i, n) in failed.iter().enumerate() {
+        writeln!(out, "node {} failed:", esc(&n.name))?;
+        match &n.errors {
+            Some(errors) => {
+                for (id, error) in errors {
+                    writeln!(out, "  {}: {}", esc(id), esc(error))?;
+                }
+                let more = (n.failed_count as usize).saturating_sub(errors.len());
+                if more > 0 {
+                    writeln!(
+                        out,
+                        "  and {more} more (ballast node show {})",
+                        esc(&n.name)
+                    )?;
+                }
+            }
+            None => {
+                for id in &n.failed_resources {
+                    writeln!(out, "  {}", esc(id))?;
+                }
+                if i == MAX_FAILED_DETAILED {
+                    writeln!(
+                        out,
+                        "  (errors shown for the first {MAX_FAILED_DETAILED} failed nodes; ballast node show NAME has the rest)"
+                    )?;
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The JSON of failed nodes.
+pub fn failed_doc(failed: &[FailedNode]) -> serde_json::Value {
+    failed
+        .iter()
+        .map(|n| {
+            let mut doc = serde_json::json!({
+                "name": n.name, "failed_resources": n.failed_resources,
+            });
+            if let Some(errors) = &n.errors {
+                doc["errors"] = errors
+                    .iter()
+                    .map(|(id, error)| serde_json::json!({"id": id, "error": error}))
+                    .collect();
+            }
+            doc
+        })
+        .collect()
+}
+
+/// A failed node as its summary has it, with the errors of its last run.
+pub async fn failed_node(
+    client: &mut AdminClient<Channel>,
+    name: &str,
+) -> anyhow::Result<FailedNode> {
+    let detail = client
+        .get_node(pb::GetNodeRequest { name: name.into() })
+        .await
+        .map_err(conn::status_error)?
+        .into_inner();
+    let summary = detail.summary.unwrap_or_default();
+    let errors = Some(errors_of(detail.last_report));
+    Ok(FailedNode {
+        name: name.to_owned(),
+        failed_resources: summary.failed_resources,
+        failed_count: summary.failed_count,
+        errors,
+    })
 }
 
 /// Polls until every affected node reports the new state, one fails, or the
@@ -208,13 +246,18 @@ async fn failing(
         .await
         .map_err(conn::status_error)?
         .into_inner();
-    Ok(detail
-        .last_report
+    Ok(errors_of(detail.last_report))
+}
+
+/// The failing resources of a run with their errors, at most
+/// [`MAX_ERRORS_PER_NODE`].
+fn errors_of(report: Option<pb::RunReport>) -> Vec<(String, String)> {
+    report
         .map(|r| r.resources)
         .unwrap_or_default()
         .into_iter()
         .filter(|r| r.outcome == i32::from(Outcome::Failed))
         .take(MAX_ERRORS_PER_NODE)
         .map(|r| (r.id, r.error))
-        .collect())
+        .collect()
 }

@@ -216,10 +216,9 @@ impl Pages {
                 .is_some_and(|v| token.matches(v.as_bytes()))
         {
             let fleet = self.fleet.clone();
-            let text =
-                tokio::task::spawn_blocking(move || fleet.metrics().render(&fleet.status_counts()))
-                    .await
-                    .unwrap_or_default();
+            let text = tokio::task::spawn_blocking(move || crate::metrics::scrape(&fleet))
+                .await
+                .unwrap_or_default();
             let mut resp = Response::new(Body::from(text));
             resp.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -328,6 +327,7 @@ impl Pages {
                         .map(|o| o.as_str()).unwrap_or("unknown"),
                     "changes": o.changes,
                     "error": o.error,
+                    "diff": diff_lines(&o.diff),
                 })).collect::<Vec<_>>(),
             })
         });
@@ -336,11 +336,18 @@ impl Pages {
             .iter()
             .map(|e| json!({ "at": time(e.at_ms), "stage": e.stage, "detail": e.detail }))
             .collect();
+        let host: Option<Vec<Value>> = detail.host.as_ref().map(|h| {
+            crate::cli::host::rows(h)
+                .into_iter()
+                .map(|(label, value)| json!({ "label": label, "value": value }))
+                .collect()
+        });
         self.render(
             StatusCode::OK,
             "node.html",
             json!({
                 "node": summary,
+                "host": host,
                 "facts": facts,
                 "run": run,
                 "timeline": timeline,
@@ -400,6 +407,25 @@ pub fn fleet_html(fleet: &Fleet) -> String {
         .expect("the fleet page renders")
 }
 
+/// A content diff's lines, each with the CSS class of its kind (`add`,
+/// `del`, `hunk`, `head`, or none for context and notes); the text is
+/// escaped by the template like everything a node sends.
+fn diff_lines(diff: &str) -> Vec<Value> {
+    diff.lines()
+        .map(|l| {
+            let class = match l.as_bytes().first() {
+                _ if l.starts_with("+++ ") || l.starts_with("--- ") => "head",
+                _ if l.starts_with("diff ") => "head",
+                Some(b'+') => "add",
+                Some(b'-') => "del",
+                Some(b'@') if l.starts_with("@@ ") => "hunk",
+                _ => "",
+            };
+            json!({ "class": class, "text": l })
+        })
+        .collect()
+}
+
 fn revision_json(r: &pb::Revision) -> Value {
     json!({
         "number": r.number,
@@ -427,6 +453,30 @@ mod tests {
 mod template_tests {
     use serde_json::json;
 
+    /// A diff's lines carry the class of their kind, and each reaches the
+    /// page as escaped text in its own span.
+    #[test]
+    fn node_page_diff_lines_are_classed_and_escaped() {
+        let lines = super::diff_lines(
+            "diff (+1 -1 lines)\n--- /a\n+++ /a\n@@ -1,1 +1,1 @@\n same\n-<b>old</b>\n+new\n",
+        );
+        let classes: Vec<&str> = lines.iter().map(|l| l["class"].as_str().unwrap()).collect();
+        assert_eq!(classes, ["head", "head", "head", "hunk", "", "del", "add"]);
+        let html = super::environment()
+            .get_template("node.html")
+            .unwrap()
+            .render(json!({"node": {"name": "n", "labels": {}}, "facts": "", "timeline": [],
+                "run": {"revision": 1, "started": "t", "duration_ms": 3, "noop": false,
+                    "resources": [{"id": "file[/a]", "outcome": "changed", "changes": ["replace content (4 -> 4 bytes)"],
+                        "error": "", "diff": lines}]}}))
+            .unwrap();
+        assert!(
+            html.contains(r#"<span class="del">-&lt;b&gt;old&lt;&#x2f;b&gt;</span>"#),
+            "{html}"
+        );
+        assert!(html.contains(r#"<span class="add">+new</span>"#), "{html}");
+    }
+
     #[test]
     fn every_template_renders_and_escapes() {
         let env = super::environment();
@@ -450,9 +500,10 @@ mod template_tests {
             ),
             (
                 "node.html",
-                json!({"node": node, "facts": evil, "timeline": [{"at": "t", "stage": "s", "detail": evil}],
+                json!({"node": node, "facts": evil, "host": [{"label": "disk", "value": evil}], "timeline": [{"at": "t", "stage": "s", "detail": evil}],
                 "run": {"revision": 1, "started": "t", "duration_ms": 3, "noop": false,
-                    "resources": [{"id": evil, "outcome": "failed", "changes": [evil], "error": evil}]}}),
+                    "resources": [{"id": evil, "outcome": "failed", "changes": [evil], "error": evil,
+                        "diff": super::diff_lines(&format!("diff (+1 -1 lines)\n-{evil}\n+{evil}\n"))}]}}),
             ),
             (
                 "revisions.html",

@@ -343,6 +343,7 @@ impl Fleet {
                 Op::Delete(keys::status(&name)),
                 Op::Delete(keys::report(&name)),
                 Op::Delete(keys::facts(&name)),
+                Op::Delete(keys::host(&name)),
                 Op::Delete(pkey),
             ],
         )?;

@@ -19,11 +19,13 @@
 //! (apply, diff, history, rollback), `rollout` (waves, gates, the
 //! target revision of each node), `precheck` (templates rendered
 //! at apply for nodes whose facts are known), `prune` (what an apply does
-//! per node and whether it needs consent to prune), `nodes` (reports, facts, revoke, label,
+//! per node and whether it needs consent to prune), `content` (the content
+//! diffs `diff` shows), `nodes` (reports, facts, revoke, label,
 //! list, show), `view` (pure status, filters, paging), `clock` (the one
 //! source of time: tests move a manual clock instead of sleeping).
 
 mod clock;
+mod content;
 mod enroll;
 mod follow;
 mod keys;
@@ -36,6 +38,8 @@ mod prune;
 mod records;
 mod revisions;
 mod rollout;
+mod rollout_record;
+mod rollout_view;
 mod sweep;
 #[cfg(test)]
 mod tests;
@@ -120,6 +124,8 @@ struct Node {
     feed: watch::Sender<Feed>,
     report: Option<ReportSummary>,
     facts: serde_json::Value,
+    /// When this controller last stored the node's host figures (0: never).
+    host_stored_ms: u64,
     /// Serialises this node's own status writes (concurrent reports).
     status_lock: Arc<Mutex<()>>,
     /// When its link was last lost without its doing (its controller died,
@@ -146,6 +152,7 @@ impl Node {
             feed: tx,
             report: None,
             facts: serde_json::Value::Null,
+            host_stored_ms: 0,
             status_lock: Arc::new(Mutex::new(())),
             lost_ms: 0,
         }
@@ -188,6 +195,7 @@ impl Inner {
             desired: &node.desired,
             held: node.held_here() || self.remote.values().any(|c| c.nodes.contains_key(name)),
             lost_ms: node.lost_ms,
+            rollout: self.rollout.as_ref(),
         }
     }
 }

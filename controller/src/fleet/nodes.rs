@@ -8,7 +8,9 @@ use super::{
 };
 use crate::store::{Compare, Op};
 use ballast_proto::enums::NodeStatus as Status;
-use ballast_proto::limits::{CheckedFacts, CheckedReport, MAX_PAGE_BYTES};
+use ballast_proto::limits::{
+    CheckedFacts, CheckedHost, CheckedReport, MAX_PAGE_BYTES, MIN_HOST_FIGURES_INTERVAL,
+};
 use ballast_proto::pb;
 use ballast_proto::spec::{self, Labels};
 use std::ops::Bound;
@@ -98,6 +100,52 @@ impl Fleet {
         Ok(())
     }
 
+    /// Reads the node's own records (`status/`, `reports/`) again from the
+    /// store when its stream comes to this controller. The controller that
+    /// held it before may have died with runs its liveness summaries never
+    /// carried: without this, this controller would count the node from an
+    /// older report (holding a rollout's gate shut, showing an old
+    /// revision) until the node's next run, and its next report would
+    /// write the older timeline back. Under the node's status lock, so no
+    /// report of this controller's lands in between.
+    pub fn reload_reported(&self, name: &str) -> Result<()> {
+        let Some((status_lock, serial)) = self
+            .lock()
+            .nodes
+            .get(name)
+            .map(|n| (n.status_lock.clone(), n.record.cert_serial.clone()))
+        else {
+            return Ok(());
+        };
+        let _own = status_lock.lock().unwrap_or_else(|p| p.into_inner());
+        let report = match self.store.get(&keys::report(name))? {
+            Some(e) => Some(decode_report(&keys::report(name), &e.value)?),
+            None => None,
+        };
+        let status = match self.store.get(&keys::status(name))? {
+            Some(e) => Some(from_json::<super::records::NodeStatus>(
+                &keys::status(name),
+                &e.value,
+            )?),
+            None => None,
+        };
+        let mut inner = self.lock();
+        let Some(node) = inner.nodes.get_mut(name) else {
+            return Ok(());
+        };
+        if node.record.cert_serial != serial {
+            return Ok(());
+        }
+        if let Some(r) = report.filter(|r| !r.noop) {
+            node.report = Some(summarize(&r));
+        }
+        if let Some(mut s) = status.filter(|s| s.cert_serial == serial) {
+            s.last_seen_ms = s.last_seen_ms.max(node.status.last_seen_ms);
+            node.status = s;
+        }
+        Ok(())
+    }
+
     pub fn put_facts(&self, name: &str, facts: CheckedFacts) -> Result<()> {
         if !self.lock().nodes.contains_key(name) {
             return Err(FleetError::NotFound(format!("node {name} is not enrolled")));
@@ -109,6 +157,51 @@ impl Fleet {
             node.status.last_seen_ms = self.now_ms();
         }
         Ok(())
+    }
+
+    /// Stores a node's host figures (`host/{name}`) unless this controller
+    /// stored some for it less than `MIN_HOST_FIGURES_INTERVAL` ago: those
+    /// are dropped (`Ok(false)`). The agent holds itself to a longer
+    /// interval, so only a misbehaving one is dropped; whatever it sends,
+    /// its store writes stay bounded.
+    pub fn put_host(&self, name: &str, host: CheckedHost) -> Result<bool> {
+        let now = self.now_ms();
+        let serial = {
+            let mut inner = self.lock();
+            let node = inner
+                .nodes
+                .get_mut(name)
+                .ok_or_else(|| FleetError::NotFound(format!("node {name} is not enrolled")))?;
+            node.status.last_seen_ms = now;
+            let min = MIN_HOST_FIGURES_INTERVAL.as_millis() as u64;
+            if node.host_stored_ms != 0 && now < node.host_stored_ms.saturating_add(min) {
+                return Ok(false);
+            }
+            // Taken before the write, so concurrent calls write once.
+            node.host_stored_ms = now;
+            node.record.cert_serial.clone()
+        };
+        let record = pb::HostRecord {
+            figures: Some(host.into_inner()),
+            received_ms: now,
+        };
+        let written = self.store.txn(
+            &[],
+            &[Op::Put(
+                keys::host(name),
+                prost::Message::encode_to_vec(&record),
+            )],
+        );
+        if let Err(e) = written {
+            if let Some(node) = self.lock().nodes.get_mut(name)
+                && node.record.cert_serial == serial
+                && node.host_stored_ms == now
+            {
+                node.host_stored_ms = 0;
+            }
+            return Err(e.into());
+        }
+        Ok(true)
     }
 
     /// Changes a node's operator record. Nodes never write it, so this
@@ -333,7 +426,16 @@ impl Fleet {
                 None => None,
             },
         };
+        let host = match enrolled {
+            false => None,
+            true => self.store.get(&keys::host(name))?.and_then(|e| {
+                prost::Message::decode(e.value.as_slice())
+                    .inspect_err(|err| tracing::warn!(node = name, error = %err, "stored host figures do not decode; not shown"))
+                    .ok()
+            }),
+        };
         Ok(pb::NodeDetail {
+            host,
             summary: Some(summary),
             facts_json: facts,
             last_report,

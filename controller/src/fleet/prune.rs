@@ -65,6 +65,7 @@ pub(super) fn summarize(inner: &Inner, new: &Spec) -> pb::DiffResponse {
             .cloned()
             .collect(),
         roleless_nodes,
+        ..Default::default()
     }
 }
 
@@ -230,6 +231,7 @@ mod tests {
             nodes,
             unused_roles: vec!["web".into()],
             roleless_nodes: vec!["web0".into()],
+            ..Default::default()
         };
         expect_test::expect![[r#"
             7 nodes (web0, web1, web2, web3, web4 and 2 more): +0 ~0 -2

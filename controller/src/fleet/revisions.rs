@@ -183,10 +183,19 @@ impl Fleet {
     }
 
     /// Per node, the resource ids an apply of these sources would add,
-    /// change or remove, and what would need consent to prune.
+    /// change or remove, what would need consent to prune, and the content
+    /// diffs of the files it changes (see `content`).
     pub fn diff(&self, sources: Vec<(String, String)>) -> Result<pb::DiffResponse> {
         let spec = parse_sources(&sources)?;
-        Ok(super::prune::summarize(&self.lock(), &spec))
+        let (mut resp, inputs) = {
+            let inner = self.lock();
+            let resp = super::prune::summarize(&inner, &spec);
+            let inputs = super::content::inputs(&inner, &resp);
+            (resp, inputs)
+        };
+        // Rendering templates per node runs without the fleet's lock.
+        (resp.content, resp.content_left_out) = super::content::diffs(&inputs, &spec, &resp);
+        Ok(resp)
     }
 
     pub fn history(&self, limit: usize) -> Result<Vec<pb::Revision>> {

@@ -1,105 +1,57 @@
-//! Rollouts: a revision whose spec has a `rollout:` policy reaches the fleet
-//! wave by wave. The record (`meta/rollouts/{n}`) is created by the apply
-//! that stores revision `n`, moved on by the leader's single-owner job
-//! ([`Fleet::rollout_step`], fenced) and by operators (pause, resume,
-//! abort); every controller follows it and renders each node from its
-//! target revision: the new one for nodes of passed and current waves, the
-//! base one for the others ([`TargetRender`]).
+//! Rollouts: a revision whose spec has a rollout policy (top level, or a
+//! node group's own) reaches the fleet wave by wave. The record
+//! (`meta/rollouts/{n}`) is created by the apply that stores revision `n`,
+//! moved on by the leader's single-owner job ([`Fleet::rollout_step`],
+//! fenced) and by operators (pause, resume, abort); every controller
+//! follows it and renders each node from its target revision: the new one
+//! for nodes of passed and current waves (and nodes no policy paces), the
+//! base one for the others ([`TargetRender`]). Each distinct policy is one
+//! track with its own waves, bake and budget; a track moves on by itself,
+//! and a failure beyond any track's budget pauses the whole rollout.
 //!
-//! Invariant: a node of wave `k` gets the new revision only once the record
-//! says wave `k` started, and a wave starts only after the one before it
-//! passed its gate (every node converged, no more than `max_failed` failed,
-//! healthy for `bake_ms` by the fleet's clock). The record is the only state,
-//! so a restart or a new leader resumes at the same gate.
+//! Invariant: a node of wave `k` of a track gets the new revision only once
+//! the record says that wave started, and a wave starts only after the one
+//! before it passed its gate (every node converged, no more than
+//! `max_failed` failed, healthy for `bake_ms` by the fleet's clock). The
+//! record is the only state, so a restart or a new leader resumes at the
+//! same gates.
 
 use super::records::RevisionRecord;
 use super::revisions::{Desired, parse_sources};
+pub use super::rollout_record::{Phase, RolloutRecord, TrackState};
 use super::{Fleet, FleetError, Inner, Result, from_json, keys, to_json};
 use crate::store::{Compare, Leadership, Op, Store};
 use ballast_proto::pb;
-use ballast_proto::spec::{Labels, RolloutPolicy, Spec};
-use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use ballast_proto::spec::{Labels, Spec};
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-
-/// Where a rollout stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Phase {
-    Running,
-    /// By an operator, or by a failure beyond the budget: no wave starts.
-    Paused,
-    /// Every node is back on the base revision.
-    Aborted,
-    /// Every wave passed: every node gets the new revision.
-    Done,
-}
-
-impl Phase {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Phase::Running => "running",
-            Phase::Paused => "paused",
-            Phase::Aborted => "aborted",
-            Phase::Done => "done",
-        }
-    }
-}
-
-/// The stored state of the rollout of one revision.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct RolloutRecord {
-    pub revision: u64,
-    /// The revision nodes not yet moved stay on.
-    pub base: u64,
-    /// Node names per wave, fixed when the rollout starts; nodes enrolled
-    /// later are in no wave and move when the rollout is done.
-    pub waves: Vec<Vec<String>>,
-    /// The current wave: nodes of waves `0..=wave` have the new revision.
-    pub wave: usize,
-    pub bake_ms: u64,
-    pub max_failed: u32,
-    pub phase: Phase,
-    /// Since when every node of the current wave is converged (0: not yet).
-    pub healthy_since_ms: u64,
-    pub wave_started_ms: u64,
-    /// Why it paused (or who paused, resumed, aborted it).
-    pub reason: String,
-}
-
-impl RolloutRecord {
-    pub(super) fn new(
-        revision: u64,
-        base: u64,
-        policy: &RolloutPolicy,
-        waves: Vec<Vec<String>>,
-        now: u64,
-    ) -> Self {
-        RolloutRecord {
-            revision,
-            base,
-            waves,
-            wave: 0,
-            bake_ms: policy.bake_ms,
-            max_failed: policy.max_failed,
-            phase: Phase::Running,
-            healthy_since_ms: 0,
-            wave_started_ms: now,
-            reason: String::new(),
-        }
-    }
-
-    /// Still in flight: a new apply starts from this rollout's base.
-    pub fn in_flight(&self) -> bool {
-        matches!(self.phase, Phase::Running | Phase::Paused | Phase::Aborted)
-    }
-}
 
 /// The rollout of the current revision, with the base revision's spec.
 pub(super) struct Active {
     pub(super) record: RolloutRecord,
     pub(super) version: u64,
     pub(super) base: Arc<Spec>,
+    /// Node name → (track, wave) in `record`, for node views.
+    pub(super) placement: HashMap<String, (usize, usize)>,
+}
+
+impl Active {
+    pub(super) fn new(record: RolloutRecord, version: u64, base: Arc<Spec>) -> Active {
+        let mut placement = HashMap::new();
+        for (t, track) in record.tracks.iter().enumerate() {
+            for (w, names) in track.waves.iter().enumerate() {
+                for name in names {
+                    placement.insert(name.clone(), (t, w));
+                }
+            }
+        }
+        Active {
+            record,
+            version,
+            base,
+            placement,
+        }
+    }
 }
 
 /// Reads the rollout of revision `number` and its base revision's spec.
@@ -110,11 +62,7 @@ pub(super) fn load_active(store: &dyn Store, number: u64) -> Result<Option<Activ
     };
     let record: RolloutRecord = from_json(&key, &entry.value)?;
     let base = load_spec(store, record.base)?;
-    Ok(Some(Active {
-        record,
-        version: entry.version,
-        base,
-    }))
+    Ok(Some(Active::new(record, entry.version, base)))
 }
 
 fn load_spec(store: &dyn Store, number: u64) -> Result<Arc<Spec>> {
@@ -146,13 +94,7 @@ impl<'a> TargetRender<'a> {
             let moved = match r.phase {
                 Phase::Done => return None,
                 Phase::Aborted => HashSet::new(),
-                Phase::Running | Phase::Paused => r
-                    .waves
-                    .iter()
-                    .take(r.wave + 1)
-                    .flatten()
-                    .map(String::as_str)
-                    .collect(),
+                Phase::Running | Phase::Paused => r.moved().collect(),
             };
             Some((Desired::new(&a.base, r.base), moved))
         });
@@ -202,7 +144,7 @@ pub struct WaveCounts {
     pub pending: Vec<String>,
 }
 
-fn counts(inner: &Inner, names: &[String]) -> WaveCounts {
+pub(super) fn counts(inner: &Inner, names: &[String]) -> WaveCounts {
     let mut c = WaveCounts::default();
     for name in names {
         let Some(node) = inner.nodes.get(name) else {
@@ -220,6 +162,52 @@ fn counts(inner: &Inner, names: &[String]) -> WaveCounts {
         }
     }
     c
+}
+
+/// What one step does to a running track.
+enum Gate {
+    /// More failures than the budget: the rollout pauses, with this reason.
+    Failed(String),
+    /// Nothing to write.
+    Wait,
+    /// The track changed (bake started or reset, or a wave passed).
+    Moved,
+}
+
+/// Checks a running track's current wave at `now` and moves it on.
+fn gate(inner: &Inner, t: &mut TrackState, now: u64) -> Gate {
+    let wave = t.waves.get(t.wave).cloned().unwrap_or_default();
+    let c = counts(inner, &wave);
+    if c.failed.len() > t.max_failed as usize {
+        return Gate::Failed(format!(
+            "{} wave {} failed on {} node(s), more than max_failed {}: {}",
+            t.policy,
+            t.wave + 1,
+            c.failed.len(),
+            t.max_failed,
+            c.failed.join(", ")
+        ));
+    }
+    if !c.pending.is_empty() {
+        if t.healthy_since_ms == 0 {
+            return Gate::Wait;
+        }
+        t.healthy_since_ms = 0;
+    } else if t.healthy_since_ms == 0 && !c.converged.is_empty() {
+        t.healthy_since_ms = now;
+    } else if c.converged.is_empty() || now.saturating_sub(t.healthy_since_ms) >= t.bake_ms {
+        // Passed (an empty wave has nothing to bake).
+        t.wave += 1;
+        t.healthy_since_ms = 0;
+        t.wave_started_ms = now;
+        if t.wave >= t.waves.len() {
+            t.wave = t.waves.len().saturating_sub(1);
+            t.done = true;
+        }
+    } else {
+        return Gate::Wait;
+    }
+    Gate::Moved
 }
 
 impl Fleet {
@@ -245,20 +233,16 @@ impl Fleet {
             Some(base) => base,
             None => load_spec(self.store.as_ref(), record.base)?,
         };
+        let active = Active::new(record, version, base);
         let mut inner = self.lock();
-        if record.revision != inner.current.number
-            || inner
-                .rollout
-                .as_ref()
-                .is_some_and(|a| a.record.revision == record.revision && version <= a.version)
+        if active.record.revision != inner.current.number
+            || inner.rollout.as_ref().is_some_and(|a| {
+                a.record.revision == active.record.revision && version <= a.version
+            })
         {
             return Ok(());
         }
-        inner.rollout = Some(Active {
-            record,
-            version,
-            base,
-        });
+        inner.rollout = Some(active);
         retarget(&mut inner);
         Ok(())
     }
@@ -286,12 +270,13 @@ impl Fleet {
         Ok(true)
     }
 
-    /// One step of the leader's rollout job: checks the current wave's gate
-    /// and pauses, waits, or starts the next wave. Every write is fenced by
+    /// One step of the leader's rollout job: checks each running track's
+    /// gate and pauses the rollout (a failure beyond a budget: no track
+    /// moves on), waits, or moves tracks on. Every write is fenced by
     /// `lead`. Returns the record as written, if it wrote one.
     pub fn rollout_step(&self, lead: &Leadership) -> Result<Option<RolloutRecord>> {
         let now = self.now_ms();
-        let (mut next, version) = {
+        let (next, version) = {
             let inner = self.lock();
             let Some(a) = &inner.rollout else {
                 return Ok(None);
@@ -300,54 +285,47 @@ impl Fleet {
                 return Ok(None);
             }
             let mut next = a.record.clone();
-            let wave = next.waves.get(next.wave).cloned().unwrap_or_default();
-            let c = counts(&inner, &wave);
-            if c.failed.len() > next.max_failed as usize {
+            let mut moved = false;
+            let mut failed = Vec::new();
+            for t in next.tracks.iter_mut().filter(|t| !t.done) {
+                match gate(&inner, t, now) {
+                    Gate::Failed(why) => failed.push(why),
+                    Gate::Wait => {}
+                    Gate::Moved => moved = true,
+                }
+            }
+            if !failed.is_empty() {
+                // Nothing moves on: the tracks as they were, paused.
+                next = a.record.clone();
                 next.phase = Phase::Paused;
-                next.healthy_since_ms = 0;
-                next.reason = format!(
-                    "wave {} failed on {} node(s), more than max_failed {}: {}",
-                    next.wave + 1,
-                    c.failed.len(),
-                    next.max_failed,
-                    c.failed.join(", ")
-                );
-            } else if !c.pending.is_empty() {
-                if next.healthy_since_ms == 0 {
-                    return Ok(None);
+                next.gate_failed = true;
+                next.reason = failed.join("; ");
+                for t in &mut next.tracks {
+                    t.healthy_since_ms = 0;
                 }
-                next.healthy_since_ms = 0;
-            } else if next.healthy_since_ms == 0 && !c.converged.is_empty() {
-                next.healthy_since_ms = now;
-            } else if c.converged.is_empty()
-                || now.saturating_sub(next.healthy_since_ms) >= next.bake_ms
-            {
-                // Passed (an empty wave has nothing to bake).
-                next.wave += 1;
-                next.healthy_since_ms = 0;
-                next.wave_started_ms = now;
-                if next.wave >= next.waves.len() {
-                    next.wave = next.waves.len().saturating_sub(1);
-                    next.phase = Phase::Done;
-                }
-            } else {
+            } else if next.tracks.iter().all(|t| t.done) {
+                next.phase = Phase::Done;
+                next.reason.clear();
+            } else if !moved {
                 return Ok(None);
+            } else {
+                next.reason.clear();
             }
             (next, a.version)
         };
         if !lead.is_held() {
             return Ok(None);
         }
-        next.reason = if next.phase == Phase::Paused {
-            next.reason
-        } else {
-            String::new()
-        };
         match self.write_rollout(&next, version, Some(lead.fence()))? {
             true => {
                 tracing::info!(
                     revision = next.revision,
-                    wave = next.wave + 1,
+                    waves = %next
+                        .tracks
+                        .iter()
+                        .map(|t| format!("{}={}", t.policy, t.wave + 1))
+                        .collect::<Vec<_>>()
+                        .join(","),
                     phase = next.phase.as_str(),
                     "rollout moved"
                 );
@@ -398,7 +376,10 @@ impl Fleet {
                 )));
             }
             next.phase = phase;
-            next.healthy_since_ms = 0;
+            next.gate_failed = false;
+            for t in &mut next.tracks {
+                t.healthy_since_ms = 0;
+            }
             next.reason = format!("{verb} by {author}");
             if self.write_rollout(&next, version, None)? {
                 return Ok(self.rollout_status().unwrap_or_default());
@@ -409,47 +390,6 @@ impl Fleet {
         ))
     }
 
-    /// The rollout of the current revision, for `ballast rollout status`.
-    pub fn rollout_status(&self) -> Option<pb::RolloutStatus> {
-        let inner = self.lock();
-        let a = inner.rollout.as_ref()?;
-        let r = &a.record;
-        let waves = r
-            .waves
-            .iter()
-            .enumerate()
-            .map(|(i, names)| {
-                let c = counts(&inner, names);
-                let state = match (r.phase, i.cmp(&r.wave)) {
-                    (Phase::Done, _) | (_, std::cmp::Ordering::Less) => "passed",
-                    (Phase::Aborted, _) => "aborted",
-                    (_, std::cmp::Ordering::Equal) => "current",
-                    (_, std::cmp::Ordering::Greater) => "waiting",
-                };
-                pb::RolloutWave {
-                    nodes: names.clone(),
-                    state: state.into(),
-                    converged: c.converged.len() as u32,
-                    failed: c.failed,
-                    pending: c.pending.len() as u32,
-                }
-            })
-            .collect();
-        Some(pb::RolloutStatus {
-            revision: r.revision,
-            base: r.base,
-            phase: r.phase.as_str().into(),
-            wave: r.wave as u32 + 1,
-            waves,
-            bake_ms: r.bake_ms,
-            max_failed: r.max_failed,
-            healthy_since_ms: r.healthy_since_ms,
-            reason: r.reason.clone(),
-        })
-    }
-}
-
-impl Fleet {
     /// The rollout an apply of `spec` as revision `number` starts, with its
     /// base spec: none without a policy (every node at once). A new apply
     /// supersedes a rollout in flight and keeps its base: nodes not yet
@@ -459,21 +399,22 @@ impl Fleet {
         spec: &Spec,
         number: u64,
     ) -> Option<(RolloutRecord, Arc<Spec>)> {
-        let policy = spec.rollout.as_ref()?;
+        if !spec.has_rollout() {
+            return None;
+        }
         let inner = self.lock();
         let (base, base_spec) = match &inner.rollout {
             Some(a) if a.record.in_flight() => (a.record.base, a.base.clone()),
             _ => (inner.current.number, inner.current.spec.clone()),
         };
-        let waves = policy.assign(
-            inner
-                .nodes
-                .values()
-                .filter(|n| !n.record.revoked)
-                .map(|n| (n.record.name.as_str(), &n.record.labels)),
-        );
+        let nodes: Vec<(&str, &Labels)> = inner
+            .nodes
+            .values()
+            .filter(|n| !n.record.revoked)
+            .map(|n| (n.record.name.as_str(), &n.record.labels))
+            .collect();
         Some((
-            RolloutRecord::new(number, base, policy, waves, self.now_ms()),
+            RolloutRecord::new(number, base, spec, &nodes, self.now_ms()),
             base_spec,
         ))
     }
@@ -491,11 +432,7 @@ impl Fleet {
             .get(&keys::rollout(record.revision))?
             .map(|e| e.version)
             .unwrap_or(0);
-        Ok(Some(Active {
-            record,
-            version,
-            base,
-        }))
+        Ok(Some(Active::new(record, version, base)))
     }
 }
 
@@ -570,7 +507,7 @@ mod tests {
         let r = fleet.rollout_record().unwrap();
         assert_eq!((r.revision, r.base, r.phase), (3, 1, Phase::Running));
         assert_eq!(
-            r.waves,
+            r.tracks[0].waves,
             [vec!["dev-1".to_owned()], vec!["prod-1".to_owned()]]
         );
         assert_eq!(

@@ -285,3 +285,58 @@ fn right_after_a_restart_a_node_not_back_yet_is_reconnecting() {
     let _feed = fleet.subscribe("n1").unwrap();
     assert_eq!(status(&fleet).0, NodeStatus::Converging);
 }
+
+/// Two controllers on one store: A takes a node's run and dies before its
+/// liveness summary carries it. When the node's stream comes to B, B reads
+/// the run from the store (a rollout's gate counts it), and keeps A's
+/// timeline rather than writing its older one back with the next report.
+#[test]
+fn a_node_that_moves_here_brings_the_runs_its_last_controller_took() {
+    use ballast_proto::enums::Trigger;
+    use ballast_proto::limits::CheckedReport;
+    let dir = tempfile::tempdir().unwrap();
+    let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
+    assert!(
+        store
+            .txn(
+                &[],
+                &[Op::Put(
+                    keys::node("n1"),
+                    to_json(&record("n1", "aa", false))
+                )]
+            )
+            .unwrap()
+    );
+    let open = || {
+        Fleet::open(
+            store.clone(),
+            Duration::from_secs(60),
+            Liveness::default(),
+            Clock::manual(),
+        )
+        .unwrap()
+    };
+    let (a, b) = (open(), open());
+    let run = pb::RunReport {
+        revision: 7,
+        state_hash: "sha256:seven".into(),
+        trigger: Trigger::Change.into(),
+        ..Default::default()
+    };
+    a.report("n1", CheckedReport::try_from(run).unwrap())
+        .unwrap();
+    drop(a);
+    let applied = |f: &Fleet| f.list_nodes(&[], 0, "").unwrap().nodes[0].applied_revision;
+    assert_eq!(applied(&b), 0, "B has not heard of the run");
+    let _feed = b.subscribe("n1").unwrap();
+    b.reload_reported("n1").unwrap();
+    assert_eq!(applied(&b), 7);
+    let inner = b.lock();
+    let node = &inner.nodes["n1"];
+    assert_eq!(node.report.as_ref().unwrap().hash, "sha256:seven");
+    let stages: Vec<_> = node.status.timeline.iter().map(|e| e.stage).collect();
+    assert_eq!(
+        stages,
+        [records::Stage::FirstReport, records::Stage::Converged]
+    );
+}

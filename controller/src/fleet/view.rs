@@ -20,6 +20,8 @@ pub struct NodeView<'a> {
     /// When the node's link was last lost without its doing: the controller
     /// holding it died, or this controller (re)started.
     pub lost_ms: u64,
+    /// The current revision's rollout, if it has one.
+    pub rollout: Option<&'a super::rollout::Active>,
 }
 
 /// The ages status compares with.
@@ -70,6 +72,9 @@ pub fn summary(n: &NodeView<'_>, now: u64, ages: Ages) -> pb::NodeSummary {
         last_seen_ms: n.last_seen_ms,
         failed_resources: n.report.map(|r| r.failed.clone()).unwrap_or_default(),
         failed_count: n.report.map(|r| r.failed_count as u32).unwrap_or(0),
+        rollout: n
+            .rollout
+            .map(|a| super::rollout_view::placement(a, &n.record.name)),
     }
 }
 
@@ -222,6 +227,7 @@ mod tests {
             desired: &desired,
             held: true,
             lost_ms: 0,
+            rollout: None,
         };
         let ages = Ages {
             stale_after_ms: 1000,
@@ -270,6 +276,7 @@ mod tests {
             desired: &desired,
             held: false,
             lost_ms: now,
+            rollout: None,
         };
         assert_eq!(status(&v, now, ages), NodeStatus::Revoked);
     }
@@ -298,6 +305,7 @@ mod tests {
             desired: &desired,
             held,
             lost_ms,
+            rollout: None,
         };
         // Its controller died at 10_000, 500 ms after it was last seen.
         let lost = view(false, 9_500, 10_000);

@@ -13,7 +13,7 @@ mod redb;
 
 pub use etcd::{
     DEFAULT_PREFIX, EtcdOptions, EtcdStore, EtcdTls, LIST_PAGE_KEYS, MAX_RESPONSE_BYTES,
-    MIN_LEADER_TTL,
+    MIN_LEADER_TTL, WATCH_LAG_WAIT,
 };
 pub use redb::{RESERVE_BYTES, RedbStore, WATCH_HISTORY_BYTES, WATCH_HISTORY_COMMITS};
 
@@ -91,6 +91,16 @@ pub enum WatchEvent {
     Relist,
 }
 
+/// How far this process's watches are behind the store ([`Store::watch_lag`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct WatchLag {
+    /// Revisions committed that some live watch has not delivered yet.
+    pub revisions: u64,
+    /// Seconds since every live watch was last confirmed to have delivered
+    /// everything; 0 when they are now.
+    pub seconds: f64,
+}
+
 /// A live watch: ends after `Relist`, or when the store is dropped.
 pub type Watch = Pin<Box<dyn Stream<Item = WatchEvent> + Send>>;
 
@@ -139,6 +149,14 @@ pub trait Store: Send + Sync + 'static {
     /// process stops renewing it (it died). redb serves one process, which
     /// has nobody to share liveness with: nothing is written.
     fn put_leased(&self, ops: &[Op], ttl: std::time::Duration) -> Result<(), StoreError>;
+
+    /// How far this process's live watches are behind the store's newest
+    /// revision: each behind is asked to confirm its progress, within a
+    /// bounded wait. `None` when there is nothing to measure: no live
+    /// watch, or redb, whose watches carry this process's own commits.
+    fn watch_lag(&self) -> Option<WatchLag> {
+        None
+    }
 }
 
 /// Leadership of a single-owner job (compaction, token expiry). Every write

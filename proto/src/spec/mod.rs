@@ -24,7 +24,9 @@ pub use depend::{Dependency, Why, dependencies, dependency_indices};
 pub use model::*;
 pub use parse::{Source, parse};
 pub use render::{Renderer, StateDiff, diff_states};
-pub use rollout::{MAX_BAKE_MS, MAX_WAVES, RolloutPolicy, Wave, parse_duration_ms};
+pub use rollout::{
+    MAX_BAKE_MS, MAX_TRACK_SOURCES, MAX_WAVES, RolloutPolicy, Track, Wave, parse_duration_ms,
+};
 #[cfg(feature = "files")]
 pub use sources::read_sources;
 

@@ -45,6 +45,13 @@ pub struct NodeGroup {
     pub vars: Vars,
     #[serde(default, skip_serializing_if = "Origin::is_unknown")]
     pub origin: Origin,
+    /// This group's own rollout policy (`rollout:` in the group): it
+    /// overrides the top-level one for the nodes the group reaches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rollout: Option<super::rollout::RolloutPolicy>,
+    /// Where `rollout:` was given, for error messages.
+    #[serde(skip)]
+    pub rollout_origin: Origin,
 }
 
 /// Where something was declared: file and 1-based line.

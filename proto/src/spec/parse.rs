@@ -84,6 +84,7 @@ pub fn parse(sources: &[Source]) -> Result<Spec, SpecErrors> {
     }
     if errors.is_empty() {
         errors.extend(super::render::check(&spec));
+        errors.extend(super::rollout::check(&spec));
     }
     if errors.is_empty() {
         Ok(spec)

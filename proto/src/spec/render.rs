@@ -127,7 +127,7 @@ fn effective(r: &Resource, vars: &Vars) -> Resource {
 }
 
 /// Two selectors can both match one node unless they disagree on a key.
-fn compatible(a: &super::Labels, b: &super::Labels) -> bool {
+pub(super) fn compatible(a: &super::Labels, b: &super::Labels) -> bool {
     a.iter().all(|(k, v)| b.get(k).is_none_or(|w| w == v))
 }
 

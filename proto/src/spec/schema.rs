@@ -247,12 +247,19 @@ pub(super) fn decode_role(cx: &mut Cx<'_>, node: &Node, path: &str) -> Role {
     role
 }
 
-/// A node group: its label selector, roles and vars.
+/// A node group: its label selector, roles, vars and rollout policy.
 pub(super) fn decode_group(cx: &mut Cx<'_>, node: &Node, path: &str) -> NodeGroup {
     let mut g = NodeGroup::default();
-    let Some(f) = cx.fields(node, path, &["match", "roles", "vars"]) else {
+    let Some(f) = cx.fields(node, path, &["match", "roles", "vars", "rollout"]) else {
         return g;
     };
+    if let Some(r) = f.get("rollout") {
+        g.rollout = super::rollout::decode_rollout(cx, r, &join(path, "rollout"));
+        g.rollout_origin = Origin {
+            file: cx.file.to_owned(),
+            line: r.line,
+        };
+    }
     if let Some(m) = f.get("match") {
         let field = join(path, "match");
         for (k, line, v) in cx.entries(m, &field) {

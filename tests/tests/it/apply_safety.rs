@@ -214,7 +214,9 @@ async fn diff_groups_nodes_with_one_change_and_says_when_apply_needs_prune() {
     assert_eq!(
         out,
         "3 nodes (web-1, web-2, web-3): +0 ~1 -1\n  ~ file[/etc/motd]\n  - user[www]\n\
-         apply would need --prune: it removes 3 resource(s) from 3 node(s)\n"
+         apply would need --prune: it removes 3 resource(s) from 3 node(s)\n\
+         \ncontent on 3 nodes (web-1, web-2, web-3):\n  ~ file[/etc/motd]\n      diff (+1 -1 lines)\n\
+         \x20     --- /etc/motd\n      +++ /etc/motd\n      @@ -1,1 +1,1 @@\n      -hi\n      +bye\n"
     );
 }
 

@@ -49,7 +49,7 @@ async fn node_sent_escapes_show_escaped_in_node_show_and_health() {
                 outcome: pb::Outcome::Failed as i32,
                 changes: vec![format!("content {HOSTILE}")],
                 error: format!("boom {HOSTILE}"),
-                backup: String::new(),
+                ..Default::default()
             }],
             ..Default::default()
         })

@@ -212,3 +212,69 @@ groups:
     a.kill();
     b.kill();
 }
+
+/// A name that resolves to two controllers, the first of them frozen
+/// (SIGSTOP: it accepts TCP connections and never answers). The agent runs
+/// as a process in its own mount namespace, whose /etc/hosts gives
+/// `ctl.test` both addresses: it must pass over the frozen address for the
+/// next one, not try the same name again and again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_passes_over_a_frozen_controller_among_a_names_addresses() {
+    let Some(cluster) = EtcdCluster::start(1) else {
+        return;
+    };
+    let url = cluster.url();
+    let port = ballast_tests::free_port();
+    let name = format!("ctl.test:{port}");
+    let args = ["--store", url.as_str(), "--advertise", "ctl.test"];
+    let a = ControllerProcess::start_listening(format!("127.0.0.1:{port}").parse().unwrap(), &args)
+        .await;
+    let b = ControllerProcess::start_listening(format!("127.0.0.2:{port}").parse().unwrap(), &args)
+        .await;
+    let token = a.token().await;
+    let agent = TestAgent::enroll_at(&a.controller(), &a.fingerprint, &token, "n1").await;
+    a.signal(nix::sys::signal::Signal::SIGSTOP);
+
+    let hosts = agent.state.path().join("hosts");
+    std::fs::write(&hosts, "127.0.0.1 ctl.test\n127.0.0.2 ctl.test\n").unwrap();
+    let log = agent.state.path().join("agent.log");
+    let script = format!(
+        "mount --bind {} /etc/hosts && exec {} run --controller {name} --state-dir {} --root {} --facts-dir {} --interval 1h --heartbeat 1s",
+        hosts.display(),
+        ballast_tests::node::agent_binary().display(),
+        agent.state.path().display(),
+        agent.root.path().display(),
+        agent.state.path().join("facts.d").display(),
+    );
+    let child = std::process::Command::new("unshare")
+        .args(["--mount", "--propagation", "private", "sh", "-c", &script])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&log).unwrap())
+        .stderr(std::fs::File::create(agent.state.path().join("agent.err")).unwrap())
+        .spawn()
+        .expect("unshare runs");
+    let _child = scopeguard(child);
+
+    apply(&b, SPEC).await;
+    let read = || std::fs::read_to_string(agent.path("/etc/app/a.conf")).ok();
+    eventually(
+        Duration::from_secs(40),
+        "the agent reaches the controller at the name's second address",
+        || read().as_deref() == Some("from A\n"),
+    )
+    .await;
+    a.signal(nix::sys::signal::Signal::SIGCONT);
+}
+
+/// Kills the child when dropped, so a failing test leaves no agent behind.
+fn scopeguard(child: std::process::Child) -> impl Drop {
+    struct Kill(std::process::Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    Kill(child)
+}

@@ -145,3 +145,56 @@ async fn dashboard_url_says_when_the_dashboard_is_off() {
     assert_eq!(code, ExitCode::FAILURE);
     assert!(out.contains("--dashboard-listen"), "{out}");
 }
+
+/// The node page shows the last run's content diffs: removed and added
+/// lines in their own classed spans, and markup the node's old content held
+/// shown as text. (Added by the content-diffs work; a separate test so the
+/// main walk above stays as it is.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_page_shows_the_last_runs_content_diffs() {
+    if !browser_installed() {
+        return;
+    }
+    let ctl = TestController::start_with(|cfg| {
+        cfg.dashboard_listen = Some("127.0.0.1:0".parse().unwrap());
+    })
+    .await;
+    let base = format!("https://{}", ctl.dashboard().expect("dashboard on"));
+    let mut agent = ballast_tests::TestAgent::enroll(&ctl, "web-1", &[]).await;
+    agent.start(Duration::from_secs(300));
+    let site = |motd: &str| {
+        format!(
+            "roles:\n  base:\n    directories: [{{path: /etc/app}}]\n    files: [{{path: /etc/app/motd, content: \"{motd}\"}}]\ngroups:\n  all: {{roles: [base]}}\n"
+        )
+    };
+    let converged = |revision: u64| {
+        move |n: &pb::NodeSummary| {
+            n.status() == pb::NodeStatus::Converged && n.applied_revision == revision
+        }
+    };
+    ctl.apply(&site("one\\ntwo\\n")).await.expect("apply");
+    ctl.wait_node("web-1", WAIT, converged(1)).await;
+    std::fs::write(agent.path("/etc/app/motd"), format!("one\n{HOSTILE}\n")).unwrap();
+    ctl.apply(&site("one\\nTWO\\n")).await.expect("apply");
+    ctl.wait_node("web-1", WAIT, converged(2)).await;
+
+    let browser = tokio::task::spawn_blocking(Browser::start).await.unwrap();
+    let (_, out) = ctl.cli(&["dashboard", "url"]).await;
+    browser.goto(out.lines().last().expect("the link"));
+    browser.goto(&format!("{base}/nodes/web-1"));
+    assert_eq!(browser.text("#node"), "web-1");
+    assert_eq!(
+        browser.text("#run pre.diff span.del"),
+        format!("-{HOSTILE}")
+    );
+    assert_eq!(browser.text("#run pre.diff span.add"), "+TWO");
+    assert_eq!(browser.text("#run pre.diff span.hunk"), "@@ -1,2 +1,2 @@");
+    assert!(
+        browser.find("#injected").is_none(),
+        "a node's markup became markup"
+    );
+    browser.screenshot(&shots().join("node-diff.png"));
+    assert_no_console_errors(&browser, "the node page with diffs");
+    drop(browser);
+    agent.stop().await;
+}

@@ -2,10 +2,13 @@
 //! HTTPS by a real client (Python's `ssl`), parsed by the Prometheus
 //! project's own OpenMetrics parser (Debian's `python3-prometheus-client`),
 //! and checked against `ballast health -o json`. Also who may scrape:
-//! the admin certificate or the scrape token, never a node or nobody.
+//! the admin certificate or the scrape token, never a node or nobody; the
+//! etcd figures (leader, watch lag) of two controllers on a real cluster;
+//! and the host figures' bounded rate, counted in store writes.
 
 use ballast_proto::pb;
-use ballast_tests::{TestAgent, TestController, start_ok_and_broken};
+use ballast_tests::etcd::EtcdCluster;
+use ballast_tests::{ControllerProcess, TestAgent, TestController, start_ok_and_broken};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::{Command, ExitCode};
@@ -71,13 +74,18 @@ impl Scrape {
 }
 
 fn scrape(ctl: &TestController, cert: Option<(&Path, &Path)>, token: &str) -> Scrape {
-    let pki = ctl.data_dir().join("pki");
+    scrape_at(&ctl.controller(), ctl.data_dir(), cert, token)
+}
+
+/// Scrapes the controller at `addr` whose data dir (for its CA) is `data_dir`.
+fn scrape_at(addr: &str, data_dir: &Path, cert: Option<(&Path, &Path)>, token: &str) -> Scrape {
+    let pki = data_dir.join("pki");
     let (cert, key) = cert
         .map(|(c, k)| (c.display().to_string(), k.display().to_string()))
         .unwrap_or_default();
     let out = Command::new(PYTHON)
         .args(["-I", "-c", SCRAPE])
-        .arg(format!("https://{}/metrics", ctl.controller()))
+        .arg(format!("https://{addr}/metrics"))
         .arg(pki.join("ca.pem"))
         .args([cert, key, token.to_owned()])
         .output()
@@ -284,4 +292,219 @@ async fn metrics_need_the_admin_certificate_or_the_scrape_token() {
         err.contains("chmod 600") && err.contains("scrape-token"),
         "{err}"
     );
+}
+
+/// The admin scrape of a controller process.
+fn scrape_process(ctl: &ControllerProcess) -> Scrape {
+    let pki = ctl.data_dir().join("pki");
+    let (cert, key) = (pki.join("admin.pem"), pki.join("admin.key"));
+    scrape_at(&ctl.controller(), &ctl.data_dir(), Some((&cert, &key)), "")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn etcd_controllers_report_one_leader_and_a_small_watch_lag() {
+    if !parser_installed() {
+        return;
+    }
+    let Some(cluster) = EtcdCluster::start(3) else {
+        return;
+    };
+    let url = cluster.url();
+    let a = ControllerProcess::start_with_args("", &["--store", &url]).await;
+    let b = ControllerProcess::start_with_args("", &["--store", &url]).await;
+    let applied = a
+        .apply("roles: {base: {directories: [{path: /etc/app}]}}\ngroups: {all: {roles: [base]}}\n")
+        .await
+        .expect("apply on A");
+    assert!(applied.created);
+
+    // Exactly one of the two holds the leader key, once elected.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let leaders = loop {
+        let leaders: Vec<f64> = [&a, &b]
+            .iter()
+            .map(|c| {
+                scrape_process(c)
+                    .value("ballast_leader", &[])
+                    .expect("ballast_leader")
+            })
+            .collect();
+        if leaders.iter().sum::<f64>() == 1.0 || std::time::Instant::now() > deadline {
+            break leaders;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert!(
+        leaders == [1.0, 0.0] || leaders == [0.0, 1.0],
+        "exactly one leader: {leaders:?}"
+    );
+
+    // B's watches delivered A's apply: the lag is there, and nothing (a
+    // scrape waits 1 s for confirmations; a loaded machine may need more).
+    for ctl in [&b, &a] {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        loop {
+            let got = scrape_process(ctl);
+            let lag = (
+                got.value("ballast_store_watch_lag_revisions", &[]),
+                got.value("ballast_store_watch_lag_seconds", &[]),
+            );
+            assert!(lag.0.is_some() && lag.1.is_some(), "no watch lag: {lag:?}");
+            if lag == (Some(0.0), Some(0.0)) {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "watch lag on {}: {lag:?}",
+                ctl.controller()
+            );
+        }
+    }
+}
+
+/// The lag once the watches confirmed, or the last measure after 10 tries
+/// (each waits up to `WATCH_LAG_WAIT`).
+fn settled_lag(store: &dyn ballast_controller::store::Store) -> (u64, f64) {
+    let mut lag = None;
+    for _ in 0..10 {
+        let l = store.watch_lag().expect("a live watch");
+        lag = Some((l.revisions, l.seconds));
+        if l.revisions == 0 {
+            break;
+        }
+    }
+    lag.unwrap()
+}
+
+/// The watch-lag measure itself, on the store: a watch nobody reads falls
+/// behind by what it has not delivered; writes outside its prefix are no
+/// lag (etcd's progress notification says so); read up, it is current.
+#[test]
+fn watch_lag_counts_only_what_a_watch_has_not_delivered() {
+    use ballast_controller::store::{Op, Store};
+    use tokio_stream::StreamExt;
+    let Some(cluster) = EtcdCluster::start(1) else {
+        return;
+    };
+    let store = cluster.store("/lag/");
+    assert_eq!(store.watch_lag(), None, "no watch, nothing to measure");
+    let put = |key: String| {
+        assert!(store.txn(&[], &[Op::Put(key, b"v".to_vec())]).unwrap());
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let mut watch = store.watch("watched/", 0).unwrap();
+
+    // Writes elsewhere only: the watch confirms it has everything.
+    for i in 0..20 {
+        put(format!("elsewhere/{i}"));
+    }
+    assert_eq!(settled_lag(&store), (0, 0.0));
+
+    // 200 changes under the prefix, read by nobody: the watch's buffer
+    // fills and the rest is lag.
+    for i in 0..200 {
+        put(format!("watched/{i}"));
+    }
+    let lag = store.watch_lag().expect("a live watch");
+    assert!(lag.revisions >= 100 && lag.seconds > 0.0, "{lag:?}");
+
+    // Read up: no lag.
+    rt.block_on(async {
+        let mut seen = 0;
+        while seen < 200 {
+            match watch.next().await {
+                Some(ballast_controller::store::WatchEvent::Changes { changes, .. }) => {
+                    seen += changes.len()
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+    });
+    assert_eq!(settled_lag(&store), (0, 0.0));
+    drop(watch);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_figures_reach_node_show_and_repeated_passes_write_nothing() {
+    if !parser_installed() {
+        return;
+    }
+    let ctl = TestController::start().await;
+    let mut agent = TestAgent::enroll(&ctl, "h1", &[]).await;
+    agent.start(std::time::Duration::from_secs(3600));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let host = loop {
+        if let Some(h) = ctl.node_detail("h1").await.host {
+            break h;
+        }
+        assert!(std::time::Instant::now() < deadline, "no host figures");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    let figures = host.figures.expect("figures");
+    assert!(figures.memory_total_bytes > 0 && figures.uptime_seconds > 0);
+    assert_eq!(figures.root.as_ref().map(|d| d.mount.as_str()), Some("/"));
+    assert!(figures.state.as_ref().is_some_and(|d| d.total_bytes > 0));
+
+    let (_, text) = ctl.cli(&["node", "show", "h1"]).await;
+    assert!(
+        text.contains("host:      load     ") && text.contains("\n           disk     / "),
+        "{text}"
+    );
+    let (_, json) = ctl.cli(&["node", "show", "h1", "-o", "json"]).await;
+    let doc: serde_json::Value = serde_json::from_str(&json).expect("node show JSON");
+    assert_eq!(
+        doc["host"]["memory"]["total_bytes"].as_u64(),
+        Some(figures.memory_total_bytes),
+        "{doc}"
+    );
+
+    // Passes go on (a heartbeat is one), and none of them sends or writes.
+    let (cert, key) = admin_cert(&ctl);
+    let counts = |s: &Scrape| {
+        (
+            s.value(
+                "ballast_store_operation_duration_seconds_count",
+                &[("op", "txn")],
+            ),
+            s.value(
+                "ballast_rpc_requests_total",
+                &[("method", "Agent/PutHostFigures"), ("code", "Ok")],
+            ),
+            s.value(
+                "ballast_rpc_requests_total",
+                &[("method", "Agent/Heartbeat"), ("code", "Ok")],
+            )
+            .unwrap_or(0.0),
+        )
+    };
+    let (txns, sends, beats) = counts(&scrape(&ctl, Some((&cert, &key)), ""));
+    assert_eq!(sends, Some(1.0));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let later = loop {
+        let later = counts(&scrape(&ctl, Some((&cert, &key)), ""));
+        if later.2 >= beats + 4.0 {
+            break later;
+        }
+        assert!(std::time::Instant::now() < deadline, "no heartbeats");
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    };
+    assert_eq!((later.0, later.1), (txns, sends), "passes sent or wrote");
+
+    // However often a node sends them, the controller stores them at most
+    // once per interval: these are acknowledged, not written.
+    let mut client = agent.agent_client().await.expect("node client");
+    for _ in 0..2 {
+        client
+            .put_host_figures(figures.clone())
+            .await
+            .expect("acknowledged");
+    }
+    let after = counts(&scrape(&ctl, Some((&cert, &key)), ""));
+    assert_eq!(after.0, txns, "a store write within the interval");
+    assert_eq!(after.1, Some(3.0));
+    assert_eq!(
+        ctl.node_detail("h1").await.host.map(|h| h.received_ms),
+        Some(host.received_ms)
+    );
+    agent.stop().await;
 }

@@ -43,7 +43,7 @@ async fn apply_wait_shows_each_failing_resource_with_its_error_escaped() {
                 outcome: outcome as i32,
                 changes: Vec::new(),
                 error: error.into(),
-                backup: String::new(),
+                ..Default::default()
             };
             client
                 .report(pb::RunReport {

@@ -16,7 +16,7 @@ mod watch;
 
 pub use lease::MIN_LEADER_TTL;
 
-use super::{Compare, Entry, Leadership, Listing, Op, Store, StoreError, Watch};
+use super::{Compare, Entry, Leadership, Listing, Op, Store, StoreError, Watch, WatchLag};
 use etcd_client::{
     Certificate, Client, CompareOp, ConnectOptions, GetOptions, Identity, KvClient, LeaseClient,
     TlsOptions, Txn, TxnOp, WatchClient,
@@ -41,6 +41,8 @@ const BACKOFF_MIN: Duration = Duration::from_millis(50);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 /// Events a watcher may hold undelivered before the etcd stream waits.
 const WATCH_BUFFER: usize = 64;
+/// How long [`Store::watch_lag`] waits for lagging watches to confirm.
+pub const WATCH_LAG_WAIT: Duration = Duration::from_secs(1);
 
 /// Client certificates to etcd (`--etcd-ca`, `--etcd-cert`, `--etcd-key`).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -134,6 +136,8 @@ pub struct EtcdStore {
     endpoints: String,
     /// This process's liveness lease (`Store::put_leased`), once made.
     liveness: std::sync::Mutex<Option<lease::Liveness>>,
+    /// Every watch's progress, for [`Store::watch_lag`].
+    lag: watch::Lag,
 }
 
 impl Drop for EtcdStore {
@@ -220,6 +224,7 @@ impl EtcdStore {
             prefix: opts.prefix.clone(),
             endpoints,
             liveness: std::sync::Mutex::new(None),
+            lag: watch::Lag::default(),
         };
         store.current_revision()?;
         Ok(store)
@@ -396,7 +401,8 @@ impl EtcdStore {
         }
         let unchanged = compares.iter().any(|c| match c {
             Compare::Version(k, v) => {
-                revision == Some(*v as i64) && ops.iter().any(|o| matches!(o, Op::Put(p, _) if p == k))
+                revision == Some(*v as i64)
+                    && ops.iter().any(|o| matches!(o, Op::Put(p, _) if p == k))
             }
             Compare::Absent(_) => false,
         });
@@ -607,6 +613,10 @@ impl Store for EtcdStore {
         self.leased_txn(ops, ttl)
     }
 
+    fn watch_lag(&self) -> Option<WatchLag> {
+        self.lag.measure(|| self.current_revision())
+    }
+
     fn watch(&self, prefix: &str, from_revision: u64) -> Result<Watch, StoreError> {
         let from = if from_revision == 0 {
             self.current_revision()? + 1
@@ -614,7 +624,9 @@ impl Store for EtcdStore {
             from_revision
         };
         let (tx, rx) = mpsc::channel(WATCH_BUFFER);
+        let progress = self.lag.track(from);
         let task = WatchTask {
+            progress,
             members: self.members.clone(),
             key: self.full(prefix),
             strip: self.prefix.len(),
