@@ -334,6 +334,49 @@ async fn a_plan_asked_of_one_controller_reaches_agents_held_by_another() {
         assert!(Instant::now() < deadline, "plan keys left: {:?}", left());
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+
+    // A node B holds that never answers is named after the timeout; one
+    // that nobody holds any more is named at once.
+    let token = b.token().await;
+    let silent = TestAgent::enroll_at(&b.controller(), &b.fingerprint, &token, "b3").await;
+    let mut client = silent.agent_client().await.unwrap();
+    let _watch = client.watch(pb::WatchRequest::default()).await.unwrap();
+    let _plans = client.plans(pb::PlansRequest {}).await.unwrap();
+    agents[3].stop().await;
+    let deadline = Instant::now() + WAIT;
+    let reasons = loop {
+        let resp = admin
+            .plan(pb::PlanNodesRequest {
+                sources: vec![pb::SourceFile {
+                    name: "spec.yaml".into(),
+                    content: yaml.clone(),
+                }],
+                r#where: Vec::new(),
+                timeout_ms: 1000,
+            })
+            .await
+            .expect("plan answers")
+            .into_inner();
+        let reasons: Vec<(String, String)> = resp
+            .unanswered
+            .into_iter()
+            .map(|u| (u.node, u.reason))
+            .collect();
+        let answered = resp.changed_nodes + resp.unchanged_nodes;
+        if answered == 3
+            && reasons.len() == 2
+            && reasons[0].1 == "not connected to any controller"
+            && reasons[1].1 == "no answer within 1s"
+        {
+            break reasons;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{reasons:?} ({answered} answered)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((reasons[0].0.as_str(), reasons[1].0.as_str()), ("b2", "b3"));
     for agent in &mut agents {
         agent.stop().await;
     }
