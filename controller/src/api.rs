@@ -84,10 +84,10 @@ impl Api {
         dashboard: Option<Arc<crate::dashboard::Access>>,
     ) -> Api {
         Api {
+            plans: fleet.plan_hub(),
             fleet,
             ca,
             dashboard,
-            plans: Arc::new(plan::Hub::default()),
         }
     }
 
@@ -489,12 +489,10 @@ impl pb::admin_server::Admin for Api {
             .collect();
         let filters = req.r#where;
         let fleet = self.fleet.clone();
-        let (current, targets) = blocking(move || fleet.plan_targets(sources, &filters)).await?;
-        let nodes = targets.len();
-        let flight = self.plans.start(targets)?;
+        let flight = blocking(move || fleet.start_plan(sources, filters, timeout)).await?;
         let id = flight.id.clone();
-        let resp = plan::collect(flight, current, timeout).await;
-        tracing::info!(plan = %id, nodes, changed = resp.changed_nodes, failed = resp.failed_nodes, unanswered = resp.unanswered.len(), "plan answered");
+        let resp = self.fleet.collect_plan(flight, timeout).await;
+        tracing::info!(plan = %id, answered = resp.changed_nodes + resp.unchanged_nodes + resp.failed_nodes, changed = resp.changed_nodes, failed = resp.failed_nodes, unanswered = resp.unanswered.len(), "plan answered");
         Ok(Response::new(resp))
     }
 }

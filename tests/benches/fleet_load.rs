@@ -13,6 +13,11 @@
 //!
 //!     cargo bench -p ballast-tests --bench fleet_load -- --etcd 10000 20000
 //!
+//! With `--plan` (and optionally `--etcd`), `ballast plan` over N simulated
+//! agents that answer with dry runs (see `fleet_load/plan.rs`):
+//!
+//!     cargo bench -p ballast-tests --bench fleet_load -- --plan 10000
+//!
 //! Bounded: every agent connects to 127.0.0.1 only, and the run ends by itself.
 
 use ballast_controller::config::ServeConfig;
@@ -62,6 +67,8 @@ fn ms(d: Duration) -> String {
 
 #[path = "fleet_load/etcd.rs"]
 mod etcd_mode;
+#[path = "fleet_load/plan.rs"]
+mod plan_mode;
 
 /// Child mode: run the controller until killed; on etcd when `store` is an
 /// `etcd://` URL.
@@ -394,6 +401,7 @@ fn main() {
         }
         Some("--agent") => return agent(&args[2], &args[3]),
         Some("--sim") => return etcd_mode::sim(&args[2..]),
+        Some("--plan-sim") => return plan_mode::sim(&args[2..]),
         _ => {}
     }
     raise_nofile();
@@ -401,6 +409,7 @@ fn main() {
     // small smoke run so the benchmark keeps working. Numbers are agent counts.
     let counts: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
     let etcd = args.iter().any(|a| a == "--etcd");
+    let plan = args.iter().any(|a| a == "--plan");
     let counts = match (counts.is_empty(), args.iter().any(|a| a == "--bench")) {
         (false, _) => counts,
         (true, true) => vec![1000],
@@ -411,7 +420,9 @@ fn main() {
         .build()
         .unwrap();
     for n in counts {
-        if etcd {
+        if plan {
+            rt.block_on(plan_mode::run(n, etcd));
+        } else if etcd {
             rt.block_on(etcd_mode::run(n));
         } else {
             rt.block_on(run(n));
@@ -420,5 +431,7 @@ fn main() {
     // The smoke run under `cargo test` also runs the etcd mode, small.
     if !etcd && !args.iter().any(|a| a == "--bench") && args.len() == 1 {
         rt.block_on(etcd_mode::run(30));
+        rt.block_on(plan_mode::run(20, false));
+        rt.block_on(plan_mode::run(30, true));
     }
 }

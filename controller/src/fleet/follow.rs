@@ -6,8 +6,9 @@
 //! the other is a no-op: an apply on controller A reaches an agent watching
 //! through B, and a revoke on A ends B's open watch of that node.
 //!
-//! Operator state is followed, and peers' liveness summaries
-//! (`controllers/`, see `liveness`). What a node says (`status/`,
+//! Operator state is followed, peers' liveness summaries
+//! (`controllers/`, see `liveness`) and peers' plans (`plans/`, see
+//! `plan_route`). What a node says (`status/`,
 //! `reports/`, `facts/`) is read from the store only when a peer's summary
 //! says its report changed; heartbeats stay in the memory of the controller
 //! it talks to.
@@ -145,6 +146,9 @@ impl Fleet {
         if prefix == keys::CONTROLLERS {
             return self.apply_liveness(event);
         }
+        if prefix == keys::PLANS {
+            return self.apply_plans(event);
+        }
         match event {
             Followed::Reset(listing) => {
                 let mut seen = std::collections::BTreeSet::new();
@@ -213,7 +217,18 @@ impl Fleet {
     /// controller's, for as long as the fleet lives (or until the returned
     /// tasks are aborted). Runs on the current tokio runtime.
     pub fn follow_store(self: &Arc<Self>) -> Vec<tokio::task::JoinHandle<()>> {
-        let mut tasks: Vec<_> = [keys::META, keys::NODES, keys::PENDING, keys::CONTROLLERS]
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        self.plans.set_writer(tx);
+        let ttl = self.liveness.lease_ttl();
+        let writer = super::plan_route::write_answers(self.store.clone(), rx, ttl);
+        let prefixes = [
+            keys::META,
+            keys::NODES,
+            keys::PENDING,
+            keys::CONTROLLERS,
+            keys::PLANS,
+        ];
+        let mut tasks: Vec<_> = prefixes
             .into_iter()
             .map(|prefix| {
                 let weak = Arc::downgrade(self);
@@ -222,6 +237,7 @@ impl Fleet {
             })
             .collect();
         tasks.push(super::liveness::spawn_publisher(self));
+        tasks.push(tokio::spawn(writer));
         tasks
     }
 }

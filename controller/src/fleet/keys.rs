@@ -14,6 +14,8 @@
 //! | `host/{name}` | the node's host figures, a `HostRecord` (protobuf, a few hundred bytes) | put_host, at most once per `limits::MIN_HOST_FIGURES_INTERVAL` per node |
 //! | `leader` | the holder of the single-owner jobs, on an etcd lease (`leader.rs`) | `Store::try_lead` |
 //! | `controllers/{id}/{n:04}` | `liveness::Chunk`: node → (last seen, applied revision, failed count, drifted) for up to `liveness::CHUNK_NODES` nodes whose stream controller `{id}` holds; on its liveness lease (etcd only) | that controller's liveness task, every `liveness_period` |
+//! | `plans/{id}` | `plan_route::PlanRecord`: a plan's sources, filters and timeout, for the controllers holding other nodes' plan streams; on the asker's liveness lease (etcd only) | the controller the plan was asked of (`Fleet::start_plan`; deleted when the plan ends) |
+//! | `plan-answers/{id}/{node}` | a node's answer to plan `{id}` (JSON, at most `plan_route::MAX_ANSWER_BYTES`), on the writer's liveness lease (etcd only) | the controller holding the node's plan stream (`plan_route::write_answers`; deleted when the record goes) |
 //! | `identity/ca` | the CA certificate and key, the admin certificate and key (etcd only) | `ca::Ca::load_or_share`, once, at the first controller's start |
 //!
 //! Enrollment deletes a name's `status/`, `reports/`, `facts/` and `host/` when it
@@ -70,4 +72,21 @@ pub const CONTROLLERS: &str = "controllers/";
 /// Chunk `n` of controller `id`'s liveness summary.
 pub fn controller_chunk(id: &str, n: usize) -> String {
     format!("{CONTROLLERS}{id}/{n:04}")
+}
+
+pub const PLANS: &str = "plans/";
+
+/// A plan's record, for the controllers that hold other nodes' streams.
+pub fn plan(id: &str) -> String {
+    format!("{PLANS}{id}")
+}
+
+/// Where the answers to plan `id` are stored (not under `plans/`, so
+/// that only the asker watches them).
+pub fn plan_answers(id: &str) -> String {
+    format!("plan-answers/{id}/")
+}
+
+pub fn plan_answer(id: &str, node: &str) -> String {
+    format!("plan-answers/{id}/{node}")
 }

@@ -51,7 +51,7 @@ impl Default for Liveness {
 impl Liveness {
     /// The summary keys live on a lease of three periods: two summaries may
     /// be late before peers think the controller dead.
-    fn lease_ttl(&self) -> Duration {
+    pub(super) fn lease_ttl(&self) -> Duration {
         self.period * 3
     }
 }

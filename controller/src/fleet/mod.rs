@@ -32,6 +32,7 @@ mod keys;
 mod liveness;
 mod nodes;
 pub mod plan;
+mod plan_route;
 mod precheck;
 mod prune;
 mod records;
@@ -221,6 +222,8 @@ pub struct Fleet {
     clock: Clock,
     /// This controller's metrics; `store` is metered into them.
     metrics: Arc<Metrics>,
+    /// Plan routing: this controller's plan streams and plans in flight.
+    plans: Arc<plan::Hub>,
 }
 
 fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
@@ -350,6 +353,7 @@ impl Fleet {
             liveness_withdrawn: Mutex::new(false),
             clock,
             metrics,
+            plans: Arc::new(plan::Hub::default()),
         }))
     }
 

@@ -1,8 +1,12 @@
 //! `ballast plan` with real agents on temp roots: the nodes' own dry runs
-//! against their real state, grouped; silent nodes named; nothing applied.
+//! against their real state, grouped; silent nodes named; nothing applied;
+//! and on a real etcd with two controller processes, a plan asked of one
+//! reaches the agents held by the other.
 
+use ballast_controller::store::Store;
 use ballast_proto::pb;
-use ballast_tests::{TestAgent, TestController};
+use ballast_tests::etcd::EtcdCluster;
+use ballast_tests::{ControllerProcess, TestAgent, TestController, eventually};
 use std::path::Path;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -236,4 +240,146 @@ async fn plan_lists_stopped_and_silent_nodes_as_unanswered() {
     assert!(out.contains("  down: "), "{out}");
     assert!(out.contains("  silent: no answer within 1s"), "{out}");
     up.stop().await;
+}
+
+/// Plans through `admin` until every node answered, or panics after [`WAIT`].
+async fn plan_all_at(
+    admin: &mut pb::admin_client::AdminClient<tonic::transport::Channel>,
+    yaml: &str,
+) -> pb::PlanResponse {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let resp = admin
+            .plan(pb::PlanNodesRequest {
+                sources: vec![pb::SourceFile {
+                    name: "spec.yaml".into(),
+                    content: yaml.into(),
+                }],
+                r#where: Vec::new(),
+                timeout_ms: 5000,
+            })
+            .await
+            .expect("plan answers")
+            .into_inner();
+        if resp.unanswered.is_empty() {
+            return resp;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "nodes never answered: {:?}",
+            resp.unanswered
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_plan_asked_of_one_controller_reaches_agents_held_by_another() {
+    let Some(cluster) = EtcdCluster::start(3) else {
+        return;
+    };
+    let url = cluster.url();
+    let config = "liveness_period: 1s";
+    let mut a = ControllerProcess::start_with_args(config, &["--store", &url]).await;
+    let mut b = ControllerProcess::start_with_args(config, &["--store", &url]).await;
+    let mut agents = Vec::new();
+    for (name, ctl) in [("a1", &a), ("a2", &a), ("b1", &b), ("b2", &b)] {
+        let token = ctl.token().await;
+        let mut agent =
+            TestAgent::enroll_at(&ctl.controller(), &ctl.fingerprint, &token, name).await;
+        agent.start(Duration::from_secs(300));
+        agents.push(agent);
+    }
+    let yaml = spec("one\\ntwo\\nthree\\n", "");
+    a.apply(&yaml).await.expect("apply");
+    for agent in &agents {
+        let motd = agent.path("/etc/app/motd");
+        eventually(WAIT, "every agent converges", || {
+            std::fs::read_to_string(&motd).ok().as_deref() == Some(MOTD)
+        })
+        .await;
+    }
+    // A hand edit on one node that B holds.
+    let motd_b1 = agents[2].path("/etc/app/motd");
+    std::fs::write(&motd_b1, "one\nTWO\nthree\n").unwrap();
+
+    let mut admin = a.admin().await.expect("admin connects to A");
+    let resp = plan_all_at(&mut admin, &yaml).await;
+    assert_eq!(
+        (resp.changed_nodes, resp.unchanged_nodes, resp.failed_nodes),
+        (1, 3, 0),
+        "{resp:#?}"
+    );
+    let changed = resp.groups.iter().find(|g| !g.items.is_empty()).unwrap();
+    assert_eq!(changed.nodes, vec!["b1"]);
+    let diff = changed.items[0].changes.join("\n");
+    assert!(diff.contains("-TWO\n+two\n"), "{diff}");
+    let same = resp.groups.iter().find(|g| g.items.is_empty()).unwrap();
+    assert_eq!(same.nodes, vec!["a1", "a2", "b2"]);
+    assert_eq!(
+        std::fs::read_to_string(&motd_b1).unwrap(),
+        "one\nTWO\nthree\n",
+        "the plan repaired nothing"
+    );
+
+    // The plan's record and its answers are gone once it ended.
+    let store = cluster.store(ballast_controller::store::DEFAULT_PREFIX);
+    let left = || {
+        let mut keys = store.list("plans/").unwrap();
+        keys.extend(store.list("plan-answers/").unwrap());
+        keys.into_iter().map(|(k, _)| k).collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + WAIT;
+    while !left().is_empty() {
+        assert!(Instant::now() < deadline, "plan keys left: {:?}", left());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    // A node B holds that never answers is named after the timeout; one
+    // that nobody holds any more is named at once.
+    let token = b.token().await;
+    let silent = TestAgent::enroll_at(&b.controller(), &b.fingerprint, &token, "b3").await;
+    let mut client = silent.agent_client().await.unwrap();
+    let _watch = client.watch(pb::WatchRequest::default()).await.unwrap();
+    let _plans = client.plans(pb::PlansRequest {}).await.unwrap();
+    agents[3].stop().await;
+    let deadline = Instant::now() + WAIT;
+    let reasons = loop {
+        let resp = admin
+            .plan(pb::PlanNodesRequest {
+                sources: vec![pb::SourceFile {
+                    name: "spec.yaml".into(),
+                    content: yaml.clone(),
+                }],
+                r#where: Vec::new(),
+                timeout_ms: 1000,
+            })
+            .await
+            .expect("plan answers")
+            .into_inner();
+        let reasons: Vec<(String, String)> = resp
+            .unanswered
+            .into_iter()
+            .map(|u| (u.node, u.reason))
+            .collect();
+        let answered = resp.changed_nodes + resp.unchanged_nodes;
+        if answered == 3
+            && reasons.len() == 2
+            && reasons[0].1 == "not connected to any controller"
+            && reasons[1].1 == "no answer within 1s"
+        {
+            break reasons;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{reasons:?} ({answered} answered)"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert_eq!((reasons[0].0.as_str(), reasons[1].0.as_str()), ("b2", "b3"));
+    for agent in &mut agents {
+        agent.stop().await;
+    }
+    a.kill();
+    b.kill();
 }
