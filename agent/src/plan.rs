@@ -11,7 +11,7 @@
 //! runs: enforcement is never delayed by a plan. It uses a `Host` of its own,
 //! so its assumptions (users it would create) never reach a real run.
 
-use crate::client::{self, Enrolled};
+use crate::client::{self, Enrolled, Target};
 use crate::daemon::{CALL_TIMEOUT, DaemonConfig};
 use crate::engine::{self, RunOptions};
 use crate::host::Host;
@@ -49,7 +49,7 @@ async fn session_round(cfg: &DaemonConfig) -> anyhow::Result<()> {
         .controller
         .clone()
         .unwrap_or_else(|| enrolled.config.controller.clone());
-    let controllers = ballast_proto::controllers(&list).map_err(anyhow::Error::msg)?;
+    let controllers = client::targets(&list).await?;
     let mut last = Ok(());
     for at in &controllers {
         last = session(cfg, &enrolled, at).await;
@@ -60,15 +60,15 @@ async fn session_round(cfg: &DaemonConfig) -> anyhow::Result<()> {
     last
 }
 
-async fn session(cfg: &DaemonConfig, enrolled: &Enrolled, at: &str) -> anyhow::Result<()> {
-    let channel = enrolled.channel(Some(at)).await?;
+async fn session(cfg: &DaemonConfig, enrolled: &Enrolled, at: &Target) -> anyhow::Result<()> {
+    let channel = enrolled.channel_to(at).await?;
     let mut agent = client::agent_client(channel);
     let mut stream = tokio::time::timeout(CALL_TIMEOUT, agent.plans(pb::PlansRequest {}))
         .await
         .map_err(|_| anyhow::anyhow!("plans: no answer within {CALL_TIMEOUT:?}"))?
         .map_err(|s| anyhow::anyhow!("plans: {}", s.message()))?
         .into_inner();
-    tracing::debug!(controller = at, "plan stream open");
+    tracing::debug!(controller = %at, "plan stream open");
     let name = enrolled.config.name.clone();
     while let Some(req) = stream.next().await {
         let req = req.map_err(|s| anyhow::anyhow!("plan stream: {}", s.message()))?;
