@@ -456,11 +456,16 @@ pub(super) fn fleet_context(fleet: &Fleet) -> Value {
             json!({ "status": s.as_str(), "count": n, "attention": s.needs_attention() })
         })
         .collect();
-    let revisions: Vec<Value> = fleet
-        .history(10)
-        .unwrap_or_default()
+    let history = fleet.history(10).unwrap_or_default();
+    let numbers: Vec<u64> = history.iter().map(|r| r.number).collect();
+    let revisions: Vec<Value> = history
         .iter()
-        .map(revision_json)
+        .zip(fleet.rollout_outcomes(&numbers))
+        .map(|(r, outcome)| {
+            let mut v = revision_json(r);
+            v["rollout"] = json!(outcome);
+            v
+        })
         .collect();
     json!({
         "revision": revision,
@@ -584,7 +589,7 @@ mod template_tests {
                 json!({"revision": 1, "total": 1, "problems_shown": 50,
                 "counts": [{"status": "failed", "count": 1, "attention": true}],
                 "problems": [node.clone()], "rollout": rollout.clone(),
-                "revisions": [{"number": 2, "created": "t", "author": evil, "message": evil, "restored_from": 0}]}),
+                "revisions": [{"number": 2, "created": "t", "author": evil, "message": evil, "restored_from": 0, "rollout": "aborted"}]}),
             ),
             (
                 "nodes.html",

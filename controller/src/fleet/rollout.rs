@@ -523,6 +523,11 @@ mod tests {
         assert_eq!(desired(&fleet), [("dev-1".into(), 2), ("prod-1".into(), 1)]);
         fleet.apply(site("three", true), "t", "m", 0, true).unwrap();
         assert_eq!(desired(&fleet), [("dev-1".into(), 3), ("prod-1".into(), 1)]);
+        assert_eq!(
+            fleet.rollout_outcomes(&[1, 2, 3]),
+            [None, Some("superseded"), Some("running")],
+            "revision 1 had no rollout; 2's was in flight when 3 was applied"
+        );
         let r = fleet.rollout_record().unwrap();
         assert_eq!((r.revision, r.base, r.phase), (3, 1, Phase::Running));
         assert_eq!(
@@ -542,6 +547,11 @@ mod tests {
         fleet.apply(site("four", false), "t", "m", 0, true).unwrap();
         assert_eq!(desired(&fleet), [("dev-1".into(), 4), ("prod-1".into(), 4)]);
         assert!(fleet.rollout_record().is_none());
+        // How each rollout ended stays readable after later revisions.
+        assert_eq!(
+            fleet.rollout_outcomes(&[2, 3, 4]),
+            [Some("superseded"), Some("aborted"), None]
+        );
     }
 
     /// Each transition is counted once, by the controller that wrote it:

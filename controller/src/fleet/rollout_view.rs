@@ -3,7 +3,7 @@
 //! dashboard), and where one node stands in it (`ballast nodes`).
 
 use super::rollout::{Active, Phase, TrackState, counts};
-use super::{Fleet, Inner};
+use super::{Fleet, Inner, keys};
 use ballast_proto::pb;
 
 /// One track's waves as operators read them. A waiting wave's nodes are
@@ -119,5 +119,38 @@ impl Fleet {
             at_once,
             gate_failed: r.gate_failed,
         })
+    }
+}
+
+impl Fleet {
+    /// How the rollout of each of `revisions` ended or stands, from its
+    /// stored record: `None` for a revision that had none (or whose record
+    /// cannot be read). A rollout still running or paused when a later
+    /// revision was applied was superseded by it. Reads only the phase of
+    /// each record (for the dashboard's recent revisions).
+    pub fn rollout_outcomes(&self, revisions: &[u64]) -> Vec<Option<&'static str>> {
+        #[derive(serde::Deserialize)]
+        struct Outcome {
+            phase: Phase,
+        }
+        let current = self.current_revision();
+        revisions
+            .iter()
+            .map(|&n| {
+                let key = keys::rollout(n);
+                let entry = match self.store.get(&key) {
+                    Ok(e) => e?,
+                    Err(e) => {
+                        tracing::warn!(key, error = %e, "rollout record unreadable");
+                        return None;
+                    }
+                };
+                let o: Outcome = serde_json::from_slice(&entry.value).ok()?;
+                Some(match o.phase {
+                    Phase::Running | Phase::Paused if n != current => "superseded",
+                    p => p.as_str(),
+                })
+            })
+            .collect()
     }
 }

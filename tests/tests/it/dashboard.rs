@@ -349,6 +349,17 @@ async fn a_rollout_page_follows_the_rollout_live_without_a_reload() {
     browser.screenshot(&shots.join("rollout.png"));
     assert_no_console_errors(&browser, "the rollout page");
 
+    // The fleet page's recent revisions say how each one's rollout went.
+    browser.goto(&format!("{base}/"));
+    assert_eq!(
+        browser.text("#revisions tr:nth-child(2) td.rollout-outcome"),
+        "done"
+    );
+    assert_eq!(
+        browser.text("#revisions tr:nth-child(3) td.rollout-outcome"),
+        "at once"
+    );
+
     // The two revisions' sources, diffed.
     browser.goto(&format!("{base}/revisions"));
     browser.click("#revisions a.changes");
