@@ -56,6 +56,18 @@ fn raise_nofile() {
     }
 }
 
+/// A `--sim` worker's arguments: the state dirs' parent, the range of node
+/// numbers it runs, and the controllers' addresses (comma separated).
+fn sim_args(args: &[String]) -> (std::path::PathBuf, std::ops::Range<usize>, Arc<Vec<String>>) {
+    let parse = |i: usize| args[i].parse::<usize>().expect("a node number");
+    let addrs = args[3].split(',').map(str::to_owned).collect();
+    (
+        std::path::PathBuf::from(&args[0]),
+        parse(1)..parse(2),
+        Arc::new(addrs),
+    )
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[i.min(sorted.len() - 1)]

@@ -475,20 +475,9 @@ mod tests {
         vec![("s.yaml".to_owned(), text)]
     }
 
-    fn desired(fleet: &Fleet) -> Vec<(String, u64)> {
-        let inner = fleet.lock();
-        inner
-            .nodes
-            .values()
-            .map(|n| (n.record.name.clone(), n.desired.revision))
-            .collect()
-    }
-
-    /// A new apply in flight keeps the rollout's base: prod, not yet moved,
-    /// never gets the superseded revision 2; a reopened fleet (a restart)
-    /// renders the same targets from the stored record.
-    #[test]
-    fn a_new_apply_supersedes_a_rollout_and_keeps_its_base() {
+    /// A store holding two enrolled nodes, `dev-1` (env=dev) and `prod-1`
+    /// (env=prod); the temp dir lives as long as the returned guard.
+    fn dev_and_prod() -> (tempfile::TempDir, Arc<RedbStore>) {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
         let ops: Vec<Op> = [("dev-1", "dev"), ("prod-1", "prod")]
@@ -507,6 +496,24 @@ mod tests {
             })
             .collect();
         assert!(store.txn(&[], &ops).unwrap());
+        (dir, store)
+    }
+
+    fn desired(fleet: &Fleet) -> Vec<(String, u64)> {
+        let inner = fleet.lock();
+        inner
+            .nodes
+            .values()
+            .map(|n| (n.record.name.clone(), n.desired.revision))
+            .collect()
+    }
+
+    /// A new apply in flight keeps the rollout's base: prod, not yet moved,
+    /// never gets the superseded revision 2; a reopened fleet (a restart)
+    /// renders the same targets from the stored record.
+    #[test]
+    fn a_new_apply_supersedes_a_rollout_and_keeps_its_base() {
+        let (_dir, store) = dev_and_prod();
         let open = || {
             Fleet::open(
                 store.clone(),
@@ -559,24 +566,7 @@ mod tests {
     /// and abort by the operator's call.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn rollout_transitions_are_counted_where_they_are_written() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(RedbStore::open(&dir.path().join("s.redb")).unwrap());
-        let ops: Vec<Op> = [("dev-1", "dev"), ("prod-1", "prod")]
-            .iter()
-            .map(|(name, env)| {
-                let rec = NodeRecord {
-                    name: (*name).into(),
-                    labels: [("env".to_owned(), (*env).to_owned())].into(),
-                    cert_serial: format!("{name}-serial"),
-                    enrolled_at_ms: 1,
-                    revoked: false,
-                    timeline: Vec::new(),
-                    last_seen_ms: 0,
-                };
-                Op::Put(keys::node(name), to_json(&rec))
-            })
-            .collect();
-        assert!(store.txn(&[], &ops).unwrap());
+        let (_dir, store) = dev_and_prod();
         let lead = store
             .try_lead("leader", "t", Duration::from_secs(10))
             .unwrap()

@@ -50,12 +50,7 @@ const SHARD: usize = 8_000;
 /// bound). Ends when the parent goes.
 pub fn sim(args: &[String]) {
     super::raise_nofile();
-    let (dir, from, to) = (
-        std::path::PathBuf::from(&args[0]),
-        args[1].parse::<usize>().unwrap(),
-        args[2].parse::<usize>().unwrap(),
-    );
-    let addrs: Arc<Vec<String>> = Arc::new(args[3].split(',').map(str::to_owned).collect());
+    let (dir, nodes, addrs) = super::sim_args(args);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -63,7 +58,7 @@ pub fn sim(args: &[String]) {
     rt.block_on(async move {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<Seen>();
         let connecting = Arc::new(tokio::sync::Semaphore::new(32));
-        for i in from..to {
+        for i in nodes.clone() {
             let (tx, addrs, connecting) = (tx.clone(), addrs.clone(), connecting.clone());
             let state = dir.join(format!("agent-{i}"));
             tokio::spawn(async move {
