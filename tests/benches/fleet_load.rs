@@ -422,6 +422,14 @@ fn main() {
     let counts: Vec<usize> = args.iter().skip(1).filter_map(|a| a.parse().ok()).collect();
     let etcd = args.iter().any(|a| a == "--etcd");
     let plan = args.iter().any(|a| a == "--plan");
+    // `--controllers=N` for the etcd mode (a survivor of a kill must hold
+    // its share within this machine's descriptor limit).
+    let controllers = args
+        .iter()
+        .find_map(|a| a.strip_prefix("--controllers="))
+        .map_or(etcd_mode::CONTROLLERS, |v| {
+            v.parse().expect("--controllers=N: a number of controllers")
+        });
     let counts = match (counts.is_empty(), args.iter().any(|a| a == "--bench")) {
         (false, _) => counts,
         (true, true) => vec![1000],
@@ -435,14 +443,14 @@ fn main() {
         if plan {
             rt.block_on(plan_mode::run(n, etcd));
         } else if etcd {
-            rt.block_on(etcd_mode::run(n));
+            rt.block_on(etcd_mode::run(n, controllers));
         } else {
             rt.block_on(run(n));
         }
     }
     // The smoke run under `cargo test` also runs the etcd mode, small.
     if !etcd && !args.iter().any(|a| a == "--bench") && args.len() == 1 {
-        rt.block_on(etcd_mode::run(30));
+        rt.block_on(etcd_mode::run(30, etcd_mode::CONTROLLERS));
         rt.block_on(plan_mode::run(20, false));
         rt.block_on(plan_mode::run(30, true));
     }

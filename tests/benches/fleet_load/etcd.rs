@@ -23,7 +23,8 @@ use std::time::{Duration, Instant};
 use tokio::sync::mpsc::UnboundedSender;
 use tokio_stream::StreamExt;
 
-const CONTROLLERS: usize = 3;
+/// Controllers unless `--controllers=N` says otherwise.
+pub const CONTROLLERS: usize = 3;
 /// How long the idle store is watched (a smoke run of under 1,000 agents
 /// watches it for a tenth of that).
 const IDLE: Duration = Duration::from_secs(30);
@@ -93,7 +94,15 @@ async fn agent(
     tx: UnboundedSender<Seen>,
 ) {
     let enrolled = ballast_agent::client::Enrolled::load(&state).unwrap();
-    let mut ctl = i % addrs.len();
+    // The real agent's order (rendezvous hashing of its name): a dead
+    // controller's agents spread over the survivors.
+    let order: Vec<usize> =
+        ballast_agent::daemon::controller_order(addrs.to_vec(), &enrolled.config.name)
+            .iter()
+            .map(|a| addrs.iter().position(|x| x == a).expect("one of the list"))
+            .collect();
+    let mut next = 0;
+    let mut ctl = order[next];
     let mut failed_in_round = 0;
     loop {
         let watched = async {
@@ -128,7 +137,8 @@ async fn agent(
         if tx.is_closed() {
             return;
         }
-        ctl = (ctl + 1) % addrs.len();
+        next = (next + 1) % order.len();
+        ctl = order[next];
         if failed_in_round >= addrs.len() {
             failed_in_round = 0;
             let jitter = u64::from(getrandom::u32().unwrap_or(0) % 750);
@@ -196,7 +206,7 @@ fn load_average() -> String {
         .join(" ")
 }
 
-pub async fn run(n: usize) {
+pub async fn run(n: usize, count: usize) {
     let Some(cluster) = EtcdCluster::start(3) else {
         println!("fleet_load --etcd: skipped, etcd is not installed");
         return;
@@ -204,7 +214,7 @@ pub async fn run(n: usize) {
     let dir = tempfile::tempdir().unwrap();
     let url = cluster.url();
     let mut controllers: Vec<Controller> = Vec::new();
-    for c in 0..CONTROLLERS {
+    for c in 0..count {
         // One at a time: the first publishes the fleet's CA, the others take it.
         controllers
             .push(super::start_controller(&dir.path().join(format!("c{c}")), Some(&url)).await);
@@ -218,7 +228,7 @@ pub async fn run(n: usize) {
     let sem = Arc::new(tokio::sync::Semaphore::new(16));
     let mut tasks = Vec::new();
     for i in 0..n {
-        let c = &controllers[i % CONTROLLERS];
+        let c = &controllers[i % count];
         let (sem, addr, fp, conn) = (
             sem.clone(),
             c.addr.clone(),
@@ -298,16 +308,16 @@ pub async fn run(n: usize) {
     let connect_time = t.elapsed();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let rss_after: Vec<u64> = controllers.iter().map(|c| rss_kib(c.child.id())).collect();
-    let per_ctl: Vec<usize> = (0..CONTROLLERS)
+    let per_ctl: Vec<usize> = (0..count)
         .map(|c| on.iter().filter(|o| **o == c).count())
         .collect();
 
     println!(
-        "fleet_load --etcd: {n} agents over {CONTROLLERS} controllers on a 3-member etcd (load average at start {})",
+        "fleet_load --etcd: {n} agents over {count} controllers on a 3-member etcd (load average at start {})",
         load_average()
     );
     println!(
-        "  enroll {n} nodes over {CONTROLLERS} controllers: {:.1} s, {:.0} enrollments/s",
+        "  enroll {n} nodes over {count} controllers: {:.1} s, {:.0} enrollments/s",
         enroll_time.as_secs_f64(),
         n as f64 / enroll_time.as_secs_f64()
     );
@@ -320,7 +330,7 @@ pub async fn run(n: usize) {
         .zip(&rss_before)
         .map(|(a, b)| a.saturating_sub(*b))
         .sum();
-    for c in 0..CONTROLLERS {
+    for c in 0..count {
         println!(
             "  controller {c} RSS: {:.1} MiB before the watches, {:.1} MiB with {} ({:.1} KiB per agent)",
             rss_before[c] as f64 / 1024.0,
