@@ -75,7 +75,12 @@ pub struct Api {
     /// The dashboard's login links, when the dashboard is on.
     dashboard: Option<Arc<crate::dashboard::Access>>,
     plans: Arc<plan::Hub>,
+    /// Turns for reading a newly connected node's runs back from the store.
+    reloads: Arc<tokio::sync::Semaphore>,
 }
+
+/// Nodes whose runs are read back from the store at once (see `watch`).
+pub const RELOADS_AT_ONCE: usize = 4;
 
 impl Api {
     pub fn new(
@@ -84,6 +89,7 @@ impl Api {
         dashboard: Option<Arc<crate::dashboard::Access>>,
     ) -> Api {
         Api {
+            reloads: Arc::new(tokio::sync::Semaphore::new(RELOADS_AT_ONCE)),
             plans: fleet.plan_hub(),
             fleet,
             ca,
@@ -217,11 +223,20 @@ impl pb::agent_server::Agent for Api {
         let name = node_of(&req)?;
         let known = req.into_inner().known_hash;
         let mut rx = self.fleet.subscribe(&name)?;
-        // It may come from a controller that died with its last runs.
-        let (fleet, n) = (self.fleet.clone(), name.clone());
-        if let Err(e) = blocking(move || fleet.reload_reported(&n)).await {
-            tracing::warn!(node = %name, error = %e.message(), "could not reload the node's reports");
-        }
+        // It may come from a controller that died with its last runs: read
+        // them back beside the stream, a few nodes at a time, so that a
+        // storm of reconnects (a dead peer's agents failing over) neither
+        // waits on the store nor fills the blocking pool with threads.
+        let (fleet, n, reloads) = (self.fleet.clone(), name.clone(), self.reloads.clone());
+        tokio::spawn(async move {
+            let Ok(_turn) = reloads.acquire_owned().await else {
+                return;
+            };
+            let node = n.clone();
+            if let Err(e) = blocking(move || fleet.reload_reported(&node)).await {
+                tracing::warn!(node = %n, error = %e.message(), "could not reload the node's reports");
+            }
+        });
         let (tx, out) = tokio::sync::mpsc::channel(1);
         let open = self.fleet.metrics().watch_opened();
         tokio::spawn(async move {

@@ -601,3 +601,45 @@ async fn etcd_compaction_keeps_the_newest_revisions() {
     let got = take(&mut w, 1, Duration::from_secs(10)).await;
     assert_eq!(got, [WatchEvent::Relist]);
 }
+
+/// A node's watch is served from the controller's memory: a frozen store
+/// (SIGSTOP, so reads hang until they time out) does not hold up the first
+/// desired state of a node that connects. Reading the node's runs back
+/// from the store (they may come from a dead controller) happens beside
+/// the stream, a few nodes at a time, not before it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frozen_store_does_not_hold_up_a_connecting_nodes_watch() {
+    let Some(cluster) = EtcdCluster::start(1) else {
+        return;
+    };
+    let url = cluster.url();
+    let ctl = ControllerProcess::start_with_args("", &["--store", &url]).await;
+    let token = ctl.token().await;
+    let agent = TestAgent::enroll_at(&ctl.controller(), &ctl.fingerprint, &token, "n1").await;
+    let applied = ctl.apply(SPEC).await.expect("apply");
+    let enrolled = ballast_agent::client::Enrolled::load(agent.state.path()).unwrap();
+    let mut client = ballast_agent::client::agent_client(enrolled.channel(None).await.unwrap());
+    cluster.signal(0, nix::sys::signal::Signal::SIGSTOP);
+    let asked = Instant::now();
+    let first = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut stream = client
+            .watch(pb::WatchRequest::default())
+            .await
+            .expect("watch")
+            .into_inner();
+        stream.message().await
+    })
+    .await;
+    let took = asked.elapsed();
+    cluster.signal(0, nix::sys::signal::Signal::SIGCONT);
+    let first = first
+        .expect("an answer")
+        .expect("a message")
+        .expect("desired state");
+    assert_eq!(first.revision, applied.revision);
+    // A store read waits out etcd's 10 s request timeout.
+    assert!(
+        took < Duration::from_secs(5),
+        "the watch waited on the frozen store: {took:?}"
+    );
+}
