@@ -147,7 +147,8 @@ async fn agent(
     }
 }
 
-async fn apply(conn: &ballast_controller::cli::Conn, version: u32) -> u64 {
+/// Applies the bench's spec at `version` through `conn`; the new revision.
+pub async fn apply(conn: &ballast_controller::cli::Conn, version: u32) -> u64 {
     let mut admin = ballast_controller::cli::connect(conn).await.unwrap();
     admin
         .apply(pb::ApplyRequest {

@@ -193,19 +193,7 @@ pub async fn run(n: usize, etcd: bool) {
     }
     let addrs: Vec<String> = controllers.iter().map(|c| c.addr.clone()).collect();
     let fingerprint = controllers[0].fingerprint.clone();
-    let mut admin = ballast_controller::cli::connect(&controllers[0].conn)
-        .await
-        .unwrap();
-    admin
-        .apply(pb::ApplyRequest {
-            sources: vec![pb::SourceFile {
-                name: "bench.yaml".into(),
-                content: spec(1),
-            }],
-            ..Default::default()
-        })
-        .await
-        .unwrap();
+    super::etcd_mode::apply(&controllers[0].conn, 1).await;
 
     // Enroll N nodes, node i through controller i mod the count.
     let t = Instant::now();
