@@ -563,11 +563,19 @@ impl ControllerProcess {
     }
 
     pub async fn token(&self) -> String {
+        self.labelled_token(&[]).await
+    }
+
+    /// A one-time token whose node gets `labels`.
+    pub async fn labelled_token(&self, labels: &[(&str, &str)]) -> String {
         self.admin()
             .await
             .expect("admin client connects")
             .create_token(pb::CreateTokenRequest {
-                labels: Default::default(),
+                labels: labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
                 ttl_seconds: 600,
                 name: String::new(),
                 replace_revoked: false,

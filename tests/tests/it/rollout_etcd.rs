@@ -75,19 +75,7 @@ async fn rollout(ctl: &ControllerProcess) -> Option<pb::RolloutStatus> {
 }
 
 async fn token(ctl: &ControllerProcess, env: &str) -> String {
-    ctl.admin()
-        .await
-        .expect("admin client connects")
-        .create_token(pb::CreateTokenRequest {
-            labels: [("env".to_owned(), env.to_owned())].into(),
-            ttl_seconds: 600,
-            name: String::new(),
-            replace_revoked: false,
-        })
-        .await
-        .expect("token created")
-        .into_inner()
-        .token
+    ctl.labelled_token(&[("env", env)]).await
 }
 
 /// A node name of `env` that tries `first` first among `list`.
