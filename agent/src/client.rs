@@ -264,7 +264,26 @@ pub async fn channel_to(
     trust: &Trust,
     identity: Option<&ClientCert>,
 ) -> anyhow::Result<Channel> {
+    channel_from(target, trust, identity, None).await
+}
+
+/// Like [`channel_to`], from a chosen local address (`None`: the system's
+/// choice, as the agent does). A load generator standing for many hosts
+/// gives each its own address: from one address the kernel runs short of
+/// local ports towards one controller past about 14,000 connections, and
+/// every connect then scans them all.
+pub async fn channel_from(
+    target: &Target,
+    trust: &Trust,
+    identity: Option<&ClientCert>,
+    source: Option<std::net::IpAddr>,
+) -> anyhow::Result<Channel> {
     let controller = target.name.as_str();
+    if source.is_some() && target.addr.is_none() {
+        bail!(
+            "connect to controller at {target} from a chosen address: the name must be resolved first"
+        );
+    }
     let config = Arc::new(tls_config(trust, identity)?);
     let connector = tokio_rustls::TlsConnector::from(config);
     let server_name = ServerName::try_from(ballast_proto::host_of(controller).to_owned())
@@ -279,9 +298,17 @@ pub async fn channel_to(
     let connect = endpoint.connect_with_connector(tower::service_fn(move |_: http::Uri| {
         let (connector, server_name, addr) = (connector.clone(), server_name.clone(), addr.clone());
         async move {
-            let tcp = match addr.addr {
-                Some(at) => tokio::net::TcpStream::connect(at).await?,
-                None => tokio::net::TcpStream::connect(addr.name.as_str()).await?,
+            let tcp = match (addr.addr, source) {
+                (Some(at), Some(from)) => {
+                    let socket = match at {
+                        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                    };
+                    socket.bind(SocketAddr::new(from, 0))?;
+                    socket.connect(at).await?
+                }
+                (Some(at), None) => tokio::net::TcpStream::connect(at).await?,
+                (None, _) => tokio::net::TcpStream::connect(addr.name.as_str()).await?,
             };
             tcp.set_nodelay(true)?;
             let tls = connector.connect(server_name, tcp).await?;
@@ -327,7 +354,17 @@ impl Enrolled {
 
     /// A mutual-TLS channel to one resolved address of a controller.
     pub async fn channel_to(&self, target: &Target) -> anyhow::Result<Channel> {
-        channel_to(target, &Trust::Ca(self.ca_pem.clone()), Some(&self.cert)).await
+        self.channel_from(target, None).await
+    }
+
+    /// Like [`Enrolled::channel_to`], from a chosen local address (see [`channel_from`]).
+    pub async fn channel_from(
+        &self,
+        target: &Target,
+        source: Option<std::net::IpAddr>,
+    ) -> anyhow::Result<Channel> {
+        let trust = Trust::Ca(self.ca_pem.clone());
+        channel_from(target, &trust, Some(&self.cert), source).await
     }
 
     /// A mutual-TLS channel to `controller`, or to the first controller

@@ -5,6 +5,7 @@
 //! Invariant: wire types are turned into validated `spec` types once, at the
 //! boundary (`spec::NodeState::from_document`); nothing else trusts raw bytes.
 
+pub mod codec;
 pub mod diff;
 pub mod enums;
 pub mod limits;

@@ -56,6 +56,14 @@ fn raise_nofile() {
     }
 }
 
+/// Simulated agent `i`'s own loopback source address, from 127.1.0.1 up
+/// (all of 127.0.0.0/8 is loopback).
+fn sim_source(i: usize) -> std::net::IpAddr {
+    let base = u32::from(std::net::Ipv4Addr::new(127, 1, 0, 1));
+    let offset = u32::try_from(i).expect("fewer than 16 million agents");
+    std::net::IpAddr::V4(std::net::Ipv4Addr::from(base + offset))
+}
+
 /// A `--sim` worker's arguments: the state dirs' parent, the range of node
 /// numbers it runs, and the controllers' addresses (comma separated).
 fn sim_args(args: &[String]) -> (std::path::PathBuf, std::ops::Range<usize>, Arc<Vec<String>>) {

@@ -101,12 +101,23 @@ async fn agent(
             .iter()
             .map(|a| addrs.iter().position(|x| x == a).expect("one of the list"))
             .collect();
+    // Its own loopback address, as every real node has its own: from one
+    // address the kernel runs short of local ports towards one controller
+    // past about 14,000 connections, and every connect then scans them all.
+    let source = super::sim_source(i);
+    let targets: Vec<ballast_agent::client::Target> = addrs
+        .iter()
+        .map(|a| ballast_agent::client::Target {
+            name: a.clone(),
+            addr: Some(a.parse().expect("controllers listen on an address")),
+        })
+        .collect();
     let mut next = 0;
     let mut ctl = order[next];
     let mut failed_in_round = 0;
     loop {
         let watched = async {
-            let channel = enrolled.channel(Some(&addrs[ctl])).await?;
+            let channel = enrolled.channel_from(&targets[ctl], Some(source)).await?;
             let mut client = ballast_agent::client::agent_client(channel);
             let stream = client
                 .watch(pb::WatchRequest::default())
