@@ -429,9 +429,8 @@ impl Link {
             tracing::error!(error = %e, "no usable controller address; enforcing the cached state only");
             return;
         }
-        let mut backoff = BACKOFF_MIN;
+        let mut pacing = Pacing::new();
         loop {
-            let mut failed_in_a_row = 0usize;
             // Names are resolved again every round: a controller added to
             // (or removed from) a DNS name is seen without a restart.
             let controllers = match client::targets(&list).await {
@@ -441,30 +440,74 @@ impl Link {
                     return;
                 }
             };
+            pacing.start_round(controllers.len());
             for at in &controllers {
                 let started = Instant::now();
                 let result = self.session(&enrolled, at).await;
-                if started.elapsed() > Duration::from_secs(30) {
-                    backoff = BACKOFF_MIN;
-                    failed_in_a_row = 0;
-                }
-                failed_in_a_row += 1;
-                let round_failed = failed_in_a_row.is_multiple_of(controllers.len());
-                let wait = if round_failed {
-                    backoff.mul_f64(jitter(0.5, 1.0))
-                } else {
-                    // The next controller at once, spread a little so that the
-                    // agents of a dead controller do not all arrive together.
-                    Duration::from_millis(200).mul_f64(jitter(0.0, 1.0))
-                };
+                let wait = pacing.session_ended(started.elapsed());
                 if let Err(e) = result {
                     tracing::warn!(controller = %at, error = %format!("{e:#}"), retry_in_ms = wait.as_millis() as u64, unsent_reports = self.outbox.len(), "controller unreachable; enforcing the cached state");
                 }
                 tokio::time::sleep(wait).await;
-                if round_failed {
-                    backoff = (backoff * 2).min(BACKOFF_MAX);
-                }
             }
+        }
+    }
+}
+
+/// When the link tries its next controller. After a session ends the next
+/// controller of the round is tried at once, within a jitter of up to
+/// [`NEXT_SPREAD`] so that the agents of a dead controller do not all
+/// arrive together; only when every controller of a round has failed does
+/// it wait, with jittered exponential backoff from [`BACKOFF_MIN`] to
+/// [`BACKOFF_MAX`]. A session that lasted [`SESSION_LASTED`] resets both.
+/// Public so that the fleet load bench paces its simulated agents with the
+/// very same rule.
+#[derive(Debug)]
+pub struct Pacing {
+    backoff: Duration,
+    ended_in_round: usize,
+    round: usize,
+}
+
+/// Most jitter before the next controller of a round.
+pub const NEXT_SPREAD: Duration = Duration::from_millis(200);
+/// A session this long was a working one: backoff starts over.
+pub const SESSION_LASTED: Duration = Duration::from_secs(30);
+
+impl Default for Pacing {
+    fn default() -> Pacing {
+        Pacing::new()
+    }
+}
+
+impl Pacing {
+    pub fn new() -> Pacing {
+        Pacing {
+            backoff: BACKOFF_MIN,
+            ended_in_round: 0,
+            round: 1,
+        }
+    }
+
+    /// A new round over `controllers` controllers begins.
+    pub fn start_round(&mut self, controllers: usize) {
+        self.ended_in_round = 0;
+        self.round = controllers.max(1);
+    }
+
+    /// A session that lasted `lasted` ended: how long to wait before the next.
+    pub fn session_ended(&mut self, lasted: Duration) -> Duration {
+        if lasted > SESSION_LASTED {
+            self.backoff = BACKOFF_MIN;
+            self.ended_in_round = 0;
+        }
+        self.ended_in_round += 1;
+        if self.ended_in_round.is_multiple_of(self.round) {
+            let wait = self.backoff.mul_f64(jitter(0.5, 1.0));
+            self.backoff = (self.backoff * 2).min(BACKOFF_MAX);
+            wait
+        } else {
+            NEXT_SPREAD.mul_f64(jitter(0.0, 1.0))
         }
     }
 }
@@ -595,5 +638,37 @@ mod order_tests {
         let mut reversed = list();
         reversed.reverse();
         assert_eq!(controller_order(reversed, "web-1"), once);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pacing_tries_the_next_controller_at_once_and_backs_off_only_after_a_failed_round() {
+        let mut p = Pacing::new();
+        let quick = Duration::from_millis(5);
+        for round in 0..8u32 {
+            p.start_round(3);
+            assert!(p.session_ended(quick) <= NEXT_SPREAD);
+            assert!(p.session_ended(quick) <= NEXT_SPREAD);
+            let backoff = (BACKOFF_MIN * 2u32.pow(round)).min(BACKOFF_MAX);
+            let wait = p.session_ended(quick);
+            assert!(
+                wait >= backoff / 2 && wait <= backoff,
+                "round {round}: waited {wait:?}, backoff {backoff:?}"
+            );
+        }
+        // A session that worked for a while: the next controller at once,
+        // and the backoff starts over.
+        p.start_round(3);
+        assert!(p.session_ended(SESSION_LASTED * 2) <= NEXT_SPREAD);
+        assert!(p.session_ended(quick) <= NEXT_SPREAD);
+        let wait = p.session_ended(quick);
+        assert!(
+            wait >= BACKOFF_MIN / 2 && wait <= BACKOFF_MIN,
+            "the round failed after the reset: backoff from the start, waited {wait:?}"
+        );
     }
 }

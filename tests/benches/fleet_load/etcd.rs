@@ -112,22 +112,25 @@ async fn agent(
             addr: Some(a.parse().expect("controllers listen on an address")),
         })
         .collect();
-    let mut next = 0;
-    let mut ctl = order[next];
-    let mut failed_in_round = 0;
+    // Paced by the real agent's rule: the next controller at once (within
+    // a small jitter), jittered exponential backoff after a failed round.
+    let mut pacing = ballast_agent::daemon::Pacing::new();
     loop {
-        let watched = async {
-            let channel = enrolled.channel_from(&targets[ctl], Some(source)).await?;
-            let mut client = ballast_agent::client::agent_client(channel);
-            let stream = client
-                .watch(pb::WatchRequest::default())
-                .await?
-                .into_inner();
-            anyhow::Ok((client, stream))
-        };
-        match tokio::time::timeout(Duration::from_secs(10), watched).await {
-            Ok(Ok((_client, mut stream))) => {
-                failed_in_round = 0;
+        pacing.start_round(order.len());
+        for &ctl in &order {
+            let started = Instant::now();
+            let watched = async {
+                let channel = enrolled.channel_from(&targets[ctl], Some(source)).await?;
+                let mut client = ballast_agent::client::agent_client(channel);
+                let stream = client
+                    .watch(pb::WatchRequest::default())
+                    .await?
+                    .into_inner();
+                anyhow::Ok((client, stream))
+            };
+            if let Ok(Ok((_client, mut stream))) =
+                tokio::time::timeout(Duration::from_secs(10), watched).await
+            {
                 let mut first = true;
                 while let Some(Ok(msg)) = stream.next().await {
                     let seen = Seen {
@@ -143,17 +146,10 @@ async fn agent(
                     first = false;
                 }
             }
-            _ => failed_in_round += 1,
-        }
-        if tx.is_closed() {
-            return;
-        }
-        next = (next + 1) % order.len();
-        ctl = order[next];
-        if failed_in_round >= addrs.len() {
-            failed_in_round = 0;
-            let jitter = u64::from(getrandom::u32().unwrap_or(0) % 750);
-            tokio::time::sleep(Duration::from_millis(250 + jitter)).await;
+            if tx.is_closed() {
+                return;
+            }
+            tokio::time::sleep(pacing.session_ended(started.elapsed())).await;
         }
     }
 }
