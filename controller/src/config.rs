@@ -179,7 +179,6 @@ pub struct FileConfig {
     pub idle_timeout: Option<Duration>,
     pub max_connections: Option<usize>,
     pub max_connections_per_address: Option<usize>,
-    pub max_handshakes: Option<usize>,
     pub store: StoreSettings,
     pub metrics_token_file: Option<PathBuf>,
     pub dashboard_listen: Option<SocketAddr>,
@@ -208,13 +207,10 @@ impl FileConfig {
         if let Some(n) = self.max_connections_per_address {
             limits.max_connections_per_address = n;
         }
-        if let Some(n) = self.max_handshakes {
-            limits.max_handshakes = n;
-        }
     }
 }
 
-const KEYS: &str = "listen, data_dir, advertise, stale_after, liveness_period, reconnect_grace, handshake_timeout, idle_timeout, max_connections, max_connections_per_address, max_handshakes, store, store_prefix, etcd_ca, etcd_cert, etcd_key, metrics_token_file, dashboard_listen, dashboard_cert, dashboard_key";
+const KEYS: &str = "listen, data_dir, advertise, stale_after, liveness_period, reconnect_grace, handshake_timeout, idle_timeout, max_connections, max_connections_per_address, store, store_prefix, etcd_ca, etcd_cert, etcd_key, metrics_token_file, dashboard_listen, dashboard_cert, dashboard_key";
 
 fn duration(n: usize, key: &str, value: &str) -> Result<Duration, String> {
     ballast_proto::parse_duration(value).map_err(|e| format!("{n}: {key}: {e}"))
@@ -233,8 +229,7 @@ fn count(n: usize, key: &str, value: &str) -> Result<usize, String> {
 /// `listen`, `data_dir`, `advertise` (comma separated), `stale_after`,
 /// `liveness_period` (at least 1s), `reconnect_grace`, and the
 /// connection limits `handshake_timeout`, `idle_timeout` (durations),
-/// `max_connections`, `max_connections_per_address`, `max_handshakes`
-/// (counts), and the store:
+/// `max_connections`, `max_connections_per_address` (counts), and the store:
 /// `store` (`etcd://HOST:PORT,...`), `store_prefix`, `etcd_ca`, `etcd_cert`, `etcd_key`,
 /// `metrics_token_file` (the scrape token of `/metrics`), and the dashboard:
 /// `dashboard_listen`, `dashboard_cert`, `dashboard_key`.
@@ -290,7 +285,6 @@ fn parse_file_config(text: &str) -> Result<FileConfig, String> {
             "handshake_timeout" => cfg.handshake_timeout = Some(duration(n, key, value)?),
             "idle_timeout" => cfg.idle_timeout = Some(duration(n, key, value)?),
             "max_connections" => cfg.max_connections = Some(count(n, key, value)?),
-            "max_handshakes" => cfg.max_handshakes = Some(count(n, key, value)?),
             "max_connections_per_address" => {
                 cfg.max_connections_per_address = Some(count(n, key, value)?)
             }
@@ -386,7 +380,7 @@ mod tests {
     #[test]
     fn connection_limits_come_from_the_config_file() {
         let f = parse_file_config(
-            "handshake_timeout: 3s\nidle_timeout: 1m\nmax_connections: 5000\nmax_connections_per_address: 64\nmax_handshakes: 8\n",
+            "handshake_timeout: 3s\nidle_timeout: 1m\nmax_connections: 5000\nmax_connections_per_address: 64\n",
         )
         .unwrap();
         let mut limits = ConnLimits::default();
@@ -395,7 +389,6 @@ mod tests {
         assert_eq!(limits.idle_timeout, Duration::from_secs(60));
         assert_eq!(limits.max_connections, Some(5000));
         assert_eq!(limits.max_connections_per_address, 64);
-        assert_eq!(limits.max_handshakes, 8);
         assert_eq!(
             parse_file_config("max_connections: 0\n").unwrap_err(),
             "1: max_connections: expected a whole number of connections above 0, got \"0\""

@@ -3,20 +3,8 @@
 //! Invariant: the controller holds at most `max_connections` connections, at
 //! most `max_connections_per_address` from one source address, and none that
 //! has been silent (nothing read or written) for `idle_timeout`; connections
-//! over a cap are closed at once. HTTP/2 keepalive ends peers that stop
-//! answering pings.
-//!
-//! TLS is done here too ([`Handshakes`]): a connection must have finished
-//! its handshake `handshake_timeout` after it was accepted, and at most
-//! `max_handshakes` handshakes do their work at once, oldest first. Reading a
-//! ClientHello takes no turn, so peers that stall before sending one hold
-//! none. Without the bound, a storm of connections (a fleet starting, the
-//! agents of a dead controller) has every handshake share the processor with
-//! all the others, so each takes about as long as all of them together,
-//! many pass their deadline, and their clients try again: the work done for
-//! them is lost. With it, handshakes finish at the rate the processor
-//! allows, and one that waited past its deadline is dropped before any
-//! costly step.
+//! over a cap are closed at once. The TLS handshake has its own, shorter timeout
+//! (`server`), and HTTP/2 keepalive ends peers that stop answering pings.
 
 use std::collections::HashMap;
 use std::io;
@@ -48,15 +36,7 @@ pub struct ConnLimits {
     /// Connections held at once from one source address (hosts behind one
     /// NAT address share it).
     pub max_connections_per_address: usize,
-    /// TLS handshakes past their ClientHello at once; the others wait their
-    /// turn, oldest first.
-    pub max_handshakes: usize,
 }
-
-/// Enough to keep the processor busy while clients answer (a handshake
-/// waits one round trip on its client), few enough that each one finishes
-/// within milliseconds of its turn.
-pub const DEFAULT_MAX_HANDSHAKES: usize = 32;
 
 const WARN_EVERY: Duration = Duration::from_secs(10);
 
@@ -72,7 +52,6 @@ impl Default for ConnLimits {
             keepalive_timeout: Duration::from_secs(20),
             max_connections: None,
             max_connections_per_address: 1024,
-            max_handshakes: DEFAULT_MAX_HANDSHAKES,
         }
     }
 }
@@ -191,7 +170,6 @@ impl tokio_stream::Stream for Incoming {
                         stream,
                         _place: place,
                         idle,
-                        accepted: Instant::now(),
                         deadline: Box::pin(tokio::time::sleep(idle)),
                     })));
                 }
@@ -205,107 +183,12 @@ impl tokio_stream::Stream for Incoming {
     }
 }
 
-/// The admitted connections' TLS handshakes, a stream of the connections
-/// that finished theirs (see the module's comment).
-pub struct Handshakes {
-    incoming: Option<Incoming>,
-    tls: Arc<rustls::ServerConfig>,
-    timeout: Duration,
-    turns: Arc<Semaphore>,
-    running: tokio::task::JoinSet<Option<TlsConn>>,
-}
-
-/// A connection that finished its TLS handshake.
-pub type TlsConn = tokio_rustls::server::TlsStream<Conn>;
-
-impl Handshakes {
-    pub fn new(incoming: Incoming, tls: Arc<rustls::ServerConfig>) -> Handshakes {
-        let limits = &incoming.limits;
-        Handshakes {
-            timeout: limits.handshake_timeout,
-            turns: Arc::new(Semaphore::new(
-                limits.max_handshakes.clamp(1, Semaphore::MAX_PERMITS),
-            )),
-            incoming: Some(incoming),
-            tls,
-            running: tokio::task::JoinSet::new(),
-        }
-    }
-}
-
-/// One connection's handshake, all of it done by `accepted + timeout`.
-async fn handshake(
-    conn: Conn,
-    tls: Arc<rustls::ServerConfig>,
-    turns: Arc<Semaphore>,
-    timeout: Duration,
-) -> Option<TlsConn> {
-    let peer = conn.stream.peer_addr().ok();
-    let deadline = conn.accepted + timeout;
-    let hello = tokio_rustls::LazyConfigAcceptor::new(rustls::server::Acceptor::default(), conn);
-    let done = tokio::time::timeout_at(deadline, async move {
-        // The ClientHello: only reading, so no turn.
-        let hello = hello.await?;
-        // Key exchange, signing and the client's certificate: a turn.
-        let _turn = turns
-            .acquire_owned()
-            .await
-            .map_err(|_| io::Error::other("the controller is stopping"))?;
-        hello.into_stream(tls).await
-    })
-    .await;
-    match done {
-        Ok(Ok(tls)) => Some(tls),
-        Ok(Err(e)) => {
-            tracing::debug!(?peer, error = %e, "TLS handshake failed");
-            None
-        }
-        Err(_) => {
-            tracing::debug!(?peer, "TLS handshake not done within the handshake timeout");
-            None
-        }
-    }
-}
-
-impl tokio_stream::Stream for Handshakes {
-    type Item = io::Result<TlsConn>;
-
-    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
-        let this = &mut *self;
-        loop {
-            // Take every connection the listener has, so that its queue
-            // never waits on handshakes.
-            if let Some(incoming) = this.incoming.as_mut() {
-                match Pin::new(incoming).poll_next(cx) {
-                    Poll::Ready(Some(Ok(conn))) => {
-                        let (tls, turns) = (this.tls.clone(), this.turns.clone());
-                        this.running
-                            .spawn(handshake(conn, tls, turns, this.timeout));
-                        continue;
-                    }
-                    Poll::Ready(Some(Err(e))) => return Poll::Ready(Some(Err(e))),
-                    Poll::Ready(None) => this.incoming = None,
-                    Poll::Pending => {}
-                }
-            }
-            return match this.running.poll_join_next(cx) {
-                Poll::Ready(Some(Ok(Some(tls)))) => Poll::Ready(Some(Ok(tls))),
-                // A failed handshake (or its task's panic): the next one.
-                Poll::Ready(Some(_)) => continue,
-                Poll::Ready(None) if this.incoming.is_none() => Poll::Ready(None),
-                Poll::Ready(None) | Poll::Pending => Poll::Pending,
-            };
-        }
-    }
-}
-
 /// An admitted connection: fails its next read once nothing was read or
 /// written for the idle timeout, which closes it.
 pub struct Conn {
     stream: TcpStream,
     _place: Place,
     idle: Duration,
-    accepted: Instant,
     deadline: Pin<Box<Sleep>>,
 }
 
@@ -461,105 +344,5 @@ mod tests {
         let err = silent.read(&mut buf).await.unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::TimedOut);
         assert!(started.elapsed() < idle * 10);
-    }
-
-    /// A CA, a server certificate for 127.0.0.1 signed by it, and the
-    /// server's TLS as `serve` builds it.
-    fn test_tls() -> (tempfile::TempDir, Arc<rustls::ServerConfig>, String) {
-        let dir = tempfile::tempdir().unwrap();
-        let ca = crate::ca::Ca::load_or_create(dir.path()).unwrap();
-        let (chain, key) = ca
-            .ensure_server_cert(dir.path(), &["127.0.0.1".to_owned()])
-            .unwrap();
-        let tls = crate::server::server_tls(&chain, &key, ca.cert_pem()).unwrap();
-        (dir, tls, ca.cert_pem().to_owned())
-    }
-
-    fn client_tls(ca_pem: &str) -> Arc<rustls::ClientConfig> {
-        use rustls::pki_types::CertificateDer;
-        use rustls::pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        Arc::new(config)
-    }
-
-    /// Handshakes past their ClientHello take turns; a peer that stalls
-    /// before sending one takes none, so it holds up nobody.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn handshakes_past_their_hello_take_turns_and_stalled_hellos_take_none() {
-        use tokio::io::AsyncWriteExt;
-        use tokio_stream::StreamExt;
-        let (_dir, tls, ca_pem) = test_tls();
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let timeout = Duration::from_millis(1500);
-        let limits = ConnLimits {
-            handshake_timeout: timeout,
-            max_handshakes: 1,
-            ..ConnLimits::default()
-        };
-        let mut handshakes = Handshakes::new(Incoming::new(listener, limits), tls);
-        let (done_tx, mut done) = tokio::sync::mpsc::unbounded_channel();
-        tokio::spawn(async move {
-            while let Some(conn) = handshakes.next().await {
-                let _ = done_tx.send(conn.map(|_| ()));
-            }
-        });
-        let client = client_tls(&ca_pem);
-        let name = rustls::pki_types::ServerName::try_from("127.0.0.1").unwrap();
-
-        // Fifty peers that stall inside their ClientHello: no turn taken.
-        let mut stalled = Vec::new();
-        for _ in 0..50 {
-            let mut s = TcpStream::connect(addr).await.unwrap();
-            s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
-                .await
-                .unwrap();
-            stalled.push(s);
-        }
-        let quick = std::time::Instant::now();
-        let connector = tokio_rustls::TlsConnector::from(client.clone());
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        connector
-            .connect(name.clone(), tcp)
-            .await
-            .expect("a handshake beside stalled ClientHellos");
-        assert!(
-            quick.elapsed() < timeout / 2,
-            "stalled ClientHellos held up a handshake for {:?}",
-            quick.elapsed()
-        );
-        done.recv().await.unwrap().expect("served");
-
-        // A peer that sends its whole ClientHello and then stalls holds the
-        // one turn until its deadline; the next handshake waits for it.
-        let mut hello = Vec::new();
-        let mut half = rustls::ClientConnection::new(client.clone(), name.clone()).unwrap();
-        half.write_tls(&mut hello).unwrap();
-        let mut holder = TcpStream::connect(addr).await.unwrap();
-        holder.write_all(&hello).await.unwrap();
-        let held_from = std::time::Instant::now();
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let tcp = TcpStream::connect(addr).await.unwrap();
-        connector
-            .connect(name, tcp)
-            .await
-            .expect("the waiting handshake has its turn when the holder's deadline passes");
-        let waited = held_from.elapsed();
-        assert!(
-            waited >= timeout - Duration::from_millis(100),
-            "only one handshake at a time: the second finished {waited:?} after the first took the turn"
-        );
-        assert!(done.recv().await.unwrap().is_ok());
-        drop((stalled, holder));
     }
 }

@@ -9,7 +9,7 @@ use crate::ca::Ca;
 use crate::config::{ServeConfig, StoreConfig};
 use crate::dashboard;
 use crate::fleet::Fleet;
-use crate::listener::{Handshakes, Incoming};
+use crate::listener::Incoming;
 use crate::metrics::{self, MetricsLayer, ScrapeToken};
 use crate::store::{EtcdStore, RedbStore, Store};
 use anyhow::Context;
@@ -17,7 +17,7 @@ use ballast_proto::{MAX_MESSAGE_BYTES, pb};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use tonic::transport::Server;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
 
 /// Where the controller keeps its certificates and keys, inside the data dir.
 pub fn pki_dir(data_dir: &Path) -> PathBuf {
@@ -134,7 +134,12 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
     let fingerprint = ca.fingerprint();
     let ca = Arc::new(ca);
 
-    let tls = server_tls(&server_chain, &server_key, ca.cert_pem())?;
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(server_chain, server_key))
+        .client_ca_root(Certificate::from_pem(ca.cert_pem()))
+        // Enrollment has no certificate yet; every other method is refused without one (authz).
+        .client_auth_optional(true)
+        .timeout(cfg.connections.handshake_timeout);
     let listener = tokio::net::TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listen on {}", cfg.listen))?;
@@ -226,6 +231,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
             .merge(metrics::routes(fleet.clone())),
     );
     let router = Server::builder()
+        .tls_config(tls)?
         .accept_http1(true)
         .http2_keepalive_interval(Some(cfg.connections.keepalive_interval))
         .http2_keepalive_timeout(Some(cfg.connections.keepalive_timeout))
@@ -235,7 +241,7 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         .add_routes(routes);
     let (shutdown, rx) = tokio::sync::oneshot::channel::<()>();
     // Limits at the accept boundary: caps, idle timeout (see `listener`).
-    let incoming = Handshakes::new(Incoming::new(listener, cfg.connections.clone()), tls);
+    let incoming = Incoming::new(listener, cfg.connections.clone());
     let task = tokio::spawn(router.serve_with_incoming_shutdown(incoming, async {
         let _ = rx.await;
     }));
@@ -254,46 +260,6 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         fleet,
         plans,
     })
-}
-
-/// The gRPC port's TLS (done in `listener::Handshakes`): the server's chain;
-/// client certificates checked against the CA when offered (enrollment has
-/// none yet; every other method is refused without one, in `authz`); HTTP/2,
-/// or HTTP/1.1 for the bootstrap downloads. No session tickets: an agent
-/// holds one connection for long, and tickets would cost every handshake
-/// work for nothing.
-pub(crate) fn server_tls(
-    chain_pem: &str,
-    key_pem: &str,
-    ca_pem: &str,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    use rustls::pki_types::pem::PemObject;
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
-        roots
-            .add(cert.context("CA certificate PEM")?)
-            .context("CA certificate")?;
-    }
-    let verifier =
-        rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider.clone())
-            .allow_unauthenticated()
-            .build()
-            .context("client certificate verifier")?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(chain_pem.as_bytes())
-        .collect::<Result<_, _>>()
-        .context("server certificate PEM")?;
-    let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).context("server key PEM")?;
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .context("TLS versions")?
-        .with_client_cert_verifier(verifier)
-        .with_single_cert(chain, key)
-        .context("server certificate and key")?;
-    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    config.send_tls13_tickets = 0;
-    Ok(Arc::new(config))
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
