@@ -4,7 +4,7 @@
 //! with, and a watch keeps its encoder's for as long as the node is
 //! connected: at 10,000 agents that was 80 MiB of a controller's memory
 //! for messages of about a kilobyte. These start at [`START_BYTES`] and grow
-//! as a message needs (up to the message bounds in `limits`).
+//! as a message needs (up to the message bound, [`crate::MAX_MESSAGE_BYTES`]).
 
 use std::marker::PhantomData;
 use tonic::codec::{BufferSettings, Codec};
