@@ -63,9 +63,11 @@ pub fn sim(args: &[String]) {
             let (tx, addrs, connecting) = (tx.clone(), addrs.clone(), connecting.clone());
             let state = dir.join(format!("agent-{i}"));
             tokio::spawn(async move {
-                // Only the first connection waits its turn, as a fleet would not all boot at once.
-                drop(connecting.acquire().await.unwrap());
-                agent(i, state, addrs, tx).await
+                // A fleet does not all boot at once: the first connection
+                // waits its turn, and holds it until its watch is open (or
+                // the attempt failed), as the single-controller mode does.
+                let boot = connecting.acquire_owned().await.unwrap();
+                agent(i, state, addrs, tx, boot).await
             });
         }
         drop(tx);
@@ -92,7 +94,9 @@ async fn agent(
     state: std::path::PathBuf,
     addrs: Arc<Vec<String>>,
     tx: UnboundedSender<Seen>,
+    boot: tokio::sync::OwnedSemaphorePermit,
 ) {
+    let mut boot = Some(boot);
     let enrolled = ballast_agent::client::Enrolled::load(&state).unwrap();
     // The real agent's order (rendezvous hashing of its name): a dead
     // controller's agents spread over the survivors.
@@ -128,9 +132,9 @@ async fn agent(
                     .into_inner();
                 anyhow::Ok((client, stream))
             };
-            if let Ok(Ok((_client, mut stream))) =
-                tokio::time::timeout(Duration::from_secs(10), watched).await
-            {
+            let watched = tokio::time::timeout(Duration::from_secs(10), watched).await;
+            drop(boot.take());
+            if let Ok(Ok((_client, mut stream))) = watched {
                 let mut first = true;
                 while let Some(Ok(msg)) = stream.next().await {
                     let seen = Seen {
@@ -203,6 +207,23 @@ fn spread(label: &str, d: &[Duration]) {
         ms(percentile(d, 0.99)),
         ms(*d.last().unwrap())
     );
+}
+
+/// Processor time a process has used so far (user and system), in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which ends at the last ')'.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks: u64 = [11, 12] // utime and stime: fields 14 and 15 of stat(5)
+        .iter()
+        .filter_map(|i| fields.get(*i).and_then(|v| v.parse::<u64>().ok()))
+        .sum();
+    // In USER_HZ, which Linux fixes at 100 for user space on every architecture.
+    ticks as f64 / 100.0
 }
 
 fn load_average() -> String {
@@ -401,6 +422,16 @@ pub async fn run(n: usize, count: usize) {
 
     // Failover: kill controller 2; its agents move to the survivors.
     let victims: Vec<usize> = (0..n).filter(|i| on[*i] == 2).collect();
+    // Where the processor time of the failover goes: the survivors (their
+    // side of the handshakes and watches) and the simulated agents (theirs,
+    // which in a real fleet runs on the nodes, not beside the controllers).
+    let survivors: Vec<u32> = (0..count)
+        .filter(|c| *c != 2)
+        .map(|c| controllers[c].child.id())
+        .collect();
+    let sims: Vec<u32> = workers.iter().filter_map(|w| w.id()).collect();
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
+    let (survivors_cpu, sims_cpu) = (cpu(&survivors), cpu(&sims));
     let killed = Instant::now();
     let _ = controllers[2].child.kill();
     let _ = controllers[2].child.wait();
@@ -420,6 +451,8 @@ pub async fn run(n: usize, count: usize) {
             back.entry(seen.agent).or_insert(seen.at - killed);
         }
     }
+    let window = killed.elapsed().as_secs_f64();
+    let (survivors_cpu, sims_cpu) = (cpu(&survivors) - survivors_cpu, cpu(&sims) - sims_cpu);
     let mut back: Vec<Duration> = back.into_values().collect();
     back.sort();
     spread(
@@ -429,6 +462,12 @@ pub async fn run(n: usize, count: usize) {
         ),
         &back,
     );
+    println!(
+        "  failover processor time over its {window:.1} s: survivors {survivors_cpu:.1} s ({:.2} ms per agent moved), simulated agents {sims_cpu:.1} s ({:.2} ms per agent moved), of the machine's {:.1} s",
+        survivors_cpu * 1000.0 / victims.len().max(1) as f64,
+        sims_cpu * 1000.0 / victims.len().max(1) as f64,
+        window * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+    );
     let called = Instant::now();
     let revision = apply(&controllers[0].conn, 100).await;
     let after = deliveries(&mut rx, &mut on, n, revision, called).await;
@@ -436,6 +475,17 @@ pub async fn run(n: usize, count: usize) {
     println!(
         "  failover: controller killed -> last agent has the next revision: {}",
         ms(called - killed + *after.last().unwrap())
+    );
+    // What the reconnect storm left: the survivors' memory per agent they
+    // now hold (a burst of handshakes leaves the allocator holding more).
+    let (mut grown, mut held) = (0u64, 0usize);
+    for c in (0..count).filter(|c| *c != 2) {
+        grown += rss_kib(controllers[c].child.id()).saturating_sub(rss_before[c]);
+        held += on.iter().filter(|o| **o == c).count();
+    }
+    println!(
+        "  survivors' memory per agent they hold after the failover: {:.1} KiB",
+        grown as f64 / held.max(1) as f64
     );
     println!("  load average at the end: {}", load_average());
     drop(rx);
