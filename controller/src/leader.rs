@@ -34,17 +34,23 @@ fn every_for_tests() -> Option<Duration> {
     ms.parse().ok().map(Duration::from_millis)
 }
 
+/// How long a stopping leader waits for the store to release the leader key.
+pub const RESIGN_WAIT: Duration = Duration::from_secs(3);
+
 /// Tries to lead, and while leading runs the jobs every `every`; runs until
-/// the task is aborted.
+/// `stop` turns true, and then, if it leads, resigns (the key released
+/// before it returns, so a peer takes over at its next try rather than when
+/// the lease runs out).
 pub async fn run(
     store: Arc<dyn Store>,
     fleet: Arc<Fleet>,
     holder: String,
     clock: Clock,
     every: Duration,
+    mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
     let every = every_for_tests().unwrap_or(every);
-    loop {
+    while !stopping(&stop) {
         let (s, h) = (store.clone(), holder.clone());
         let tried =
             tokio::task::spawn_blocking(move || s.try_lead(fleet::LEADER_KEY, &h, LEADER_TTL))
@@ -53,25 +59,41 @@ pub async fn run(
             Ok(Ok(Some(lead))) => {
                 tracing::info!(holder, "leading the fleet's single-owner jobs");
                 fleet.metrics().set_leader(true);
-                lead_while_held(&store, &fleet, lead, &clock, every).await;
+                let held = lead_while_held(&store, &fleet, lead, &clock, every, &mut stop).await;
                 fleet.metrics().set_leader(false);
+                if let Some(lead) = held {
+                    lead.resign(RESIGN_WAIT).await;
+                    tracing::info!(holder, "stopping: gave up the lead");
+                    return;
+                }
                 tracing::info!(holder, "no longer leading");
             }
             Ok(Ok(None)) => {}
             Ok(Err(e)) => tracing::warn!(error = %e, "could not try for leadership"),
             Err(e) => tracing::error!(error = %e, "leadership task failed"),
         }
-        tokio::time::sleep(LEADER_TTL / 2).await;
+        tokio::select! {
+            _ = tokio::time::sleep(LEADER_TTL / 2) => {}
+            _ = stop.wait_for(|stop| *stop) => {}
+        }
     }
 }
 
+/// True once the server stops: `stop` turned true, or its sender is gone.
+fn stopping(stop: &tokio::sync::watch::Receiver<bool>) -> bool {
+    *stop.borrow() || stop.has_changed().is_err()
+}
+
+/// Runs the jobs while the leadership holds; the leadership back when
+/// `stop` turned true, `None` when it was lost.
 async fn lead_while_held(
     store: &Arc<dyn Store>,
     fleet: &Arc<Fleet>,
     mut lead: Leadership,
     clock: &Clock,
     every: Duration,
-) {
+    stop: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<Leadership> {
     loop {
         let (s, c) = (store.clone(), clock.clone());
         let round = tokio::task::spawn_blocking(move || {
@@ -85,7 +107,7 @@ async fn lead_while_held(
             Err(e) => {
                 // The leadership went with the panicked task: resigned.
                 tracing::error!(error = %e, "single-owner jobs panicked");
-                return;
+                return None;
             }
         };
         match done {
@@ -95,7 +117,7 @@ async fn lead_while_held(
                     key = %lead.key,
                     "deposed: the leader key has moved on, so this controller's single-owner writes are refused (fenced); stepping down"
                 );
-                return;
+                return None;
             }
             Ok(Round::Done { swept, compacted }) if swept > 0 || compacted > 0 => {
                 tracing::info!(swept, compacted_to = compacted, "single-owner jobs done")
@@ -105,24 +127,27 @@ async fn lead_while_held(
                 tracing::warn!(error = %e, "single-owner jobs failed; the next round retries")
             }
         }
-        lead = match rollouts_until(fleet, lead, every).await {
+        lead = match rollouts_until(fleet, lead, every, stop).await {
+            Some(lead) if stopping(stop) => return Some(lead),
             Some(lead) => lead,
-            None => return,
+            None => return None,
         };
     }
 }
 
-/// Runs the rollout job every `ROLLOUT_EVERY` for `every`; gives the
-/// leadership back, or `None` when it was lost.
+/// Runs the rollout job every `ROLLOUT_EVERY` for `every`, or until `stop`;
+/// gives the leadership back, or `None` when it was lost.
 async fn rollouts_until(
     fleet: &Arc<Fleet>,
     mut lead: Leadership,
     every: Duration,
+    stop: &mut tokio::sync::watch::Receiver<bool>,
 ) -> Option<Leadership> {
     let until = tokio::time::Instant::now() + every;
     while tokio::time::Instant::now() < until {
         tokio::select! {
             _ = lead.lost() => return None,
+            _ = stop.wait_for(|stop| *stop) => return Some(lead),
             _ = tokio::time::sleep(ROLLOUT_EVERY.min(every)) => {}
         }
         let f = fleet.clone();

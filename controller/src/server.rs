@@ -34,8 +34,12 @@ pub struct Running {
     shutdown: tokio::sync::oneshot::Sender<()>,
     task: tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
     /// The fleet's watches of the store (see `fleet::follow`) and the
-    /// single-owner jobs (`leader`): aborted at stop.
+    /// dashboard: aborted at stop.
     followers: Vec<tokio::task::JoinHandle<()>>,
+    /// The single-owner jobs (`leader`), told through `resign` at stop to
+    /// give up the lead: peers take over at once, not when its lease ends.
+    leader: tokio::task::JoinHandle<()>,
+    resign: tokio::sync::watch::Sender<bool>,
     /// Withdraws its liveness summary at stop.
     fleet: Arc<Fleet>,
     /// Plan streams never end by themselves: closed at stop.
@@ -48,6 +52,16 @@ impl Running {
         self.plans.close();
         let _ = self.shutdown.send(());
         let served = self.task.await;
+        // A job in progress finishes first (its store calls are bounded).
+        let _ = self.resign.send(true);
+        let mut leader = self.leader;
+        let waited = crate::leader::RESIGN_WAIT + crate::leader::LEADER_TTL;
+        if tokio::time::timeout(waited, &mut leader).await.is_err() {
+            tracing::warn!(
+                "the single-owner jobs did not stop in time; the leader key expires with its lease"
+            );
+            leader.abort();
+        }
         for f in &self.followers {
             f.abort();
         }
@@ -154,13 +168,15 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
             .unwrap_or_default(),
         std::process::id()
     );
-    followers.push(tokio::spawn(crate::leader::run(
+    let (resign, stop_leading) = tokio::sync::watch::channel(false);
+    let leader = tokio::spawn(crate::leader::run(
         fleet.store(),
         fleet.clone(),
         holder,
         cfg.clock.clone(),
         crate::leader::JOBS_EVERY,
-    )));
+        stop_leading,
+    ));
     let scrape_token = cfg
         .metrics_token_file
         .as_deref()
@@ -257,6 +273,8 @@ pub async fn start(cfg: &ServeConfig) -> anyhow::Result<Running> {
         shutdown,
         task,
         followers,
+        leader,
+        resign,
         fleet,
         plans,
     })

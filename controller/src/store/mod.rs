@@ -202,6 +202,21 @@ impl Leadership {
     pub async fn lost(&mut self) {
         let _ = self.held.wait_for(|held| !held).await;
     }
+
+    /// Gives the leadership up and waits, at most `wait`, until the store
+    /// has released it (on etcd: the lease revoked, so the key is gone for
+    /// every peer now rather than when the lease would have run out).
+    /// Dropping a `Leadership` resigns too, but without waiting: a process
+    /// about to exit calls this.
+    pub async fn resign(self, wait: std::time::Duration) {
+        let Leadership {
+            mut held, _guard, ..
+        } = self;
+        drop(_guard);
+        // What keeps the leadership owns the other end, and lets it go
+        // once it has released the key.
+        let _ = tokio::time::timeout(wait, async { while held.changed().await.is_ok() {} }).await;
+    }
 }
 
 /// What [`follow`] yields: the whole prefix, then each change after it.

@@ -3,7 +3,8 @@
 //! summary), shows `reconnecting` once its controller's lease ends, and is
 //! back when the agent fails over. A controller that stops gracefully
 //! (SIGTERM) withdraws its summary, so its nodes show `reconnecting` through
-//! the others at once, not when its lease runs out.
+//! the others at once, not when its lease runs out; and it gives up the
+//! leader key before it exits, so another takes the single-owner jobs.
 
 use ballast_agent::daemon::controller_order;
 use ballast_proto::enums::NodeStatus;
@@ -226,4 +227,49 @@ async fn a_controller_stopped_gracefully_shows_its_nodes_reconnecting_at_once() 
         stopped.elapsed()
     );
     agent.stop().await;
+}
+
+/// Who holds the leader key, if anyone (its holder names the controller's address).
+fn leader_holder(store: &ballast_controller::store::EtcdStore) -> Option<String> {
+    use ballast_controller::store::Store;
+    store
+        .get(ballast_controller::fleet::LEADER_KEY)
+        .expect("read the leader key")
+        .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_controller_stopped_gracefully_gives_up_the_lead_before_it_exits() {
+    let Some(cluster) = EtcdCluster::start(1) else {
+        return;
+    };
+    let url = cluster.url();
+    let store = cluster.store("/ballast/");
+    let a = ControllerProcess::start_with_args("", &["--store", &url]).await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !leader_holder(&store).is_some_and(|h| h.contains(&a.controller())) {
+        assert!(Instant::now() < deadline, "A did not lead within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let b = ControllerProcess::start_with_args("", &["--store", &url]).await;
+
+    // A stops gracefully: the leader key goes with it, not when its lease
+    // (LEADER_TTL) runs out, so B takes the single-owner jobs at its next try.
+    terminate(&a).await;
+    let stopped = Instant::now();
+    let held = leader_holder(&store);
+    assert!(
+        held.as_ref().is_none_or(|h| h.contains(&b.controller())),
+        "A exited still holding the leader key ({held:?}); log:\n{}",
+        a.log()
+    );
+    let within = ballast_controller::leader::LEADER_TTL / 2 + Duration::from_secs(3);
+    while !leader_holder(&store).is_some_and(|h| h.contains(&b.controller())) {
+        assert!(
+            stopped.elapsed() < within,
+            "B did not lead within {within:?} of A's graceful stop"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    println!("B leads {:?} after A stopped gracefully", stopped.elapsed());
 }
