@@ -128,7 +128,10 @@ fn run(n: usize) {
     rolled[0]
         .1
         .push_str("rollout:\n  waves: [{percent: 10}]\n  bake: 1m\n");
+    // The apply that starts it also places every node in a wave.
+    let t = Instant::now();
     fleet.apply(rolled, "bench", "rollout", 0, true).unwrap();
+    let rollout_apply = t.elapsed();
     let mut rollout_pages = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();
@@ -178,6 +181,10 @@ fn run(n: usize) {
         "  apply (validate, store, render {n} nodes, push), 5 applies: median {}, max {}",
         ms(applies[2]),
         ms(applies[4])
+    );
+    println!(
+        "  apply starting a rollout of 2 waves (10%, then the rest) over {n} nodes: {}",
+        ms(rollout_apply)
     );
     println!(
         "  dashboard fleet page over {n} nodes, 5 renders: median {}, max {}",

@@ -38,13 +38,13 @@ pub(super) fn summarize(inner: &Inner, new: &Spec) -> pb::DiffResponse {
         if has_roles(old, &was) && !has_roles(new, &will) {
             roleless_nodes.push(name.clone());
         }
-        let meta = NodeMeta {
-            name: name.clone(),
-            labels: labels.clone(),
-        };
-        let d = by_selections
-            .entry((was, will))
-            .or_insert_with(|| spec::diff_states(&old.render(&meta), &new.render(&meta)));
+        let d = by_selections.entry((was, will)).or_insert_with(|| {
+            let meta = NodeMeta {
+                name: name.clone(),
+                labels: labels.clone(),
+            };
+            spec::diff_states(&old.render(&meta), &new.render(&meta))
+        });
         if !d.is_empty() {
             nodes.push(pb::NodeChange {
                 node: name.clone(),

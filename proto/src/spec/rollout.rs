@@ -61,9 +61,11 @@ impl RolloutPolicy {
                 None => matching.len(),
                 Some(p) => (matching.len() * p as usize).div_ceil(100),
             };
-            let chosen: Vec<String> = matching[..take].iter().map(|n| (*n).to_owned()).collect();
-            remaining.retain(|(n, _)| !chosen.iter().any(|c| c == n));
-            out.push(chosen);
+            // A set: a wave of a large fleet takes thousands of names.
+            let chosen: std::collections::HashSet<&str> =
+                matching[..take].iter().copied().collect();
+            remaining.retain(|(n, _)| !chosen.contains(n));
+            out.push(matching[..take].iter().map(|n| (*n).to_owned()).collect());
         }
         if !remaining.is_empty() {
             out.push(remaining.iter().map(|(n, _)| (*n).to_owned()).collect());
