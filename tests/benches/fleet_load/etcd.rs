@@ -31,14 +31,28 @@ const IDLE: Duration = Duration::from_secs(30);
 /// How long every agent has to be back after a kill before the run gives up.
 const FAILOVER_LIMIT: Duration = Duration::from_secs(120);
 
-/// What a simulated agent saw: a state (its revision) from controller `ctl`;
-/// `first` when it is the first on a new watch.
+/// What a simulated agent saw: a state (its revision) from controller `ctl`,
+/// when it arrived (`wall_us`); `first` when it is the first on a new watch.
 struct Seen {
     agent: usize,
     revision: u64,
-    at: Instant,
+    at: u64,
     ctl: usize,
     first: bool,
+}
+
+/// Wall-clock time in microseconds: the clock the workers and the parent
+/// share (one process's `Instant` means nothing to another).
+fn wall_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("the clock is past 1970")
+        .as_micros() as u64
+}
+
+/// From `from` to `at`, both `wall_us`.
+fn since(from: u64, at: u64) -> Duration {
+    Duration::from_micros(at.saturating_sub(from))
 }
 
 /// Simulated agents per worker process.
@@ -46,9 +60,9 @@ const SHARD: usize = 8_000;
 
 /// Worker mode (`--sim DIR FROM TO ADDRS`): agents FROM..TO, enrolled in
 /// DIR/agent-I, each line of stdout one `Seen`: `agent revision controller
-/// first`, flushed as soon as nothing else is waiting; the parent times it
-/// when it reads it (so a delivery's figure includes the pipe: an upper
-/// bound). Ends when the parent goes.
+/// first at`, flushed as soon as nothing else is waiting. `at` is stamped
+/// by the simulated agent as the message arrives, so the figures do not
+/// count the pipe or the parent's reading. Ends when the parent goes.
 pub fn sim(args: &[String]) {
     super::raise_nofile();
     let (dir, nodes, addrs) = super::sim_args(args);
@@ -75,8 +89,8 @@ pub fn sim(args: &[String]) {
         while let Some(seen) = rx.recv().await {
             use std::io::Write;
             let line = format!(
-                "{} {} {} {}\n",
-                seen.agent, seen.revision, seen.ctl, seen.first as u8
+                "{} {} {} {} {}\n",
+                seen.agent, seen.revision, seen.ctl, seen.first as u8, seen.at
             );
             if out.write_all(line.as_bytes()).is_err() {
                 return;
@@ -140,7 +154,7 @@ async fn agent(
                     let seen = Seen {
                         agent: i,
                         revision: msg.revision,
-                        at: Instant::now(),
+                        at: wall_us(),
                         ctl,
                         first,
                     };
@@ -181,7 +195,7 @@ async fn deliveries(
     on: &mut [usize],
     n: usize,
     revision: u64,
-    from: Instant,
+    from: u64,
 ) -> Vec<Duration> {
     let mut got = vec![false; n];
     let mut delays = Vec::with_capacity(n);
@@ -193,7 +207,7 @@ async fn deliveries(
         on[seen.agent] = seen.ctl;
         if seen.revision == revision && !got[seen.agent] {
             got[seen.agent] = true;
-            delays.push(seen.at - from);
+            delays.push(since(from, seen.at));
         }
     }
     delays.sort();
@@ -307,13 +321,13 @@ pub async fn run(n: usize, count: usize) {
             let mut lines = tokio::io::BufReader::new(stdout).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let f: Vec<u64> = line.split(' ').filter_map(|v| v.parse().ok()).collect();
-                let [agent, revision, ctl, first] = f[..] else {
+                let [agent, revision, ctl, first, at] = f[..] else {
                     continue;
                 };
                 let seen = Seen {
                     agent: agent as usize,
                     revision,
-                    at: Instant::now(),
+                    at,
                     ctl: ctl as usize,
                     first: first == 1,
                 };
@@ -377,10 +391,10 @@ pub async fn run(n: usize, count: usize) {
     let mut delays = Vec::new();
     let mut rpc = Vec::new();
     for round in 0..3u32 {
-        let called = Instant::now();
+        let (called, called_us) = (Instant::now(), wall_us());
         let revision = apply(&controllers[0].conn, round + 2).await;
         rpc.push(called.elapsed());
-        delays.extend(deliveries(&mut rx, &mut on, n, revision, called).await);
+        delays.extend(deliveries(&mut rx, &mut on, n, revision, called_us).await);
     }
     delays.sort();
     rpc.sort();
@@ -432,7 +446,7 @@ pub async fn run(n: usize, count: usize) {
     let sims: Vec<u32> = workers.iter().filter_map(|w| w.id()).collect();
     let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_seconds(*p)).sum::<f64>();
     let (survivors_cpu, sims_cpu) = (cpu(&survivors), cpu(&sims));
-    let killed = Instant::now();
+    let (killed, killed_us) = (Instant::now(), wall_us());
     let _ = controllers[2].child.kill();
     let _ = controllers[2].child.wait();
     let mut back: BTreeMap<usize, Duration> = BTreeMap::new();
@@ -448,7 +462,7 @@ pub async fn run(n: usize, count: usize) {
         };
         on[seen.agent] = seen.ctl;
         if seen.first && seen.ctl != 2 && victims.binary_search(&seen.agent).is_ok() {
-            back.entry(seen.agent).or_insert(seen.at - killed);
+            back.entry(seen.agent).or_insert(since(killed_us, seen.at));
         }
     }
     let window = killed.elapsed().as_secs_f64();
@@ -468,13 +482,13 @@ pub async fn run(n: usize, count: usize) {
         sims_cpu * 1000.0 / victims.len().max(1) as f64,
         window * std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
     );
-    let called = Instant::now();
+    let called_us = wall_us();
     let revision = apply(&controllers[0].conn, 100).await;
-    let after = deliveries(&mut rx, &mut on, n, revision, called).await;
+    let after = deliveries(&mut rx, &mut on, n, revision, called_us).await;
     spread("after the kill, apply called -> every agent has it", &after);
     println!(
         "  failover: controller killed -> last agent has the next revision: {}",
-        ms(called - killed + *after.last().unwrap())
+        ms(since(killed_us, called_us) + *after.last().unwrap())
     );
     // What the reconnect storm left: the survivors' memory per agent they
     // now hold (a burst of handshakes leaves the allocator holding more).
