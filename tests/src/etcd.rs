@@ -262,6 +262,17 @@ impl Drop for Net {
 }
 
 /// Whether `etcd` can be run here; prints why a test is skipped if not.
+/// Who holds the fleet's leader key ("" when nobody): the holder names the
+/// controller's address.
+pub fn leader_holder(store: &EtcdStore) -> String {
+    use ballast_controller::store::Store;
+    store
+        .get(ballast_controller::fleet::LEADER_KEY)
+        .expect("read the leader key")
+        .map(|e| String::from_utf8_lossy(&e.value).into_owned())
+        .unwrap_or_default()
+}
+
 pub fn etcd_installed() -> bool {
     let ok = Command::new("etcd")
         .arg("--version")

@@ -13,7 +13,7 @@
 //! says it was deposed. (`store_etcd` covers the fence at the store level.)
 
 use ballast_proto::pb;
-use ballast_tests::etcd::EtcdCluster;
+use ballast_tests::etcd::{EtcdCluster, leader_holder};
 use ballast_tests::{ControllerProcess, TestAgent, eventually};
 use nix::sys::signal::Signal;
 use std::collections::BTreeMap;
@@ -341,16 +341,6 @@ async fn the_control_plane_keeps_its_promises_under_kills_and_stops() {
 /// A token record that expired long ago: any leader's sweep deletes it.
 fn long_expired_token() -> Vec<u8> {
     br#"{"name":null,"labels":{},"created_at_ms":0,"expires_at_ms":1,"used_by":null}"#.to_vec()
-}
-
-/// Who holds the leader key now (its holder names the controller's address).
-fn leader_holder(store: &ballast_controller::store::EtcdStore) -> String {
-    use ballast_controller::store::Store;
-    store
-        .get(ballast_controller::fleet::LEADER_KEY)
-        .expect("read the leader key")
-        .map(|e| String::from_utf8_lossy(&e.value).into_owned())
-        .unwrap_or_default()
 }
 
 async fn wait_for(timeout: Duration, what: &str, mut cond: impl FnMut() -> bool) {

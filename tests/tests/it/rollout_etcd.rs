@@ -7,9 +7,8 @@
 //! rollout completes, and the dead controller's agents fail over.
 
 use ballast_agent::daemon::controller_order;
-use ballast_controller::store::{EtcdStore, Store};
 use ballast_proto::pb;
-use ballast_tests::etcd::EtcdCluster;
+use ballast_tests::etcd::{EtcdCluster, leader_holder};
 use ballast_tests::{ControllerProcess, TestAgent};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -52,15 +51,6 @@ fn written(agent: &TestAgent, content: &str) -> Option<u64> {
         return None;
     }
     Some(ms_of(std::fs::metadata(&path).ok()?.modified().ok()?))
-}
-
-/// Who holds the leader key (its holder names the controller's address).
-fn leader_holder(store: &EtcdStore) -> String {
-    store
-        .get(ballast_controller::fleet::LEADER_KEY)
-        .expect("read the leader key")
-        .map(|e| String::from_utf8_lossy(&e.value).into_owned())
-        .unwrap_or_default()
 }
 
 async fn rollout(ctl: &ControllerProcess) -> Option<pb::RolloutStatus> {
