@@ -261,7 +261,6 @@ impl Drop for Net {
     }
 }
 
-/// Whether `etcd` can be run here; prints why a test is skipped if not.
 /// Who holds the fleet's leader key ("" when nobody): the holder names the
 /// controller's address.
 pub fn leader_holder(store: &EtcdStore) -> String {
@@ -273,6 +272,7 @@ pub fn leader_holder(store: &EtcdStore) -> String {
         .unwrap_or_default()
 }
 
+/// Whether `etcd` can be run here; prints why a test is skipped if not.
 pub fn etcd_installed() -> bool {
     let ok = Command::new("etcd")
         .arg("--version")
